@@ -1,0 +1,105 @@
+"""One config schema for every model family xsim ports.
+
+Each family file (`llama.py`, `qwen.py`, `gemma.py`, `gpt_neox.py`) translates a Hugging Face config into a
+`ModelConfig`; the shared decoder in `transformer.py` reads only this schema.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Architecture of a decoder-only transformer, as the shared building blocks need it.
+
+  Attributes:
+    family: "llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3" or "gpt_neox".
+    num_layers: transformer blocks; `hidden_states` has num_layers + 1 entries.
+    hidden_size: residual-stream width d.
+    intermediate_size: MLP width.
+    num_heads / num_kv_heads / head_dim: attention shape (grouped-query when num_kv_heads < num_heads).
+    vocab_size: rows of the embedding matrix.
+    norm: "rms" (RMSNorm) or "layer" (LayerNorm with bias).
+    norm_eps: epsilon of every norm.
+    norm_weight_offset: 1.0 for Gemma, whose RMSNorm multiplies by (1 + w); else 0.0.
+    norm_scale_in_float32: Gemma multiplies the weight before casting back ((x * w).to(dtype)); Llama casts first.
+    mlp: "gated" (act(gate) * up, then down) or "plain" (act(in) then out).
+    activation: "silu", "gelu" (exact) or "gelu_tanh".
+    mlp_bias / qkv_bias / out_bias: whether those projections carry a bias.
+    qk_norm: per-head norm on queries and keys before RoPE (Qwen3, Gemma 3).
+    sandwich_norms: extra norms after attention and after the MLP (Gemma 2 and 3).
+    parallel_residual: x + attn(ln1(x)) + mlp(ln2(x)) (GPT-NeoX); else sequential.
+    rotary_dim: leading dims of each head that RoPE rotates (partial rotary when < head_dim).
+    rope_inv_freq: inverse frequencies [rotary_dim // 2] for global (full-attention) layers.
+    rope_inv_freq_local: inverse frequencies for sliding-window layers (Gemma 3 uses another base).
+    sliding_window: window length in tokens of sliding layers (a key is visible if q - k < window).
+    layer_is_sliding: one flag per block.
+    attn_scale: multiplier of q.k (1/sqrt(head_dim), or Gemma's query_pre_attn_scalar ** -0.5).
+    attn_softcap / final_softcap: tanh soft-capping of attention scores / output logits (Gemma 2).
+    embed_scale: multiplier of the embedding output (sqrt(d) for Gemma), or None.
+    tie_embeddings: the output head reuses the embedding matrix.
+  """
+  family: str
+  num_layers: int
+  hidden_size: int
+  intermediate_size: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  vocab_size: int
+  norm: str = "rms"
+  norm_eps: float = 1e-6
+  norm_weight_offset: float = 0.0
+  norm_scale_in_float32: bool = False
+  mlp: str = "gated"
+  activation: str = "silu"
+  mlp_bias: bool = False
+  qkv_bias: bool = False
+  out_bias: bool = False
+  qk_norm: bool = False
+  sandwich_norms: bool = False
+  parallel_residual: bool = False
+  rotary_dim: int = 0
+  rope_inv_freq: tuple[float, ...] = ()
+  rope_inv_freq_local: Optional[tuple[float, ...]] = None
+  sliding_window: Optional[int] = None
+  layer_is_sliding: tuple[bool, ...] = ()
+  attn_scale: float = 1.0
+  attn_softcap: Optional[float] = None
+  final_softcap: Optional[float] = None
+  embed_scale: Optional[float] = None
+  tie_embeddings: bool = False
+
+  def __post_init__(self):
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}.")
+    if len(self.layer_is_sliding) != self.num_layers:
+      raise ValueError(f"layer_is_sliding has {len(self.layer_is_sliding)} flags for {self.num_layers} layers.")
+    if any(self.layer_is_sliding) and not self.sliding_window:
+      raise ValueError("Some layers are sliding-window layers but sliding_window is not set.")
+    if 2 * len(self.rope_inv_freq) != self.rotary_dim or self.rotary_dim > self.head_dim:
+      raise ValueError(f"rotary_dim={self.rotary_dim} must be 2 * len(rope_inv_freq) and <= head_dim.")
+    for name, allowed in (("norm", ("rms", "layer")), ("mlp", ("gated", "plain")),
+                          ("activation", ("silu", "gelu", "gelu_tanh"))):
+      if getattr(self, name) not in allowed:
+        raise ValueError(f"{name}={getattr(self, name)!r} is not one of {allowed}.")
+
+  @property
+  def num_params(self) -> int:
+    """Parameter count implied by the shapes (embeddings counted once when tied)."""
+    d, f, hd = self.hidden_size, self.intermediate_size, self.head_dim
+    attn = d * hd * (2 * self.num_heads + 2 * self.num_kv_heads)
+    mlp = d * f * (3 if self.mlp == "gated" else 2)
+    head = 0 if self.tie_embeddings else self.vocab_size * d
+    return self.vocab_size * d + head + self.num_layers * (attn + mlp)
+
+  def flops_per_token(self, seq_len: int, with_logits: bool = True) -> float:
+    """Forward FLOPs per token: 2 x matmul parameters plus attention scores and values (causal average)."""
+    d, f, hd = self.hidden_size, self.intermediate_size, self.head_dim
+    attn_proj = d * hd * (2 * self.num_heads + 2 * self.num_kv_heads)
+    mlp = d * f * (3 if self.mlp == "gated" else 2)
+    scores = 2 * self.num_heads * hd * seq_len / 2  # q.k and p.v over on average seq_len / 2 keys
+    per_layer = 2 * (attn_proj + mlp) + 2 * scores
+    logits = 2 * self.vocab_size * d if with_logits else 0
+    return self.num_layers * per_layer + logits

@@ -1,0 +1,112 @@
+"""The decoder every family shares: embeddings, a `nn.scan` over blocks, final norm and output head.
+
+Scanning over layers keeps compile time flat in depth; per-layer differences (sliding-window or global
+attention, and their RoPE tables) are scanned-in flags, not separate code paths.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from xsim.models.config import ModelConfig
+from xsim.models.layers import Block, Norm, attention_masks, kernel_init
+from xsim.models.rope import rotary_tables
+
+
+class Patch(NamedTuple):
+  """Replace the residual stream at hidden-state index `layer` (0 = embeddings) for each row.
+
+  layer: [] int; positions: [B] int (rows with a negative position are left alone); values: [B, D].
+  """
+  layer: jnp.ndarray
+  positions: jnp.ndarray
+  values: jnp.ndarray
+
+
+@flax.struct.dataclass
+class ForwardOutput:
+  """logits: [B, S, V] or None; hidden_states: [L + 1, B, S, D], index 0 the (scaled) embeddings and index i the
+  residual stream after block i, before the final norm; final_hidden: [B, S, D] after the final norm;
+  attn_out, mlp_out: [L, B, S, D] block outputs (only with return_sites=True)."""
+  logits: Optional[jnp.ndarray]
+  hidden_states: jnp.ndarray
+  final_hidden: jnp.ndarray
+  attn_out: Optional[jnp.ndarray] = None
+  mlp_out: Optional[jnp.ndarray] = None
+
+
+def _apply_patch(h: jnp.ndarray, index: jnp.ndarray, patch: Optional[Patch]) -> jnp.ndarray:
+  if patch is None:
+    return h
+  rows = jnp.arange(h.shape[0])
+  target = jnp.clip(patch.positions, 0, h.shape[1] - 1)
+  current = h[rows, target]
+  new = jnp.where((patch.positions >= 0)[:, None], patch.values.astype(h.dtype), current)
+  return jnp.where(index == patch.layer, h.at[rows, target].set(new), h)
+
+
+class _ScannedBlock(nn.Module):
+  """Scan body: one block, then the optional patch at the hidden-state index it produces."""
+  config: ModelConfig
+  dtype: Any
+  precision: Any
+
+  @nn.compact
+  def __call__(self, h, layer_inputs, tables, masks, patch):
+    index, is_sliding = layer_inputs
+    (cos, sin), (cos_local, sin_local) = tables
+    mask, mask_local = masks
+    if mask_local is not None:
+      mask = jnp.where(is_sliding, mask_local, mask)
+    if cos_local is not None:
+      cos, sin = jnp.where(is_sliding, cos_local, cos), jnp.where(is_sliding, sin_local, sin)
+    h, attn, mlp = Block(self.config, self.dtype, self.precision, name="block")(h, cos, sin, mask)
+    h = _apply_patch(h, index + 1, patch)
+    return h, (h, attn, mlp)
+
+
+class Decoder(nn.Module):
+  """A causal LM. Call with input_ids [B, S] int and attention_mask [B, S] (1 = token, 0 = pad; either side)."""
+  config: ModelConfig
+  dtype: Any = jnp.float32
+  precision: Any = None
+
+  @nn.compact
+  def __call__(self, input_ids: jnp.ndarray, attention_mask: jnp.ndarray, patch: Optional[Patch] = None,
+               compute_logits: bool = True, return_sites: bool = False) -> ForwardOutput:
+    c = self.config
+    embedding = self.param("embed", kernel_init, (c.vocab_size, c.hidden_size), self.dtype)
+    h = jnp.take(embedding, input_ids, axis=0)
+    if c.embed_scale is not None:  # Gemma: embeddings * sqrt(d), the scale rounded to the weight dtype.
+      h = h * jnp.asarray(c.embed_scale, self.dtype)
+    h = _apply_patch(h, jnp.zeros((), jnp.int32), patch)
+
+    # Positions count real tokens, so a left-padded row gets the positions of its unpadded self.
+    positions = jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
+    tables = (rotary_tables(c.rope_inv_freq, positions),
+              rotary_tables(c.rope_inv_freq_local, positions) if c.rope_inv_freq_local else (None, None))
+    masks = attention_masks(attention_mask, c.sliding_window if any(c.layer_is_sliding) else None)
+    layer_inputs = (jnp.arange(c.num_layers), jnp.asarray(c.layer_is_sliding, bool))
+
+    scan = nn.scan(_ScannedBlock, variable_axes={"params": 0}, split_rngs={"params": True},
+                   in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=c.num_layers)
+    h_last, (per_layer, attn, mlp) = scan(c, self.dtype, self.precision, name="layers")(
+        h, layer_inputs, tables, masks, patch)
+    hidden_states = jnp.concatenate([h[None], per_layer], axis=0)
+    final_hidden = Norm(c, self.dtype, name="final_norm")(h_last)
+
+    logits = None
+    if compute_logits:
+      if c.tie_embeddings:
+        head = embedding.T
+      else:
+        head = self.param("lm_head", kernel_init, (c.hidden_size, c.vocab_size), self.dtype)
+      logits = jnp.einsum("bsd,dv->bsv", final_hidden, head, precision=self.precision)
+      if c.final_softcap is not None:
+        logits = c.final_softcap * jnp.tanh(logits.astype(jnp.float32) / c.final_softcap)
+    return ForwardOutput(logits=logits, hidden_states=hidden_states, final_hidden=final_hidden,
+                         attn_out=attn if return_sites else None, mlp_out=mlp if return_sites else None)
