@@ -1,0 +1,154 @@
+"""extract_activations: pooled rows equal the unpadded forward, align across tokenizers, shard, resume."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import xsim
+from xsim import activations as xa
+from xsim.activations.rows import sample_rows, tokenize
+from tests.activations.tiny import TEXTS, make_model_dir
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+  left = xsim.load_model(str(make_model_dir(tmp_path_factory.mktemp("sp"), "sentencepiece", "gemma2")))
+  right = xsim.load_model(str(make_model_dir(tmp_path_factory.mktemp("bl"), "bytelevel", "llama")))
+  assert left.tokenizer.padding_side == "left" and right.tokenizer.padding_side == "right"
+  return {"left": left, "right": right}
+
+
+def _reference_rows(model, texts, pooling, layers):
+  """Each text run alone, unpadded; rows pooled in NumPy float64 from the same token positions."""
+  rows = []
+  for text in texts:
+    tok = tokenize(model.tokenizer, text)
+    hidden = np.asarray(model.forward(tok.ids[None]).hidden_states, np.float64)[:, 0]  # [L+1, T, D]
+    for positions, _, _, _ in sample_rows(tok, text, pooling):
+      rows.append(hidden[layers][:, positions].mean(1))
+  return np.stack(rows, 1)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("pooling", ["last", "last_word", "mean", "words"])
+def test_pooled_rows_equal_unbatched_forward(models, side, pooling, tmp_path):
+  model = models[side]
+  layers = list(range(model.config.num_layers + 1))
+  acts = xa.extract_activations(model, TEXTS, pooling=pooling, batch_size=4, store_dir=str(tmp_path),
+                                progress=False)
+  assert acts.array.shape == (len(layers), acts.num_rows, model.config.hidden_size)
+  np.testing.assert_allclose(acts.array, _reference_rows(model, TEXTS, pooling, layers), atol=2e-5, rtol=1e-4)
+  assert np.all(np.diff(acts.index["text"]) >= 0)
+
+
+@pytest.mark.parametrize("pooling", ["last_word", "words"])
+def test_tokenizers_agree_on_character_spans(models, pooling, tmp_path):
+  a = xa.extract_activations(models["left"], TEXTS, pooling=pooling, store_dir=str(tmp_path / "a"), progress=False)
+  b = xa.extract_activations(models["right"], TEXTS, pooling=pooling, store_dir=str(tmp_path / "b"), progress=False)
+  ia, ib = xa.paired_rows(a, b)
+  assert len(ia) == a.num_rows == b.num_rows  # every row pairs
+  for field in ("text", "word", "char_start", "char_end"):
+    np.testing.assert_array_equal(a.index[field][ia], b.index[field][ib])
+  if pooling == "last_word":  # the last word with punctuation trimmed
+    assert [TEXTS[t][s:e] for t, s, e in a.index[["text", "char_start", "char_end"]]][0] == "Paris"
+
+
+def test_bos_and_first_word_are_excluded_unless_kept(models):
+  model = models["left"]
+  tok = tokenize(model.tokenizer, TEXTS[0])
+  (positions, span, _, _), = sample_rows(tok, TEXTS[0], "mean")
+  assert 0 not in positions and span == (3, len(TEXTS[0]))  # "The" is the first word
+  (kept, span, _, _), = sample_rows(tok, TEXTS[0], "mean", keep_bos=True)
+  assert kept[0] == 0 and span == (0, len(TEXTS[0]))
+
+
+@pytest.mark.parametrize("shape", [(8, 1), (4, 2)])
+def test_sharded_equals_single_device(models, shape, tmp_path):
+  model = models["right"]
+  single = xa.extract_activations(model, TEXTS, pooling="words", batch_size=8, store_dir=str(tmp_path / "one"),
+                                  progress=False)
+  mesh = xa.make_mesh(*shape)
+  sharded = xa.extract_activations(model, TEXTS, pooling="words", batch_size=8, mesh=mesh,
+                                   store_dir=str(tmp_path / "mesh"), progress=False)
+  np.testing.assert_allclose(sharded.array, single.array, atol=1e-5, rtol=1e-5)
+  np.testing.assert_array_equal(sharded.index, single.index)
+
+
+def test_interrupted_run_resumes_to_the_same_store(models, tmp_path, monkeypatch):
+  model = models["right"]
+  full = xa.extract_activations(model, TEXTS, pooling="last_word", shard_size=3, store_dir=str(tmp_path / "full"),
+                                progress=False)
+  original = xa.ActivationStore.write_shard
+  calls = []
+
+  def crash_after_two(self, k, *args):
+    if len(calls) == 2:
+      raise KeyboardInterrupt("simulated crash")
+    calls.append(k)
+    original(self, k, *args)
+
+  monkeypatch.setattr(xa.ActivationStore, "write_shard", crash_after_two)
+  with pytest.raises(KeyboardInterrupt):
+    xa.extract_activations(model, TEXTS, pooling="last_word", shard_size=3, store_dir=str(tmp_path / "r"),
+                           progress=False)
+  monkeypatch.setattr(xa.ActivationStore, "write_shard", original)
+  written = []
+  monkeypatch.setattr(xa.ActivationStore, "write_shard", lambda self, k, *a: (written.append(k), original(self, k, *a)))
+  resumed = xa.extract_activations(model, TEXTS, pooling="last_word", shard_size=3, store_dir=str(tmp_path / "r"),
+                                   progress=False)
+  assert written == [2]  # only the missing shard ran
+  np.testing.assert_array_equal(np.asarray(resumed.array), np.asarray(full.array))
+  np.testing.assert_array_equal(resumed.index, full.index)
+
+
+def test_mismatched_rerun_is_refused(models, tmp_path):
+  model = models["right"]
+  xa.extract_activations(model, TEXTS, store_dir=str(tmp_path), progress=False)
+  with pytest.raises(ValueError, match="text_hash"):
+    xa.extract_activations(model, TEXTS[::-1], store_dir=str(tmp_path), progress=False)
+  with pytest.raises(ValueError, match="model"):
+    xa.extract_activations(models["left"], TEXTS, store_dir=str(tmp_path), progress=False)
+
+
+def test_stats_record_outlier_dimensions(models, tmp_path):
+  acts = xa.extract_activations(models["right"], TEXTS, pooling="words", store_dir=str(tmp_path), progress=False)
+  stats = json.load(open(os.path.join(tmp_path, "stats.json")))
+  x = np.asarray(acts.array, np.float64)
+  for layer, s in enumerate(stats["layers"]):
+    assert s["max_abs"] == pytest.approx(np.abs(x[layer]).max(), rel=1e-6)
+    var = x[layer].var(0)
+    assert s["top_variance_dims"][0] == int(np.argmax(var))
+    assert s["top_variance_share"][0] == pytest.approx(var.max() / var.sum(), rel=1e-4)
+
+
+def test_overflow_is_an_error_or_a_logged_skip(models, tmp_path):
+  model = models["right"]
+  long_text = " ".join(["again"] * 40)
+  texts = TEXTS[:3] + [long_text]
+  with pytest.raises(ValueError, match="max_tokens=60"):
+    xa.extract_activations(model, texts, max_tokens=60, store_dir=str(tmp_path / "e"), progress=False)
+  acts = xa.extract_activations(model, texts, max_tokens=60, on_overflow="skip", store_dir=str(tmp_path / "s"),
+                                progress=False)
+  assert sorted(set(acts.index["text"])) == [0, 1, 2]
+
+
+def test_non_finite_activations_name_the_layer_and_text(models, tmp_path):
+  import jax
+  model = models["right"]
+  params = jax.tree_util.tree_map(lambda x: x, model.params)
+  params["params"]["layers"]["block"]["mlp"]["down"]["kernel"] = (
+      params["params"]["layers"]["block"]["mlp"]["down"]["kernel"].at[1].set(np.inf))
+  broken = xsim.Model(config=model.config, params=params, tokenizer=model.tokenizer, dtype=model.dtype, name="broken")
+  with pytest.raises(FloatingPointError, match="broken produced NaN/Inf activations at layer 2 for text 0"):
+    xa.extract_activations(broken, TEXTS, store_dir=str(tmp_path), progress=False)
+
+
+def test_bad_arguments(models):
+  model = models["right"]
+  with pytest.raises(ValueError, match="pooling"):
+    xa.extract_activations(model, TEXTS, pooling="max")
+  with pytest.raises(ValueError, match="out of range"):
+    xa.extract_activations(model, TEXTS, layers=[0, 99])
+  with pytest.raises(ValueError, match="data axis"):
+    xa.extract_activations(model, TEXTS, batch_size=3, mesh=xa.make_mesh(8, 1))

@@ -1,0 +1,5 @@
+"""Activation extraction aligned across tokenizers: pooled rows by character offsets, sharded, stored."""
+from xsim.activations.extract import SITES, extract_activations, model_fingerprint
+from xsim.activations.rows import POOLINGS, relative_depth_layers
+from xsim.activations.sharding import make_mesh
+from xsim.activations.store import Activations, ActivationStore, paired_rows

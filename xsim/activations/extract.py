@@ -1,0 +1,256 @@
+"""`extract_activations`: pooled activations of every layer, jitted per shape bucket, sharded, stored, resumable.
+
+Per batch, one compiled function runs the model (no logits) and pools on device, so only
+[layers, batch, rows, hidden] leaves the device; the next batch is dispatched before the previous one is copied
+to host, and texts are tokenized on a background thread.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from typing import Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from xsim.activations import sharding as shard_lib
+from xsim.activations.rows import INDEX_DTYPE, POOLINGS, sample_rows, tokenize
+from xsim.activations.store import Activations, ActivationStore, shard_stats
+from xsim.data.text import text_hash
+from xsim.models.model import Model
+
+SITES = ("residual", "attn", "mlp", "final_norm")
+
+
+def model_fingerprint(model: Model) -> str:
+  """A cheap content hash of a model: its config and a sample of every parameter leaf."""
+  digest = hashlib.sha256(repr(model.config).encode())
+  for leaf in jax.tree_util.tree_leaves(model.params):
+    sample = np.asarray(jax.device_get(leaf.reshape(-1)[:256])).astype(np.float32)
+    digest.update(str(leaf.shape).encode())
+    digest.update(sample.tobytes())
+  return digest.hexdigest()[:16]
+
+
+def _bucket(n: int, minimum: int) -> int:
+  """Smallest power of two >= max(n, minimum): a few shapes, so few compilations."""
+  return max(minimum, 1 << max(0, int(n - 1).bit_length()))
+
+
+def _pooled_forward(module, layers: tuple[int, ...], site: str, mesh: Optional[Mesh], param_shardings):
+  """jit(params, ids [B,S], mask [B,S], weights [B,R,S]) -> pooled [len(layers), B, R, D] float32."""
+  def fn(params, ids, mask, weights):
+    out = module.apply(params, ids, mask, compute_logits=False, return_sites=site in ("attn", "mlp"))
+    if site == "residual":
+      acts = out.hidden_states[jnp.asarray(layers)]
+    elif site == "final_norm":
+      acts = out.final_hidden[None]
+    else:  # block outputs: array layer i is block i (1-based like hidden states)
+      acts = (out.attn_out if site == "attn" else out.mlp_out)[jnp.asarray(layers) - 1]
+    return jnp.einsum("lbsd,brs->lbrd", acts.astype(jnp.float32), weights, precision=jax.lax.Precision.HIGHEST)
+
+  if mesh is None:
+    return jax.jit(fn)
+  data = lambda ndim, axis=0: shard_lib.batch_sharding(mesh, ndim, axis)
+  return jax.jit(fn, in_shardings=(param_shardings, data(2), data(2), data(3)), out_shardings=data(4, 1))
+
+
+def _resolve_layers(model: Model, layers, site: str) -> list[int]:
+  num = model.config.num_layers
+  if site == "final_norm":
+    return [num]
+  valid = range(1, num + 1) if site in ("attn", "mlp") else range(num + 1)
+  if isinstance(layers, str):
+    if layers != "all":
+      raise ValueError(f"layers={layers!r}: pass 'all' or a list of hidden-state indices.")
+    return list(valid)
+  layers = [int(i) for i in layers]
+  bad = [i for i in layers if i not in valid]
+  if bad or not layers:
+    raise ValueError(f"layers {bad or layers} are out of range for site {site!r} of a {num}-layer model "
+                     f"(valid: {valid.start}..{valid.stop - 1}).")
+  return layers
+
+
+def _prepare(model: Model, texts: Sequence[str], start: int, pooling: str, keep_bos: bool, max_tokens: int,
+             on_overflow: str):
+  """Tokenizes texts[start:...] into (text index, ids, rows) and logs skipped texts."""
+  prepared = []
+  for offset, text in enumerate(texts):
+    i = start + offset
+    tok = tokenize(model.tokenizer, text)
+    if len(tok.ids) > max_tokens:
+      message = (f"Text {i} has {len(tok.ids)} tokens for {model.name}, over max_tokens={max_tokens}; cut texts "
+                 "by characters or words before extraction (xsim.data.cut_text) or raise max_tokens.")
+      if on_overflow == "error":
+        raise ValueError(message)
+      logging.warning("Skipping: %s", message)
+      continue
+    rows = sample_rows(tok, text, pooling, keep_bos)
+    if rows:
+      prepared.append((i, tok.ids, rows))
+  return prepared
+
+
+def _host_batch(items, batch_size: int, pad_id: int, left_pad: bool, min_seq: int):
+  """ids/mask [B, S] and pooling weights [B, R, S] (S, R bucketed) plus the row index, for <= batch_size texts."""
+  seq = _bucket(max(len(ids) for _, ids, _ in items), min_seq)
+  num_rows = _bucket(max(len(rows) for _, _, rows in items), 1)
+  ids = np.full((batch_size, seq), pad_id, np.int32)
+  mask = np.zeros((batch_size, seq), np.int32)
+  weights = np.zeros((batch_size, num_rows, seq), np.float32)
+  index = []
+  for b, (text_i, tokens, rows) in enumerate(items):
+    shift = seq - len(tokens) if left_pad else 0  # gather at explicit indices, whichever side pads
+    ids[b, shift:shift + len(tokens)] = tokens
+    mask[b, shift:shift + len(tokens)] = 1
+    for r, (positions, (c0, c1), word, token) in enumerate(rows):
+      weights[b, r, np.asarray(positions) + shift] = 1.0 / len(positions)
+      index.append((b, r, (text_i, word, token, c0, c1, True)))
+  return ids, mask, weights, index, int(sum(len(t) for _, t, _ in items))
+
+
+def extract_activations(model: Model, texts: Sequence[str], pooling: str = "last",
+                        layers: Union[str, Sequence[int]] = "all", batch_size: int = 32, mesh: Optional[Mesh] = None,
+                        store_dir: Optional[str] = None, site: str = "residual", keep_bos: bool = False,
+                        max_tokens: int = 1024, on_overflow: str = "error", shard_size: int = 1024,
+                        store_dtype: str = "float32", min_seq: int = 16, progress: bool = True) -> Activations:
+  """Activations of `model` on `texts`, one row per sample (see xsim.activations.rows for the poolings).
+
+  Returns Activations with array [len(layers), num_rows, hidden] and index [num_rows] (which text, word, token and
+  character span each row is). layers: "all" or hidden-state indices (0 = embeddings). site: "residual" (default),
+  "attn" / "mlp" (block outputs, layers 1..L) or "final_norm". mesh: a (data, model) Mesh from
+  `xsim.activations.make_mesh`; batch_size must be a multiple of its data axis. With jax.distributed initialised,
+  each process extracts every process_count-th shard of texts into the shared store_dir and all return the same
+  store. store_dir: where shards are written (a temporary directory if None); a rerun resumes.
+  """
+  if pooling not in POOLINGS:
+    raise ValueError(f"pooling={pooling!r} is not one of {POOLINGS}.")
+  if site not in SITES:
+    raise ValueError(f"site={site!r} is not one of {SITES}.")
+  if on_overflow not in ("error", "skip"):
+    raise ValueError(f"on_overflow={on_overflow!r} must be 'error' or 'skip'.")
+  if model.tokenizer is None:
+    raise ValueError(f"{model.name} has no tokenizer; load it with load_tokenizer=True.")
+  if not len(texts) or not all(isinstance(t, str) and t.strip() for t in texts):
+    raise ValueError("texts must be a non-empty sequence of non-empty strings.")
+  if mesh is not None and batch_size % mesh.shape[shard_lib.DATA]:
+    raise ValueError(f"batch_size={batch_size} is not a multiple of the mesh's data axis "
+                     f"({mesh.shape[shard_lib.DATA]}).")
+  layer_list = _resolve_layers(model, layers, site)
+  store_dir = store_dir or tempfile.mkdtemp(prefix="xsim-acts-")
+  num_shards = -(-len(texts) // shard_size)
+  store = ActivationStore(store_dir, {
+      "model": model.name, "model_hash": model_fingerprint(model), "dtype": jnp.dtype(model.dtype).name,
+      "pooling": pooling, "keep_bos": keep_bos, "site": site, "layers": layer_list, "text_hash": text_hash(texts),
+      "num_texts": len(texts), "shard_size": shard_size, "max_tokens": max_tokens, "on_overflow": on_overflow,
+      "store_dtype": store_dtype, "hidden_size": model.config.hidden_size})
+  if store.complete:
+    logging.info("Activation store %s is complete; nothing to extract.", store_dir)
+    return store.load()
+
+  process, num_processes = jax.process_index(), jax.process_count()
+  todo = [k for k in range(num_shards) if k % num_processes == process and not store.has_shard(k)]
+  logging.info("%s: %d of %d shards to extract into %s (process %d/%d).", model.name, len(todo), num_shards,
+               store_dir, process, num_processes)
+  params, param_shardings = model.params, None
+  if mesh is not None:
+    param_shardings = shard_lib.param_shardings(params, mesh)
+    params = jax.device_put(params, param_shardings)
+  fn = _pooled_forward(model.module, tuple(layer_list), site, mesh, param_shardings)
+  pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+  left_pad = getattr(model.tokenizer, "padding_side", "right") == "left"
+
+  prepare = lambda k: _prepare(model, texts[k * shard_size:(k + 1) * shard_size], k * shard_size, pooling,
+                               keep_bos, max_tokens, on_overflow)
+  bar = _progress(sum(min(shard_size, len(texts) - k * shard_size) for k in todo), model.name) if progress else None
+  with concurrent.futures.ThreadPoolExecutor(1) as pool:  # tokenizes shard k+1 while shard k runs
+    upcoming = pool.submit(prepare, todo[0]) if todo else None
+    for n, k in enumerate(todo):
+      items = upcoming.result()
+      upcoming = pool.submit(prepare, todo[n + 1]) if n + 1 < len(todo) else None
+      acts, index = _run_shard(fn, params, items, batch_size, pad_id, left_pad, min_seq, bar, store_dtype)
+      _check_finite(acts, index, layer_list, model.name)
+      store.write_shard(k, acts, index, shard_stats(acts))
+  if bar is not None:
+    bar.close()
+  _wait_for_shards(store, num_shards)
+  if process == 0 and not store.complete:
+    store.consolidate(num_shards)
+  return _wait_complete(store)
+
+
+def _run_shard(fn, params, items, batch_size, pad_id, left_pad, min_seq, bar, store_dtype):
+  """Runs one shard's texts (sorted by length into batches) -> acts [layers, rows, D] in text order, index."""
+  order = sorted(range(len(items)), key=lambda i: len(items[i][1]))
+  batches = [[items[i] for i in order[s:s + batch_size]] for s in range(0, len(order), batch_size)]
+  pieces, pending = [], None
+  start = time.perf_counter()
+  for batch in batches:
+    ids, mask, weights, index, tokens = _host_batch(batch, batch_size, pad_id, left_pad, min_seq)
+    result = fn(params, ids, mask, weights)  # dispatched asynchronously
+    if pending is not None:
+      pieces.append(_collect(*pending))
+    pending = (result, index)
+    if bar is not None:
+      bar.update(len(batch))
+      bar.set_postfix(tokens_per_s=f"{tokens / max(time.perf_counter() - start, 1e-9):.0f}", refresh=False)
+      start = time.perf_counter()
+  if pending is not None:
+    pieces.append(_collect(*pending))
+  if not pieces:
+    return np.zeros((0, 0, 0), store_dtype), np.zeros(0, INDEX_DTYPE)
+  acts = np.concatenate([p[0] for p in pieces], axis=1)
+  index = np.concatenate([p[1] for p in pieces])
+  order = np.lexsort((index["token"], index["word"], index["text"]))
+  return acts[:, order].astype(store_dtype), index[order]
+
+
+def _collect(result, index):
+  pooled = np.asarray(result)  # [layers, B, R, D]: the device-to-host copy of this batch
+  b = np.asarray([i[0] for i in index])
+  r = np.asarray([i[1] for i in index])
+  return pooled[:, b, r], np.asarray([i[2] for i in index], INDEX_DTYPE)
+
+
+def _check_finite(acts: np.ndarray, index: np.ndarray, layers: list[int], name: str) -> None:
+  bad = ~np.isfinite(acts).all(-1)
+  if bad.any():
+    layer, row = map(int, np.argwhere(bad)[0])
+    raise FloatingPointError(f"{name} produced NaN/Inf activations at layer {layers[layer]} for text "
+                             f"{int(index['text'][row])} (row {row}); try dtype='float32' or 'bfloat16' "
+                             "(float16 overflows in some models).")
+
+
+def _wait_for_shards(store: ActivationStore, num_shards: int, timeout_s: float = 24 * 3600) -> None:
+  """With several processes, shards appear from all of them; wait until every one is on disk."""
+  deadline = time.time() + timeout_s
+  while not all(store.has_shard(k) for k in range(num_shards)):
+    if time.time() > deadline:
+      raise TimeoutError(f"Shards of {store.path} did not all appear; did another process fail?")
+    time.sleep(0.5)
+
+
+def _wait_complete(store: ActivationStore, timeout_s: float = 3600) -> Activations:
+  deadline = time.time() + timeout_s
+  manifest = os.path.join(store.path, "manifest.json")
+  while not store.complete:
+    with open(manifest) as f:
+      store.manifest = json.load(f)
+    if not store.complete:
+      if time.time() > deadline:
+        raise TimeoutError(f"{store.path} was not consolidated by process 0.")
+      time.sleep(0.5)
+  return store.load()
+
+
+def _progress(total: int, name: str):
+  from tqdm.auto import tqdm
+  return tqdm(total=total, desc=f"extract {os.path.basename(str(name))}", unit="text")

@@ -1,0 +1,379 @@
+"""GGUF files -> a Hugging Face state dict, config and tokenizer, in NumPy (no PyTorch needed).
+
+A GGUF file holds a model as llama.cpp's converter wrote it: tensors renamed (`blk.0.attn_q.weight`), mostly
+block-quantized, and for some families with changed values. This module undoes all of that, so a GGUF file
+yields exactly what a safetensors checkpoint would: HF parameter names (`model.layers.0.self_attn.q_proj.weight`),
+NumPy arrays in HF/PyTorch layout (Linear weights [out, in]) and a `transformers` config of the right class.
+The value changes llama.cpp makes, each undone below in the family's `fix`:
+
+- Llama: q and k rows are permuted per head from HF's rotate-half rotary layout to llama.cpp's interleaved one.
+- Gemma 1/2/3: every `*norm.weight` is stored as w + 1 (HF's Gemma RMSNorm scales by 1 + w, llama.cpp's by w).
+- GPT-NeoX: the fused qkv rows are regrouped from per-head [q k v] blocks to [all q | all k | all v].
+
+transformers' own GGUF loaders need PyTorch (`load_gguf_checkpoint` raises ImportError without it, and the
+tokenizer path reads the file with a torch-based reader), so the config is rebuilt here from the metadata and
+the tokenizer from transformers' torch-free vocabulary converter. The config matches
+`AutoConfig.from_pretrained(dir, gguf_file=name)` on llama, qwen2 and gemma3 files, and goes further where
+transformers reads too little (noted at `_FAMILIES`); it covers gemma 1 and gptneox, which transformers cannot
+load from GGUF at all.
+
+Tied embeddings: llama.cpp writes `output.weight` only when the output projection is not the embedding
+matrix, so a file without it gets `tie_word_embeddings=True` and its state dict has no `lm_head.weight`
+(as in HF safetensors checkpoints of tied models).
+"""
+import dataclasses
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+import ml_dtypes
+import numpy as np
+from gguf import GGUFReader
+from gguf.quants import dequantize
+from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
+
+_FLOAT_DTYPES = tuple(np.dtype(t) for t in (np.float16, np.float32, np.float64, ml_dtypes.bfloat16))
+_TENSOR_NAME = re.compile(r"(?:blk\.(?P<layer>\d+)\.)?(?P<stem>\w+)\.(?P<kind>weight|bias)")
+
+# Special-token ids: config attribute / tokenizer argument -> llama.cpp key under "tokenizer.ggml.".
+_SPECIAL_IDS = {"bos": "bos_token_id", "eos": "eos_token_id", "unk": "unknown_token_id", "pad": "padding_token_id"}
+
+
+@dataclasses.dataclass(frozen=True)
+class GGUFTokenizerSource:
+  """What it takes to rebuild the tokenizer a GGUF file describes (see `build_tokenizer`).
+
+  Attributes:
+    architecture: the file's `general.architecture` (picks Gemma's SentencePiece fixes).
+    model_type: HF config `model_type`; picks the tokenizer class as `AutoTokenizer` does.
+    vocab: transformers' GGUF tokenizer dict: tokens, merges, scores, token_type, special ids, pre-tokenizer.
+    init_kwargs: tokenizer constructor arguments: add_bos_token, add_eos_token, chat_template, the special
+      token strings.
+  """
+  architecture: str
+  model_type: str
+  vocab: dict[str, Any]
+  init_kwargs: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class GGUFCheckpoint:
+  """A GGUF file as a Hugging Face checkpoint.
+
+  Attributes:
+    config: transformers config of the family's class (LlamaConfig, Qwen2Config, Gemma3TextConfig, ...).
+    state_dict: HF parameter name -> array in HF/PyTorch layout, e.g.
+      "model.layers.0.self_attn.q_proj.weight": [num_heads * head_dim, hidden].
+    tokenizer_source: input of `build_tokenizer`.
+  """
+  config: PretrainedConfig
+  state_dict: dict[str, np.ndarray]
+  tokenizer_source: GGUFTokenizerSource
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Families: how llama.cpp names and changes each one.
+
+Fix = Callable[[str, np.ndarray, PretrainedConfig], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Family:
+  """One `general.architecture`: config keys, tensor names and value changes to undo.
+
+  Attributes:
+    model_type: HF `model_type` whose config class `AutoConfig.for_model` builds.
+    config_keys: llama.cpp hyperparameter (after "<arch>.") -> HF config attribute.
+    top: GGUF tensor stem outside the blocks -> HF module name.
+    block: GGUF stem inside `blk.{i}` -> HF module name under `block_prefix.{i}`.
+    block_prefix: "model.layers" or "gpt_neox.layers".
+    fix: (gguf name, float32 array in HF shape, config) -> the array as HF stores it.
+  """
+  model_type: str
+  config_keys: dict[str, str]
+  top: dict[str, str]
+  block: dict[str, str]
+  block_prefix: str
+  fix: Fix
+
+
+def _no_fix(name: str, w: np.ndarray, config: PretrainedConfig) -> np.ndarray:
+  return w
+
+
+def _unpermute_llama_qk(name: str, w: np.ndarray, config: PretrainedConfig) -> np.ndarray:
+  """Undo llama.cpp's per-head q/k row permutation (weights and biases).
+
+  llama.cpp's Llama rotary pairs adjacent dims (2j, 2j+1); HF's pairs j with j + head_dim/2. The converter
+  therefore reorders each head's rows from [first half | second half] to [h0, s0, h1, s1, ...]
+  (`LlamaModel.permute`, with the KV head count for k). transformers' GGUF loader undoes it the same way.
+  """
+  stem = _TENSOR_NAME.fullmatch(name)["stem"]
+  if stem not in ("attn_q", "attn_k"):
+    return w
+  heads = config.num_attention_heads if stem == "attn_q" else config.num_key_value_heads
+  rows = w.shape[0]
+  # stored [head, pair j, half] -> HF [head, half, pair j]
+  return w.reshape(heads, rows // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _unshift_gemma_norm(name: str, w: np.ndarray, config: PretrainedConfig) -> np.ndarray:
+  """llama.cpp's Gemma converters add 1 to every `*norm.weight` (HF scales by 1 + w); subtract it in float32.
+
+  transformers subtracts it for gemma2/gemma3 files too, but not for gemma (1), whose GGUF it cannot load.
+  """
+  return w - np.float32(1.0) if name.endswith("norm.weight") else w
+
+
+def _regroup_neox_qkv(name: str, w: np.ndarray, config: PretrainedConfig) -> np.ndarray:
+  """llama.cpp stores GPT-NeoX's fused qkv as [q heads | k heads | v heads]; HF interleaves per head [q k v]."""
+  if _TENSOR_NAME.fullmatch(name)["stem"] != "attn_qkv":
+    return w
+  heads = config.num_attention_heads
+  return w.reshape(3, heads, -1, *w.shape[1:]).swapaxes(0, 1).reshape(w.shape)
+
+
+_DECODER_KEYS = {
+    "context_length": "max_position_embeddings", "block_count": "num_hidden_layers",
+    "feed_forward_length": "intermediate_size", "embedding_length": "hidden_size",
+    "attention.head_count": "num_attention_heads", "attention.head_count_kv": "num_key_value_heads",
+    "attention.layer_norm_rms_epsilon": "rms_norm_eps", "rope.freq_base": "rope_theta", "vocab_size": "vocab_size",
+}
+_GEMMA_KEYS = {**_DECODER_KEYS, "attention.key_length": "head_dim"}
+_DECODER_TOP = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+_DECODER_BLOCK = {
+    "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
+    "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+}
+# Gemma 2/3 have four norms per block; llama.cpp's "ffn_norm" is then the pre-MLP one.
+_GEMMA2_BLOCK = {
+    **_DECODER_BLOCK, "post_attention_norm": "post_attention_layernorm", "ffn_norm": "pre_feedforward_layernorm",
+    "post_ffw_norm": "post_feedforward_layernorm",
+}
+
+_FAMILIES = {
+    # transformers reads llama's head_dim from the rotary width, which equals it for every Llama.
+    "llama": _Family("llama", {**_DECODER_KEYS, "rope.dimension_count": "head_dim"}, _DECODER_TOP,
+                     _DECODER_BLOCK, "model.layers", _unpermute_llama_qk),
+    "qwen2": _Family("qwen2", _DECODER_KEYS, _DECODER_TOP, _DECODER_BLOCK, "model.layers", _no_fix),
+    # transformers leaves qwen3's head_dim at the class default (128, true of every released Qwen3).
+    "qwen3": _Family("qwen3", _GEMMA_KEYS, _DECODER_TOP, _DECODER_BLOCK, "model.layers", _no_fix),
+    "gemma": _Family("gemma", _GEMMA_KEYS, _DECODER_TOP, _DECODER_BLOCK, "model.layers", _unshift_gemma_norm),
+    # transformers ignores the soft-capping keys (its class defaults equal the released Gemma 2 values).
+    "gemma2": _Family(
+        "gemma2", {**_GEMMA_KEYS, "attention.sliding_window": "sliding_window",
+                   "attn_logit_softcapping": "attn_logit_softcapping",
+                   "final_logit_softcapping": "final_logit_softcapping"},
+        _DECODER_TOP, _GEMMA2_BLOCK, "model.layers", _unshift_gemma_norm),
+    "gemma3": _Family(
+        "gemma3_text", {**_GEMMA_KEYS, "attention.sliding_window": "sliding_window",
+                        "final_logit_softcapping": "final_logit_softcapping"},
+        _DECODER_TOP, _GEMMA2_BLOCK, "model.layers", _unshift_gemma_norm),
+    "gptneox": _Family(
+        "gpt_neox", {"context_length": "max_position_embeddings", "block_count": "num_hidden_layers",
+                     "feed_forward_length": "intermediate_size", "embedding_length": "hidden_size",
+                     "attention.head_count": "num_attention_heads", "attention.layer_norm_epsilon": "layer_norm_eps",
+                     "use_parallel_residual": "use_parallel_residual", "rope.freq_base": "rope_theta",
+                     "vocab_size": "vocab_size"},
+        {"token_embd": "gpt_neox.embed_in", "output_norm": "gpt_neox.final_layer_norm", "output": "embed_out"},
+        {"attn_norm": "input_layernorm", "attn_qkv": "attention.query_key_value", "attn_output": "attention.dense",
+         "ffn_norm": "post_attention_layernorm", "ffn_up": "mlp.dense_h_to_4h", "ffn_down": "mlp.dense_4h_to_h"},
+        "gpt_neox.layers", _regroup_neox_qkv),
+}
+SUPPORTED_ARCHITECTURES = tuple(_FAMILIES)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Public API
+
+
+def read_gguf(path: str | os.PathLike, dtype: Any = np.float32) -> GGUFCheckpoint:
+  """Read a GGUF file into an HF config, state dict and tokenizer source.
+
+  Tensors are dequantized one at a time (float32, as `gguf.quants.dequantize` returns them), llama.cpp's value
+  changes are undone in float32, and only then is each cast to `dtype`; so peak memory is the state dict plus
+  one float32 tensor, and float32 results equal transformers' GGUF loading bit for bit.
+
+  Args:
+    path: a .gguf file of one of `SUPPORTED_ARCHITECTURES`.
+    dtype: float16, bfloat16, float32 or float64 (anything `np.dtype` accepts naming one of them).
+  """
+  dtype = _float_dtype(dtype)
+  reader = _open(path)
+  meta = _metadata(reader)
+  arch = _architecture(meta, path)
+  family = _FAMILIES[arch]
+  shapes = {t.name: tuple(int(d) for d in reversed(t.shape.tolist())) for t in reader.tensors}
+  hf_names = _hf_names(family, shapes, path)
+  config = _config(arch, meta, shapes)
+  _check_shapes(config, shapes, path)
+
+  state_dict = {}
+  for tensor in reader.tensors:
+    w = dequantize(tensor.data, tensor.tensor_type).reshape(shapes[tensor.name])
+    w = family.fix(tensor.name, w, config)
+    # F32 tensors come back as views of the file's memory map: copy those, cast the rest in place.
+    state_dict[hf_names[tensor.name]] = w.astype(dtype, copy=np.may_share_memory(w, tensor.data))
+  return GGUFCheckpoint(config, state_dict, _tokenizer_source(arch, family.model_type, meta))
+
+
+def build_tokenizer(source: GGUFTokenizerSource) -> PreTrainedTokenizerBase:
+  """The HF tokenizer `AutoTokenizer.from_pretrained(dir, gguf_file=name)` builds, without PyTorch.
+
+  Same converter (transformers' `convert_gguf_tokenizer`) and same class choice (the config class's registered
+  tokenizer, else `TokenizersBackend`), so padding side, BOS/EOS insertion and special tokens match.
+  """
+  # Imported here: these modules are only needed for tokenizers and pull in the tokenizer class registry.
+  from transformers import TokenizersBackend
+  from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer
+  from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+  from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING
+
+  backend, extra_kwargs = convert_gguf_tokenizer(source.architecture, dict(source.vocab))
+  tokenizer_class = TOKENIZER_MAPPING.get(CONFIG_MAPPING[source.model_type], None) or TokenizersBackend
+  return tokenizer_class(tokenizer_object=backend, **source.init_kwargs, **extra_kwargs)
+
+
+def load_gguf_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
+  """The HF tokenizer of a GGUF file (reads only its metadata)."""
+  meta = _metadata(_open(path))
+  arch = _architecture(meta, path)
+  return build_tokenizer(_tokenizer_source(arch, _FAMILIES[arch].model_type, meta))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading and checking
+
+
+def _float_dtype(dtype: Any) -> np.dtype:
+  try:
+    dt = np.dtype(dtype)
+  except TypeError as e:
+    raise ValueError(f"dtype={dtype!r} is not a NumPy dtype; pass one of float16, bfloat16, float32, float64.") from e
+  if dt not in _FLOAT_DTYPES:
+    raise ValueError(f"dtype={dt} is not a float type; pass one of float16, bfloat16, float32, float64.")
+  return dt
+
+
+def _open(path: str | os.PathLike) -> GGUFReader:
+  path = Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(
+        f"No GGUF file at {path}. Pass the path of a .gguf file; xsim.models.assets.fetch_model(name) downloads "
+        f"the offline test models.")
+  try:
+    return GGUFReader(path)
+  except (ValueError, OSError, IndexError) as e:  # bad magic, truncated header, ...
+    raise ValueError(f"{path} is not a readable GGUF file ({e}). Check the file is complete (its sha256).") from e
+
+
+def _metadata(reader: GGUFReader) -> dict[str, Any]:
+  """Key -> Python value (str, int, float, bool or list of them) for every metadata entry of the file."""
+  return {key: field.contents() for key, field in reader.fields.items() if not key.startswith("GGUF.")}
+
+
+def _architecture(meta: dict[str, Any], path: str | os.PathLike) -> str:
+  arch = meta.get("general.architecture")
+  if arch not in _FAMILIES:
+    raise ValueError(
+        f"{path} holds a GGUF model of architecture {arch!r}, which xsim cannot load. Supported architectures: "
+        f"{', '.join(SUPPORTED_ARCHITECTURES)}.")
+  return arch
+
+
+def _hf_names(family: _Family, shapes: dict[str, tuple[int, ...]], path) -> dict[str, str]:
+  """GGUF tensor name -> HF parameter name; refuses tensors the family does not know rather than drop them."""
+  names, unknown = {}, []
+  for name in shapes:
+    m = _TENSOR_NAME.fullmatch(name)
+    table = family.block if m and m["layer"] is not None else family.top
+    if m is None or m["stem"] not in table:
+      unknown.append(name)
+      continue
+    module = table[m["stem"]]
+    prefix = f"{family.block_prefix}.{m['layer']}." if m["layer"] is not None else ""
+    names[name] = f"{prefix}{module}.{m['kind']}"
+  if "rope_freqs.weight" in unknown:
+    raise ValueError(
+        f"{path} stores rope_freqs.weight (llama.cpp's form of Llama 3.1+ rope scaling), which this loader does "
+        f"not turn back into a rope_scaling config. Load the model's safetensors checkpoint instead.")
+  if unknown:
+    raise ValueError(
+        f"{path}: tensors {unknown[:8]}{' ...' if len(unknown) > 8 else ''} have no HF name in xsim's "
+        f"{family.model_type} mapping; the file holds parts (e.g. vision towers, MoE) xsim does not load.")
+  return names
+
+
+def _config(arch: str, meta: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> PretrainedConfig:
+  """The HF config of the file, from llama.cpp's hyperparameter keys."""
+  family = _FAMILIES[arch]
+  kwargs = {hf: meta[f"{arch}.{key}"] for key, hf in family.config_keys.items() if f"{arch}.{key}" in meta}
+  for name, key in _SPECIAL_IDS.items():
+    if f"tokenizer.ggml.{key}" in meta:
+      kwargs[f"{name}_token_id"] = meta[f"tokenizer.ggml.{key}"]
+  # As transformers does: a file without the key has one embedding row per token.
+  kwargs.setdefault("vocab_size", len(meta["tokenizer.ggml.tokens"]))
+  kwargs["tie_word_embeddings"] = "output.weight" not in shapes
+  kwargs.update(_rope_scaling(arch, meta))
+
+  if arch == "gptneox":
+    # llama.cpp stores the rotary width in dims; HF the fraction of the head it covers.
+    head_dim = kwargs["hidden_size"] // kwargs["num_attention_heads"]
+    kwargs["rotary_pct"] = meta[f"{arch}.rope.dimension_count"] / head_dim
+  if arch in ("gemma2", "gemma3"):
+    # Not in the file: llama.cpp scales queries by 1/sqrt(head_dim), except for the 27B models (46 and 62
+    # blocks), which use 1/sqrt(hidden / heads); HF states the same value as query_pre_attn_scalar.
+    is_27b = kwargs["num_hidden_layers"] == {"gemma2": 46, "gemma3": 62}[arch]
+    kwargs["query_pre_attn_scalar"] = (
+        kwargs["hidden_size"] // kwargs["num_attention_heads"] if is_27b else kwargs["head_dim"])
+  if arch == "gemma3" and "sliding_window" not in kwargs:
+    # The converter omits the window exactly when the model has no sliding layers.
+    kwargs["layer_types"] = ["full_attention"] * kwargs["num_hidden_layers"]
+  return AutoConfig.for_model(family.model_type, **kwargs)
+
+
+def _rope_scaling(arch: str, meta: dict[str, Any]) -> dict[str, Any]:
+  """`rope_scaling` from llama.cpp's rope.scaling keys: linear only (Gemma 3 4B+); refuses the rest."""
+  kind = meta.get(f"{arch}.rope.scaling.type", "none")
+  if kind == "none":
+    return {}
+  if kind == "linear":
+    return {"rope_scaling": {"rope_type": "linear", "factor": meta[f"{arch}.rope.scaling.factor"]}}
+  raise ValueError(
+      f"GGUF rope scaling {kind!r} is not supported (only linear); load the safetensors checkpoint instead.")
+
+
+def _check_shapes(config: PretrainedConfig, shapes: dict[str, tuple[int, ...]], path) -> None:
+  """Fail on a config the tensors contradict, before any dequantization."""
+  embed = shapes.get("token_embd.weight")
+  expected = (config.vocab_size, config.hidden_size)
+  if embed != expected:
+    raise ValueError(
+        f"{path}: token_embd.weight has shape {embed}, but the metadata gives [vocab_size, hidden_size] = "
+        f"{list(expected)}; the file's metadata does not describe its tensors.")
+  blocks = {int(m["layer"]) for name in shapes if (m := _TENSOR_NAME.fullmatch(name)) and m["layer"] is not None}
+  if blocks != set(range(config.num_hidden_layers)):
+    raise ValueError(
+        f"{path}: tensors exist for blocks {sorted(blocks)[:3]}..{max(blocks, default=None)}, but block_count "
+        f"is {config.num_hidden_layers}.")
+
+
+def _tokenizer_source(arch: str, model_type: str, meta: dict[str, Any]) -> GGUFTokenizerSource:
+  """transformers' GGUF tokenizer inputs, read from the metadata as its (torch-based) reader would."""
+  # transformers' table of the llama.cpp keys its converter reads ("tokenizer.<key>" -> argument name).
+  from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_TOKENIZER_MAPPING
+
+  vocab, init_kwargs = (
+      {name: meta[f"tokenizer.{key}"] for key, name in GGUF_TOKENIZER_MAPPING[group].items()
+       if f"tokenizer.{key}" in meta}
+      for group in ("tokenizer", "tokenizer_config"))
+  if vocab.get("tokenizer_type") == "llama":
+    # llama.cpp adds BOS with a SentencePiece vocabulary unless the file says otherwise; transformers follows.
+    init_kwargs.setdefault("add_bos_token", True)
+  for name, key in _SPECIAL_IDS.items():
+    token_id = meta.get(f"tokenizer.ggml.{key}")
+    init_kwargs[f"{name}_token"] = vocab["tokens"][token_id] if token_id is not None else None
+  return GGUFTokenizerSource(arch, model_type, vocab, init_kwargs)
