@@ -1,0 +1,21 @@
+"""A 2-process jax.distributed extraction on localhost writes the same store as one process."""
+import numpy as np
+import pytest
+
+import xsim
+from launch.local import launch
+from tests.activations.tiny import TEXTS, make_model_dir
+from xsim import activations as xa
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one(tmp_path):
+  model_dir = str(make_model_dir(tmp_path / "model", "bytelevel"))
+  one = xa.extract_activations(xsim.load_model(model_dir), TEXTS, pooling="words", shard_size=2, batch_size=2,
+                               store_dir=str(tmp_path / "one"), progress=False)
+  code = launch(["-m", "tests.activations.multiprocess_worker", model_dir, str(tmp_path / "two")], 2, timeout_s=600)
+  assert code == 0
+  two_array = np.load(tmp_path / "two" / "activations.npy")
+  two_index = np.load(tmp_path / "two" / "index.npy")
+  np.testing.assert_allclose(two_array, np.asarray(one.array), atol=1e-6)
+  np.testing.assert_array_equal(two_index, one.index)
