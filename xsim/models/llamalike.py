@@ -14,7 +14,7 @@ from xsim.models.rope import inverse_frequencies
 # Attributes that never change the forward pass of a float32/bfloat16 inference run.
 IGNORED_ATTRIBUTES = frozenset({
     "architectures", "dtype", "torch_dtype", "transformers_version", "_name_or_path", "model_type",
-    "bos_token_id", "eos_token_id", "pad_token_id", "use_cache", "initializer_range", "attention_dropout",
+    "bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id", "sep_token_id", "use_cache", "initializer_range", "attention_dropout",
     "hidden_dropout", "max_position_embeddings", "output_hidden_states", "output_attentions", "return_dict",
     "id2label", "label2id", "problem_type", "chunk_size_feed_forward", "is_encoder_decoder", "tokenizer_class",
     "pretraining_tp", "max_window_layers", "use_sliding_window", "_attn_implementation_autoset",
