@@ -1,0 +1,184 @@
+"""Forward throughput of xsim's Flax port vs transformers' PyTorch model on the same checkpoint.
+
+    python -m experiments.benchmarks.forward                        # SmolLM2-135M's shape, random weights, CPU
+    python -m experiments.benchmarks.forward --model smollm2-135m   # the packaged GGUF (or a HF dir, a .gguf)
+    python -m experiments.benchmarks.forward --platform gpu --peak_tflops 989   # H100 dense bf16 peak
+
+Both sides do the same work per call: logits [B, S, V] and every hidden state, from one checkpoint on disk.
+Warm-up (XLA compilation, PyTorch's first call) is timed apart; throughput is the median over --repeats calls.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+import torch
+import transformers
+
+import xsim
+
+# SmolLM2-135M's architecture (HuggingFaceTB/SmolLM2-135M config.json), given random weights.
+SMOLLM2_135M = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                    num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True, rms_norm_eps=1e-5,
+                    rope_parameters=dict(rope_type="default", rope_theta=100000.0), max_position_embeddings=8192)
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--model", default=None,
+                 help="local HF directory, .gguf file or packaged name (e.g. smollm2-135m); default: a random "
+                      "SmolLM2-135M-shaped Llama written with save_pretrained to a temporary directory")
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--seq", type=int, default=128)
+  p.add_argument("--repeats", type=int, default=5, help="timed calls per side (after one warm-up call)")
+  p.add_argument("--dtype", choices=sorted(TORCH_DTYPES), default=None,
+                 help="weights and activations of both sides; default float32 on cpu, bfloat16 on gpu")
+  p.add_argument("--platform", choices=("cpu", "gpu"), default="cpu",
+                 help="where both models run (gpu: JAX's CUDA backend and torch on cuda)")
+  p.add_argument("--peak_tflops", type=float, default=None,
+                 help="the device's peak dense TFLOP/s at --dtype, to report the fraction of peak achieved")
+  p.add_argument("--torch_threads", type=int, default=None,
+                 help="torch.set_num_threads for PyTorch; default: leave torch's own default (one per core)")
+  p.add_argument("--seed", type=int, default=0)
+  args = p.parse_args(argv)
+  if min(args.batch, args.seq, args.repeats) < 1:
+    p.error("--batch, --seq and --repeats must be positive.")
+  args.dtype = args.dtype or ("bfloat16" if args.platform == "gpu" else "float32")
+  return args
+
+
+def write_random_checkpoint(directory: str, seed: int) -> None:
+  """SmolLM2-135M-shaped Llama with transformers' random init, saved as safetensors in `directory`."""
+  torch.manual_seed(seed)
+  config = transformers.LlamaConfig(**SMOLLM2_135M)
+  transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(directory)
+
+
+def model_location(model: str) -> tuple[str, str | None]:
+  """--model -> (HF directory, gguf file name in it or None), for transformers' from_pretrained."""
+  path = os.path.expanduser(model)
+  if not path.endswith(".gguf") and not os.path.isdir(path):
+    from xsim.models import assets
+    if model not in assets.MODELS:
+      raise ValueError(f"--model {model!r} is not a directory, a .gguf file or one of {sorted(assets.MODELS)}.")
+    path = str(assets.fetch_model(model))
+  if path.endswith(".gguf"):
+    return os.path.dirname(os.path.abspath(path)), os.path.basename(path)
+  return path, None
+
+
+def load_torch(directory: str, gguf_file: str | None, dtype: str, device: str) -> torch.nn.Module:
+  model = transformers.AutoModelForCausalLM.from_pretrained(
+      directory, gguf_file=gguf_file, dtype=TORCH_DTYPES[dtype], attn_implementation="sdpa")
+  return model.to(device).eval()
+
+
+def time_calls(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str, tuple[float, list[float], Any]]:
+  """name -> (seconds of its first call, seconds of each of `repeats` further calls, its last result).
+
+  The timed calls alternate between the entries, round by round, so a load change on a shared machine hits
+  every side alike. Each call must block until its result is computed (else only the dispatch is timed).
+  """
+  def timed(call):
+    start = time.perf_counter()
+    result = call()
+    return time.perf_counter() - start, result
+
+  firsts = {name: timed(call) for name, call in calls.items()}
+  times = {name: [] for name in calls}
+  results = {name: result for name, (_, result) in firsts.items()}
+  for _ in range(repeats):
+    for name, call in calls.items():
+      seconds, results[name] = timed(call)
+      times[name].append(seconds)
+  return {name: (firsts[name][0], times[name], results[name]) for name in calls}
+
+
+def numpy_matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+  """Best-of-`repeats` GFLOP/s of an n x n float32 matmul in NumPy's BLAS: this machine's reference speed."""
+  rng = np.random.default_rng(0)
+  a, b = rng.standard_normal((n, n), np.float32), rng.standard_normal((n, n), np.float32)
+  best = min(time_calls({"matmul": lambda: a @ b}, repeats)["matmul"][1])
+  return 2 * n**3 / best / 1e9
+
+
+def summary(name: str, first: float, times: list[float], tokens: int, flops_per_token: float,
+            peak_tflops: float | None) -> float:
+  """Prints one side's figures; returns its median tokens/s."""
+  median = statistics.median(times)
+  rate = tokens / median
+  flops = rate * flops_per_token
+  peak = f", {flops / (peak_tflops * 1e12):.1%} of peak" if peak_tflops else ""
+  print(f"{name:13s} warm-up {first:7.2f} s | median {median * 1e3:8.1f} ms (min {min(times) * 1e3:.1f}, "
+        f"max {max(times) * 1e3:.1f}) | {rate:9.0f} tokens/s | {flops / 1e9:7.1f} GFLOP/s{peak}")
+  return rate
+
+
+def main(argv=None) -> None:
+  args = parse_args(argv)
+  jax.config.update("jax_platforms", "cuda" if args.platform == "gpu" else "cpu")
+  device = "cuda" if args.platform == "gpu" else "cpu"
+  if args.torch_threads is not None:
+    torch.set_num_threads(args.torch_threads)
+  with tempfile.TemporaryDirectory(prefix="xsim-forward-bench-") as scratch:
+    if args.model is None:
+      write_random_checkpoint(scratch, args.seed)
+      directory, gguf_file, source = scratch, None, "random SmolLM2-135M-shaped Llama"
+    else:
+      (directory, gguf_file), source = model_location(args.model), args.model
+    path = os.path.join(directory, gguf_file) if gguf_file else directory
+    ours = xsim.load_model(path, dtype=args.dtype, load_tokenizer=False)
+    theirs = load_torch(directory, gguf_file, args.dtype, device)
+
+  config = ours.config
+  rng = np.random.default_rng(args.seed)
+  ids = rng.integers(0, config.vocab_size, (args.batch, args.seq), dtype=np.int64)
+  mask = np.ones_like(ids)
+  ids_jax, mask_jax = jax.device_put(ids.astype(np.int32)), jax.device_put(mask.astype(np.int32))
+  ids_torch, mask_torch = torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
+
+  def run_xsim():
+    return jax.block_until_ready(ours.forward(ids_jax, mask_jax, compute_logits=True))
+
+  def run_torch():
+    # use_cache=False: no KV cache is built, the same work as xsim's forward (logits and all hidden states).
+    with torch.inference_mode():
+      out = theirs(input_ids=ids_torch, attention_mask=mask_torch, output_hidden_states=True, use_cache=False)
+    if device == "cuda":
+      torch.cuda.synchronize()
+    return out
+
+  tokens = args.batch * args.seq
+  flops_per_token = config.flops_per_token(args.seq, with_logits=True)
+  print(f"model: {source} ({config.family}, {config.num_layers} layers, d={config.hidden_size}, "
+        f"{config.num_params / 1e6:.0f}M params) | batch {args.batch} x seq {args.seq} | {args.dtype} | "
+        f"{flops_per_token / 1e6:.0f} MFLOP/token")
+  threads_note = " (default)" if args.torch_threads is None else " (--torch_threads)"
+  print(f"platform: {args.platform} | jax {jax.__version__} on {jax.devices()[0].device_kind} | torch "
+        f"{torch.__version__}, {torch.get_num_threads()} threads{threads_note}, attn={theirs.config._attn_implementation}"
+        f" | {os.cpu_count()} CPUs")
+
+  timings = time_calls({"xsim": run_xsim, "torch": run_torch}, args.repeats)
+  (xsim_first, xsim_times, xsim_out), (torch_first, torch_times, torch_out) = timings["xsim"], timings["torch"]
+  # Both sides must have loaded the same weights and computed the same function for the ratio to mean anything.
+  diff = np.max(np.abs(np.asarray(xsim_out.logits, np.float32) - torch_out.logits.float().cpu().numpy()))
+  print(f"max |logits xsim - HF| = {diff:.2e}")
+
+  xsim_rate = summary("xsim (JAX)", xsim_first, xsim_times, tokens, flops_per_token, args.peak_tflops)
+  torch_rate = summary("HF (PyTorch)", torch_first, torch_times, tokens, flops_per_token, args.peak_tflops)
+  print(f"xsim compile (warm-up minus median call, excluded above): "
+        f"{xsim_first - statistics.median(xsim_times):.2f} s")
+  print(f"ratio xsim / HF tokens/s: {xsim_rate / torch_rate:.2f}")
+  if args.platform == "cpu":
+    print(f"reference: NumPy float32 2048^3 matmul {numpy_matmul_gflops():.1f} GFLOP/s on this machine")
+
+
+if __name__ == "__main__":
+  main()

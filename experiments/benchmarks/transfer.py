@@ -1,0 +1,233 @@
+"""Linear maps for every layer pair: xsim's vmapped optax trainer and ridge path vs one pair at a time.
+
+  python -m experiments.benchmarks.transfer                 # 24 x 24 layers, n = 8,192, d = 1,024 (hours on CPU)
+  python -m experiments.benchmarks.transfer --layers 8 --n 4096 --d 512 --steps 100 --batch_size 512
+
+Workloads, on the same random float32 activations (target layer j is a noisy linear map of source layer j):
+  optax: `fit_linear_maps(method="adam")` (per source layer one jitted while-loop trains all its pairs, vmapped)
+         vs the honest alternative: a Python loop over pairs calling a jitted single-pair step `steps` times,
+         with xsim's own optimizer step (`train.model_step`), minibatches, step count and validation cadence:
+           rows:       the step takes the minibatch rows (what a per-pair script does);
+           statistics: the step takes the batch statistics xsim uses, computed per pair (separates the gain of
+                       batching over pairs from that of the statistics).
+         The loops are timed on --loop_pairs pairs and extrapolated. Early stopping is off (patience above the
+         number of evaluations) so every run takes every step. xsim's executed matmul FLOP/s is compared with a
+         plain float32 matmul at HIGHEST precision.
+  ridge: `fit_linear_maps(method="ridge")` (one eigendecomposition per source layer, --lambdas penalties from
+         it) vs a per-pair jitted ridge solving (X'X + lambda I) W = X'Y for each lambda, and vs the optax loop.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.lax import Precision
+
+from xsim import transfer
+from xsim.transfer import splits, train
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--layers", type=int, default=24, help="La = Lb")
+  p.add_argument("--n", type=int, default=8192, help="rows (60%% train, 20%% val, 20%% test)")
+  p.add_argument("--d", type=int, default=1024, help="da = db")
+  p.add_argument("--steps", type=int, default=200, help="optimizer steps per map")
+  p.add_argument("--batch_size", type=int, default=1024)
+  p.add_argument("--eval_every", type=int, default=25)
+  p.add_argument("--penalties", type=int, default=1, help="size of the optax penalty grid (models per pair)")
+  p.add_argument("--lambdas", type=int, default=17, help="size of the ridge penalty path")
+  p.add_argument("--chunk_size", type=int, default=None, help="target layers per chunk (default: all)")
+  p.add_argument("--loop_pairs", type=int, default=3, help="pairs the per-pair loops are timed on")
+  p.add_argument("--matmul", type=int, default=2048, help="side of the reference square matmul")
+  p.add_argument("--seed", type=int, default=0)
+  args = p.parse_args(argv)
+  if min(args.layers, args.n, args.d, args.steps, args.batch_size, args.eval_every, args.penalties, args.lambdas,
+         args.loop_pairs) < 1:
+    p.error("sizes and counts must be positive.")
+  return args
+
+
+def make_data(layers: int, n: int, d: int, seed: int):
+  """-> source, target [L, n, d] float32; target layer j is a noisy linear function of source layer j."""
+  rng = np.random.default_rng(seed)
+  source = rng.standard_normal((layers, n, d), dtype=np.float32)
+  target = np.empty_like(source)
+  for j in range(layers):
+    mix = rng.standard_normal((d, d), dtype=np.float32) / np.sqrt(d)
+    target[j] = source[j] @ mix + rng.standard_normal((n, d), dtype=np.float32)
+  return source, target
+
+
+def timed(fn):
+  start = time.perf_counter()
+  out = fn()
+  return time.perf_counter() - start, out
+
+
+def matmul_rate(side: int) -> float:
+  """FLOP/s of a float32 [side, side] x [side, side] matmul at HIGHEST precision, best of 3 after a warm-up."""
+  a = jnp.asarray(np.random.default_rng(1).standard_normal((side, side), dtype=np.float32))
+  mm = jax.jit(lambda a: jnp.dot(a, a, precision=Precision.HIGHEST))
+  mm(a).block_until_ready()
+  return 2.0 * side**3 / min(timed(lambda: mm(a).block_until_ready())[0] for _ in range(3))
+
+
+def optax_flops(layers: int, models_per_pair: int, split: splits.Split, d: int,
+                settings: train.TrainSettings) -> float:
+  """Matmul FLOPs xsim's optax sweep executes: batch statistics (or per-step row matmuls), validation, test."""
+  rows, _ = train.minibatches(settings, len(split.train))
+  evaluations = 1 + settings.steps // settings.eval_every + (settings.steps % settings.eval_every != 0)
+  per_model = evaluations * 2 * len(split.val) * d * d
+  per_pair = per_source = 0
+  if train.uses_statistics(settings, len(split.train), d):
+    per_model += settings.steps * 2 * d**3  # S_b W
+    per_pair = per_source = 2 * rows.size * d * d  # X_b'Y_b and X_b'X_b of every batch
+  else:
+    per_model += settings.steps * 4 * rows.shape[1] * d * d  # X_b W and X_b'(residual)
+  per_pair += models_per_pair * per_model + 2 * len(split.test) * d * d
+  return layers * per_source + layers * layers * per_pair
+
+
+def make_loop_functions(settings: train.TrainSettings):
+  """The per-pair loop's jitted single-model step (for rows or statistics) and its keep-the-best evaluation."""
+
+  @jax.jit
+  def step(params, opt_state, batch, penalty):
+    return train.model_step(settings, params, opt_state, batch, penalty)
+
+  @jax.jit
+  def keep_best(params, best, best_val, x_val, y_val):
+    val = train.mse(params, x_val, y_val)
+    better = val < best_val
+    return jax.tree_util.tree_map(lambda p, b: jnp.where(better, p, b), params, best), jnp.minimum(val, best_val)
+
+  return step, keep_best
+
+
+def loop_pair(settings, step_fn, batches, schedule, penalty, x_val, y_val, keep_best):
+  """Trains one pair the way a per-pair script would: a jitted step called `steps` times from Python.
+
+  batches: the step's argument for each minibatch (rows, or statistics); schedule: minibatch of each step.
+  """
+  params = train.init_params(settings, x_val.shape[1], y_val.shape[1])
+  opt_state = train.make_optimizer(settings, 0.0).init(params)
+  best, best_val = params, jnp.float32(jnp.inf)
+  for step in range(settings.steps):
+    params, opt_state = step_fn(params, opt_state, batches[schedule[step]], penalty)
+    if (step + 1) % settings.eval_every == 0 or step + 1 == settings.steps:
+      best, best_val = keep_best(params, best, best_val, x_val, y_val)
+  return jax.block_until_ready(best)
+
+
+@jax.jit
+def ridge_pair_direct(x_train, y_train, x_val, y_val, x_test, y_test, lambdas):
+  """Per-pair ridge the direct way: X'X and X'Y of this pair, one solve per lambda, best on validation."""
+  gram = jnp.einsum("na,nb->ab", x_train, x_train, precision=Precision.HIGHEST)
+  cross = jnp.einsum("na,nb->ab", x_train, y_train, precision=Precision.HIGHEST)
+  eye = jnp.eye(gram.shape[0], dtype=gram.dtype)
+
+  def solve(lam):
+    w = jax.scipy.linalg.solve(gram + lam * eye, cross, assume_a="pos")
+    return w, jnp.sum((jnp.einsum("na,ab->nb", x_val, w, precision=Precision.HIGHEST) - y_val) ** 2)
+
+  weights, errors = jax.lax.map(solve, lambdas)
+  w = weights[jnp.argmin(errors)]
+  return transfer.r2_score(y_test, jnp.einsum("na,ab->nb", x_test, w, precision=Precision.HIGHEST))
+
+
+def main(argv=None):
+  a = parse_args(argv)
+  L, n, d = a.layers, a.n, a.d
+  source, target = make_data(L, n, d, a.seed)
+  penalties = tuple(float(p) for p in np.logspace(-3, -1, a.penalties))
+  lambdas = tuple(float(p) for p in np.logspace(-5, 3, a.lambdas))
+  chunk_size = a.chunk_size or L
+  options = dict(steps=a.steps, batch_size=a.batch_size, eval_every=a.eval_every, patience=a.steps + 1,
+                 seed=a.seed, chunk_size=chunk_size, keep_maps=False)
+  settings = train.TrainSettings(optimizer="adam", steps=a.steps, batch_size=a.batch_size,
+                                 eval_every=a.eval_every, patience=a.steps + 1, seed=a.seed)
+  split = transfer.make_split(n, seed=a.seed)
+  rows, schedule = train.minibatches(settings, len(split.train))
+  statistics = train.uses_statistics(settings, len(split.train), d)
+  print(f"devices: {jax.devices()}; La = Lb = {L}, n = {n} ({len(split.train)} train), da = db = {d}, "
+        f"{a.steps} steps over {rows.shape[0]} batches of {rows.shape[1]} rows, {a.penalties} penalties per pair, "
+        f"float32; xsim gradients from {'batch statistics' if statistics else 'rows'}")
+
+  # xsim optax: warm up (compile) on the first chunk's shape, then time the whole sweep.
+  warm_pairs = [(0, j) for j in range(chunk_size)]
+  transfer.fit_linear_maps(source, target, method="adam", pairs=warm_pairs, penalties=penalties, **options)
+  t_xsim, fit = timed(lambda: transfer.fit_linear_maps(source, target, method="adam", penalties=penalties,
+                                                      **options))
+  flops = optax_flops(L, a.penalties, split, d, settings)
+  rate_mm = matmul_rate(a.matmul)
+  rate = flops / t_xsim
+  print(f"xsim optax sweep: {t_xsim:.2f} s, {flops / 1e12:.2f} TFLOP of matmuls = {rate / 1e9:.1f} GFLOP/s; "
+        f"plain matmul {a.matmul}^3: {rate_mm / 1e9:.1f} GFLOP/s -> {rate / rate_mm:.0%} of matmul")
+
+  # The per-pair loops, on standardized device arrays (standardization is not timed: a gift to the loops).
+  step_fn, keep_best = make_loop_functions(settings)
+  loop_pairs = [(i % L, (7 * i + 3) % L) for i in range(a.loop_pairs)]
+
+  def parts(i, j):
+    xm, xs = splits.layer_moments(source[i:i + 1], split.train, "source")
+    ym, ys = splits.layer_moments(target[j:j + 1], split.train, "target")
+    x = splits.standardize(source[i], xm[0], xs[0])
+    y = splits.standardize(target[j], ym[0], ys[0])
+    # -> x_train, y_train, x_val, y_val, x_test, y_test
+    return [jax.block_until_ready(z[part]) for part in (split.train, split.val, split.test) for z in (x, y)]
+
+  def row_batches(x_train, y_train):
+    return [(x_train[r], y_train[r]) for r in rows]
+
+  pair_statistics = jax.jit(train.chunk_statistics)
+
+  def statistics_batches(x_train, y_train):
+    stats = pair_statistics(x_train, y_train[None], rows)
+    return [train.select_batch(stats, b)._replace(xy=stats.xy[0, b], y_sum=stats.y_sum[0, b])
+            for b in range(len(rows))]
+
+  data = [parts(i, j) for i, j in loop_pairs]
+  loop_times = {}
+  for name, make_batches in (("rows", row_batches), ("statistics", statistics_batches)):
+    xtr, ytr, xv, yv, _, _ = data[0]
+    loop_pair(settings, step_fn, make_batches(xtr, ytr), schedule, penalties[0], xv, yv, keep_best)  # compile
+    start = time.perf_counter()
+    for xtr, ytr, xv, yv, _, _ in data:
+      batches = make_batches(xtr, ytr)  # timed: part of training a pair
+      for penalty in penalties:
+        loop_pair(settings, step_fn, batches, schedule, penalty, xv, yv, keep_best)
+    loop_times[name] = (time.perf_counter() - start) / len(data) * L * L
+    print(f"per-pair loop ({name} step): {loop_times[name]:.2f} s for {L * L} pairs, extrapolated from "
+          f"{len(data)} pairs")
+
+  # Ridge: xsim's path vs per-pair direct solves.
+  ridge_options = dict(seed=a.seed, chunk_size=chunk_size, keep_maps=False)
+  transfer.fit_linear_maps(source, target, method="ridge", pairs=warm_pairs, penalties=lambdas, **ridge_options)
+  t_ridge, ridge_fit = timed(lambda: transfer.fit_linear_maps(source, target, method="ridge", penalties=lambdas,
+                                                              **ridge_options))
+  lam = jnp.asarray(lambdas, jnp.float32) * len(split.train)
+  ridge_pair_direct(*data[0], lam).block_until_ready()  # compile
+  start = time.perf_counter()
+  direct = [float(ridge_pair_direct(*pair, lam)) for pair in data]
+  t_direct = (time.perf_counter() - start) / len(data) * L * L
+  diff = max(abs(r - ridge_fit.r2[i, j]) for r, (i, j) in zip(direct, loop_pairs))
+  print(f"xsim ridge path ({a.lambdas} lambdas): {t_ridge:.2f} s; per-pair direct solves: {t_direct:.2f} s "
+        f"(extrapolated from {len(data)} pairs; max |R^2 diff| {diff:.1e})")
+  print(f"held-out R^2 of the planted pairs: optax {np.mean(np.diag(fit.r2)):.4f}, "
+        f"ridge {np.mean(np.diag(ridge_fit.r2)):.4f}")
+
+  print(f"\n{'workload':<24} {'xsim s':>9}  {'alternative':<40} {'alt s':>9} {'alt/xsim':>9}")
+  for work, tx, alt, ta in (
+      ("optax maps, all pairs", t_xsim, "per-pair loop, rows step", loop_times["rows"]),
+      ("optax maps, all pairs", t_xsim, "per-pair loop, statistics step", loop_times["statistics"]),
+      ("ridge path, all pairs", t_ridge, "per-pair direct ridge solves", t_direct),
+      ("ridge path, all pairs", t_ridge, "per-pair loop, rows step (optax)", loop_times["rows"])):
+    print(f"{work:<24} {tx:>9.2f}  {alt:<40} {ta:>9.2f} {ta / tx:>8.1f}x")
+
+
+if __name__ == "__main__":
+  main()

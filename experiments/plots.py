@@ -1,0 +1,296 @@
+"""Figures of a run's tidy tables (experiments/results.py): similarity heatmaps over all layer pairs, transfer
+R^2 maps against their shuffled-pair floor, and probe accuracies against their ceilings and chance.
+
+Each figure is drawn on its own `matplotlib.figure.Figure` with the Agg canvas (no pyplot state, no display),
+at 100 dpi, and written atomically; the same rows give the same PNG bytes. Heatmaps put model A's layers on
+the vertical axis (depth grows upwards) and model B's on the horizontal one, ticks labelled "layer (relative
+depth)". All heatmaps of one measure share one colour scale, so a weak cross-family map never looks as strong
+as a within-family one merely through autoscaling.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import re
+from typing import Iterable, NamedTuple, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch, Rectangle
+
+from xsim.activations.store import atomic_write
+from xsim.similarity.preprocess import METHODS
+
+DPI = 100
+MAX_TICKS = 9
+_CELL = ("layer_a", "layer_b", "depth_a", "depth_b", "seed")
+_ACCURACIES = ("acc_mapped", "acc_mapped_lo", "acc_mapped_hi", "acc_target", "acc_source", "acc_majority")
+
+
+class Grid(NamedTuple):
+  """One group of tidy rows as matrices over layer pairs (A's layers on rows).
+
+  layers_a [La], layers_b [Lb]: layer indices, ascending; depths_a [La], depths_b [Lb]: relative depths;
+  values: column name -> [La, Lb] float64, the mean over seeds; seeds: the seeds present.
+  """
+  layers_a: np.ndarray
+  layers_b: np.ndarray
+  depths_a: np.ndarray
+  depths_b: np.ndarray
+  values: dict
+  seeds: tuple
+
+
+def _layer_depths(cells: Iterable[dict], layer: str, depth: str, where: str) -> tuple[np.ndarray, np.ndarray]:
+  depths = {}
+  for row in cells:
+    known = depths.setdefault(row[layer], row[depth])
+    if not np.isclose(known, row[depth], rtol=0, atol=1e-9):
+      raise ValueError(f"{where}: {layer}={row[layer]} has two depths ({known} and {row[depth]}); a layer's "
+                       "relative depth must be the same in every row.")
+  layers = np.array(sorted(depths), dtype=np.int64)
+  return layers, np.array([depths[l] for l in layers], dtype=np.float64)
+
+
+def layer_grids(rows: Sequence[dict], keys: Sequence[str], values: Sequence[str]) -> dict[tuple, Grid]:
+  """Groups tidy rows by the `keys` columns into `Grid`s of the `values` columns, in sorted key order.
+
+  Every seed of a group must fill the whole grid of the group's layers (a mean or max over a partial grid
+  would silently change meaning); a cell may appear once per seed. Values are averaged over seeds per cell.
+  """
+  need = set(keys) | set(values) | set(_CELL)
+  groups = collections.defaultdict(dict)
+  for i, row in enumerate(rows):
+    missing = need - set(row)
+    if missing:
+      raise ValueError(f"table row {i} lacks columns {sorted(missing)}; write tables with the columns in "
+                       "experiments/results.py.")
+    key = tuple(row[k] for k in keys)
+    cell = (row["layer_a"], row["layer_b"], row["seed"])
+    if cell in groups[key]:
+      raise ValueError(f"{dict(zip(keys, key))}: layers ({cell[0]}, {cell[1]}) appear twice for seed {cell[2]}; "
+                       "each layer pair needs exactly one row per seed.")
+    groups[key][cell] = row
+  out = {}
+  for key in sorted(groups):
+    cells = groups[key]
+    where = ", ".join(f"{k}={v}" for k, v in zip(keys, key))
+    layers_a, depths_a = _layer_depths(cells.values(), "layer_a", "depth_a", where)
+    layers_b, depths_b = _layer_depths(cells.values(), "layer_b", "depth_b", where)
+    seeds = tuple(sorted({c[2] for c in cells}))
+    stacked = {v: np.full((len(seeds), len(layers_a), len(layers_b)), np.nan) for v in values}
+    index_a = {l: i for i, l in enumerate(layers_a.tolist())}
+    index_b = {l: i for i, l in enumerate(layers_b.tolist())}
+    index_s = {s: i for i, s in enumerate(seeds)}
+    for (la, lb, seed), row in cells.items():
+      for v in values:
+        stacked[v][index_s[seed], index_a[la], index_b[lb]] = row[v]
+    expected = len(seeds) * len(layers_a) * len(layers_b)
+    if len(cells) != expected:
+      raise ValueError(f"{where}: {expected - len(cells)} of {expected} (seed, layer pair) cells are missing; "
+                       "every seed must cover all layer pairs of the group (finish or rerun the run).")
+    out[key] = Grid(layers_a, layers_b, depths_a, depths_b, {v: s.mean(0) for v, s in stacked.items()}, seeds)
+  return out
+
+
+def best_cell(matrix: np.ndarray) -> tuple[int, int]:
+  """matrix [La, Lb] -> (row, col) of the largest finite value (first in row-major order on ties)."""
+  if not np.isfinite(matrix).any():
+    raise ValueError("the matrix has no finite value to take a maximum of.")
+  return tuple(int(i) for i in np.unravel_index(np.argmax(np.where(np.isfinite(matrix), matrix, -np.inf)),
+                                                 matrix.shape))
+
+
+def best_probe_rows(rows: Sequence[dict]) -> list[dict]:
+  """-> for each (task, source, target, seed), the probes.csv row with the highest acc_mapped, plus
+  "num_layer_pairs" (how many layer pairs it was chosen from), sorted by task, relation, source, target, seed."""
+  groups = collections.defaultdict(list)
+  for i, row in enumerate(rows):
+    bad = [k for k in _ACCURACIES if not 0.0 <= row[k] <= 1.0]
+    if bad:
+      raise ValueError(f"probes row {i} has {', '.join(f'{k}={row[k]}' for k in bad)} outside [0, 1]; "
+                       "accuracies are fractions, not percentages.")
+    groups[(row["task"], row["source"], row["target"], row["seed"])].append(row)
+  best = [dict(max(g, key=lambda r: r["acc_mapped"]), num_layer_pairs=len(g)) for g in groups.values()]
+  return sorted(best, key=lambda r: (r["task"], relation_rank(r["relation"]), r["source"], r["target"], r["seed"]))
+
+
+def relation_rank(relation: str) -> int:
+  """Sort order of relations: within-family, cross-family, random-init baseline."""
+  order = ("within", "cross", "random")
+  if relation not in order:
+    raise ValueError(f"relation {relation!r} is unknown; tables use one of {order}.")
+  return order.index(relation)
+
+
+def _preprocess_rank(name: str):
+  # Raw first, then the xsim.similarity.preprocess order; parametrized names ("clip:0.99") by their method.
+  method = re.split(r"[^a-z_0-9]", name, maxsplit=1)[0]
+  return (METHODS.index(method) if method in METHODS else len(METHODS), name)
+
+
+def _slug(*parts) -> str:
+  return "__".join(re.sub(r"[^A-Za-z0-9._+-]+", "-", str(p)).strip("-") or "_" for p in parts)
+
+
+class _Writer:
+  """Saves figures under out_dir, refusing two different figures under one file name."""
+
+  def __init__(self, out_dir: str):
+    self.out_dir, self.paths = out_dir, []
+
+  def save(self, fig: Figure, *name_parts) -> None:
+    path = os.path.join(self.out_dir, _slug(*name_parts) + ".png")
+    if path in self.paths:
+      raise ValueError(f"two figures map to {path}: names differing only in punctuation ({name_parts}); "
+                       "rename a model, measure or method.")
+    FigureCanvasAgg(fig)
+    # No "Software" entry: the bytes then depend on the drawing only.
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None}))
+    self.paths.append(path)
+
+
+def _figure(width: float, height: float, left: float = 1.1, bottom: float = 0.95, right: float = 0.2,
+            top: float = 0.75, wspace: float = 0.2) -> Figure:
+  """A width x height inch figure with fixed margins in inches: the labels have fixed formats, so this is as
+  tidy as a layout engine and about twice as fast to draw."""
+  fig = Figure(figsize=(width, height))
+  fig.subplots_adjust(left=left / width, bottom=bottom / height, right=1 - right / width, top=1 - top / height,
+                      wspace=wspace)
+  return fig
+
+
+def _ticks(layers: np.ndarray, depths: np.ndarray) -> tuple[np.ndarray, list[str]]:
+  # Evenly stepped ticks, plus the last layer unless it would crowd the previous tick.
+  step = max(1, -(-(len(layers) - 1) // (MAX_TICKS - 1)))
+  where = np.arange(0, len(layers), step)
+  if 2 * (len(layers) - 1 - where[-1]) >= step:
+    where = np.append(where, len(layers) - 1)
+  return where, [f"{layers[i]} ({depths[i]:.2f})" for i in where]
+
+
+def _heatmap(ax, grid: Grid, matrix: np.ndarray, name_a: str, name_b: str, **imshow):
+  """Draws matrix [La, Lb] with layer/depth ticks and the max cell outlined; -> the image (for a colorbar)."""
+  image = ax.imshow(matrix, origin="lower", aspect="auto", interpolation="nearest", **imshow)
+  for axis, (where, labels) in (("x", _ticks(grid.layers_b, grid.depths_b)), ("y", _ticks(grid.layers_a,
+                                                                                          grid.depths_a))):
+    getattr(ax, f"set_{axis}ticks")(where, labels, fontsize=7, rotation=45 if axis == "x" else 0)
+  ax.set_xlabel(f"{name_b}: layer (relative depth)", fontsize=8)
+  ax.set_ylabel(f"{name_a}: layer (relative depth)", fontsize=8)
+  if np.isfinite(matrix).any():
+    i, j = best_cell(matrix)
+    ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+  return image
+
+
+def _max_text(grid: Grid, matrix: np.ndarray) -> str:
+  if not np.isfinite(matrix).any():
+    return "no finite value"
+  i, j = best_cell(matrix)
+  return f"max {matrix[i, j]:.3f} at layers ({grid.layers_a[i]}, {grid.layers_b[j]}) (red box)"
+
+
+def _range(matrices: Iterable[np.ndarray]) -> tuple[float, float]:
+  """Shared colour range: [min(0, lowest), highest] over the finite values of all matrices."""
+  finite = np.concatenate([m[np.isfinite(m)] for m in matrices] + [np.zeros(1)])
+  low, high = float(finite.min()), float(finite.max())
+  return low, high if high > low else low + 1.0
+
+
+def similarity_heatmaps(rows: Sequence[dict], out_dir: str) -> list[str]:
+  """similarity.csv rows -> paths of PNGs written to out_dir: one heatmap per (model pair, measure,
+  preprocess), then one side-by-side panel per (model pair, measure) measured with several preprocessings."""
+  grids = layer_grids(rows, ("model_a", "model_b", "relation", "measure", "preprocess"), ("value",))
+  scale = collections.defaultdict(list)
+  panels = collections.defaultdict(list)
+  for (a, b, relation, measure, prep), grid in grids.items():
+    scale[measure].append(grid.values["value"])
+    panels[(a, b, relation, measure)].append((prep, grid))
+  vrange = {m: _range(ms) for m, ms in scale.items()}
+  writer = _Writer(out_dir)
+  for (a, b, relation, measure, prep), grid in grids.items():
+    matrix = grid.values["value"]
+    fig = _figure(6.4, 5.4)
+    ax = fig.add_subplot()
+    image = _heatmap(ax, grid, matrix, a, b, cmap="viridis", vmin=vrange[measure][0], vmax=vrange[measure][1])
+    fig.colorbar(image, ax=ax, label=measure)
+    ax.set_title(f"{a} vs {b} ({relation})\n{measure}, preprocess={prep}\n{_max_text(grid, matrix)}", fontsize=9)
+    writer.save(fig, "similarity", a, b, measure, prep)
+  for (a, b, relation, measure), preps in panels.items():
+    if len(preps) < 2:
+      continue
+    preps = sorted(preps, key=lambda p: _preprocess_rank(p[0]))
+    fig = _figure(5.2 * len(preps) + 1.0, 5.4, top=0.95, wspace=0.35)
+    axes = fig.subplots(1, len(preps), squeeze=False)[0]
+    for ax, (prep, grid) in zip(axes, preps):
+      matrix = grid.values["value"]
+      image = _heatmap(ax, grid, matrix, a, b, cmap="viridis", vmin=vrange[measure][0], vmax=vrange[measure][1])
+      ax.set_title(f"preprocess={prep}\n{_max_text(grid, matrix)}", fontsize=9)
+    fig.suptitle(f"{a} vs {b} ({relation}): {measure}", fontsize=10)
+    fig.colorbar(image, ax=list(axes), label=measure)
+    writer.save(fig, "similarity", a, b, measure, "all-preprocess")
+  return writer.paths
+
+
+def transfer_plots(rows: Sequence[dict], out_dir: str) -> list[str]:
+  """transfer.csv rows -> paths of PNGs: held-out R^2 over layer pairs per (source, target, method), cells
+  not above the shuffled-pair map's R^2 greyed out, the shuffled and mean-predictor floors in the title.
+
+  The colour scale is fixed to [-1, 1] (R^2 <= 1; anything below -1 saturates), centred on the mean predictor.
+  """
+  grids = layer_grids(rows, ("source", "target", "relation", "method"), ("r2", "r2_shuffled", "r2_mean"))
+  writer = _Writer(out_dir)
+  for (source, target, relation, method), grid in grids.items():
+    r2, shuffled = grid.values["r2"], grid.values["r2_shuffled"]
+    fig = _figure(6.4, 5.8)
+    ax = fig.add_subplot()
+    image = _heatmap(ax, grid, r2, source, target, cmap="RdBu_r", vmin=-1.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, label="held-out R$^2$", extend="min")
+    below = np.zeros(r2.shape + (4,))
+    below[~(r2 > shuffled)] = (0.5, 0.5, 0.5, 0.75)
+    ax.imshow(below, origin="lower", aspect="auto", interpolation="nearest")
+    ax.legend(handles=[Patch(color=(0.5, 0.5, 0.5, 0.75), label="R$^2$ not above shuffled-pair map")],
+              loc="upper left", fontsize=7, framealpha=0.9)
+    i, j = best_cell(r2) if np.isfinite(r2).any() else (0, 0)
+    floors = f"shuffled-pair R$^2$ max {np.nanmax(shuffled):.3f}; mean predictor {grid.values['r2_mean'][i, j]:.3f}"
+    ax.set_title(f"{source} -> {target} ({relation}), {method}\n{_max_text(grid, r2)}\n{floors}", fontsize=9)
+    writer.save(fig, "transfer", source, target, method)
+  return writer.paths
+
+
+def probe_plot(rows: Sequence[dict], out_dir: str) -> list[str]:
+  """probes.csv rows -> paths of PNGs, one per task: for each (source, target) pair, the accuracy of the
+  target's probe on mapped source activations (with its CI whiskers) next to the target ceiling, the
+  source's own probe and the majority class, at the layer pair with the best mapped accuracy."""
+  best = best_probe_rows(rows)
+  seeds = {r["seed"] for r in best}
+  by_task = collections.defaultdict(list)
+  for row in best:
+    by_task[row["task"]].append(row)
+  bars = (("acc_mapped", "mapped source (target probe)", "tab:blue"), ("acc_target", "target ceiling", "tab:green"),
+          ("acc_source", "source own probe", "tab:orange"), ("acc_majority", "majority class", "tab:gray"))
+  width = 0.8 / len(bars)
+  writer = _Writer(out_dir)
+  for task, group in by_task.items():
+    x = np.arange(len(group))
+    fig = _figure(max(5.0, 1.6 * len(group) + 2.0), 4.8, left=0.7, bottom=0.8, top=0.4)
+    ax = fig.add_subplot()
+    for k, (column, label, colour) in enumerate(bars):
+      heights = np.array([r[column] for r in group])
+      err = None
+      if column == "acc_mapped":
+        err = np.maximum(0.0, [[r["acc_mapped"] - r["acc_mapped_lo"] for r in group],
+                               [r["acc_mapped_hi"] - r["acc_mapped"] for r in group]])
+      ax.bar(x + (k - (len(bars) - 1) / 2) * width, heights, width, yerr=err, capsize=3, label=label, color=colour)
+    labels = [f"{r['source']}\n-> {r['target']}\n({r['relation']}, layers {r['layer_a']},{r['layer_b']})"
+              + (f"\nseed {r['seed']}" if len(seeds) > 1 else "") for r in group]
+    ax.set_xticks(x, labels, fontsize=7)
+    # Headroom above 1 keeps the legend off the bars.
+    ax.set_ylim(0.0, 1.3)
+    ax.set_yticks(np.linspace(0.0, 1.0, 6))
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{task}: probe transfer (whiskers: CI of the mapped accuracy)", fontsize=9)
+    ax.legend(fontsize=7, loc="upper center", ncol=2, framealpha=0.9)
+    writer.save(fig, "probes", task)
+  return writer.paths

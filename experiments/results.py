@@ -1,0 +1,68 @@
+"""The tidy result tables a run writes to its workdir, and their atomic CSV reading and writing.
+
+similarity.csv  one row per model pair x layer pair x measure x preprocessing x seed:
+  model_a, model_b, relation ("within" | "cross" | "random"), measure, preprocess, layer_a, layer_b,
+  depth_a, depth_b (layer / num_layers, in [0, 1]), value, seed
+transfer.csv    one row per (source, target) x layer pair x method:
+  source, target, relation, method, layer_a, layer_b, depth_a, depth_b, r2, r2_shuffled, r2_mean, seed
+probes.csv      one row per task x (source, target) x layer pair:
+  task, source, target, relation, layer_a, layer_b, acc_mapped, acc_mapped_lo, acc_mapped_hi, acc_target,
+  acc_source, acc_majority, seed
+summary.json    per pair and measure: max, mean, argmax layers, permutation null of the max, p-value, bootstrap CI.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from typing import Iterable, Sequence
+
+from xsim.activations.store import atomic_write
+
+SIMILARITY_COLUMNS = ("model_a", "model_b", "relation", "measure", "preprocess", "layer_a", "layer_b", "depth_a",
+                      "depth_b", "value", "seed")
+TRANSFER_COLUMNS = ("source", "target", "relation", "method", "layer_a", "layer_b", "depth_a", "depth_b", "r2",
+                    "r2_shuffled", "r2_mean", "seed")
+PROBE_COLUMNS = ("task", "source", "target", "relation", "layer_a", "layer_b", "acc_mapped", "acc_mapped_lo",
+                 "acc_mapped_hi", "acc_target", "acc_source", "acc_majority", "seed")
+_INTS = {"layer_a", "layer_b", "seed"}
+_STRS = {"model_a", "model_b", "relation", "measure", "preprocess", "source", "target", "method", "task"}
+
+
+def write_table(path: str, columns: Sequence[str], rows: Iterable[dict]) -> None:
+  """Writes rows (dicts with exactly `columns`) as CSV, atomically."""
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="raise", lineterminator="\n")
+  writer.writeheader()
+  for row in rows:
+    writer.writerow({k: (repr(float(v)) if k not in _INTS | _STRS else v) for k, v in row.items()})
+
+  def write(tmp):
+    with open(tmp, "w") as f:
+      f.write(buffer.getvalue())
+  atomic_write(path, write)
+
+
+def read_table(path: str) -> list[dict]:
+  """Reads a table written by write_table, with numbers parsed back to int / float."""
+  with open(path) as f:
+    rows = list(csv.DictReader(f))
+  parse = lambda k, v: v if k in _STRS else (int(v) if k in _INTS else float(v))
+  return [{k: parse(k, v) for k, v in row.items()} for row in rows]
+
+
+def write_json(path: str, obj) -> None:
+  def write(tmp):
+    with open(tmp, "w") as f:
+      json.dump(obj, f, indent=1, sort_keys=True)
+  atomic_write(path, write)
+
+
+def read_json(path: str):
+  with open(path) as f:
+    return json.load(f)
+
+
+def exists(*paths: str) -> bool:
+  return all(os.path.exists(p) for p in paths)

@@ -1,0 +1,266 @@
+r"""Runs a study from a config: extraction, similarity for all layer pairs, transfer maps, probes, report.
+
+  python -m experiments.run --config experiments/configs/demo.py --workdir runs/demo
+  python -m experiments.run --config experiments/configs/demo.py --config.data.num_texts=128 --workdir runs/small
+
+Every expensive result is cached by content in the workdir (activation stores, per-pair similarity matrices,
+per-pair map checkpoints), written atomically, so a rerun after a crash or with an added model does only
+what is missing. Under jax.distributed (see launch/), every process extracts its share of texts and process 0
+computes the comparisons and writes the tables and report.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import itertools
+import json
+import os
+import platform
+import subprocess
+import time
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from experiments import results
+from experiments.validate import validate_config
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an experiments/configs/*.py file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for caches, tables, plots and the report.")
+
+
+def load_texts(data) -> list[str]:
+  """The passages a config's `data` section names, cut by whole words (the same strings for every model)."""
+  from xsim import data as xdata
+  kind, _, name = data.source.partition(":")
+  if kind == "corpus":
+    texts = xdata.load_corpus(name, num_passages=None, min_chars=data.min_chars, seed=data.seed)
+  elif kind == "jsonl":
+    texts = xdata.load_jsonl_texts(name)
+  elif kind == "text":
+    texts = xdata.load_text_file(name)
+  elif kind == "pile10k":
+    texts = xdata.load_pile_10k()
+  else:
+    texts = xdata.load_hf_texts(name)
+  texts = [xdata.cut_text(xdata.normalize_whitespace(t), max_words=data.max_words) for t in texts]
+  texts = [t for t in texts if len(xdata.word_spans(t)) >= 2][: data.num_texts]
+  if len(texts) < data.num_texts:
+    raise ValueError(f"data.source {data.source} gave {len(texts)} usable texts, fewer than num_texts="
+                     f"{data.num_texts}; lower num_texts or use a larger source.")
+  return texts
+
+
+def _key(*parts) -> str:
+  return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def extract_all(cfg, texts, workdir, mesh):
+  """Activations of every model (and its random-init copy) on the texts and on each probe task."""
+  from xsim import activations as xa
+  from xsim import data as xdata
+  import xsim
+  ex = cfg.extraction
+  tasks = {name: xdata.load_task(name, num_examples=cfg.probes.num_examples, seed=cfg.seed)
+           for name in cfg.probes.tasks}
+  acts, task_acts, families, stats, num_layers = {}, {}, {}, {}, {}
+  for spec in map(dict, cfg.models):
+    spec.setdefault("dtype", "float32")
+    start = time.time()
+    model = xsim.load_model(spec["path"], dtype=spec["dtype"])
+    model.name = spec["name"]
+    families[spec["name"]] = spec.get("family") or model.config.family.rstrip("0123").replace("gpt_neox", "pythia")
+    logging.info("Loaded %s (%s, %d layers) in %.1fs.", spec["name"], model.config.family, model.config.num_layers,
+                 time.time() - start)
+    run = lambda m, ts, tag: xa.extract_activations(
+        m, ts, pooling=ex.pooling, layers=ex.layers, batch_size=ex.batch_size, mesh=mesh, site=ex.site,
+        keep_bos=ex.keep_bos, max_tokens=ex.max_tokens, on_overflow="skip",
+        store_dir=os.path.join(workdir, "activations", tag))
+    acts[spec["name"]] = run(model, texts, spec["name"])
+    stats[spec["name"]] = acts[spec["name"]].stats
+    num_layers[spec["name"]] = num_layers[spec["name"] + "@random"] = model.config.num_layers
+    if cfg.baselines.random_init:
+      random_name = spec["name"] + "@random"
+      random_model = model.with_random_params(cfg.seed)
+      random_model.name = random_name
+      acts[random_name] = run(random_model, texts, random_name)
+      families[random_name] = "random"
+    for task_name, task in tasks.items():
+      task_acts[(task_name, spec["name"])] = run(model, list(task.texts), f"{spec['name']}-task-{task_name}")
+    del model
+  return acts, task_acts, tasks, families, stats, num_layers
+
+
+def model_pairs(cfg, families):
+  """(a, b, relation) for every pair of listed models, plus (a, random copy of b) baselines."""
+  names = [m["name"] for m in cfg.models]
+  pairs = [(a, b, "within" if families[a] == families[b] else "cross") for a, b in itertools.combinations(names, 2)]
+  if cfg.baselines.random_init:
+    pairs += [(a, f"{b}@random", "random") for a, b, _ in list(pairs)]
+  return pairs
+
+
+def _depths(layer_a: int, layer_b: int, a: str, b: str, num_layers: dict) -> dict:
+  """Relative depth = hidden-state index / number of blocks (0 = embeddings, 1 = last block)."""
+  return dict(depth_a=layer_a / num_layers[a], depth_b=layer_b / num_layers[b])
+
+
+def similarity_matrix(measure, prep, xs, ys, k):
+  from xsim import similarity as sim
+  if measure in ("cka", "cka_debiased"):
+    return np.asarray(sim.cka_matrix(xs, ys, debiased=measure == "cka_debiased", preprocess=prep))
+  return np.asarray([[float(sim.mutual_knn(x, y, k=k, preprocess=prep)) for y in ys] for x in xs])
+
+
+def compare_pair(cfg, a, b, relation, acts, num_layers, workdir):
+  """Similarity rows and the pair's summary entry, from a cache keyed by the inputs and settings."""
+  from xsim import activations as xa
+  from xsim import similarity as sim
+  s = cfg.similarity
+  ia, ib = xa.paired_rows(acts[a], acts[b])
+  xs = np.asarray(acts[a].array[:, ia], np.float32)
+  ys = np.asarray(acts[b].array[:, ib], np.float32)
+  layers_a, layers_b = acts[a].layers, acts[b].layers
+  rows, summary = [], {"relation": relation, "num_samples": int(len(ia)), "measures": {}}
+  for measure, prep in itertools.product(s.measures, s.preprocess):
+    key = _key(acts[a].manifest, acts[b].manifest, measure, prep, s.to_dict(), cfg.seed)
+    path = os.path.join(workdir, "cache", "similarity", f"{a}__{b}__{measure}__{prep}-{key}.json")
+    if results.exists(path):
+      entry = results.read_json(path)
+    else:
+      start = time.time()
+      matrix = similarity_matrix(measure, prep, xs, ys, s.knn_k)
+      entry = {"matrix": matrix.tolist(), **_statistics(cfg, measure, prep, xs, ys, matrix, layers_a, layers_b)}
+      results.write_json(path, entry)
+      logging.info("%s vs %s: %s/%s over %dx%d layer pairs in %.1fs.", a, b, measure, prep, *matrix.shape,
+                   time.time() - start)
+    matrix = np.asarray(entry.pop("matrix"))
+    summary["measures"][f"{measure}|{prep}"] = entry
+    for i, j in np.ndindex(matrix.shape):
+      rows.append(dict(model_a=a, model_b=b, relation=relation, measure=measure, preprocess=prep,
+                       layer_a=layers_a[i], layer_b=layers_b[j], value=float(matrix[i, j]), seed=cfg.seed,
+                       **_depths(layers_a[i], layers_b[j], a, b, num_layers)))
+  return rows, summary
+
+
+def _statistics(cfg, measure, prep, xs, ys, matrix, layers_a, layers_b):
+  """Max, mean and argmax; for CKA also the permutation null of the max over all pairs and a bootstrap CI."""
+  from xsim import similarity as sim
+  s = cfg.similarity
+  i, j = np.unravel_index(np.argmax(matrix), matrix.shape)
+  out = {"max": float(matrix.max()), "mean": float(matrix.mean()), "argmax": [layers_a[i], layers_b[j]]}
+  if measure not in ("cka", "cka_debiased"):
+    return out
+  debiased = measure == "cka_debiased"
+  key = jax.random.PRNGKey(cfg.seed)
+  null = np.asarray(sim.cka_matrix_null(xs, ys, key=key, num_permutations=s.permutations, debiased=debiased,
+                                        preprocess=prep))
+  null_max = null.reshape(len(null), -1).max(1)
+  boot = np.asarray(sim.bootstrap(lambda x, y: sim.cka_matrix(x, y, debiased=debiased, preprocess=prep).max(),
+                                  xs, ys, key=jax.random.fold_in(key, 1), num_resamples=s.bootstrap, batch_size=8))
+  out.update(null_max_q95=float(np.quantile(null_max, 0.95)),
+             p_value=float((1 + np.sum(null_max >= matrix.max())) / (1 + len(null_max))),
+             max_ci=[float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))])
+  return out
+
+
+def transfer_pair(cfg, a, b, relation, acts, task_acts, tasks, num_layers, workdir):
+  """Ridge maps a -> b for all layer pairs with their floors, and the probe transfer on each task."""
+  from xsim import activations as xa
+  from xsim import transfer
+  t = cfg.transfer
+  ia, ib = xa.paired_rows(acts[a], acts[b])
+  xs, ys = np.asarray(acts[a].array[:, ia], np.float32), np.asarray(acts[b].array[:, ib], np.float32)
+  options = dict(method=t.method, val_fraction=t.val_fraction, test_fraction=t.test_fraction, seed=cfg.seed)
+  key = _key(acts[a].manifest, acts[b].manifest, t.to_dict(), cfg.seed)
+  fit = transfer.fit_linear_maps(xs, ys, checkpoint_dir=os.path.join(workdir, "cache", "maps", f"{a}__{b}-{key}"),
+                                 **options)
+  shuffled = transfer.fit_shuffled_maps(xs, ys, keep_maps=False, **options)
+  mean_r2 = transfer.mean_predictor_r2(ys, val_fraction=t.val_fraction, test_fraction=t.test_fraction, seed=cfg.seed)
+  la, lb = acts[a].layers, acts[b].layers
+  rows = [dict(source=a, target=b, relation=relation, method=t.method, layer_a=la[i], layer_b=lb[j],
+               **_depths(la[i], lb[j], a, b, num_layers), r2=float(fit.r2[i, j]),
+               r2_shuffled=float(shuffled.r2[i, j]), r2_mean=float(mean_r2[j]), seed=cfg.seed)
+          for i, j in np.ndindex(fit.r2.shape)]
+  probe_rows = []
+  if relation == "random":
+    return rows, probe_rows
+  for task_name, task in tasks.items():
+    source_task, target_task = task_acts[(task_name, a)], task_acts[(task_name, b)]
+    ta, tb = xa.paired_rows(source_task, target_task)
+    labels = np.asarray(task.labels)[source_task.index["text"][ta]]
+    fs, ft = np.asarray(source_task.array[:, ta], np.float32), np.asarray(target_task.array[:, tb], np.float32)
+    target_probe = transfer.fit_logistic_probes(ft, labels, seed=cfg.seed)
+    source_probe = transfer.fit_logistic_probes(fs, labels, seed=cfg.seed)
+    scores = transfer.probe_transfer(fit, target_probe, source_probe, fs, labels, seed=cfg.seed,
+                                     num_resamples=200)
+    for i, j in np.ndindex(scores.mapped.shape):
+      probe_rows.append(dict(task=task_name, source=a, target=b, relation=relation, layer_a=la[i], layer_b=lb[j],
+                             acc_mapped=float(scores.mapped[i, j]), acc_mapped_lo=float(scores.mapped_ci[i, j, 0]),
+                             acc_mapped_hi=float(scores.mapped_ci[i, j, 1]), acc_target=float(scores.target[j]),
+                             acc_source=float(scores.source[i]), acc_majority=float(scores.majority),
+                             seed=cfg.seed))
+  return rows, probe_rows
+
+
+def environment() -> dict:
+  try:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=os.path.dirname(__file__)).stdout.strip()
+  except OSError:
+    commit = ""
+  import flax
+  import transformers
+  return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+          "xsim_commit": commit, "python": platform.python_version(), "jax": jax.__version__,
+          "flax": flax.__version__, "transformers": transformers.__version__,
+          "devices": [str(d) for d in jax.devices()], "processes": jax.process_count()}
+
+
+def run(cfg, workdir: str) -> dict:
+  """Runs the whole study; returns the summary written to workdir/summary.json."""
+  from xsim import activations as xa
+  from xsim.distributed import initialize_from_env
+  initialize_from_env()
+  validate_config(cfg)
+  os.makedirs(workdir, exist_ok=True)
+  mesh = xa.make_mesh(cfg.mesh.data, cfg.mesh.model)
+  texts = load_texts(cfg.data)
+  logging.info("%d texts from %s.", len(texts), cfg.data.source)
+  acts, task_acts, tasks, families, stats, num_layers = extract_all(cfg, texts, workdir, mesh)
+  if jax.process_index() != 0:
+    return {}
+  sim_rows, transfer_rows, probe_rows, pairs_summary = [], [], [], {}
+  for a, b, relation in model_pairs(cfg, families):
+    rows, summary = compare_pair(cfg, a, b, relation, acts, num_layers, workdir)
+    sim_rows += rows
+    pairs_summary[f"{a}|{b}"] = summary
+    rows, probes = transfer_pair(cfg, a, b, relation, acts, task_acts, tasks, num_layers, workdir)
+    transfer_rows += rows
+    probe_rows += probes
+  results.write_table(os.path.join(workdir, "similarity.csv"), results.SIMILARITY_COLUMNS, sim_rows)
+  results.write_table(os.path.join(workdir, "transfer.csv"), results.TRANSFER_COLUMNS, transfer_rows)
+  if probe_rows:
+    results.write_table(os.path.join(workdir, "probes.csv"), results.PROBE_COLUMNS, probe_rows)
+  summary = {"pairs": pairs_summary, "ci_level": 0.95, "activation_stats": {name: s["layers"] for name, s in stats.items()},
+             "num_texts": len(texts)}
+  results.write_json(os.path.join(workdir, "summary.json"), summary)
+  results.write_json(os.path.join(workdir, "config.json"), cfg.to_dict())
+  from experiments import report
+  report.write_report(workdir, cfg.to_dict(), environment())
+  logging.info("Report: %s", os.path.join(workdir, "report.md"))
+  return summary
+
+
+def main(argv):
+  del argv
+  if _WORKDIR.value is None or _CONFIG.value is None:
+    raise app.UsageError("Pass --config=experiments/configs/NAME.py and --workdir=DIR.")
+  run(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

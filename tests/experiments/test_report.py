@@ -1,0 +1,375 @@
+"""experiments.plots / report / compare on small synthetic run tables, against plain NumPy recomputations."""
+import os
+import re
+import struct
+import subprocess
+import sys
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from experiments import compare, plots, report, results
+
+# Layers each model contributes and its depth, layer / num_layers, as results.py defines it.
+LAYERS = {"org/llama-1b": ([0, 2, 4], 4), "org/llama-3b": ([0, 1, 2, 3], 4), "gemma-2b": ([1, 2], 2),
+          "rand/llama-1b": ([0, 2, 4], 4)}
+PAIRS = (("org/llama-1b", "org/llama-3b", "within"), ("org/llama-1b", "gemma-2b", "cross"),
+         ("org/llama-3b", "gemma-2b", "cross"), ("org/llama-1b", "rand/llama-1b", "random"))
+MEASURES = ("cka", "cknna")
+PREPS = ("none", "standardize")
+REPORT_PAIRS = PAIRS[:2] + PAIRS[3:]  # within, cross, random: one of each keeps the report test fast
+LEVEL = {"within": 0.6, "cross": 0.15, "random": 0.02}
+
+
+def _cells(a, b):
+  (la, na), (lb, nb) = LAYERS[a], LAYERS[b]
+  return [(i, j, i / na, j / nb) for i in la for j in lb]
+
+
+def similarity_rows(seed=0, pairs=PAIRS, measures=MEASURES, preps=PREPS,
+                    seeds_of=lambda rel: (0, 1) if rel == "within" else (0,)):
+  rng = np.random.default_rng(seed)
+  return [dict(model_a=a, model_b=b, relation=rel, measure=m, preprocess=p, layer_a=i, layer_b=j, depth_a=da,
+               depth_b=db, value=LEVEL[rel] + 0.3 * rng.random(), seed=s)
+          for a, b, rel in pairs for m in measures for p in preps for s in seeds_of(rel)
+          for i, j, da, db in _cells(a, b)]
+
+
+def transfer_rows(seed=1):
+  rng = np.random.default_rng(seed)
+  return [dict(source=a, target=b, relation=rel, method=method, layer_a=i, layer_b=j, depth_a=da, depth_b=db,
+               r2=rng.uniform(-1.5, 0.9), r2_shuffled=rng.uniform(-0.2, 0.05), r2_mean=rng.uniform(-0.02, 0.0),
+               seed=0)
+          for a, b, rel in PAIRS[:2] for method in ("ridge",) for i, j, da, db in _cells(a, b)]
+
+
+def probe_rows(seed=2):
+  rng = np.random.default_rng(seed)
+  rows = []
+  for task in ("sst2", "ag_news"):
+    for a, b, rel in PAIRS[:3]:
+      for i, j, da, db in _cells(a, b)[:2]:
+        mapped = rng.uniform(0.55, 0.9)
+        rows.append(dict(task=task, source=a, target=b, relation=rel, layer_a=i, layer_b=j, acc_mapped=mapped,
+                         acc_mapped_lo=mapped - 0.03, acc_mapped_hi=mapped + 0.02, acc_target=0.95,
+                         acc_source=0.9, acc_majority=0.52, seed=0))
+  return rows
+
+
+def reference_pairs(rows):
+  """Plain NumPy: {(a, b, measure, prep): (relation, max, mean, argmax layers)} of the seed-mean grid."""
+  cells = {}
+  for r in rows:
+    key = (r["model_a"], r["model_b"], r["measure"], r["preprocess"])
+    cells.setdefault(key, {"relation": r["relation"], "v": {}})["v"].setdefault(
+        (r["layer_a"], r["layer_b"]), []).append(r["value"])
+  out = {}
+  for key, c in cells.items():
+    where = list(c["v"])
+    means = np.array([np.mean(c["v"][w], dtype=np.float64) for w in where])
+    out[key] = (c["relation"], means.max(), means.mean(), where[int(np.argmax(means))])
+  return out
+
+
+def reference_groups(ref):
+  groups = {}
+  for (a, b, m, p), (rel, mx, mean, _) in ref.items():
+    groups.setdefault((m, p, rel), []).append((mx, mean))
+  return {k: (np.mean([v[0] for v in vs]), np.mean([v[1] for v in vs])) for k, vs in groups.items()}
+
+
+def summary_for(rows):
+  pairs = {}
+  for (a, b, m, p), (rel, mx, mean, arg) in reference_pairs(rows).items():
+    pairs.setdefault(f"{a}|{b}", {"relation": rel, "num_samples": 64, "measures": {}})["measures"][f"{m}|{p}"] = {
+        "max": mx, "mean": mean, "argmax": list(arg), "max_ci": [mx - 0.05, mx + 0.03],
+        "mean_ci": [mean - 0.01, mean + 0.01], "null_max_q95": 0.0731, "p_value": 1 / 501}
+  stats = {"org/llama-1b": {"num_rows": 64, "layers": [
+      {"layer": l, "max_abs": 900.0 if l == 2 else 3.0, "mean_norm": 40.0, "top_variance_dims": [7, 1, 2],
+       "top_variance_share": [0.62 if l == 2 else 0.02, 0.01, 0.01], "top_maxabs_dims": [7, 1, 2]}
+      for l in (0, 2, 4)]}}
+  return {"ci_level": 0.95, "pairs": pairs, "activation_stats": stats}
+
+
+def write_run(workdir, sim=None, transfer=None, probes=None, summary=None):
+  os.makedirs(workdir, exist_ok=True)
+  for name, columns, rows in (("similarity", results.SIMILARITY_COLUMNS, sim),
+                              ("transfer", results.TRANSFER_COLUMNS, transfer),
+                              ("probes", results.PROBE_COLUMNS, probes)):
+    if rows is not None:
+      results.write_table(os.path.join(workdir, f"{name}.csv"), columns, rows)
+  if summary is not None:
+    results.write_json(os.path.join(workdir, "summary.json"), summary)
+  return str(workdir)
+
+
+def md_tables(md):
+  """-> {heading text: [tables under it, each a list of rows of cell strings (header first)]}."""
+  out, heading, table = {}, None, None
+  for line in md.splitlines():
+    if line.startswith("#"):
+      heading, table = line.lstrip("#").strip(), None
+      out[heading] = []
+    elif line.startswith("|") and not line.startswith("|---"):
+      if table is None:
+        table = []
+        out[heading].append(table)
+      table.append([c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]])
+    elif not line.startswith("|---"):
+      table = None
+  return out
+
+
+def png_size(path):
+  with open(path, "rb") as f:
+    head = f.read(24)
+  assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR", path
+  return struct.unpack(">II", head[16:24])
+
+
+def test_headline_numbers_match_numpy():
+  rows = similarity_rows()
+  got = report.headline_numbers(rows)
+  ref = reference_pairs(rows)
+  assert set(got["pairs"]) == set(ref)
+  for key, (rel, mx, mean, arg) in ref.items():
+    p = got["pairs"][key]
+    assert p["relation"] == rel and p["argmax"] == arg
+    np.testing.assert_allclose([p["max"], p["mean"]], [mx, mean], rtol=1e-12)
+    assert p["argmax_depth"] == (arg[0] / LAYERS[key[0]][1], arg[1] / LAYERS[key[1]][1])
+    assert p["num_seeds"] == (2 if rel == "within" else 1)
+    assert p["layers"] == (len(LAYERS[key[0]][0]), len(LAYERS[key[1]][0]))
+  groups = reference_groups(ref)
+  assert set(got["groups"]) == set(groups)
+  for key, (mean_max, mean_mean) in groups.items():
+    np.testing.assert_allclose([got["groups"][key]["mean_max"], got["groups"][key]["mean_mean"]],
+                               [mean_max, mean_mean], rtol=1e-12)
+  assert set(got["ratios"]) == {(m, p) for m in MEASURES for p in PREPS}
+  for (m, p), ratio in got["ratios"].items():
+    within, cross = groups[(m, p, "within")], groups[(m, p, "cross")]
+    np.testing.assert_allclose([ratio["mean"], ratio["max"]], [within[1] / cross[1], within[0] / cross[0]],
+                               rtol=1e-12)
+    assert ratio["mean"] > 1  # the synthetic within-family level is far above the cross-family one
+
+
+def test_headline_numbers_ignore_row_order_and_transpose_with_the_pair():
+  rows = similarity_rows(pairs=PAIRS[:2])
+  got = report.headline_numbers(rows)
+  shuffled = [rows[i] for i in np.random.default_rng(3).permutation(len(rows))]
+  assert report.headline_numbers(shuffled) == got
+  swap = {"model_a": "model_b", "model_b": "model_a", "layer_a": "layer_b", "layer_b": "layer_a",
+          "depth_a": "depth_b", "depth_b": "depth_a"}
+  swapped = report.headline_numbers([{swap.get(k, k): v for k, v in r.items()} for r in rows])
+  for (a, b, m, p), n in got["pairs"].items():
+    t = swapped["pairs"][(b, a, m, p)]
+    assert (t["max"], t["argmax"], t["layers"]) == (n["max"], n["argmax"][::-1], n["layers"][::-1])
+    assert t["mean"] == pytest.approx(n["mean"], rel=1e-12)
+
+
+def test_ratio_is_nan_when_cross_family_mean_is_not_positive():
+  rows = similarity_rows(pairs=PAIRS[:2], measures=("cka",))
+  for r in rows:
+    if r["relation"] == "cross":
+      r["value"] -= 1.0
+  ratio = report.headline_numbers(rows)["ratios"][("cka", "none")]
+  assert np.isnan(ratio["mean"]) and np.isnan(ratio["max"])
+
+
+def test_transfer_numbers_match_numpy():
+  rows = transfer_rows()
+  got = report.transfer_numbers(rows)
+  assert len(got) == 2
+  for (s, t, method), n in got.items():
+    mine = [r for r in rows if (r["source"], r["target"], r["method"]) == (s, t, method)]
+    best = max(mine, key=lambda r: r["r2"])
+    assert n["best"] == (best["layer_a"], best["layer_b"])
+    np.testing.assert_allclose([n["r2"], n["r2_shuffled"], n["r2_mean"], n["r2_shuffled_max"], n["r2_grid_mean"]],
+                               [best["r2"], best["r2_shuffled"], best["r2_mean"], max(r["r2_shuffled"] for r in mine),
+                                np.mean([r["r2"] for r in mine])], rtol=1e-12)
+
+
+def test_report_numbers_equal_the_tables(tmp_path):
+  sim, tr, pr = similarity_rows(pairs=REPORT_PAIRS), transfer_rows(), probe_rows()
+  workdir = write_run(tmp_path / "run", sim, tr, pr, summary_for(sim))
+  md_path, html_path = report.write_report(workdir, {"models": ["a", "b"], "n": 64},
+                                           {"jax": "0.0-test", "date": "2025-01-01T00:00:00+00:00"})
+  md = open(md_path, encoding="utf-8").read()
+  tables = md_tables(md)
+  assert "Checks that failed" not in tables and "Not in this run" not in md
+  tol = 0.5 * 10.0**-report.DECIMALS + 1e-12
+  ref = reference_pairs(sim)
+  for m in MEASURES:
+    for p in PREPS:
+      pair_table, group_table = tables[f"{m}, preprocess={p}"]
+      header = pair_table[0]
+      assert len(pair_table) == 1 + len(REPORT_PAIRS)
+      for row in pair_table[1:]:
+        cell = dict(zip(header, row))
+        a, b = cell["pair"].split(" vs ")
+        rel, mx, mean, arg = ref[(a, b, m, p)]
+        assert cell["relation"] == rel
+        assert abs(float(cell["max"]) - mx) <= tol and abs(float(cell["mean"]) - mean) <= tol
+        assert cell["argmax layers (depths)"].startswith(f"{arg[0]}, {arg[1]} (")
+        lo, hi = (float(x) for x in cell["max 95% CI"].strip("[]").split(","))
+        assert abs(lo - (mx - 0.05)) <= tol and abs(hi - (mx + 0.03)) <= tol
+        assert cell["null max q95"] == "0.073" and cell["p (max)"] == "0.002" and cell["n"] == "64"
+      groups = reference_groups(ref)
+      for rel, n, mean_max, mean_mean in group_table[1:]:
+        assert abs(float(mean_max) - groups[(m, p, rel)][0]) <= tol
+        assert abs(float(mean_mean) - groups[(m, p, rel)][1]) <= tol
+      within, cross = groups[(m, p, "within")][1], groups[(m, p, "cross")][1]
+      assert f"Within / cross-family ratio: {within / cross:.{report.DECIMALS}f} of the means" in md
+  assert [row[0] for row in tables[f"cka, preprocess=none"][1][1:]] == ["within", "cross", "random"]
+
+  transfer_table = tables["Transfer maps"][0]
+  expected = report.transfer_numbers(tr)
+  assert len(transfer_table) == 1 + len(expected)
+  for row, ((s, t, method), n) in zip(transfer_table[1:], expected.items()):
+    assert row[0] == f"{s} → {t}" and row[2] == method
+    assert [float(x) for x in row[4:9]] == pytest.approx(
+        [n["r2"], n["r2_shuffled"], n["r2_shuffled_max"], n["r2_mean"], n["r2_grid_mean"]], abs=tol)
+
+  probe_table = tables["Probe transfer"][0]
+  assert len(probe_table) == 1 + 2 * 3
+  for row in probe_table[1:]:
+    task, pair = row[0], row[1]
+    mine = [r for r in pr if r["task"] == task and f"{r['source']} → {r['target']}" == pair]
+    best = max(mine, key=lambda r: r["acc_mapped"])
+    assert row[3] == f"{best['layer_a']}, {best['layer_b']}" and row[9] == str(len(mine))
+    assert float(row[4]) == pytest.approx(best["acc_mapped"], abs=tol)
+    assert row[6:9] == ["0.950", "0.900", "0.520"]
+
+  assert "Outlier layers: 2 (dim 7: 62.0%)" in md
+  assert '"n": 64' in md and "0.0-test" in md
+
+  html = open(html_path, encoding="utf-8").read()
+  images = re.findall(r'<img src="([^"]+)"', html)
+  assert images == re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+  # 12 heatmaps, 6 raw/standardized panels, 2 transfer maps, 2 probe charts.
+  assert len(images) == 12 + 6 + 2 + 2
+  for src in images:
+    assert src.startswith("figures/") and src.endswith(".png")
+    width, height = png_size(os.path.join(workdir, src))
+    assert 300 <= width <= 2000 and 300 <= height <= 1000, (src, width, height)
+  assert html.startswith("<!DOCTYPE html>") and "<style>" in html and "<table>" in html
+  assert matplotlib.image.imread(os.path.join(workdir, images[0])).ndim == 3
+
+
+def test_missing_tables_skip_sections(tmp_path):
+  workdir = write_run(tmp_path / "probes_only", probes=probe_rows())
+  md_path, _ = report.write_report(workdir, {}, {})
+  md = open(md_path, encoding="utf-8").read()
+  headings = set(md_tables(md))
+  assert "Probe transfer" in headings
+  assert not headings & {"Similarity over layer pairs", "Transfer maps", "Activation outliers"}
+  assert "Not in this run: similarity (no similarity.csv or no rows); transfer (no transfer.csv or no rows); " \
+         "activation outliers (no activation_stats in summary.json)." in md
+  assert sorted(os.listdir(os.path.join(workdir, "figures"))) == ["probes__ag_news.png", "probes__sst2.png"]
+
+  sim = similarity_rows(pairs=PAIRS[:2], measures=("cka",), preps=("none",))
+  workdir = write_run(tmp_path / "similarity_only", sim=sim)  # no summary.json: CIs and nulls show "-"
+  md = open(report.write_report(workdir, {}, {})[0], encoding="utf-8").read()
+  assert "Similarity over layer pairs" in md and "Transfer maps" not in md and "Probe transfer" not in md
+  row = md_tables(md)["cka, preprocess=none"][0][1]
+  assert row[3] == "-" and row[7] == "-" and row[8] == "-" and row[11] == "-"
+
+
+def test_summary_disagreeing_with_the_table_is_reported(tmp_path):
+  sim = similarity_rows(pairs=PAIRS[1:3], measures=("cka",), preps=("none",))
+  summary = summary_for(sim)
+  summary["pairs"]["org/llama-1b|gemma-2b"]["measures"]["cka|none"]["max"] += 0.01
+  summary["pairs"]["org/llama-3b|gemma-2b"]["measures"]["cka|none"]["argmax"] = [-1, -1]
+  summary["pairs"]["x|y"] = {"relation": "cross", "measures": {"cka|none": {"max": 0.5}}}
+  workdir = write_run(tmp_path / "run", sim=sim, summary=summary)
+  md = open(report.write_report(workdir, {}, {})[0], encoding="utf-8").read()
+  checks = md.split("## Checks that failed")[1].split("\n## ")[0]
+  assert "org/llama-1b vs gemma-2b, cka|none: summary.json max" in checks
+  assert "org/llama-3b vs gemma-2b, cka|none: summary.json argmax (-1, -1)" in checks
+  assert "summary.json has x|y cka|none, which similarity.csv does not." in checks
+  assert sum(line.startswith("- ") for line in checks.splitlines()) == 3
+
+
+def test_bad_tables_raise_clear_errors():
+  rows = similarity_rows(pairs=PAIRS[:1], measures=("cka",))
+  with pytest.raises(ValueError, match="appear twice for seed 0"):
+    report.headline_numbers(rows + [dict(rows[0], seed=0)])
+  with pytest.raises(ValueError, match="cells are missing"):
+    report.headline_numbers(rows[1:])
+  with pytest.raises(ValueError, match="has two depths"):
+    report.headline_numbers([dict(rows[0], depth_a=0.9)] + rows[1:])
+  with pytest.raises(ValueError, match="appears as both"):
+    report.headline_numbers([dict(rows[0], relation="cross")] + rows[1:])
+  with pytest.raises(ValueError, match="relation 'family' is unknown"):
+    report.headline_numbers([dict(r, relation="family") for r in rows])
+  with pytest.raises(ValueError, match="lacks columns"):
+    report.headline_numbers([{k: v for k, v in r.items() if k != "depth_b"} for r in rows])
+  with pytest.raises(ValueError, match="not percentages"):
+    plots.best_probe_rows([dict(probe_rows()[0], acc_target=95.0)])
+
+
+def test_non_finite_cells_give_nan_and_a_check(tmp_path):
+  sim = similarity_rows(pairs=PAIRS[1:2], measures=("cka",), preps=("none",))
+  sim[3]["value"] = float("nan")
+  p = report.headline_numbers(sim)["pairs"][("org/llama-1b", "gemma-2b", "cka", sim[3]["preprocess"])]
+  assert np.isnan(p["max"]) and np.isnan(p["mean"]) and p["argmax"] is None
+  md = open(report.write_report(write_run(tmp_path / "run", sim=sim), {}, {})[0], encoding="utf-8").read()
+  assert "non-finite values in the grid" in md
+
+
+def test_plots_are_deterministic_and_mark_the_right_files(tmp_path):
+  sim = similarity_rows(pairs=PAIRS[1:2], measures=("cka",), seeds_of=lambda rel: (0,))
+  first = plots.similarity_heatmaps(sim, str(tmp_path / "one"))
+  second = plots.similarity_heatmaps(sim, str(tmp_path / "two"))
+  assert [os.path.basename(p) for p in first] == [
+      "similarity__org-llama-1b__gemma-2b__cka__none.png", "similarity__org-llama-1b__gemma-2b__cka__standardize.png",
+      "similarity__org-llama-1b__gemma-2b__cka__all-preprocess.png"]
+  for a, b in zip(first, second):
+    assert open(a, "rb").read() == open(b, "rb").read()
+  single, panel = png_size(first[0]), png_size(first[2])
+  assert panel[0] > 1.5 * single[0]  # two heatmaps side by side
+
+
+def test_layer_grids_average_seeds():
+  rows = similarity_rows(pairs=PAIRS[:1], measures=("cka",), seeds_of=lambda rel: (0, 1, 2))
+  grid = plots.layer_grids(rows, ("model_a", "model_b", "measure", "preprocess"), ("value",))[
+      ("org/llama-1b", "org/llama-3b", "cka", "none")]
+  assert grid.seeds == (0, 1, 2) and grid.values["value"].shape == (3, 4)
+  np.testing.assert_array_equal(grid.layers_a, [0, 2, 4])
+  np.testing.assert_allclose(grid.depths_b, [0, 0.25, 0.5, 0.75])
+  mine = [r["value"] for r in rows if r["preprocess"] == "none" and (r["layer_a"], r["layer_b"]) == (2, 3)]
+  np.testing.assert_allclose(grid.values["value"][1, 3], np.mean(mine), rtol=1e-12)
+
+
+def test_compare_lists_matches_and_one_sided_entries(tmp_path):
+  sim_a = similarity_rows(seed=0, pairs=PAIRS[:3], measures=("cka",))
+  sim_b = similarity_rows(seed=5, pairs=PAIRS[:2] + PAIRS[3:], measures=("cka", "cknna"))
+  run_a, run_b = write_run(tmp_path / "a", sim=sim_a), write_run(tmp_path / "b", sim=sim_b)
+  text = compare.compare_runs(run_a, run_b)
+  tables = md_tables(text)
+  pair_rows = tables["Model pairs"][0]
+  assert len(pair_rows) == 1 + 2 * 2  # two shared pairs, cka with two preprocessings
+  ref_a, ref_b = reference_pairs(sim_a), reference_pairs(sim_b)
+  tol = 0.5 * 10.0**-report.DECIMALS + 1e-12
+  for row in pair_rows[1:]:
+    cell = dict(zip(pair_rows[0], row))
+    key = (cell["model A"], cell["model B"], cell["measure"], cell["preprocess"])
+    for stat, index in (("max", 1), ("mean", 2)):
+      a, b = ref_a[key][index], ref_b[key][index]
+      assert [float(cell[f"{stat} A"]), float(cell[f"{stat} B"]), float(cell[f"{stat} B-A"])] == pytest.approx(
+          [a, b, b - a], abs=tol)
+  one_sided = text.split("## In one run only")[1]
+  for prep in PREPS:
+    assert f"only in A: org/llama-3b / gemma-2b / cross / cka / {prep}" in one_sided
+    assert f"only in B: org/llama-1b / rand/llama-1b / random / cka / {prep}" in one_sided
+    assert f"measure only in B: cknna / {prep}" in one_sided
+  assert "only in A: org/llama-1b / gemma-2b" not in one_sided
+  assert "Nothing: both runs" in compare.compare_runs(run_a, run_a)
+
+  out = tmp_path / "compare.md"
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  subprocess.run([sys.executable, "-m", "experiments.compare", f"--a={run_a}", f"--b={run_b}", f"--out={out}"],
+                 check=True, cwd=root, timeout=120)
+  assert out.read_text(encoding="utf-8") == text
+  with pytest.raises(ValueError, match="similarity.csv does not exist"):
+    compare.compare_runs(run_a, str(tmp_path))
