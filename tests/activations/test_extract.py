@@ -152,3 +152,13 @@ def test_bad_arguments(models):
     xa.extract_activations(model, TEXTS, layers=[0, 99])
   with pytest.raises(ValueError, match="data axis"):
     xa.extract_activations(model, TEXTS, batch_size=3, mesh=xa.make_mesh(8, 1))
+
+
+def test_complete_store_reopens_for_the_same_inputs(models, tmp_path):
+  model = models["right"]
+  first = xa.extract_activations(model, TEXTS, store_dir=str(tmp_path), progress=False)
+  again = xa.extract_activations(model, TEXTS, store_dir=str(tmp_path), progress=False)
+  opened = xa.load_store(str(tmp_path))
+  for acts in (again, opened):
+    np.testing.assert_array_equal(np.asarray(acts.array), np.asarray(first.array))
+    assert acts.manifest == first.manifest

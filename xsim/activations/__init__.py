@@ -2,4 +2,4 @@
 from xsim.activations.extract import SITES, extract_activations, model_fingerprint
 from xsim.activations.rows import POOLINGS, relative_depth_layers
 from xsim.activations.sharding import make_mesh
-from xsim.activations.store import Activations, ActivationStore, paired_rows
+from xsim.activations.store import Activations, ActivationStore, load_store, paired_rows

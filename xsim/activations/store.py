@@ -19,6 +19,7 @@ import numpy as np
 from xsim.activations.rows import INDEX_DTYPE
 
 MANIFEST_VERSION = 1
+_PROGRESS_KEYS = ("complete", "num_rows")  # written as the store fills; not part of its identity
 
 
 def atomic_write(path: str, write) -> None:
@@ -77,7 +78,7 @@ class ActivationStore:
       with open(manifest_path) as f:
         existing = json.load(f)
       differing = sorted(k for k in set(existing) | set(self.identity)
-                         if k != "complete" and existing.get(k) != self.identity.get(k))
+                         if k not in _PROGRESS_KEYS and existing.get(k) != self.identity.get(k))
       if differing:
         details = "; ".join(f"{k}: stored {existing.get(k)!r}, now {self.identity.get(k)!r}" for k in differing)
         raise ValueError(f"The activation store {path} was made for other inputs ({details}). Refusing to mix "
@@ -138,6 +139,16 @@ class ActivationStore:
     return Activations(array=np.load(os.path.join(self.path, "activations.npy"), mmap_mode="r"),
                        index=np.load(os.path.join(self.path, "index.npy")), layers=list(self.identity["layers"]),
                        manifest=self.manifest, stats=stats, path=self.path)
+
+
+def load_store(path: str) -> Activations:
+  """Opens a complete store directory written by extract_activations."""
+  manifest_path = os.path.join(path, "manifest.json")
+  if not os.path.exists(manifest_path):
+    raise FileNotFoundError(f"{path} is not an activation store (no manifest.json).")
+  with open(manifest_path) as f:
+    manifest = json.load(f)
+  return ActivationStore(path, {k: v for k, v in manifest.items() if k not in _PROGRESS_KEYS}).load()
 
 
 def shard_stats(acts: np.ndarray) -> dict[str, np.ndarray]:
