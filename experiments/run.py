@@ -46,12 +46,21 @@ def load_texts(data) -> list[str]:
     texts = xdata.load_pile_10k()
   else:
     texts = xdata.load_hf_texts(name)
-  texts = [xdata.cut_text(xdata.normalize_whitespace(t), max_words=data.max_words) for t in texts]
+  texts = [xdata.cut_text(xdata.normalize_whitespace(t), max_words=data.max_words or None) for t in texts]
   texts = [t for t in texts if len(xdata.word_spans(t)) >= 2][: data.num_texts]
   if len(texts) < data.num_texts:
     raise ValueError(f"data.source {data.source} gave {len(texts)} usable texts, fewer than num_texts="
                      f"{data.num_texts}; lower num_texts or use a larger source.")
   return texts
+
+
+def resolve_layers(spec, num_layers: int):
+  """"all" (every hidden state), "depths:K" (K relative depths 0..1 over the block outputs, embeddings excluded,
+  as the published study picks them), or an explicit list of hidden-state indices."""
+  if isinstance(spec, str) and spec.startswith("depths:"):
+    count = int(spec.partition(":")[2])
+    return sorted({1 + int(round(d * (num_layers - 1))) for d in np.linspace(0.0, 1.0, count)})
+  return spec if isinstance(spec, str) else [int(i) for i in spec]
 
 
 def _key(*parts) -> str:
@@ -76,8 +85,9 @@ def extract_all(cfg, texts, workdir, mesh):
     logging.info("Loaded %s (%s, %d layers) in %.1fs.", spec["name"], model.config.family, model.config.num_layers,
                  time.time() - start)
     run = lambda m, ts, tag: xa.extract_activations(
-        m, ts, pooling=ex.pooling, layers=ex.layers, batch_size=ex.batch_size, mesh=mesh, site=ex.site,
-        keep_bos=ex.keep_bos, max_tokens=ex.max_tokens, on_overflow="skip",
+        m, ts, pooling=ex.pooling, layers=resolve_layers(ex.layers, m.config.num_layers), batch_size=ex.batch_size,
+        mesh=mesh, site=ex.site, keep_bos=ex.keep_bos, max_tokens=ex.max_tokens, on_overflow="skip",
+        truncate_tokens=ex.get("truncate_tokens"),
         store_dir=os.path.join(workdir, "activations", tag))
     acts[spec["name"]] = run(model, texts, spec["name"])
     stats[spec["name"]] = acts[spec["name"]].stats
@@ -95,9 +105,11 @@ def extract_all(cfg, texts, workdir, mesh):
 
 
 def model_pairs(cfg, families):
-  """(a, b, relation) for every pair of listed models, plus (a, random copy of b) baselines."""
+  """(a, b, relation) for the configured pairs (every pair of listed models by default), plus (a, random copy of
+  b) baselines."""
   names = [m["name"] for m in cfg.models]
-  pairs = [(a, b, "within" if families[a] == families[b] else "cross") for a, b in itertools.combinations(names, 2)]
+  chosen = cfg.get("pairs") or list(itertools.combinations(names, 2))
+  pairs = [(a, b, "within" if families[a] == families[b] else "cross") for a, b in chosen]
   if cfg.baselines.random_init:
     pairs += [(a, f"{b}@random", "random") for a, b, _ in list(pairs)]
   return pairs

@@ -4,9 +4,9 @@ from __future__ import annotations
 import os
 
 SECTIONS = {
-    "models": None, "seed": None,
+    "models": None, "seed": None, "pairs": None,
     "data": {"source", "num_texts", "max_words", "min_chars", "seed"},
-    "extraction": {"pooling", "layers", "batch_size", "max_tokens", "keep_bos", "site"},
+    "extraction": {"pooling", "layers", "batch_size", "max_tokens", "keep_bos", "site", "truncate_tokens"},
     "similarity": {"measures", "preprocess", "knn_k", "permutations", "bootstrap"},
     "baselines": {"random_init"},
     "transfer": {"method", "val_fraction", "test_fraction"},
@@ -30,7 +30,7 @@ def validate_config(cfg) -> None:
     check(key in SECTIONS, f"unknown top-level key {key!r} (known: {sorted(SECTIONS)})")
   for section, keys in SECTIONS.items():
     if keys is None or section not in cfg:
-      check(section in cfg, f"missing section {section!r}")
+      check(section in cfg or section == "pairs", f"missing section {section!r}")
       continue
     for key in cfg[section].keys():
       check(key in keys, f"unknown key {section}.{key} (known: {sorted(keys)})")
@@ -38,6 +38,9 @@ def validate_config(cfg) -> None:
   check(len(models) >= 2, "models must list at least two models to compare")
   names = [m.get("name") for m in models]
   check(len(set(names)) == len(names), f"model names must be unique, got {names}")
+  for pair in cfg.get("pairs") or []:
+    check(len(pair) == 2 and all(name in names for name in pair) and pair[0] != pair[1],
+          f"pair {list(pair)} must name two different listed models ({names})")
   for m in models:
     for key in m.keys():
       check(key in MODEL_KEYS, f"unknown model key {key!r} in {m.get('name')} (known: {sorted(MODEL_KEYS)})")
@@ -52,13 +55,19 @@ def validate_config(cfg) -> None:
     check(kind in ("corpus", "jsonl", "text", "hf", "pile10k"),
           f"data.source {cfg.data.source!r} must be corpus:NAME, jsonl:PATH, text:PATH, hf:NAME or pile10k")
     check(cfg.data.num_texts >= 16, f"data.num_texts={cfg.data.num_texts} is too small for CKA statistics (>= 16)")
-    check(cfg.data.max_words >= 2, f"data.max_words={cfg.data.max_words} must be >= 2")
+    check(cfg.data.max_words is None or cfg.data.max_words >= 2,
+          f"data.max_words={cfg.data.max_words} must be >= 2 (or None for no cut)")
   if "extraction" in cfg:
     ex = cfg.extraction
     check(ex.pooling in POOLINGS and ex.pooling != "tokens",
           f"extraction.pooling {ex.pooling!r} must be one of {[p for p in POOLINGS if p != 'tokens']}")
     check(ex.site in SITES, f"extraction.site {ex.site!r} not in {SITES}")
     check(ex.batch_size >= 1 and ex.max_tokens >= 2, "extraction.batch_size and max_tokens must be positive")
+    layers = ex.layers
+    check(layers == "all" or (isinstance(layers, str) and layers.startswith("depths:") and
+                               layers.partition(":")[2].isdigit() and int(layers.partition(":")[2]) >= 2)
+          or (not isinstance(layers, str) and all(isinstance(i, int) and i >= 0 for i in layers)),
+          f"extraction.layers {layers!r} must be 'all', 'depths:K' (K >= 2) or a list of hidden-state indices")
   if "similarity" in cfg:
     for measure in cfg.similarity.measures:
       check(measure in MEASURES, f"similarity measure {measure!r} not in {MEASURES}")

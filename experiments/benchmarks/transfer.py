@@ -19,6 +19,7 @@ Workloads, on the same random float32 activations (target layer j is a noisy lin
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 
 import jax
@@ -40,13 +41,15 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--eval_every", type=int, default=25)
   p.add_argument("--penalties", type=int, default=1, help="size of the optax penalty grid (models per pair)")
   p.add_argument("--lambdas", type=int, default=17, help="size of the ridge penalty path")
-  p.add_argument("--chunk_size", type=int, default=None, help="target layers per chunk (default: all)")
+  p.add_argument("--chunk_sizes", default="", help="comma-separated xsim chunk sizes to time (default: all "
+                 "target layers of a source in one chunk)")
+  p.add_argument("--rounds", type=int, default=2, help="interleaved timing rounds; the best is kept")
   p.add_argument("--loop_pairs", type=int, default=3, help="pairs the per-pair loops are timed on")
   p.add_argument("--matmul", type=int, default=2048, help="side of the reference square matmul")
   p.add_argument("--seed", type=int, default=0)
   args = p.parse_args(argv)
   if min(args.layers, args.n, args.d, args.steps, args.batch_size, args.eval_every, args.penalties, args.lambdas,
-         args.loop_pairs) < 1:
+         args.loop_pairs, args.rounds) < 1:
     p.error("sizes and counts must be positive.")
   return args
 
@@ -145,9 +148,7 @@ def main(argv=None):
   source, target = make_data(L, n, d, a.seed)
   penalties = tuple(float(p) for p in np.logspace(-3, -1, a.penalties))
   lambdas = tuple(float(p) for p in np.logspace(-5, 3, a.lambdas))
-  chunk_size = a.chunk_size or L
-  options = dict(steps=a.steps, batch_size=a.batch_size, eval_every=a.eval_every, patience=a.steps + 1,
-                 seed=a.seed, chunk_size=chunk_size, keep_maps=False)
+  chunk_sizes = [int(c) for c in a.chunk_sizes.split(",")] if a.chunk_sizes else [L]
   settings = train.TrainSettings(optimizer="adam", steps=a.steps, batch_size=a.batch_size,
                                  eval_every=a.eval_every, patience=a.steps + 1, seed=a.seed)
   split = transfer.make_split(n, seed=a.seed)
@@ -155,21 +156,21 @@ def main(argv=None):
   statistics = train.uses_statistics(settings, len(split.train), d)
   print(f"devices: {jax.devices()}; La = Lb = {L}, n = {n} ({len(split.train)} train), da = db = {d}, "
         f"{a.steps} steps over {rows.shape[0]} batches of {rows.shape[1]} rows, {a.penalties} penalties per pair, "
-        f"float32; xsim gradients from {'batch statistics' if statistics else 'rows'}")
+        f"float32; xsim gradients from {'batch statistics' if statistics else 'rows'}; best of {a.rounds} "
+        f"interleaved rounds")
 
-  # xsim optax: warm up (compile) on the first chunk's shape, then time the whole sweep.
-  warm_pairs = [(0, j) for j in range(chunk_size)]
-  transfer.fit_linear_maps(source, target, method="adam", pairs=warm_pairs, penalties=penalties, **options)
-  t_xsim, fit = timed(lambda: transfer.fit_linear_maps(source, target, method="adam", penalties=penalties,
-                                                      **options))
-  flops = optax_flops(L, a.penalties, split, d, settings)
-  rate_mm = matmul_rate(a.matmul)
-  rate = flops / t_xsim
-  print(f"xsim optax sweep: {t_xsim:.2f} s, {flops / 1e12:.2f} TFLOP of matmuls = {rate / 1e9:.1f} GFLOP/s; "
-        f"plain matmul {a.matmul}^3: {rate_mm / 1e9:.1f} GFLOP/s -> {rate / rate_mm:.0%} of matmul")
+  def xsim_optax(chunk_size, pairs="all"):
+    return transfer.fit_linear_maps(source, target, method="adam", pairs=pairs, penalties=penalties,
+                                    steps=a.steps, batch_size=a.batch_size, eval_every=a.eval_every,
+                                    patience=a.steps + 1, seed=a.seed, chunk_size=chunk_size, keep_maps=False)
 
-  # The per-pair loops, on standardized device arrays (standardization is not timed: a gift to the loops).
+  def xsim_ridge(pairs="all"):
+    return transfer.fit_linear_maps(source, target, method="ridge", pairs=pairs, penalties=lambdas, seed=a.seed,
+                                    chunk_size=L, keep_maps=False)
+
+  # The per-pair loops get standardized device arrays (standardization is not timed: a gift to the loops).
   step_fn, keep_best = make_loop_functions(settings)
+  pair_statistics = jax.jit(train.chunk_statistics)
   loop_pairs = [(i % L, (7 * i + 3) % L) for i in range(a.loop_pairs)]
 
   def parts(i, j):
@@ -183,50 +184,63 @@ def main(argv=None):
   def row_batches(x_train, y_train):
     return [(x_train[r], y_train[r]) for r in rows]
 
-  pair_statistics = jax.jit(train.chunk_statistics)
-
   def statistics_batches(x_train, y_train):
     stats = pair_statistics(x_train, y_train[None], rows)
-    return [train.select_batch(stats, b)._replace(xy=stats.xy[0, b], y_sum=stats.y_sum[0, b])
+    return [train.select_batch(stats, b)._replace(yx=stats.yx[b, 0], y_sum=stats.y_sum[b, 0])
             for b in range(len(rows))]
 
   data = [parts(i, j) for i, j in loop_pairs]
-  loop_times = {}
-  for name, make_batches in (("rows", row_batches), ("statistics", statistics_batches)):
-    xtr, ytr, xv, yv, _, _ = data[0]
-    loop_pair(settings, step_fn, make_batches(xtr, ytr), schedule, penalties[0], xv, yv, keep_best)  # compile
-    start = time.perf_counter()
+  lam = jnp.asarray(lambdas, jnp.float32) * len(split.train)
+
+  def loop(make_batches):
     for xtr, ytr, xv, yv, _, _ in data:
       batches = make_batches(xtr, ytr)  # timed: part of training a pair
       for penalty in penalties:
         loop_pair(settings, step_fn, batches, schedule, penalty, xv, yv, keep_best)
-    loop_times[name] = (time.perf_counter() - start) / len(data) * L * L
-    print(f"per-pair loop ({name} step): {loop_times[name]:.2f} s for {L * L} pairs, extrapolated from "
-          f"{len(data)} pairs")
 
-  # Ridge: xsim's path vs per-pair direct solves.
-  ridge_options = dict(seed=a.seed, chunk_size=chunk_size, keep_maps=False)
-  transfer.fit_linear_maps(source, target, method="ridge", pairs=warm_pairs, penalties=lambdas, **ridge_options)
-  t_ridge, ridge_fit = timed(lambda: transfer.fit_linear_maps(source, target, method="ridge", penalties=lambdas,
-                                                              **ridge_options))
-  lam = jnp.asarray(lambdas, jnp.float32) * len(split.train)
-  ridge_pair_direct(*data[0], lam).block_until_ready()  # compile
-  start = time.perf_counter()
-  direct = [float(ridge_pair_direct(*pair, lam)) for pair in data]
-  t_direct = (time.perf_counter() - start) / len(data) * L * L
-  diff = max(abs(r - ridge_fit.r2[i, j]) for r, (i, j) in zip(direct, loop_pairs))
-  print(f"xsim ridge path ({a.lambdas} lambdas): {t_ridge:.2f} s; per-pair direct solves: {t_direct:.2f} s "
-        f"(extrapolated from {len(data)} pairs; max |R^2 diff| {diff:.1e})")
-  print(f"held-out R^2 of the planted pairs: optax {np.mean(np.diag(fit.r2)):.4f}, "
-        f"ridge {np.mean(np.diag(ridge_fit.r2)):.4f}")
+  workloads = {f"xsim optax, chunk {c}": functools.partial(xsim_optax, c) for c in chunk_sizes}
+  workloads["loop, rows step"] = functools.partial(loop, row_batches)
+  workloads["loop, statistics step"] = functools.partial(loop, statistics_batches)
+  workloads["xsim ridge path"] = xsim_ridge
+  workloads["loop, direct ridge"] = lambda: [float(ridge_pair_direct(*pair, lam)) for pair in data]
+  # Warm-up (compilation) on the shapes each workload runs; the sweeps on their first chunk.
+  for c in chunk_sizes:
+    xsim_optax(c, pairs=[(0, j) for j in range(c)])
+  xsim_ridge(pairs=[(0, j) for j in range(L)])
+  data_0 = data[0]
+  loop_pair(settings, step_fn, row_batches(*data_0[:2]), schedule, penalties[0], *data_0[2:4], keep_best)
+  loop_pair(settings, step_fn, statistics_batches(*data_0[:2]), schedule, penalties[0], *data_0[2:4], keep_best)
+  ridge_pair_direct(*data_0, lam).block_until_ready()
 
-  print(f"\n{'workload':<24} {'xsim s':>9}  {'alternative':<40} {'alt s':>9} {'alt/xsim':>9}")
-  for work, tx, alt, ta in (
-      ("optax maps, all pairs", t_xsim, "per-pair loop, rows step", loop_times["rows"]),
-      ("optax maps, all pairs", t_xsim, "per-pair loop, statistics step", loop_times["statistics"]),
-      ("ridge path, all pairs", t_ridge, "per-pair direct ridge solves", t_direct),
-      ("ridge path, all pairs", t_ridge, "per-pair loop, rows step (optax)", loop_times["rows"])):
-    print(f"{work:<24} {tx:>9.2f}  {alt:<40} {ta:>9.2f} {ta / tx:>8.1f}x")
+  seconds = {name: np.inf for name in workloads}
+  results = {}
+  for _ in range(a.rounds):
+    for name, run in workloads.items():
+      elapsed, results[name] = timed(run)
+      seconds[name] = min(seconds[name], elapsed)
+  for name in ("loop, rows step", "loop, statistics step", "loop, direct ridge"):
+    seconds[name] *= L * L / len(data)  # extrapolated to every pair
+
+  flops = optax_flops(L, a.penalties, split, d, settings)
+  rate_mm, rate_mm_d = matmul_rate(a.matmul), matmul_rate(d)
+  print(f"plain matmul: {a.matmul}^3 {rate_mm / 1e9:.1f} GFLOP/s, {d}^3 {rate_mm_d / 1e9:.1f} GFLOP/s")
+  for c in chunk_sizes:
+    rate = flops / seconds[f"xsim optax, chunk {c}"]
+    print(f"xsim optax, chunk {c}: {flops / 1e12:.2f} TFLOP of matmuls at {rate / 1e9:.1f} GFLOP/s = "
+          f"{rate / rate_mm:.0%} of the {a.matmul}^3 matmul, {rate / rate_mm_d:.0%} of the {d}^3 one")
+  ridge_fit = results["xsim ridge path"]
+  diff = max(abs(r - ridge_fit.r2[i, j]) for r, (i, j) in zip(results["loop, direct ridge"], loop_pairs))
+  optax_fit = results[f"xsim optax, chunk {chunk_sizes[0]}"]
+  print(f"held-out R^2 of the planted pairs: optax {np.mean(np.diag(optax_fit.r2)):.4f}, ridge "
+        f"{np.mean(np.diag(ridge_fit.r2)):.4f}; ridge path vs direct solves: max |R^2 diff| {diff:.1e}")
+  print(f"loops timed on {len(data)} pairs and extrapolated to {L * L}")
+
+  rows_out = [(f"xsim optax, chunk {c}", alt) for c in chunk_sizes
+              for alt in ("loop, rows step", "loop, statistics step")]
+  rows_out += [("xsim ridge path", "loop, direct ridge"), ("xsim ridge path", "loop, rows step")]
+  print(f"\n{'xsim':<22} {'s':>8}  {'alternative':<22} {'s':>8} {'alt/xsim':>9}")
+  for ours, alt in rows_out:
+    print(f"{ours:<22} {seconds[ours]:>8.2f}  {alt:<22} {seconds[alt]:>8.2f} {seconds[alt] / seconds[ours]:>8.1f}x")
 
 
 if __name__ == "__main__":

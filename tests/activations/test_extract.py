@@ -162,3 +162,17 @@ def test_complete_store_reopens_for_the_same_inputs(models, tmp_path):
   for acts in (again, opened):
     np.testing.assert_array_equal(np.asarray(acts.array), np.asarray(first.array))
     assert acts.manifest == first.manifest
+
+
+def test_token_truncation_reproduces_the_published_cut(models, tmp_path):
+  """truncate_tokens=N reads the last of each text's first N tokens: a different character per tokenizer."""
+  spans = {}
+  for side, model in models.items():
+    acts = xa.extract_activations(model, TEXTS, pooling="last", keep_bos=True, truncate_tokens=6,
+                                  store_dir=str(tmp_path / side), progress=False)
+    tok = tokenize(model.tokenizer, TEXTS[1])
+    assert tuple(acts.index[["char_start", "char_end"]][1]) == tuple(tok.spans[5])
+    np.testing.assert_allclose(acts.array[:, 1], np.asarray(model.forward(tok.ids[None, :6]).hidden_states)[:, 0, 5],
+                               atol=2e-5, rtol=1e-4)
+    spans[side] = acts.index["char_end"]
+  assert np.any(spans["left"] != spans["right"])

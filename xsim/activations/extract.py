@@ -21,7 +21,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from xsim.activations import sharding as shard_lib
-from xsim.activations.rows import INDEX_DTYPE, POOLINGS, sample_rows, tokenize
+from xsim.activations.rows import INDEX_DTYPE, POOLINGS, TokenizedText, sample_rows, tokenize
 from xsim.activations.store import Activations, ActivationStore, shard_stats
 from xsim.data.text import text_hash
 from xsim.models.model import Model
@@ -80,12 +80,15 @@ def _resolve_layers(model: Model, layers, site: str) -> list[int]:
 
 
 def _prepare(model: Model, texts: Sequence[str], start: int, pooling: str, keep_bos: bool, max_tokens: int,
-             on_overflow: str):
+             on_overflow: str, truncate_tokens: Optional[int]):
   """Tokenizes texts[start:...] into (text index, ids, rows) and logs skipped texts."""
   prepared = []
   for offset, text in enumerate(texts):
     i = start + offset
     tok = tokenize(model.tokenizer, text)
+    if truncate_tokens is not None:  # the published protocol's per-tokenizer cut
+      tok = TokenizedText(tok.ids[:truncate_tokens], tok.spans[:truncate_tokens], tok.special[:truncate_tokens])
+      text = text[:int(tok.spans[:, 1].max(initial=0))]
     if len(tok.ids) > max_tokens:
       message = (f"Text {i} has {len(tok.ids)} tokens for {model.name}, over max_tokens={max_tokens}; cut texts "
                  "by characters or words before extraction (xsim.data.cut_text) or raise max_tokens.")
@@ -121,7 +124,8 @@ def extract_activations(model: Model, texts: Sequence[str], pooling: str = "last
                         layers: Union[str, Sequence[int]] = "all", batch_size: int = 32, mesh: Optional[Mesh] = None,
                         store_dir: Optional[str] = None, site: str = "residual", keep_bos: bool = False,
                         max_tokens: int = 1024, on_overflow: str = "error", shard_size: int = 1024,
-                        store_dtype: str = "float32", min_seq: int = 16, progress: bool = True) -> Activations:
+                        store_dtype: str = "float32", min_seq: int = 16, truncate_tokens: Optional[int] = None,
+                        progress: bool = True) -> Activations:
   """Activations of `model` on `texts`, one row per sample (see xsim.activations.rows for the poolings).
 
   Returns Activations with array [len(layers), num_rows, hidden] and index [num_rows] (which text, word, token and
@@ -151,6 +155,7 @@ def extract_activations(model: Model, texts: Sequence[str], pooling: str = "last
       "model": model.name, "model_hash": model_fingerprint(model), "dtype": jnp.dtype(model.dtype).name,
       "pooling": pooling, "keep_bos": keep_bos, "site": site, "layers": layer_list, "text_hash": text_hash(texts),
       "num_texts": len(texts), "shard_size": shard_size, "max_tokens": max_tokens, "on_overflow": on_overflow,
+      "truncate_tokens": truncate_tokens,
       "store_dtype": store_dtype, "hidden_size": model.config.hidden_size})
   if store.complete:
     logging.info("Activation store %s is complete; nothing to extract.", store_dir)
@@ -169,7 +174,7 @@ def extract_activations(model: Model, texts: Sequence[str], pooling: str = "last
   left_pad = getattr(model.tokenizer, "padding_side", "right") == "left"
 
   prepare = lambda k: _prepare(model, texts[k * shard_size:(k + 1) * shard_size], k * shard_size, pooling,
-                               keep_bos, max_tokens, on_overflow)
+                               keep_bos, max_tokens, on_overflow, truncate_tokens)
   bar = _progress(sum(min(shard_size, len(texts) - k * shard_size) for k in todo), model.name) if progress else None
   with concurrent.futures.ThreadPoolExecutor(1) as pool:  # tokenizes shard k+1 while shard k runs
     upcoming = pool.submit(prepare, todo[0]) if todo else None

@@ -1,0 +1,47 @@
+"""Bad configs fail before any heavy work, with every problem listed in one error."""
+import pytest
+
+from experiments.configs import aligned, demo, seed_protocol, sweep_models, sweep_samples
+from experiments.run import resolve_layers
+from experiments.validate import validate_config
+
+
+@pytest.mark.parametrize("config", [demo.get_config(), demo.get_config("qwen"), seed_protocol.get_config(),
+                                    aligned.get_config(), sweep_models.get_config("2000"),
+                                    sweep_samples.get_config("500")])
+def test_shipped_configs_validate(config):
+  validate_config(config)
+
+
+def test_every_problem_is_listed():
+  c = demo.get_config()
+  c.unlock()
+  c.surprise = 1
+  c.models = [dict(name="a", path="./no/such/model"), dict(name="a", path="smollm2-135m", dtype="float8")]
+  c.extraction.pooling = "max"
+  c.extraction.layers = "depths:x"
+  c.similarity.measures = ["cka", "nonsense"]
+  c.similarity.preprocess = ["whiten"]
+  c.probes.tasks = ["mystery"]
+  c.data.num_texts = 3
+  c.transfer.val_fraction = 0.9
+  with pytest.raises(ValueError) as error:
+    validate_config(c)
+  message = str(error.value)
+  for fragment in ("unknown top-level key 'surprise'", "names must be unique", "'./no/such/model'",
+                   "dtype 'float8'", "pooling 'max'", "'depths:x'", "'nonsense'", "'whiten'", "'mystery'",
+                   "num_texts=3", "fractions"):
+    assert fragment in message, fragment
+
+
+def test_pairs_must_name_listed_models():
+  c = seed_protocol.get_config()
+  c.pairs = [["llama-3.2-1b", "gpt-5"]]
+  with pytest.raises(ValueError, match="gpt-5"):
+    validate_config(c)
+
+
+def test_relative_depths_exclude_embeddings():
+  assert resolve_layers("depths:9", 16) == [1, 3, 5, 7, 9, 10, 12, 14, 16]
+  assert resolve_layers("all", 16) == "all"
+  assert resolve_layers([0, 4], 16) == [0, 4]
