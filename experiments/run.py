@@ -138,13 +138,15 @@ def compare_pair(cfg, a, b, relation, acts, num_layers, workdir):
   layers_a, layers_b = acts[a].layers, acts[b].layers
   rows, summary = [], {"relation": relation, "num_samples": int(len(ia)), "measures": {}}
   for measure, prep in itertools.product(s.measures, s.preprocess):
-    key = _key(acts[a].manifest, acts[b].manifest, measure, prep, s.to_dict(), cfg.seed)
+    # Only the settings this matrix depends on, so adding a measure or a preprocessing leaves the rest cached.
+    settings = [s.knn_k] if measure == "mutual_knn" else [s.permutations, s.bootstrap]
+    key = _key(acts[a].manifest, acts[b].manifest, measure, prep, settings, cfg.seed)
     path = os.path.join(workdir, "cache", "similarity", f"{a}__{b}__{measure}__{prep}-{key}.json")
     if results.exists(path):
       entry = results.read_json(path)
     else:
       start = time.time()
-      matrix = similarity_matrix(measure, prep, xs, ys, s.knn_k)
+      matrix = np.asarray(similarity_matrix(measure, prep, xs, ys, s.knn_k), np.float64)  # summaries == table
       entry = {"matrix": matrix.tolist(), **_statistics(cfg, measure, prep, xs, ys, matrix, layers_a, layers_b)}
       results.write_json(path, entry)
       logging.info("%s vs %s: %s/%s over %dx%d layer pairs in %.1fs.", a, b, measure, prep, *matrix.shape,

@@ -140,10 +140,13 @@ def main(argv=None):
           f"({run / t_xsim / rate_mm:.0%} of matmul); full-Gram equivalent {naive / t_xsim / 1e9:.1f} GFLOP/s "
           f"({naive / t_xsim / rate_mm:.0%})")
 
-  # Working memory: XLA's temporary buffers for cka_matrix vs holding every Gram at once (pytorch-cka).
-  compiled = jax.jit(lambda p, q: sim.cka_matrix(p, q, debiased=True, chunk_size=a.chunk)).lower(xs, ys).compile()
-  temp = compiled.memory_analysis().temp_size_in_bytes
-  print(f"xsim temp memory {temp / 2**20:.0f} MiB (chunk {a.chunk}); all Grams at once: "
+  # Working memory: XLA's temporary buffers for cka_matrix, at this chunk and half of it: one centered copy
+  # of the inputs plus tiles that shrink with the chunk; pytorch-cka holds every Gram at once.
+  def temp_mib(chunk):
+    fn = jax.jit(lambda p, q: sim.cka_matrix(p, q, debiased=True, chunk_size=chunk))
+    return fn.lower(xs, ys).compile().memory_analysis().temp_size_in_bytes / 2**20
+  print(f"xsim temp memory: {temp_mib(a.chunk):.0f} MiB at chunk {a.chunk}, {temp_mib(a.chunk // 2):.0f} MiB at "
+        f"{a.chunk // 2} (inputs {(xs.nbytes + ys.nbytes) / 2**20:.0f} MiB); all Grams at once: "
         f"{2 * L * n * n * 4 / 2**20:.0f} MiB")
 
   # Null: the whole grid under --permutations row permutations.

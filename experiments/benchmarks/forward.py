@@ -4,8 +4,11 @@
     python -m experiments.benchmarks.forward --model smollm2-135m   # the packaged GGUF (or a HF dir, a .gguf)
     python -m experiments.benchmarks.forward --platform gpu --peak_tflops 989   # H100 dense bf16 peak
 
-Both sides do the same work per call: logits [B, S, V] and every hidden state, from one checkpoint on disk.
-Warm-up (XLA compilation, PyTorch's first call) is timed apart; throughput is the median over --repeats calls.
+Both sides do the same work per call, from one checkpoint on disk: logits [B, S, V] and every hidden state
+(transformers with `output_hidden_states=True` under `torch.inference_mode()`, sdpa attention, no KV cache).
+The warm-up call (XLA compilation, PyTorch's first call) is reported apart; the timed calls alternate between
+the two sides and throughput is their median. On a shared machine wall time follows the other tenants' load, so
+each call's process CPU time is printed too: it measures the work done and changes far less with load.
 """
 from __future__ import annotations
 
@@ -28,6 +31,9 @@ SMOLLM2_135M = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, n
                     num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True, rms_norm_eps=1e-5,
                     rope_parameters=dict(rope_type="default", rope_theta=100000.0), max_position_embeddings=8192)
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# jax.monitoring events that together make up a jit cache miss: tracing, lowering to MLIR, XLA compilation.
+COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                  "/jax/core/compile/backend_compile_duration")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -37,19 +43,21 @@ def parse_args(argv=None) -> argparse.Namespace:
                       "SmolLM2-135M-shaped Llama written with save_pretrained to a temporary directory")
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--seq", type=int, default=128)
-  p.add_argument("--repeats", type=int, default=5, help="timed calls per side (after one warm-up call)")
+  p.add_argument("--repeats", type=int, default=5, help="timed calls per side, after one warm-up call each")
   p.add_argument("--dtype", choices=sorted(TORCH_DTYPES), default=None,
                  help="weights and activations of both sides; default float32 on cpu, bfloat16 on gpu")
   p.add_argument("--platform", choices=("cpu", "gpu"), default="cpu",
                  help="where both models run (gpu: JAX's CUDA backend and torch on cuda)")
   p.add_argument("--peak_tflops", type=float, default=None,
-                 help="the device's peak dense TFLOP/s at --dtype, to report the fraction of peak achieved")
+                 help="the device's peak dense TFLOP/s at --dtype, to print the fraction of peak achieved")
   p.add_argument("--torch_threads", type=int, default=None,
-                 help="torch.set_num_threads for PyTorch; default: leave torch's own default (one per core)")
+                 help="torch.set_num_threads; default: leave torch's own default (one thread per core)")
   p.add_argument("--seed", type=int, default=0)
   args = p.parse_args(argv)
   if min(args.batch, args.seq, args.repeats) < 1:
     p.error("--batch, --seq and --repeats must be positive.")
+  if args.torch_threads is not None and args.torch_threads < 1:
+    p.error("--torch_threads must be positive (or left out for torch's default).")
   args.dtype = args.dtype or ("bfloat16" if args.platform == "gpu" else "float32")
   return args
 
@@ -62,7 +70,7 @@ def write_random_checkpoint(directory: str, seed: int) -> None:
 
 
 def model_location(model: str) -> tuple[str, str | None]:
-  """--model -> (HF directory, gguf file name in it or None), for transformers' from_pretrained."""
+  """--model -> (HF directory, GGUF file name inside it or None), as transformers' from_pretrained takes them."""
   path = os.path.expanduser(model)
   if not path.endswith(".gguf") and not os.path.isdir(path):
     from xsim.models import assets
@@ -70,6 +78,8 @@ def model_location(model: str) -> tuple[str, str | None]:
       raise ValueError(f"--model {model!r} is not a directory, a .gguf file or one of {sorted(assets.MODELS)}.")
     path = str(assets.fetch_model(model))
   if path.endswith(".gguf"):
+    if not os.path.isfile(path):
+      raise ValueError(f"--model {model!r}: no such GGUF file.")
     return os.path.dirname(os.path.abspath(path)), os.path.basename(path)
   return path, None
 
@@ -80,44 +90,65 @@ def load_torch(directory: str, gguf_file: str | None, dtype: str, device: str) -
   return model.to(device).eval()
 
 
-def time_calls(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str, tuple[float, list[float], Any]]:
-  """name -> (seconds of its first call, seconds of each of `repeats` further calls, its last result).
+def timed(call: Callable[[], Any]) -> tuple[float, float, Any]:
+  """(wall seconds, process CPU seconds over all threads, result) of one call, which must block on its result."""
+  wall, cpu = time.perf_counter(), time.process_time()
+  result = call()
+  return time.perf_counter() - wall, time.process_time() - cpu, result
 
-  The timed calls alternate between the entries, round by round, so a load change on a shared machine hits
-  every side alike. Each call must block until its result is computed (else only the dispatch is timed).
+
+def time_calls(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str, dict[str, Any]]:
+  """name -> {"first": wall s of its first call, "wall"/"cpu": s of each of `repeats` more calls, "result"}.
+
+  The timed calls alternate between the entries round by round, so a change of load on a shared machine hits
+  every entry alike. Each call must block until its result is computed (else only the dispatch is timed).
   """
-  def timed(call):
-    start = time.perf_counter()
-    result = call()
-    return time.perf_counter() - start, result
-
-  firsts = {name: timed(call) for name, call in calls.items()}
-  times = {name: [] for name in calls}
-  results = {name: result for name, (_, result) in firsts.items()}
+  stats = {}
+  for name, call in calls.items():
+    first, _, result = timed(call)
+    stats[name] = {"first": first, "wall": [], "cpu": [], "result": result}
   for _ in range(repeats):
     for name, call in calls.items():
-      seconds, results[name] = timed(call)
-      times[name].append(seconds)
-  return {name: (firsts[name][0], times[name], results[name]) for name in calls}
+      wall, cpu, stats[name]["result"] = timed(call)
+      stats[name]["wall"].append(wall)
+      stats[name]["cpu"].append(cpu)
+  return stats
+
+
+class CompileTimer:
+  """Sums the tracing, lowering and XLA compilation JAX reports (jax.monitoring) while the block runs."""
+
+  def __enter__(self) -> "CompileTimer":
+    self.seconds = 0.0
+    jax.monitoring.register_event_duration_secs_listener(self._listen)
+    return self
+
+  def _listen(self, event: str, duration: float, **_) -> None:
+    if event in COMPILE_EVENTS:
+      self.seconds += duration
+
+  def __exit__(self, *exc) -> None:
+    jax.monitoring.unregister_event_duration_listener(self._listen)
 
 
 def numpy_matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
   """Best-of-`repeats` GFLOP/s of an n x n float32 matmul in NumPy's BLAS: this machine's reference speed."""
   rng = np.random.default_rng(0)
   a, b = rng.standard_normal((n, n), np.float32), rng.standard_normal((n, n), np.float32)
-  best = min(time_calls({"matmul": lambda: a @ b}, repeats)["matmul"][1])
+  best = min(time_calls({"matmul": lambda: a @ b}, repeats)["matmul"]["wall"])
   return 2 * n**3 / best / 1e9
 
 
-def summary(name: str, first: float, times: list[float], tokens: int, flops_per_token: float,
-            peak_tflops: float | None) -> float:
-  """Prints one side's figures; returns its median tokens/s."""
-  median = statistics.median(times)
-  rate = tokens / median
+def report(name: str, stats: dict[str, Any], tokens: int, flops_per_token: float,
+           peak_tflops: float | None) -> float:
+  """Prints one side's figures; returns its tokens/s at the median wall time."""
+  wall, cpu = statistics.median(stats["wall"]), statistics.median(stats["cpu"])
+  rate = tokens / wall
   flops = rate * flops_per_token
-  peak = f", {flops / (peak_tflops * 1e12):.1%} of peak" if peak_tflops else ""
-  print(f"{name:13s} warm-up {first:7.2f} s | median {median * 1e3:8.1f} ms (min {min(times) * 1e3:.1f}, "
-        f"max {max(times) * 1e3:.1f}) | {rate:9.0f} tokens/s | {flops / 1e9:7.1f} GFLOP/s{peak}")
+  peak = f" = {flops / (peak_tflops * 1e12):.1%} of peak" if peak_tflops else ""
+  print(f"{name:12s} warm-up {stats['first']:6.2f} s | wall median {wall:7.3f} s (min {min(stats['wall']):.3f}, "
+        f"max {max(stats['wall']):.3f}) | CPU {cpu:6.2f} s/call | {rate:8.0f} tokens/s | "
+        f"{flops / 1e9:7.1f} GFLOP/s{peak}")
   return rate
 
 
@@ -138,8 +169,7 @@ def main(argv=None) -> None:
     theirs = load_torch(directory, gguf_file, args.dtype, device)
 
   config = ours.config
-  rng = np.random.default_rng(args.seed)
-  ids = rng.integers(0, config.vocab_size, (args.batch, args.seq), dtype=np.int64)
+  ids = np.random.default_rng(args.seed).integers(0, config.vocab_size, (args.batch, args.seq), dtype=np.int64)
   mask = np.ones_like(ids)
   ids_jax, mask_jax = jax.device_put(ids.astype(np.int32)), jax.device_put(mask.astype(np.int32))
   ids_torch, mask_torch = torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
@@ -148,7 +178,6 @@ def main(argv=None) -> None:
     return jax.block_until_ready(ours.forward(ids_jax, mask_jax, compute_logits=True))
 
   def run_torch():
-    # use_cache=False: no KV cache is built, the same work as xsim's forward (logits and all hidden states).
     with torch.inference_mode():
       out = theirs(input_ids=ids_torch, attention_mask=mask_torch, output_hidden_states=True, use_cache=False)
     if device == "cuda":
@@ -157,27 +186,30 @@ def main(argv=None) -> None:
 
   tokens = args.batch * args.seq
   flops_per_token = config.flops_per_token(args.seq, with_logits=True)
+  threads = f"{torch.get_num_threads()} threads ({'--torch_threads' if args.torch_threads else 'default'})"
   print(f"model: {source} ({config.family}, {config.num_layers} layers, d={config.hidden_size}, "
         f"{config.num_params / 1e6:.0f}M params) | batch {args.batch} x seq {args.seq} | {args.dtype} | "
         f"{flops_per_token / 1e6:.0f} MFLOP/token")
-  threads_note = " (default)" if args.torch_threads is None else " (--torch_threads)"
-  print(f"platform: {args.platform} | jax {jax.__version__} on {jax.devices()[0].device_kind} | torch "
-        f"{torch.__version__}, {torch.get_num_threads()} threads{threads_note}, attn={theirs.config._attn_implementation}"
-        f" | {os.cpu_count()} CPUs")
+  print(f"platform: {args.platform}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} | jax "
+        f"{jax.__version__} on {jax.devices()[0].device_kind} | torch {torch.__version__}, {threads}, "
+        f"attn={theirs.config._attn_implementation}")
 
-  timings = time_calls({"xsim": run_xsim, "torch": run_torch}, args.repeats)
-  (xsim_first, xsim_times, xsim_out), (torch_first, torch_times, torch_out) = timings["xsim"], timings["torch"]
-  # Both sides must have loaded the same weights and computed the same function for the ratio to mean anything.
-  diff = np.max(np.abs(np.asarray(xsim_out.logits, np.float32) - torch_out.logits.float().cpu().numpy()))
+  with CompileTimer() as compile_timer:
+    stats = time_calls({"xsim": run_xsim, "torch": run_torch}, args.repeats)
+  # The ratio means something only if both sides loaded the same weights and compute the same function.
+  xsim_logits = np.asarray(stats["xsim"]["result"].logits, np.float32)
+  diff = np.max(np.abs(xsim_logits - stats["torch"]["result"].logits.float().cpu().numpy()))
   print(f"max |logits xsim - HF| = {diff:.2e}")
 
-  xsim_rate = summary("xsim (JAX)", xsim_first, xsim_times, tokens, flops_per_token, args.peak_tflops)
-  torch_rate = summary("HF (PyTorch)", torch_first, torch_times, tokens, flops_per_token, args.peak_tflops)
-  print(f"xsim compile (warm-up minus median call, excluded above): "
-        f"{xsim_first - statistics.median(xsim_times):.2f} s")
-  print(f"ratio xsim / HF tokens/s: {xsim_rate / torch_rate:.2f}")
+  xsim_rate = report("xsim (JAX)", stats["xsim"], tokens, flops_per_token, args.peak_tflops)
+  torch_rate = report("HF (torch)", stats["torch"], tokens, flops_per_token, args.peak_tflops)
+  print(f"xsim compile (trace + lower + XLA, within its warm-up): {compile_timer.seconds:.2f} s")
+  best = min(stats["torch"]["wall"]) / min(stats["xsim"]["wall"])
+  cpu = statistics.median(stats["torch"]["cpu"]) / statistics.median(stats["xsim"]["cpu"])
+  print(f"ratio xsim / HF tokens/s: {xsim_rate / torch_rate:.2f} (median wall) | {best:.2f} (best wall) | "
+        f"{cpu:.2f} (CPU time per call)")
   if args.platform == "cpu":
-    print(f"reference: NumPy float32 2048^3 matmul {numpy_matmul_gflops():.1f} GFLOP/s on this machine")
+    print(f"reference: NumPy float32 2048^3 matmul, best of 5: {numpy_matmul_gflops():.1f} GFLOP/s")
 
 
 if __name__ == "__main__":

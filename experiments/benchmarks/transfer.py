@@ -1,20 +1,22 @@
 """Linear maps for every layer pair: xsim's vmapped optax trainer and ridge path vs one pair at a time.
 
   python -m experiments.benchmarks.transfer                 # 24 x 24 layers, n = 8,192, d = 1,024 (hours on CPU)
-  python -m experiments.benchmarks.transfer --layers 8 --n 4096 --d 512 --steps 100 --batch_size 512
+  python -m experiments.benchmarks.transfer --layers 6 --n 4096 --d 512 --steps 100 --batch_size 512
 
 Workloads, on the same random float32 activations (target layer j is a noisy linear map of source layer j):
-  optax: `fit_linear_maps(method="adam")` (per source layer one jitted while-loop trains all its pairs, vmapped)
-         vs the honest alternative: a Python loop over pairs calling a jitted single-pair step `steps` times,
-         with xsim's own optimizer step (`train.model_step`), minibatches, step count and validation cadence:
+  optax: `fit_linear_maps(method="adam")` (per chunk of target layers one jitted while-loop, every pair of the
+         chunk in one vmapped step) vs the honest alternative: a Python loop over pairs calling a jitted
+         single-pair step `steps` times, with xsim's own optimizer step (`train.model_step`), minibatches,
+         step count and validation cadence:
            rows:       the step takes the minibatch rows (what a per-pair script does);
-           statistics: the step takes the batch statistics xsim uses, computed per pair (separates the gain of
-                       batching over pairs from that of the statistics).
-         The loops are timed on --loop_pairs pairs and extrapolated. Early stopping is off (patience above the
-         number of evaluations) so every run takes every step. xsim's executed matmul FLOP/s is compared with a
-         plain float32 matmul at HIGHEST precision.
+           statistics: the step takes the batch statistics xsim uses, computed per pair (this separates the gain
+                       of batching pairs from that of the statistics).
+         Early stopping is off (patience above the number of evaluations) so every run takes every step.
+         xsim's executed matmul FLOP/s is compared with plain float32 matmuls at HIGHEST precision.
   ridge: `fit_linear_maps(method="ridge")` (one eigendecomposition per source layer, --lambdas penalties from
          it) vs a per-pair jitted ridge solving (X'X + lambda I) W = X'Y for each lambda, and vs the optax loop.
+Timing is per source layer, each workload right after the others, best of --rounds, so a busy machine slows all
+sides alike; the loops run on --loop_targets target layers per source layer and are extrapolated (printed).
 """
 from __future__ import annotations
 
@@ -44,12 +46,14 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--chunk_sizes", default="", help="comma-separated xsim chunk sizes to time (default: all "
                  "target layers of a source in one chunk)")
   p.add_argument("--rounds", type=int, default=2, help="interleaved timing rounds; the best is kept")
-  p.add_argument("--loop_pairs", type=int, default=3, help="pairs the per-pair loops are timed on")
+  p.add_argument("--sources", type=int, default=None, help="source layers timed (default all); extrapolated")
+  p.add_argument("--loop_targets", type=int, default=3,
+                 help="target layers per source layer the loops are timed on; extrapolated")
   p.add_argument("--matmul", type=int, default=2048, help="side of the reference square matmul")
   p.add_argument("--seed", type=int, default=0)
   args = p.parse_args(argv)
   if min(args.layers, args.n, args.d, args.steps, args.batch_size, args.eval_every, args.penalties, args.lambdas,
-         args.loop_pairs, args.rounds) < 1:
+         args.loop_targets, args.rounds, args.sources or 1) < 1:
     p.error("sizes and counts must be positive.")
   return args
 
@@ -79,20 +83,21 @@ def matmul_rate(side: int) -> float:
   return 2.0 * side**3 / min(timed(lambda: mm(a).block_until_ready())[0] for _ in range(3))
 
 
-def optax_flops(layers: int, models_per_pair: int, split: splits.Split, d: int,
+def optax_flops(num_targets: int, models_per_pair: int, split: splits.Split, d: int,
                 settings: train.TrainSettings) -> float:
-  """Matmul FLOPs xsim's optax sweep executes: batch statistics (or per-step row matmuls), validation, test."""
+  """Matmul FLOPs xsim's optax trainer executes for one source layer and `num_targets` target layers: batch
+  statistics (or per-step row matmuls), validation and test passes."""
   rows, _ = train.minibatches(settings, len(split.train))
   evaluations = 1 + settings.steps // settings.eval_every + (settings.steps % settings.eval_every != 0)
   per_model = evaluations * 2 * len(split.val) * d * d
   per_pair = per_source = 0
   if train.uses_statistics(settings, len(split.train), d):
-    per_model += settings.steps * 2 * d**3  # S_b W
-    per_pair = per_source = 2 * rows.size * d * d  # X_b'Y_b and X_b'X_b of every batch
+    per_model += settings.steps * 2 * d**3  # W S_b
+    per_pair = per_source = 2 * rows.size * d * d  # Y_b'X_b and X_b'X_b of every batch
   else:
-    per_model += settings.steps * 4 * rows.shape[1] * d * d  # X_b W and X_b'(residual)
+    per_model += settings.steps * 4 * rows.shape[1] * d * d  # X_b W' and (residual)'X_b
   per_pair += models_per_pair * per_model + 2 * len(split.test) * d * d
-  return layers * per_source + layers * layers * per_pair
+  return per_source + num_targets * per_pair
 
 
 def make_loop_functions(settings: train.TrainSettings):
@@ -149,6 +154,8 @@ def main(argv=None):
   penalties = tuple(float(p) for p in np.logspace(-3, -1, a.penalties))
   lambdas = tuple(float(p) for p in np.logspace(-5, 3, a.lambdas))
   chunk_sizes = [int(c) for c in a.chunk_sizes.split(",")] if a.chunk_sizes else [L]
+  sources = list(range(min(a.sources or L, L)))
+  loop_targets = list(range(min(a.loop_targets, L)))
   settings = train.TrainSettings(optimizer="adam", steps=a.steps, batch_size=a.batch_size,
                                  eval_every=a.eval_every, patience=a.steps + 1, seed=a.seed)
   split = transfer.make_split(n, seed=a.seed)
@@ -156,30 +163,30 @@ def main(argv=None):
   statistics = train.uses_statistics(settings, len(split.train), d)
   print(f"devices: {jax.devices()}; La = Lb = {L}, n = {n} ({len(split.train)} train), da = db = {d}, "
         f"{a.steps} steps over {rows.shape[0]} batches of {rows.shape[1]} rows, {a.penalties} penalties per pair, "
-        f"float32; xsim gradients from {'batch statistics' if statistics else 'rows'}; best of {a.rounds} "
-        f"interleaved rounds")
+        f"float32; xsim gradients from {'batch statistics' if statistics else 'rows'}")
+  print(f"timing, per source layer and interleaved (so machine load hits every side alike): xsim on all {L} "
+        f"targets, the loops on {len(loop_targets)}; {len(sources)} of {L} source layers, best of {a.rounds} "
+        f"rounds; totals extrapolated to all {L} x {L} pairs")
 
-  def xsim_optax(chunk_size, pairs="all"):
-    return transfer.fit_linear_maps(source, target, method="adam", pairs=pairs, penalties=penalties,
-                                    steps=a.steps, batch_size=a.batch_size, eval_every=a.eval_every,
-                                    patience=a.steps + 1, seed=a.seed, chunk_size=chunk_size, keep_maps=False)
+  def xsim_fit(layer, **options):
+    return transfer.fit_linear_maps(source, target, pairs=[(layer, j) for j in range(L)], seed=a.seed,
+                                    keep_maps=False, **options)
 
-  def xsim_ridge(pairs="all"):
-    return transfer.fit_linear_maps(source, target, method="ridge", pairs=pairs, penalties=lambdas, seed=a.seed,
-                                    chunk_size=L, keep_maps=False)
+  optax_options = dict(method="adam", penalties=penalties, steps=a.steps, batch_size=a.batch_size,
+                       eval_every=a.eval_every, patience=a.steps + 1)
+  ridge_options = dict(method="ridge", penalties=lambdas, chunk_size=L)
 
-  # The per-pair loops get standardized device arrays (standardization is not timed: a gift to the loops).
+  # The loops get standardized device arrays (standardization is not timed: a gift to the loops).
   step_fn, keep_best = make_loop_functions(settings)
   pair_statistics = jax.jit(train.chunk_statistics)
-  loop_pairs = [(i % L, (7 * i + 3) % L) for i in range(a.loop_pairs)]
+  lam = jnp.asarray(lambdas, jnp.float32) * len(split.train)
 
-  def parts(i, j):
-    xm, xs = splits.layer_moments(source[i:i + 1], split.train, "source")
-    ym, ys = splits.layer_moments(target[j:j + 1], split.train, "target")
-    x = splits.standardize(source[i], xm[0], xs[0])
-    y = splits.standardize(target[j], ym[0], ys[0])
-    # -> x_train, y_train, x_val, y_val, x_test, y_test
-    return [jax.block_until_ready(z[part]) for part in (split.train, split.val, split.test) for z in (x, y)]
+  def standardized_parts(x):
+    mean, std = splits.layer_moments(x[None], split.train, "x")
+    z = splits.standardize(x, mean[0], std[0])
+    return [jax.block_until_ready(z[part]) for part in (split.train, split.val, split.test)]
+
+  target_parts = [standardized_parts(target[j]) for j in loop_targets]
 
   def row_batches(x_train, y_train):
     return [(x_train[r], y_train[r]) for r in rows]
@@ -189,58 +196,59 @@ def main(argv=None):
     return [train.select_batch(stats, b)._replace(yx=stats.yx[b, 0], y_sum=stats.y_sum[b, 0])
             for b in range(len(rows))]
 
-  data = [parts(i, j) for i, j in loop_pairs]
-  lam = jnp.asarray(lambdas, jnp.float32) * len(split.train)
-
-  def loop(make_batches):
-    for xtr, ytr, xv, yv, _, _ in data:
-      batches = make_batches(xtr, ytr)  # timed: part of training a pair
+  def loop(x_parts, make_batches):
+    for y_parts in target_parts:
+      batches = make_batches(x_parts[0], y_parts[0])  # timed: part of training a pair
       for penalty in penalties:
-        loop_pair(settings, step_fn, batches, schedule, penalty, xv, yv, keep_best)
+        loop_pair(settings, step_fn, batches, schedule, penalty, x_parts[1], y_parts[1], keep_best)
 
-  workloads = {f"xsim optax, chunk {c}": functools.partial(xsim_optax, c) for c in chunk_sizes}
-  workloads["loop, rows step"] = functools.partial(loop, row_batches)
-  workloads["loop, statistics step"] = functools.partial(loop, statistics_batches)
-  workloads["xsim ridge path"] = xsim_ridge
-  workloads["loop, direct ridge"] = lambda: [float(ridge_pair_direct(*pair, lam)) for pair in data]
-  # Warm-up (compilation) on the shapes each workload runs; the sweeps on their first chunk.
-  for c in chunk_sizes:
-    xsim_optax(c, pairs=[(0, j) for j in range(c)])
-  xsim_ridge(pairs=[(0, j) for j in range(L)])
-  data_0 = data[0]
-  loop_pair(settings, step_fn, row_batches(*data_0[:2]), schedule, penalties[0], *data_0[2:4], keep_best)
-  loop_pair(settings, step_fn, statistics_batches(*data_0[:2]), schedule, penalties[0], *data_0[2:4], keep_best)
-  ridge_pair_direct(*data_0, lam).block_until_ready()
+  def direct_ridge(x_parts):
+    return [float(ridge_pair_direct(x_parts[0], y[0], x_parts[1], y[1], x_parts[2], y[2], lam))
+            for y in target_parts]
 
-  seconds = {name: np.inf for name in workloads}
+  def workloads(layer, x_parts):
+    jobs = {f"xsim optax, chunk {c}": functools.partial(xsim_fit, layer, chunk_size=c, **optax_options)
+            for c in chunk_sizes}
+    jobs["loop, rows step"] = functools.partial(loop, x_parts, row_batches)
+    jobs["loop, statistics step"] = functools.partial(loop, x_parts, statistics_batches)
+    jobs["xsim ridge path"] = functools.partial(xsim_fit, layer, **ridge_options)
+    jobs["loop, direct ridge"] = functools.partial(direct_ridge, x_parts)
+    return jobs
+
+  for job in workloads(0, standardized_parts(source[0])).values():
+    job()  # warm-up: compiles every shape the timed runs use
+  best = {}  # (workload, source layer) -> seconds
   results = {}
   for _ in range(a.rounds):
-    for name, run in workloads.items():
-      elapsed, results[name] = timed(run)
-      seconds[name] = min(seconds[name], elapsed)
+    for layer in sources:
+      for name, job in workloads(layer, standardized_parts(source[layer])).items():
+        elapsed, results[name, layer] = timed(job)
+        best[name, layer] = min(best.get((name, layer), np.inf), elapsed)
+  names = list(workloads(0, None))
+  total = {name: sum(best[name, layer] for layer in sources) * L / len(sources) for name in names}
   for name in ("loop, rows step", "loop, statistics step", "loop, direct ridge"):
-    seconds[name] *= L * L / len(data)  # extrapolated to every pair
+    total[name] *= L / len(loop_targets)
 
-  flops = optax_flops(L, a.penalties, split, d, settings)
+  flops = optax_flops(L, a.penalties, split, d, settings) * L
   rate_mm, rate_mm_d = matmul_rate(a.matmul), matmul_rate(d)
   print(f"plain matmul: {a.matmul}^3 {rate_mm / 1e9:.1f} GFLOP/s, {d}^3 {rate_mm_d / 1e9:.1f} GFLOP/s")
   for c in chunk_sizes:
-    rate = flops / seconds[f"xsim optax, chunk {c}"]
+    rate = flops / total[f"xsim optax, chunk {c}"]
     print(f"xsim optax, chunk {c}: {flops / 1e12:.2f} TFLOP of matmuls at {rate / 1e9:.1f} GFLOP/s = "
           f"{rate / rate_mm:.0%} of the {a.matmul}^3 matmul, {rate / rate_mm_d:.0%} of the {d}^3 one")
-  ridge_fit = results["xsim ridge path"]
-  diff = max(abs(r - ridge_fit.r2[i, j]) for r, (i, j) in zip(results["loop, direct ridge"], loop_pairs))
-  optax_fit = results[f"xsim optax, chunk {chunk_sizes[0]}"]
-  print(f"held-out R^2 of the planted pairs: optax {np.mean(np.diag(optax_fit.r2)):.4f}, ridge "
-        f"{np.mean(np.diag(ridge_fit.r2)):.4f}; ridge path vs direct solves: max |R^2 diff| {diff:.1e}")
-  print(f"loops timed on {len(data)} pairs and extrapolated to {L * L}")
+  layer = sources[-1]
+  optax_r2 = results[f"xsim optax, chunk {chunk_sizes[0]}", layer].r2[layer, layer]
+  ridge_r2 = results["xsim ridge path", layer].r2[layer]
+  direct_r2 = results["loop, direct ridge", layer]
+  print(f"held-out R^2 of planted pair ({layer}, {layer}): optax {optax_r2:.4f}, ridge {ridge_r2[layer]:.4f}; "
+        f"ridge path vs direct solves: max |R^2 diff| {np.max(np.abs(ridge_r2[loop_targets] - direct_r2)):.1e}")
 
-  rows_out = [(f"xsim optax, chunk {c}", alt) for c in chunk_sizes
-              for alt in ("loop, rows step", "loop, statistics step")]
-  rows_out += [("xsim ridge path", "loop, direct ridge"), ("xsim ridge path", "loop, rows step")]
+  pairs_out = [(f"xsim optax, chunk {c}", alt) for c in chunk_sizes
+               for alt in ("loop, rows step", "loop, statistics step")]
+  pairs_out += [("xsim ridge path", "loop, direct ridge"), ("xsim ridge path", "loop, rows step")]
   print(f"\n{'xsim':<22} {'s':>8}  {'alternative':<22} {'s':>8} {'alt/xsim':>9}")
-  for ours, alt in rows_out:
-    print(f"{ours:<22} {seconds[ours]:>8.2f}  {alt:<22} {seconds[alt]:>8.2f} {seconds[alt] / seconds[ours]:>8.1f}x")
+  for ours, alt in pairs_out:
+    print(f"{ours:<22} {total[ours]:>8.2f}  {alt:<22} {total[alt]:>8.2f} {total[alt] / total[ours]:>8.1f}x")
 
 
 if __name__ == "__main__":
