@@ -1,0 +1,61 @@
+"""Next-token transfer by patching through a ported model's remaining layers."""
+import numpy as np
+import pytest
+
+import xsim
+from tests.activations.tiny import TEXTS, make_model_dir
+from xsim.transfer import patching
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory):
+  return xsim.load_model(str(make_model_dir(tmp_path_factory.mktemp("t"), "bytelevel", "llama")))
+
+
+@pytest.fixture(scope="module")
+def samples(target):
+  texts = [t for t in TEXTS if len(t.split()) > 3]
+  return patching.next_token_samples(target, texts, max_words=3)
+
+
+def test_labels_come_from_the_text_after_the_cut(target, samples):
+  for prefix, ids, p, label in zip(samples.prefixes, samples.ids, samples.positions, samples.next_tokens):
+    assert ids[p + 1] == label and p + 2 == len(ids)
+    decoded_prefix = target.tokenizer.decode(ids[:p + 1], skip_special_tokens=True)
+    assert decoded_prefix == prefix and label != ids[p]
+
+
+@pytest.mark.parametrize("layer", [0, 2, 3])
+def test_identity_patch_has_zero_kl_and_full_agreement(target, samples, layer):
+  own = patching.own_activations(target, samples, layer)
+  scores = patching.patching_scores(target, samples, layer, own)
+  np.testing.assert_allclose(scores["kl"], 0.0, atol=1e-6)
+  np.testing.assert_array_equal(scores["top1_agreement"], 1.0)
+  np.testing.assert_array_equal(scores["next_token_accuracy"], scores["clean_accuracy"])
+
+
+def test_mean_ablation_moves_the_prediction(target, samples):
+  own = patching.own_activations(target, samples, 2)
+  ablated = np.broadcast_to(own.mean(0), own.shape)  # the mean-ablation baseline
+  scores = patching.patching_scores(target, samples, 2, ablated)
+  assert scores["kl"].mean() > 1e-3 and scores["top1_agreement"].mean() < 1.0
+
+
+def test_reference_kl_in_numpy(target, samples):
+  """KL from a direct forward pass with the patched vector written in by hand (float64 NumPy)."""
+  own = patching.own_activations(target, samples, 1)
+  values = own + np.random.default_rng(1).normal(size=own.shape).astype(np.float32)
+  scores = patching.patching_scores(target, samples, 1, values)
+  k = 0
+  ids = samples.ids[k][None]
+  clean = np.asarray(target.forward(ids).logits[0, samples.positions[k]], np.float64)
+  patch = xsim.Patch(np.int32(1), np.asarray([samples.positions[k]]), values[k][None])
+  patched = np.asarray(target.forward(ids, patch=patch).logits[0, samples.positions[k]], np.float64)
+  log_p = clean - np.logaddexp.reduce(clean)
+  log_q = patched - np.logaddexp.reduce(patched)
+  assert scores["kl"][k] == pytest.approx(np.sum(np.exp(log_p) * (log_p - log_q)), rel=1e-4, abs=1e-6)
+
+
+def test_wrong_shape_is_refused(target, samples):
+  with pytest.raises(ValueError, match="values must be"):
+    patching.patching_scores(target, samples, 1, np.zeros((2, 3)))

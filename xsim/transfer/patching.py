@@ -1,0 +1,118 @@
+"""Next-token transfer by patching: write a (mapped) vector into the target's residual stream at one layer and
+position, run the target's remaining layers, and score its next-token prediction.
+
+Samples are texts split after a whole word (`xsim.data.next_word_split`): the sample position is the last token of
+the prefix, the label is the first token of the continuation, so the label always comes from the text after the
+sample position (never the current token, STUDY.md point 2).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from xsim.activations.rows import tokenize
+from xsim.data.text import next_word_split
+from xsim.models.model import Model
+from xsim.models.transformer import Patch
+from xsim.transfer import metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class NextTokenSamples:
+  """Texts tokenized for one model. prefixes[k] is what the source side reads; ids[k] the full token ids;
+  positions[k] the prefix's last token in ids[k]; next_tokens[k] the first token after the prefix;
+  text_index[k] which input text it came from (texts whose boundary a token crosses are dropped)."""
+  prefixes: list
+  ids: list
+  positions: np.ndarray
+  next_tokens: np.ndarray
+  text_index: np.ndarray
+
+
+def next_token_samples(model: Model, texts: Sequence[str], max_words: int) -> NextTokenSamples:
+  """Splits each text after `max_words` words and finds the prefix's last token and the true next token."""
+  prefixes, ids, positions, labels, index = [], [], [], [], []
+  for i, text in enumerate(texts):
+    prefix, continuation = next_word_split(text, max_words)
+    full, alone = tokenize(model.tokenizer, prefix + continuation), tokenize(model.tokenizer, prefix)
+    real = np.flatnonzero(~alone.special)
+    if not len(real):
+      continue
+    p = int(real[-1])
+    # The prefix must tokenize the same inside the full text, and the next token must start after it.
+    if (len(full.ids) <= p + 1 or not np.array_equal(full.ids[:p + 1], alone.ids[:p + 1])
+        or full.special[p + 1] or full.spans[p + 1, 1] <= len(prefix)):
+      continue
+    prefixes.append(prefix)
+    ids.append(full.ids[:p + 2])  # causal: nothing after the label matters
+    positions.append(p)
+    labels.append(int(full.ids[p + 1]))
+    index.append(i)
+  if not ids:
+    raise ValueError(f"No text of {len(texts)} has a clean token boundary after {max_words} words for "
+                     f"{model.name}; use longer texts or another max_words.")
+  return NextTokenSamples(prefixes, ids, np.asarray(positions), np.asarray(labels), np.asarray(index))
+
+
+def _batches(samples: NextTokenSamples, batch_size: int, pad_id: int):
+  """Right-padded ids/mask [B, S] (S a power of two), positions [B], labels [B] and the valid rows."""
+  for start in range(0, len(samples.ids), batch_size):
+    rows = list(range(start, min(start + batch_size, len(samples.ids))))
+    seq = max(16, 1 << (max(len(samples.ids[r]) for r in rows) - 1).bit_length())
+    ids = np.full((batch_size, seq), pad_id, np.int32)
+    mask = np.zeros((batch_size, seq), np.int32)
+    positions = np.zeros(batch_size, np.int32)
+    for b, r in enumerate(rows):
+      ids[b, :len(samples.ids[r])] = samples.ids[r]
+      mask[b, :len(samples.ids[r])] = 1
+      positions[b] = samples.positions[r]
+    yield rows, ids, mask, positions
+
+
+def patching_scores(model: Model, samples: NextTokenSamples, layer: int, values, batch_size: int = 16) -> dict:
+  """Per-sample scores of writing values [n, D] into hidden state `layer` (0 = embeddings) at each sample position.
+
+  Returns {"kl": [n] KL(clean || patched) in nats, "top1_agreement": [n], "next_token_accuracy": [n] of the patched
+  pass, "clean_accuracy": [n] of the unpatched pass}.
+  """
+  values = np.asarray(values, np.float32)
+  if values.shape != (len(samples.ids), model.config.hidden_size):
+    raise ValueError(f"values must be [{len(samples.ids)}, {model.config.hidden_size}], got {values.shape}.")
+  if not 0 <= layer <= model.config.num_layers:
+    raise ValueError(f"layer {layer} is out of range 0..{model.config.num_layers}.")
+  pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+  out = {k: np.zeros(len(samples.ids)) for k in ("kl", "top1_agreement", "next_token_accuracy", "clean_accuracy")}
+  for rows, ids, mask, positions in _batches(samples, batch_size, pad):
+    batch_values = np.zeros((batch_size, values.shape[1]), np.float32)
+    batch_values[:len(rows)] = values[rows]
+    row_positions = np.where(np.arange(batch_size) < len(rows), positions, -1)
+    patch = Patch(jnp.int32(layer), jnp.asarray(row_positions), jnp.asarray(batch_values))
+    clean = _logits_at(model, ids, mask, positions, None)
+    patched = _logits_at(model, ids, mask, positions, patch)
+    labels = samples.next_tokens[rows]
+    n = len(rows)
+    out["kl"][rows] = np.asarray(metrics.kl_divergence(clean, patched))[:n]
+    out["top1_agreement"][rows] = np.asarray(metrics.top1_agreement(clean, patched))[:n]
+    out["next_token_accuracy"][rows] = np.asarray(metrics.topk_accuracy(patched[:n], labels))
+    out["clean_accuracy"][rows] = np.asarray(metrics.topk_accuracy(clean[:n], labels))
+  return out
+
+
+def _logits_at(model: Model, ids, mask, positions, patch) -> jnp.ndarray:
+  """Float32 logits [B, V] at each row's sample position."""
+  logits = model.forward(ids, mask, patch=patch).logits
+  return logits[jnp.arange(ids.shape[0]), jnp.asarray(positions)].astype(jnp.float32)
+
+
+def own_activations(model: Model, samples: NextTokenSamples, layer: int, batch_size: int = 16) -> np.ndarray:
+  """The model's own hidden state `layer` at each sample position: [n, D] (the identity-map reference)."""
+  pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+  out = np.zeros((len(samples.ids), model.config.hidden_size), np.float32)
+  for rows, ids, mask, positions in _batches(samples, batch_size, pad):
+    hidden = model.forward(ids, mask, compute_logits=False).hidden_states[layer]
+    out[rows] = np.asarray(hidden[jnp.arange(len(ids)), jnp.asarray(positions)], np.float32)[:len(rows)]
+  return out
