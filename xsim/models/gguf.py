@@ -24,8 +24,9 @@ matrix, so a file without it gets `tie_word_embeddings=True` and its state dict 
 import dataclasses
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import ml_dtypes
 import numpy as np
@@ -36,6 +37,8 @@ from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
 _FLOAT_DTYPES = tuple(np.dtype(t) for t in (np.float16, np.float32, np.float64, ml_dtypes.bfloat16))
 _TENSOR_NAME = re.compile(r"(?:blk\.(?P<layer>\d+)\.)?(?P<stem>\w+)\.(?P<kind>weight|bias)")
 
+# Hyperparameters (after "<arch>.") every family's file must state; the rest have llama.cpp/HF defaults.
+_REQUIRED_KEYS = ("block_count", "embedding_length", "feed_forward_length", "attention.head_count")
 # Special-token ids: config attribute / tokenizer argument -> llama.cpp key under "tokenizer.ggml.".
 _SPECIAL_IDS = {"bos": "bos_token_id", "eos": "eos_token_id", "unk": "unknown_token_id", "pad": "padding_token_id"}
 
@@ -64,11 +67,11 @@ class GGUFCheckpoint:
   Attributes:
     config: transformers config of the family's class (LlamaConfig, Qwen2Config, Gemma3TextConfig, ...).
     state_dict: HF parameter name -> array in HF/PyTorch layout, e.g.
-      "model.layers.0.self_attn.q_proj.weight": [num_heads * head_dim, hidden].
+      "model.layers.0.self_attn.q_proj.weight": [num_heads * head_dim, hidden]. A lazy `GGUFTensors`.
     tokenizer_source: input of `build_tokenizer`.
   """
   config: PretrainedConfig
-  state_dict: dict[str, np.ndarray]
+  state_dict: Mapping[str, np.ndarray]
   tokenizer_source: GGUFTokenizerSource
 
 
@@ -190,12 +193,41 @@ SUPPORTED_ARCHITECTURES = tuple(_FAMILIES)
 # Public API
 
 
-def read_gguf(path: str | os.PathLike, dtype: Any = np.float32) -> GGUFCheckpoint:
-  """Read a GGUF file into an HF config, state dict and tokenizer source.
+class GGUFTensors(Mapping):
+  """HF parameter name -> array, dequantized and freed of llama.cpp's changes on each access (nothing cached).
 
-  Tensors are dequantized one at a time (float32, as `gguf.quants.dequantize` returns them), llama.cpp's value
-  changes are undone in float32, and only then is each cast to `dtype`; so peak memory is the state dict plus
-  one float32 tensor, and float32 results equal transformers' GGUF loading bit for bit.
+  Reading each tensor once, as a checkpoint converter does, holds one float32 tensor at a time beyond what the
+  caller keeps: the 1.5B Qwen is 7 GB in float32, and an eager dict would double a converter's peak memory.
+  `dict(tensors)` materializes the whole state dict.
+  """
+
+  def __init__(self, reader: GGUFReader, family: _Family, config: PretrainedConfig, hf_names: dict[str, str],
+               shapes: dict[str, tuple[int, ...]], dtype: np.dtype):
+    self._tensors = {hf_names[t.name]: t for t in reader.tensors}
+    self._shapes = {hf_names[name]: shape for name, shape in shapes.items()}
+    self._family, self._config, self._dtype = family, config, dtype
+
+  def __getitem__(self, name: str) -> np.ndarray:
+    tensor = self._tensors[name]
+    # float32 (what gguf.quants.dequantize returns) until llama.cpp's changes are undone, then `dtype`.
+    w = dequantize(tensor.data, tensor.tensor_type).reshape(self._shapes[name])
+    w = self._family.fix(tensor.name, w, self._config)
+    # F32 tensors come back as views of the file's memory map: copy those, cast the rest in place.
+    return w.astype(self._dtype, copy=np.may_share_memory(w, tensor.data))
+
+  def __iter__(self) -> Iterator[str]:
+    return iter(self._tensors)
+
+  def __len__(self) -> int:
+    return len(self._tensors)
+
+
+def read_gguf(path: str | os.PathLike, dtype: Any = np.float32) -> GGUFCheckpoint:
+  """Read a GGUF file's metadata into an HF config and tokenizer source, and its tensors as a lazy state dict.
+
+  Each tensor is dequantized when accessed (float32, as `gguf.quants.dequantize` returns it), llama.cpp's value
+  changes are undone in float32, and only then is it cast to `dtype`; float32 results equal transformers' GGUF
+  loading bit for bit.
 
   Args:
     path: a .gguf file of one of `SUPPORTED_ARCHITECTURES`.
@@ -210,14 +242,8 @@ def read_gguf(path: str | os.PathLike, dtype: Any = np.float32) -> GGUFCheckpoin
   hf_names = _hf_names(family, shapes, path)
   config = _config(arch, meta, shapes)
   _check_shapes(config, shapes, path)
-
-  state_dict = {}
-  for tensor in reader.tensors:
-    w = dequantize(tensor.data, tensor.tensor_type).reshape(shapes[tensor.name])
-    w = family.fix(tensor.name, w, config)
-    # F32 tensors come back as views of the file's memory map: copy those, cast the rest in place.
-    state_dict[hf_names[tensor.name]] = w.astype(dtype, copy=np.may_share_memory(w, tensor.data))
-  return GGUFCheckpoint(config, state_dict, _tokenizer_source(arch, family.model_type, meta))
+  tensors = GGUFTensors(reader, family, config, hf_names, shapes, dtype)
+  return GGUFCheckpoint(config, tensors, _tokenizer_source(arch, family.model_type, meta))
 
 
 def build_tokenizer(source: GGUFTokenizerSource) -> PreTrainedTokenizerBase:
@@ -241,6 +267,8 @@ def load_gguf_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
   """The HF tokenizer of a GGUF file (reads only its metadata)."""
   meta = _metadata(_open(path))
   arch = _architecture(meta, path)
+  if "tokenizer.ggml.tokens" not in meta:
+    raise ValueError(f"{path} holds no tokenizer (no tokenizer.ggml.tokens in its metadata).")
   return build_tokenizer(_tokenizer_source(arch, _FAMILIES[arch].model_type, meta))
 
 
@@ -310,29 +338,32 @@ def _hf_names(family: _Family, shapes: dict[str, tuple[int, ...]], path) -> dict
 def _config(arch: str, meta: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> PretrainedConfig:
   """The HF config of the file, from llama.cpp's hyperparameter keys."""
   family = _FAMILIES[arch]
+  missing = [f"{arch}.{key}" for key in _REQUIRED_KEYS if f"{arch}.{key}" not in meta]
+  if missing:
+    raise ValueError(f"The GGUF metadata lacks {missing}; the file is not a complete {arch} model.")
   kwargs = {hf: meta[f"{arch}.{key}"] for key, hf in family.config_keys.items() if f"{arch}.{key}" in meta}
   for name, key in _SPECIAL_IDS.items():
     if f"tokenizer.ggml.{key}" in meta:
       kwargs[f"{name}_token_id"] = meta[f"tokenizer.ggml.{key}"]
-  # As transformers does: a file without the key has one embedding row per token.
-  kwargs.setdefault("vocab_size", len(meta["tokenizer.ggml.tokens"]))
+  if "vocab_size" not in kwargs:  # as transformers does: one embedding row per token
+    kwargs["vocab_size"] = len(meta.get("tokenizer.ggml.tokens", ()))
   kwargs["tie_word_embeddings"] = "output.weight" not in shapes
   kwargs.update(_rope_scaling(arch, meta))
 
   if arch == "gptneox":
     # llama.cpp stores the rotary width in dims; HF the fraction of the head it covers.
     head_dim = kwargs["hidden_size"] // kwargs["num_attention_heads"]
-    kwargs["rotary_pct"] = meta[f"{arch}.rope.dimension_count"] / head_dim
-  if arch in ("gemma2", "gemma3"):
-    # Not in the file: llama.cpp scales queries by 1/sqrt(head_dim), except for the 27B models (46 and 62
-    # blocks), which use 1/sqrt(hidden / heads); HF states the same value as query_pre_attn_scalar.
-    is_27b = kwargs["num_hidden_layers"] == {"gemma2": 46, "gemma3": 62}[arch]
-    kwargs["query_pre_attn_scalar"] = (
-        kwargs["hidden_size"] // kwargs["num_attention_heads"] if is_27b else kwargs["head_dim"])
+    kwargs["rotary_pct"] = meta.get(f"{arch}.rope.dimension_count", head_dim) / head_dim
   if arch == "gemma3" and "sliding_window" not in kwargs:
     # The converter omits the window exactly when the model has no sliding layers.
     kwargs["layer_types"] = ["full_attention"] * kwargs["num_hidden_layers"]
-  return AutoConfig.for_model(family.model_type, **kwargs)
+  config = AutoConfig.for_model(family.model_type, **kwargs)
+  if arch in ("gemma2", "gemma3"):
+    # Not in the file: llama.cpp scales queries by 1/sqrt(head_dim), except for the 27B models (46 and 62
+    # blocks), which use 1/sqrt(hidden / heads); HF states the same value as query_pre_attn_scalar.
+    is_27b = config.num_hidden_layers == {"gemma2": 46, "gemma3": 62}[arch]
+    config.query_pre_attn_scalar = config.hidden_size // config.num_attention_heads if is_27b else config.head_dim
+  return config
 
 
 def _rope_scaling(arch: str, meta: dict[str, Any]) -> dict[str, Any]:
@@ -373,7 +404,8 @@ def _tokenizer_source(arch: str, model_type: str, meta: dict[str, Any]) -> GGUFT
   if vocab.get("tokenizer_type") == "llama":
     # llama.cpp adds BOS with a SentencePiece vocabulary unless the file says otherwise; transformers follows.
     init_kwargs.setdefault("add_bos_token", True)
+  tokens = vocab.get("tokens", [])
   for name, key in _SPECIAL_IDS.items():
     token_id = meta.get(f"tokenizer.ggml.{key}")
-    init_kwargs[f"{name}_token"] = vocab["tokens"][token_id] if token_id is not None else None
+    init_kwargs[f"{name}_token"] = tokens[token_id] if token_id is not None and token_id < len(tokens) else None
   return GGUFTokenizerSource(arch, model_type, vocab, init_kwargs)

@@ -88,7 +88,7 @@ def _load_gguf(path: str, dtype, load_tokenizer: bool) -> Model:
     raise FileNotFoundError(f"GGUF file {path!r} does not exist.")
   from xsim.models import gguf
   checkpoint = gguf.read_gguf(path)
-  tokenizer = gguf.load_gguf_tokenizer(path) if load_tokenizer else None
+  tokenizer = gguf.build_tokenizer(checkpoint.tokenizer_source) if load_tokenizer else None
   model = from_hf_tensors(checkpoint.config, checkpoint.state_dict, dtype, tokenizer=tokenizer, name=path)
   _warn_dtype(model)
   return model

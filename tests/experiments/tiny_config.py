@@ -1,0 +1,17 @@
+"""A demo-shaped config over two tiny checkpoints (see tests/activations/tiny.py) in the folder `arg`."""
+import os
+
+from experiments.configs import demo
+
+
+def get_config(arg):
+  c = demo.get_config()
+  c.models = [dict(name="tiny-llama", path=os.path.join(arg, "llama"), dtype="float32", family="llama"),
+              dict(name="tiny-gemma", path=os.path.join(arg, "gemma"), dtype="float32", family="gemma")]
+  c.data.num_texts = 48
+  c.data.max_words = 20
+  c.extraction.batch_size = 8
+  c.similarity.permutations = 19
+  c.similarity.bootstrap = 10
+  c.probes.num_examples = 64
+  return c
