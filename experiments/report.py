@@ -1,7 +1,7 @@
 """The run report: report.md and report.html in a run's workdir, every number recomputed from its tables.
 
 Inputs read from the workdir; each is optional and a section whose input is absent is left out (and named):
-  similarity.csv, transfer.csv, probes.csv   the tidy tables of experiments/results.py
+  similarity.csv, transfer.csv, probes.csv, next_token.csv   the tidy tables of experiments/results.py
   summary.json   what the tables cannot hold (statistics that need the activations themselves):
     {
       "ci_level": 0.95,                         level of every "*_ci" below
@@ -330,6 +330,21 @@ def _probe_blocks(best: list[dict], figures: list[Image]) -> list:
              "majority", "layer pairs", "seed"), rows)] + figures
 
 
+def _next_token_blocks(rows: Sequence[dict]) -> list:
+  table = tuple((f"{r['source']} → {r['target']}", r["relation"], f"{r['layer_a']}, {r['layer_b']}",
+                 r["num_samples"], fmt(r["clean_accuracy"]), fmt(r["accuracy_mapped"]), fmt(r["top1_mapped"]),
+                 fmt(r["kl_mapped"]), fmt(r["accuracy_shuffled"]), fmt(r["kl_shuffled"]),
+                 fmt(r["accuracy_mean_ablation"]), fmt(r["kl_mean_ablation"])) for r in rows)
+  return [Heading(2, "Next-token transfer by patching"), Para(
+      "The source's activation at the last token of a text prefix, mapped into the target at a depth-matched "
+      "layer and written into the target's residual stream there; the target's remaining layers then predict "
+      "the next token, whose label comes from the text after the prefix. Against the target's clean accuracy, "
+      "a shuffled-pair map and mean-ablation at the same layer. KL is KL(clean || patched) in nats; top-1 is "
+      "agreement with the clean prediction."),
+      Table(("source → target", "relation", "layers", "n", "clean acc", "mapped acc", "mapped top-1",
+             "mapped KL", "shuffled acc", "shuffled KL", "mean-ablation acc", "mean-ablation KL"), table)]
+
+
 def _layer_stats(model: str, stats) -> list[dict]:
   layers = stats.get("layers") if isinstance(stats, Mapping) else stats
   need = ("layer", "max_abs", "mean_norm", "top_variance_dims", "top_variance_share")
@@ -377,7 +392,8 @@ def write_report(workdir: str, config_dict: Mapping, environment: Mapping) -> tu
   """
   if not os.path.isdir(workdir):
     raise ValueError(f"workdir {workdir!r} is not a directory; pass the run's --workdir.")
-  similarity, transfer, probes = (_read(workdir, f"{n}.csv") for n in ("similarity", "transfer", "probes"))
+  similarity, transfer, probes, next_token = (_read(workdir, f"{n}.csv")
+                                              for n in ("similarity", "transfer", "probes", "next_token"))
   summary = _read(workdir, "summary.json") or {}
   if not isinstance(summary, dict) or not isinstance(summary.get("pairs", {}), dict):
     raise ValueError(f"{workdir}/summary.json must be an object with a 'pairs' object; see experiments/report.py.")
@@ -395,6 +411,8 @@ def write_report(workdir: str, config_dict: Mapping, environment: Mapping) -> tu
     body += _transfer_blocks(transfer_numbers(transfer), _images(plots.transfer_plots(transfer, figures), workdir))
   if probes:
     body += _probe_blocks(plots.best_probe_rows(probes), _images(plots.probe_plot(probes, figures), workdir))
+  if next_token:
+    body += _next_token_blocks(next_token)
   if "activation_stats" in summary:
     body += _activation_blocks(summary["activation_stats"])
   config = config_dict.to_dict() if hasattr(config_dict, "to_dict") else dict(config_dict)
@@ -404,7 +422,7 @@ def write_report(workdir: str, config_dict: Mapping, environment: Mapping) -> tu
   title = f"xsim report: {os.path.basename(os.path.abspath(workdir))}"
   head = [Heading(1, title), Para(
       f"Numbers are rounded to {DECIMALS} decimals. All of them are recomputed from the tables in this directory "
-      "(similarity.csv, transfer.csv, probes.csv), except the bootstrap CIs and permutation nulls of the "
+      "(similarity.csv, transfer.csv, probes.csv, next_token.csv), except the bootstrap CIs and permutation nulls of the "
       "similarity section, which need the activations and are read from summary.json.")]
   if absent:
     head.append(Para("Not in this run: " + "; ".join(absent) + "."))

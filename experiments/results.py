@@ -8,6 +8,9 @@ transfer.csv    one row per (source, target) x layer pair x method:
 probes.csv      one row per task x (source, target) x layer pair:
   task, source, target, relation, layer_a, layer_b, acc_mapped, acc_mapped_lo, acc_mapped_hi, acc_target,
   acc_source, acc_majority, seed
+next_token.csv  one row per (source, target) x depth-matched layer pair: source, target, relation, layer_a,
+  layer_b, num_samples, clean_accuracy, then kl_X, top1_X, accuracy_X for X in mapped, shuffled, mean_ablation
+  (KL(target clean || patched) in nats, top-1 agreement with the clean prediction, accuracy on the true next token)
 summary.json    per pair and measure: max, mean, argmax layers, permutation null of the max, p-value, bootstrap CI.
 """
 from __future__ import annotations
@@ -26,7 +29,10 @@ TRANSFER_COLUMNS = ("source", "target", "relation", "method", "layer_a", "layer_
                     "r2_shuffled", "r2_mean", "seed")
 PROBE_COLUMNS = ("task", "source", "target", "relation", "layer_a", "layer_b", "acc_mapped", "acc_mapped_lo",
                  "acc_mapped_hi", "acc_target", "acc_source", "acc_majority", "seed")
-_INTS = {"layer_a", "layer_b", "seed"}
+NEXT_TOKEN_COLUMNS = ("source", "target", "relation", "layer_a", "layer_b", "num_samples", "clean_accuracy") + tuple(
+    f"{metric}_{name}" for name in ("mapped", "shuffled", "mean_ablation") for metric in ("kl", "top1", "accuracy")
+) + ("seed",)
+_INTS = {"layer_a", "layer_b", "seed", "num_samples"}
 _STRS = {"model_a", "model_b", "relation", "measure", "preprocess", "source", "target", "method", "task"}
 
 

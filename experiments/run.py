@@ -24,8 +24,9 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments import results
+from experiments import next_token, results
 from experiments.validate import validate_config
+from xsim.data.text import text_hash
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an experiments/configs/*.py file.",
                                           lock_config=True)
@@ -75,7 +76,7 @@ def extract_all(cfg, texts, workdir, mesh):
   ex = cfg.extraction
   tasks = {name: xdata.load_task(name, num_examples=cfg.probes.num_examples, seed=cfg.seed)
            for name in cfg.probes.tasks}
-  acts, task_acts, families, stats, num_layers = {}, {}, {}, {}, {}
+  acts, task_acts, families, stats, num_layers, loaded = {}, {}, {}, {}, {}, {}
   for spec in map(dict, cfg.models):
     spec.setdefault("dtype", "float32")
     start = time.time()
@@ -100,8 +101,9 @@ def extract_all(cfg, texts, workdir, mesh):
       families[random_name] = "random"
     for task_name, task in tasks.items():
       task_acts[(task_name, spec["name"])] = run(model, list(task.texts), f"{spec['name']}-task-{task_name}")
-    del model
-  return acts, task_acts, tasks, families, stats, num_layers
+    if cfg.transfer.next_token.enabled:  # patching runs the target model again
+      loaded[spec["name"]] = model
+  return acts, task_acts, tasks, families, stats, num_layers, loaded
 
 
 def model_pairs(cfg, families):
@@ -181,7 +183,7 @@ def _statistics(cfg, measure, prep, xs, ys, matrix, layers_a, layers_b):
   return out
 
 
-def transfer_pair(cfg, a, b, relation, acts, task_acts, tasks, num_layers, workdir):
+def transfer_pair(cfg, a, b, relation, acts, task_acts, tasks, num_layers, loaded, texts, workdir):
   """Ridge maps a -> b for all layer pairs with their floors, and the probe transfer on each task."""
   from xsim import activations as xa
   from xsim import transfer
@@ -192,16 +194,23 @@ def transfer_pair(cfg, a, b, relation, acts, task_acts, tasks, num_layers, workd
   key = _key(acts[a].manifest, acts[b].manifest, t.to_dict(), cfg.seed)
   fit = transfer.fit_linear_maps(xs, ys, checkpoint_dir=os.path.join(workdir, "cache", "maps", f"{a}__{b}-{key}"),
                                  **options)
-  shuffled = transfer.fit_shuffled_maps(xs, ys, keep_maps=False, **options)
+  shuffled = transfer.fit_shuffled_maps(xs, ys, **options)
   mean_r2 = transfer.mean_predictor_r2(ys, val_fraction=t.val_fraction, test_fraction=t.test_fraction, seed=cfg.seed)
   la, lb = acts[a].layers, acts[b].layers
   rows = [dict(source=a, target=b, relation=relation, method=t.method, layer_a=la[i], layer_b=lb[j],
                **_depths(la[i], lb[j], a, b, num_layers), r2=float(fit.r2[i, j]),
                r2_shuffled=float(shuffled.r2[i, j]), r2_mean=float(mean_r2[j]), seed=cfg.seed)
           for i, j in np.ndindex(fit.r2.shape)]
-  probe_rows = []
+  probe_rows, next_rows = [], []
   if relation == "random":
-    return rows, probe_rows
+    return rows, probe_rows, next_rows
+  if cfg.transfer.next_token.enabled:
+    path = os.path.join(workdir, "cache", "next_token",
+                        f"{a}__{b}-{_key(key, cfg.transfer.next_token.to_dict(), text_hash(texts))}.json")
+    if not results.exists(path):
+      results.write_json(path, next_token.next_token_rows(cfg, a, b, relation, loaded[a], loaded[b], texts, fit,
+                                                          shuffled, la, lb, workdir))
+    next_rows = results.read_json(path)
   for task_name, task in tasks.items():
     source_task, target_task = task_acts[(task_name, a)], task_acts[(task_name, b)]
     ta, tb = xa.paired_rows(source_task, target_task)
@@ -217,7 +226,7 @@ def transfer_pair(cfg, a, b, relation, acts, task_acts, tasks, num_layers, workd
                              acc_mapped_hi=float(scores.mapped_ci[i, j, 1]), acc_target=float(scores.target[j]),
                              acc_source=float(scores.source[i]), acc_majority=float(scores.majority),
                              seed=cfg.seed))
-  return rows, probe_rows
+  return rows, probe_rows, next_rows
 
 
 def environment() -> dict:
@@ -244,21 +253,25 @@ def run(cfg, workdir: str) -> dict:
   mesh = xa.make_mesh(cfg.mesh.data, cfg.mesh.model)
   texts = load_texts(cfg.data)
   logging.info("%d texts from %s.", len(texts), cfg.data.source)
-  acts, task_acts, tasks, families, stats, num_layers = extract_all(cfg, texts, workdir, mesh)
+  acts, task_acts, tasks, families, stats, num_layers, loaded = extract_all(cfg, texts, workdir, mesh)
   if jax.process_index() != 0:
     return {}
-  sim_rows, transfer_rows, probe_rows, pairs_summary = [], [], [], {}
+  sim_rows, transfer_rows, probe_rows, next_rows, pairs_summary = [], [], [], [], {}
   for a, b, relation in model_pairs(cfg, families):
     rows, summary = compare_pair(cfg, a, b, relation, acts, num_layers, workdir)
     sim_rows += rows
     pairs_summary[f"{a}|{b}"] = summary
-    rows, probes = transfer_pair(cfg, a, b, relation, acts, task_acts, tasks, num_layers, workdir)
+    rows, probes, next_token_scores = transfer_pair(cfg, a, b, relation, acts, task_acts, tasks, num_layers, loaded,
+                                                    texts, workdir)
     transfer_rows += rows
     probe_rows += probes
+    next_rows += next_token_scores
   results.write_table(os.path.join(workdir, "similarity.csv"), results.SIMILARITY_COLUMNS, sim_rows)
   results.write_table(os.path.join(workdir, "transfer.csv"), results.TRANSFER_COLUMNS, transfer_rows)
   if probe_rows:
     results.write_table(os.path.join(workdir, "probes.csv"), results.PROBE_COLUMNS, probe_rows)
+  if next_rows:
+    results.write_table(os.path.join(workdir, "next_token.csv"), results.NEXT_TOKEN_COLUMNS, next_rows)
   summary = {"pairs": pairs_summary, "ci_level": 0.95, "activation_stats": {name: s["layers"] for name, s in stats.items()},
              "num_texts": len(texts)}
   results.write_json(os.path.join(workdir, "summary.json"), summary)

@@ -9,7 +9,7 @@ SECTIONS = {
     "extraction": {"pooling", "layers", "batch_size", "max_tokens", "keep_bos", "site", "truncate_tokens"},
     "similarity": {"measures", "preprocess", "knn_k", "permutations", "bootstrap"},
     "baselines": {"random_init"},
-    "transfer": {"method", "val_fraction", "test_fraction"},
+    "transfer": {"method", "val_fraction", "test_fraction", "next_token"},
     "probes": {"tasks", "num_examples"},
     "mesh": {"data", "model"},
 }
@@ -77,6 +77,15 @@ def validate_config(cfg) -> None:
   if "transfer" in cfg:
     check(cfg.transfer.method in ("ridge", "adam", "adamw", "procrustes"),
           f"transfer.method {cfg.transfer.method!r} not in ('ridge', 'adam', 'adamw', 'procrustes')")
+    nt = cfg.transfer.get("next_token") or {}
+    check(set(nt.keys()) <= {"enabled", "max_words", "num_samples", "num_depths"},
+          f"unknown transfer.next_token keys {sorted(set(nt.keys()) - {'enabled', 'max_words', 'num_samples', 'num_depths'})}")
+    if nt.get("enabled"):
+      check(nt.get("max_words", 0) >= 2 and nt.get("num_samples", 0) >= 8 and nt.get("num_depths", 0) >= 2,
+            "transfer.next_token needs max_words >= 2, num_samples >= 8 and num_depths >= 2")
+      if "data" in cfg and cfg.data.max_words is not None:
+        check(nt.get("max_words", 0) < cfg.data.max_words,
+              f"transfer.next_token.max_words must be below data.max_words ({cfg.data.max_words}) so a next word exists")
     check(0 < cfg.transfer.val_fraction and 0 < cfg.transfer.test_fraction
           and cfg.transfer.val_fraction + cfg.transfer.test_fraction < 1, "transfer fractions must leave training rows")
   if "probes" in cfg:

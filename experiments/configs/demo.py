@@ -20,7 +20,8 @@ def get_config(arg=None):
   c.similarity = dict(measures=["cka", "cka_debiased", "mutual_knn"], preprocess=["none", "standardize"],
                       knn_k=10, permutations=200, bootstrap=200)
   c.baselines = dict(random_init=True)
-  c.transfer = dict(method="ridge", val_fraction=0.2, test_fraction=0.2)
+  c.transfer = dict(method="ridge", val_fraction=0.2, test_fraction=0.2,
+                    next_token=dict(enabled=True, max_words=12, num_samples=128, num_depths=5))
   c.probes = dict(tasks=["capitals"], num_examples=300)
   c.mesh = dict(data=-1, model=1)
   c.seed = 0

@@ -28,7 +28,8 @@ def get_config(arg=None):
                       site="residual", truncate_tokens=128)
   c.similarity = dict(measures=["cka_debiased"], preprocess=["none"], knn_k=10, permutations=500, bootstrap=200)
   c.baselines = dict(random_init=False)
-  c.transfer = dict(method="ridge", val_fraction=0.2, test_fraction=0.2)
+  c.transfer = dict(method="ridge", val_fraction=0.2, test_fraction=0.2,
+                    next_token=dict(enabled=True, max_words=24, num_samples=1000, num_depths=9))
   c.probes = dict(tasks=TASKS, num_examples=5000)
   c.mesh = dict(data=-1, model=1)
   c.seed = 0

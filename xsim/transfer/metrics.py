@@ -1,4 +1,4 @@
-"""Scores for maps and patched forward passes: R^2, KL, top-1 agreement, top-k accuracy.
+"""Scores for maps, probes and patched forward passes (R^2, KL, top-1 agreement, top-k accuracy) and bootstrap CIs.
 
 Pure functions of arrays; each reduces only the axes named in its docstring, so callers vmap or mask freely.
 """
@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def r2_score(y_true, y_pred):
@@ -67,14 +68,15 @@ def topk_accuracy(logits, labels, k=1):
 
   Args:
     logits: [..., classes].
-    labels: [...] integer class ids in [0, classes).
+    labels: integer class ids in [0, classes), broadcastable to [...].
     k: how many top classes count as a hit.
 
   Returns:
     [...] float32 in {0, 1}.
   """
   logits = jnp.asarray(logits)
-  label_logit = jnp.take_along_axis(logits, jnp.asarray(labels)[..., None], axis=-1)
+  labels = jnp.broadcast_to(jnp.asarray(labels), logits.shape[:-1])
+  label_logit = jnp.take_along_axis(logits, labels[..., None], axis=-1)
   num_larger = jnp.sum(logits > label_logit, axis=-1)
   return (num_larger < k).astype(jnp.float32)
 
@@ -104,3 +106,34 @@ def patching_scores(clean_logits, patched_logits, next_tokens, mask=None):
     raise ValueError(f"mask has shape {mask.shape}; it must match the positions {per_position['kl'].shape}.")
   weights = mask.astype(jnp.float32) / jnp.maximum(jnp.sum(mask), 1)
   return {name: jnp.sum(value * weights) for name, value in per_position.items()}
+
+
+def bootstrap_ci(values, *, num_resamples: int = 1000, confidence: float = 0.95, seed: int = 0):
+  """Percentile bootstrap confidence interval of the mean over the last axis (the rows).
+
+  Every entry of the leading axes is resampled with the same row draws, so intervals of scores taken on the
+  same rows (a map, its ceiling, its baseline) are paired. A resample's mean is counts . values / m with counts
+  the multiplicity of each row in the draw, so the resamples cost one [..., m] x [m, R] matmul.
+
+  Args:
+    values: [..., m] per-row scores (e.g. 0/1 hits).
+    num_resamples: R, number of bootstrap resamples.
+    confidence: coverage of the interval, in (0, 1).
+    seed: seeds the row draws.
+
+  Returns:
+    [..., 2] lower and upper bounds.
+  """
+  if not 0.0 < confidence < 1.0:
+    raise ValueError(f"confidence={confidence} must lie in (0, 1).")
+  if num_resamples < 2:
+    raise ValueError(f"num_resamples={num_resamples} must be at least 2.")
+  values = jnp.asarray(values, jnp.float32)
+  num_rows = values.shape[-1]
+  draws = np.random.default_rng(seed).integers(0, num_rows, size=(num_resamples, num_rows))
+  offsets = num_rows * np.arange(num_resamples)[:, None]  # one bincount for all resamples (XLA's CPU scatter is slow)
+  counts = np.bincount((draws + offsets).ravel(), minlength=num_resamples * num_rows).reshape(draws.shape)
+  means = jnp.einsum("...m,rm->...r", values, jnp.asarray(counts, jnp.float32),
+                     precision=jax.lax.Precision.HIGHEST) / num_rows
+  tail = (1.0 - confidence) / 2.0
+  return jnp.moveaxis(jnp.quantile(means, jnp.array([tail, 1.0 - tail]), axis=-1), 0, -1)

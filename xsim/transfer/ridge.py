@@ -54,9 +54,10 @@ def ridge_path(x_train, y_train, x_val, y_val, lambdas) -> RidgePath:
 
 
 def ridge_weights(path: RidgePath, lambdas) -> jnp.ndarray:
-  """W_t(lambda_t) = Q D(lambda_t) C_t for each target; lambdas: [T] -> [T, da, db]."""
+  """W_t(lambda_t) = Q D(lambda_t) C_t for each target, transposed to the [db, da] layout of train.py's maps
+  (y = x W'); lambdas: [T] -> [T, db, da]."""
   shrink = 1.0 / (path.eigvals[None, :] + jnp.asarray(lambdas)[:, None])
-  return jnp.einsum("ak,tk,tkj->taj", path.eigvecs, shrink, path.proj, precision=Precision.HIGHEST)
+  return jnp.einsum("ak,tk,tkj->tja", path.eigvecs, shrink, path.proj, precision=Precision.HIGHEST)
 
 
 def fit_ridge(x_train, y_train, x_val, y_val, penalties):
@@ -69,7 +70,7 @@ def fit_ridge(x_train, y_train, x_val, y_val, penalties):
       same for every n and both trainers.
 
   Returns:
-    (kernel [T, da, db], penalty [T]) at the chosen penalty.
+    (weight [T, db, da], penalty [T]) at the chosen penalty.
   """
   penalties = jnp.asarray(penalties, jnp.float32)
   path = ridge_path(x_train, y_train, x_val, y_val, penalties * x_train.shape[0])

@@ -55,30 +55,38 @@ def make_split(n: int, *, val_fraction: float = 0.2, test_fraction: float = 0.2,
                test=np.sort(perm[:n_test]))
 
 
-def layer_moments(x, rows: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+def check_layers(x, name: str) -> None:
+  """Raises a ValueError unless x is an array of shape [layers, n, d] with no empty axis."""
+  if not hasattr(x, "shape") or len(x.shape) != 3 or 0 in x.shape:
+    raise ValueError(f"{name} must be an array of shape [layers, n, d] with no empty axis, got "
+                     f"{getattr(x, 'shape', type(x).__name__)}.")
+
+
+def layer_moments(x, rows: np.ndarray, name: str, layers=None) -> tuple[np.ndarray, np.ndarray]:
   """Per-layer mean and std of the given rows, in float64 on the host, one layer at a time (bounded memory).
 
   Args:
     x: [L, n, d] activations (NumPy or JAX).
     rows: [m] row indices (the training rows).
     name: the argument's name, for error messages.
+    layers: indices of the layers to measure (default: all); the others are left NaN.
 
   Returns:
     (mean, std), each [L, d] float32; constant dimensions get std 1 so they standardize to 0.
 
   Raises:
-    ValueError: a layer holds NaN or inf.
+    ValueError: a measured layer holds NaN or inf.
   """
-  means, stds = [], []
-  for layer in range(x.shape[0]):
+  mean = np.full((x.shape[0], x.shape[2]), np.nan, np.float32)
+  std = np.full_like(mean, np.nan)
+  for layer in range(x.shape[0]) if layers is None else layers:
     block = np.asarray(x[layer], np.float64)[rows]
-    mean = block.mean(axis=0)
-    std = block.std(axis=0)
-    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std))):
+    mean_l, std_l = block.mean(axis=0), block.std(axis=0)
+    if not (np.all(np.isfinite(mean_l)) and np.all(np.isfinite(std_l))):
       raise ValueError(f"{name}[{layer}] holds NaN or inf values in its training rows; clean or drop them first.")
-    means.append(mean)
-    stds.append(np.where(std > _CONSTANT_RTOL * np.maximum(np.abs(mean), 1.0), std, 1.0))
-  return np.stack(means).astype(np.float32), np.stack(stds).astype(np.float32)
+    mean[layer] = mean_l
+    std[layer] = np.where(std_l > _CONSTANT_RTOL * np.maximum(np.abs(mean_l), 1.0), std_l, 1.0)
+  return mean, std
 
 
 def standardize(x, mean, std):

@@ -1,0 +1,150 @@
+"""Probes against NumPy float64 Newton solvers, and the probe-transfer table."""
+import numpy as np
+import pytest
+
+from xsim import transfer
+
+PENALTIES = (1e-3, 3e-2, 1.0)
+
+
+def _standardized(x, rows):
+  x = x.astype(np.float64)
+  return (x - x[rows].mean(axis=0)) / x[rows].std(axis=0)
+
+
+def _np_softmax_probe(x, labels, num_classes, penalty, binary):
+  """Newton's method on mean cross-entropy + penalty / 2 |W|^2 (bias unpenalized), in float64.
+
+  Binary probes are IRLS on the sigmoid model; softmax probes use the full Hessian, whose bias block is singular
+  (adding a constant to every class's bias changes nothing), so each step is a least-squares solve.
+  """
+  n, d = x.shape
+  xb = np.hstack([x, np.ones((n, 1))])
+  outputs = 1 if binary else num_classes
+  theta = np.zeros((d + 1, outputs))
+  reg = np.diag(np.r_[np.full(d, penalty), 0.0])
+  for _ in range(50):
+    z = xb @ theta
+    if binary:
+      p = 1 / (1 + np.exp(-z[:, 0]))
+      grad = xb.T @ (p - labels) / n + reg @ theta[:, 0]
+      hess = xb.T @ (xb * (p * (1 - p))[:, None]) / n + reg
+      theta[:, 0] -= np.linalg.solve(hess, grad)
+    else:
+      p = np.exp(z - z.max(axis=1, keepdims=True))
+      p /= p.sum(axis=1, keepdims=True)
+      grad = (xb.T @ (p - np.eye(num_classes)[labels]) / n + reg @ theta).ravel()
+      # Hessian: mean over rows of (x x') (x) (diag(p) - p p'), plus the penalty on the weights.
+      cov = np.einsum("nk,kl->nkl", p, np.eye(outputs)) - np.einsum("nk,nl->nkl", p, p)
+      hess = np.einsum("na,nb,nkl->akbl", xb, xb, cov) / n + np.einsum("ab,kl->akbl", reg, np.eye(outputs))
+      step = np.linalg.lstsq(hess.reshape(grad.size, grad.size), grad, rcond=None)[0]
+      theta -= step.reshape(theta.shape)
+  return theta[:d], theta[d]
+
+
+def _np_loss(x, labels, weights, bias, binary):
+  z = x @ weights + bias
+  if binary:
+    return np.mean(np.logaddexp(0, z[:, 0]) - labels * z[:, 0])
+  z = z - z.max(axis=1, keepdims=True)
+  return np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(labels)), labels])
+
+
+@pytest.fixture(scope="module", name="task")
+def _task():
+  """Two models' activations of one binary task: the source is a noisy rotation of the target."""
+  rng = np.random.default_rng(0)
+  target = rng.normal(size=(2, 600, 6))
+  labels = (target[1] @ rng.normal(size=6) + 0.8 * rng.normal(size=600) > 0.3).astype(np.int64)
+  rotation = np.linalg.qr(rng.normal(size=(6, 6)))[0]
+  source = target @ rotation + 0.05 * rng.normal(size=target.shape)
+  return source.astype(np.float32), target.astype(np.float32), labels, rotation
+
+
+@pytest.fixture(scope="module", name="target_probe")
+def _target_probe(task):
+  return transfer.fit_logistic_probes(task[1], task[2], penalties=PENALTIES)
+
+
+def test_binary_probe_matches_numpy_irls_with_the_penalty_chosen_on_validation_rows(task, target_probe):
+  _, target, labels, _ = task
+  split = target_probe.split
+  for layer in range(2):
+    x = _standardized(target[layer], split.train)
+    fits = [_np_softmax_probe(x[split.train], labels[split.train], 2, p, True) for p in PENALTIES]
+    val_losses = [_np_loss(x[split.val], labels[split.val], w, b, True) for w, b in fits]
+    best = int(np.argmin(val_losses))
+    assert target_probe.penalty[layer] == pytest.approx(PENALTIES[best])
+    np.testing.assert_allclose(target_probe.weights[layer], fits[best][0], atol=1e-4)
+    np.testing.assert_allclose(target_probe.bias[layer], fits[best][1], atol=1e-4)
+    expected_hits = ((x[split.test] @ fits[best][0] + fits[best][1])[:, 0] > 0) == labels[split.test]
+    assert np.mean(target_probe.test_hits[1][layer] == expected_hits) > 0.99  # rows on the boundary may flip
+  assert target_probe.accuracy()[1] > 0.85 and target_probe.accuracy()[0] < 0.7  # layer 1 carries the label
+
+
+def test_token_probe_matches_numpy_newton_softmax_regression():
+  rng = np.random.default_rng(1)
+  features = rng.normal(size=(1, 900, 5)).astype(np.float32)
+  token_ids = 100 + rng.choice(8, size=900, p=[0.25, 0.2, 0.15, 0.12, 0.1, 0.08, 0.06, 0.04])
+  token_ids[features[0, :, 0] > 1.0] = 103  # a learnable signal
+  probe = transfer.fit_token_probes(features, token_ids, num_classes=6, penalties=(1e-2,))
+  split = transfer.make_split(900)
+  ids, counts = np.unique(token_ids[split.train], return_counts=True)
+  classes = np.sort(ids[np.argsort(-counts, kind="stable")[:6]])
+  np.testing.assert_array_equal(probe.classes, classes)
+  keep = np.isin(token_ids, classes)
+  np.testing.assert_array_equal(probe.split.test, split.test[keep[split.test]])
+
+  labels = np.searchsorted(classes, token_ids)
+  x = _standardized(features[0], probe.split.train)
+  weights, bias = _np_softmax_probe(x[probe.split.train], labels[probe.split.train], 6, 1e-2, False)
+  np.testing.assert_allclose(probe.weights[0], weights, atol=1e-4)
+  centered = lambda b: b - b.mean()  # softmax biases are defined up to a common constant
+  np.testing.assert_allclose(centered(probe.bias[0]), centered(bias), atol=1e-4)
+  order = np.argsort(-(x[probe.split.test] @ weights + bias), axis=1)
+  for k in (1, 5):
+    expected = (order[:, :k] == labels[probe.split.test][:, None]).any(axis=1)
+    assert np.mean(probe.test_hits[k][0] == expected) > 0.99
+  assert probe.accuracy(5)[0] > probe.accuracy(1)[0] > 0.3
+
+
+def test_probe_transfer_table_scores_frozen_maps(task, target_probe):
+  source, target, labels, rotation = task
+  source_probe = transfer.fit_logistic_probes(source, labels, penalties=PENALTIES)
+  rng = np.random.default_rng(2)  # the maps are fit on other, generic rows of the same two models
+  generic_target = rng.normal(size=(2, 2000, 6))
+  generic_source = generic_target @ rotation + 0.05 * rng.normal(size=generic_target.shape)
+  maps = transfer.fit_linear_maps(generic_source.astype(np.float32), generic_target.astype(np.float32),
+                                  method="ridge")
+  table = transfer.probe_transfer(maps, target_probe, source_probe, source, labels, num_resamples=300)
+
+  test = target_probe.split.test
+  for i in range(2):
+    for j in range(2):
+      mapped = np.asarray(maps.predict(i, j, source[i][test]), np.float64)
+      logits = ((mapped - target_probe.mean[j]) / target_probe.std[j]) @ target_probe.weights[j]
+      expected = np.mean((logits[:, 0] + target_probe.bias[j, 0] > 0) == labels[test])
+      assert table.mapped[i, j] == pytest.approx(expected, abs=2 / len(test))
+  np.testing.assert_allclose(table.mapped[1, 1], table.target[1], atol=0.03)  # a near-perfect map: the ceiling
+  np.testing.assert_allclose(table.target, target_probe.accuracy(), rtol=1e-6)
+  np.testing.assert_allclose(table.source, source_probe.accuracy(), rtol=1e-6)
+  majority_class = np.bincount(labels[target_probe.split.train]).argmax()
+  assert table.majority == pytest.approx(np.mean(labels[test] == majority_class))
+  assert table.chance == 0.5
+  assert np.all(table.mapped_ci[..., 0] <= table.mapped) and np.all(table.mapped <= table.mapped_ci[..., 1])
+
+  other_rows = transfer.fit_logistic_probes(source, labels, penalties=PENALTIES, seed=3)
+  with pytest.raises(ValueError, match="same rows, split and classes"):
+    transfer.probe_transfer(maps, target_probe, other_rows, source, labels)
+  with pytest.raises(ValueError, match="k=5 is not scored"):
+    transfer.probe_transfer(maps, target_probe, source_probe, source, labels, k=5)
+
+
+def test_probe_inputs_are_checked():
+  features = np.zeros((1, 40, 3), np.float32)
+  with pytest.raises(ValueError, match="0/1 values"):
+    transfer.fit_logistic_probes(features, np.arange(40) % 3)
+  with pytest.raises(ValueError, match="fewer than num_classes=500"):
+    transfer.fit_token_probes(features, np.arange(40) % 7)
+  with pytest.raises(ValueError, match="single class"):
+    transfer.fit_logistic_probes(features, np.zeros(40, int))

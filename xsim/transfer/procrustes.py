@@ -1,0 +1,26 @@
+"""Scaled orthogonal (Procrustes) maps: W = s U V' from the SVD of X'Y (Schonemann 1966).
+
+With W W' = I (orthonormal rows, so da <= db), |XW|^2 = |X|^2 does not depend on W and minimizing |sXW - Y|^2
+means maximizing tr(W'X'Y), solved by U V' for X'Y = U S V'; the best scale is then s = sum(S) / |X|^2. With
+da > db the rows cannot be orthonormal and |XW|^2 depends on W, so no closed form exists (maps.py refuses it).
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jax.lax import Precision
+
+
+def fit_procrustes(x_train, y_train):
+  """Scaled orthogonal maps from one source layer to T target layers.
+
+  Args:
+    x_train: [n, da] standardized source rows.
+    y_train: [T, n, db] standardized target rows, db >= da.
+
+  Returns:
+    [T, db, da] weights (s_t U_t V_t')', in the layout of train.py's maps (y = x W').
+  """
+  cross = jnp.einsum("na,tnb->tab", x_train, y_train, precision=Precision.HIGHEST)
+  u, s, vt = jnp.linalg.svd(cross, full_matrices=False)
+  scale = jnp.sum(s, axis=-1) / jnp.sum(x_train**2)
+  return scale[:, None, None] * jnp.einsum("tak,tkb->tba", u, vt, precision=Precision.HIGHEST)
