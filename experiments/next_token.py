@@ -39,11 +39,11 @@ def next_token_rows(cfg, a: str, b: str, relation: str, source, target, texts, f
                                 progress=False)
   if len(acts.index) != len(prefixes):
     raise ValueError(f"{a} gave {len(acts.index)} rows for {len(prefixes)} prefixes; every prefix needs a token.")
-  rows = []
+  rows, clean = [], patching.clean_logits(target, samples)
   for i, j in depth_matched_pairs(layers_a, layers_b, nt.num_depths):
     x = np.asarray(acts.array[i], np.float32)
     own = patching.own_activations(target, samples, layers_b[j])
-    scores = {name: patching.patching_scores(target, samples, layers_b[j], values) for name, values in (
+    scores = {name: patching.patching_scores(target, samples, layers_b[j], values, clean=clean) for name, values in (
         ("mapped", np.asarray(fit.predict(i, j, x))), ("shuffled", np.asarray(shuffled.predict(i, j, x))),
         ("mean_ablation", np.broadcast_to(own.mean(0), own.shape)))}
     rows.append(dict(source=a, target=b, relation=relation, layer_a=layers_a[i], layer_b=layers_b[j],

@@ -34,8 +34,8 @@ def finished_run(tiny_config, tmp_path_factory):
 
 def test_writes_every_output(finished_run):
   workdir, summary = finished_run
-  for name in ("similarity.csv", "transfer.csv", "probes.csv", "summary.json", "config.json", "report.md",
-               "report.html"):
+  for name in ("similarity.csv", "transfer.csv", "probes.csv", "next_token.csv", "summary.json", "config.json",
+               "report.md", "report.html"):
     assert os.path.getsize(os.path.join(workdir, name)) > 0, name
   assert any(f.endswith(".png") for f in os.listdir(os.path.join(workdir, "figures")))
   rows = results.read_table(os.path.join(workdir, "similarity.csv"))
@@ -43,6 +43,18 @@ def test_writes_every_output(finished_run):
   assert relations == {("tiny-llama", "tiny-gemma"): "cross", ("tiny-llama", "tiny-gemma@random"): "random"}
   # 4 x 4 hidden states per model, 3 measures x 2 preprocessings, 2 pairs
   assert len(rows) == 2 * 3 * 2 * 4 * 4
+
+
+def test_next_token_rows_have_floors(finished_run):
+  workdir, _ = finished_run
+  rows = results.read_table(os.path.join(workdir, "next_token.csv"))
+  assert rows and {r["relation"] for r in rows} == {"cross"}
+  for r in rows:
+    assert 0 <= r["top1_mapped"] <= 1 and r["kl_mapped"] >= 0 and r["kl_mean_ablation"] >= 0
+    assert r["num_samples"] >= 8
+  report = open(os.path.join(workdir, "report.md")).read()
+  assert "## Next-token transfer by patching" in report
+  assert f"| {rows[0]['kl_mapped']:.3f} |" in report
 
 
 def test_summary_and_report_match_the_table(finished_run):
@@ -88,7 +100,7 @@ def test_two_processes_give_the_one_process_results(finished_run, model_root, tm
   code = launch(["-m", "experiments.run", f"--config=tests/experiments/tiny_config.py:{model_root}",
                  f"--workdir={tmp_path}"], 2, timeout_s=1200)
   assert code == 0
-  for table in ("similarity.csv", "transfer.csv", "probes.csv"):
+  for table in ("similarity.csv", "transfer.csv", "probes.csv", "next_token.csv"):
     one, two = results.read_table(os.path.join(workdir, table)), results.read_table(os.path.join(tmp_path, table))
     assert len(one) == len(two)
     for a, b in zip(one, two):

@@ -76,3 +76,11 @@ def test_bad_inputs(llama):
     llama.forward(np.zeros(5, np.int32))
   with pytest.raises(ValueError, match="attention_mask shape"):
     llama.forward(np.zeros((2, 5), np.int32), np.ones((2, 4), np.int32))
+
+
+def test_logits_at_positions_equal_the_full_logits(llama):
+  ids, mask = _batch(llama)
+  positions = np.array([10, 3])
+  full = np.asarray(llama.forward(ids, mask).logits)
+  picked = np.asarray(llama.forward(ids, mask, logit_positions=positions).logits)
+  np.testing.assert_allclose(picked, full[np.arange(2), positions], atol=1e-5, rtol=1e-5)

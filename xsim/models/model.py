@@ -60,8 +60,9 @@ class Model:
     return jax.jit(self.module.apply, static_argnames=("compute_logits", "return_sites"))
 
   def forward(self, input_ids, attention_mask=None, *, patch: Optional[Patch] = None, compute_logits: bool = True,
-              return_sites: bool = False) -> ForwardOutput:
-    """input_ids, attention_mask: [B, S] (mask defaults to all ones). See ForwardOutput for the fields."""
+              return_sites: bool = False, logit_positions=None) -> ForwardOutput:
+    """input_ids, attention_mask: [B, S] (mask defaults to all ones); logit_positions: [B] to compute logits
+    [B, V] at those positions only. See ForwardOutput for the fields."""
     input_ids = jnp.asarray(input_ids, jnp.int32)
     if input_ids.ndim != 2:
       raise ValueError(f"input_ids must be [batch, seq], got shape {input_ids.shape}.")
@@ -70,8 +71,10 @@ class Model:
     attention_mask = jnp.asarray(attention_mask, jnp.int32)
     if attention_mask.shape != input_ids.shape:
       raise ValueError(f"attention_mask shape {attention_mask.shape} != input_ids shape {input_ids.shape}.")
+    if logit_positions is not None:
+      logit_positions = jnp.asarray(logit_positions, jnp.int32)
     return self._forward(self.params, input_ids, attention_mask, patch, compute_logits=compute_logits,
-                         return_sites=return_sites)
+                         return_sites=return_sites, logit_positions=logit_positions)
 
   def with_random_params(self, seed: int = 0) -> "Model":
     """The same architecture and tokenizer with freshly initialised weights (the random-init baseline)."""

@@ -29,7 +29,7 @@ class Patch(NamedTuple):
 
 @flax.struct.dataclass
 class ForwardOutput:
-  """logits: [B, S, V] or None; hidden_states: [L + 1, B, S, D], index 0 the (scaled) embeddings and index i the
+  """logits: [B, S, V] ([B, V] with logit_positions) or None; hidden_states: [L + 1, B, S, D], index 0 the (scaled) embeddings and index i the
   residual stream after block i, before the final norm; final_hidden: [B, S, D] after the final norm;
   attn_out, mlp_out: [L, B, S, D] block outputs (only with return_sites=True)."""
   logits: Optional[jnp.ndarray]
@@ -77,7 +77,9 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids: jnp.ndarray, attention_mask: jnp.ndarray, patch: Optional[Patch] = None,
-               compute_logits: bool = True, return_sites: bool = False) -> ForwardOutput:
+               compute_logits: bool = True, return_sites: bool = False,
+               logit_positions: Optional[jnp.ndarray] = None) -> ForwardOutput:
+    """logit_positions: [B] int, to compute logits [B, V] at one position per row only (large vocabularies)."""
     c = self.config
     embedding = self.param("embed", kernel_init, (c.vocab_size, c.hidden_size), self.dtype)
     h = jnp.take(embedding, input_ids, axis=0)
@@ -105,7 +107,12 @@ class Decoder(nn.Module):
         head = embedding.T
       else:
         head = self.param("lm_head", kernel_init, (c.hidden_size, c.vocab_size), self.dtype)
-      logits = jnp.einsum("bsd,dv->bsv", final_hidden, head, precision=self.precision)
+      selected = final_hidden
+      if logit_positions is not None:
+        selected = final_hidden[jnp.arange(final_hidden.shape[0]), logit_positions][:, None]
+      logits = jnp.einsum("bsd,dv->bsv", selected, head, precision=self.precision)
+      if logit_positions is not None:
+        logits = logits[:, 0]
       if c.final_softcap is not None:
         logits = c.final_softcap * jnp.tanh(logits.astype(jnp.float32) / c.final_softcap)
     return ForwardOutput(logits=logits, hidden_states=hidden_states, final_hidden=final_hidden,

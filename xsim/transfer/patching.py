@@ -73,9 +73,20 @@ def _batches(samples: NextTokenSamples, batch_size: int, pad_id: int):
     yield rows, ids, mask, positions
 
 
-def patching_scores(model: Model, samples: NextTokenSamples, layer: int, values, batch_size: int = 16) -> dict:
+def clean_logits(model: Model, samples: NextTokenSamples, batch_size: int = 16) -> np.ndarray:
+  """The unpatched float32 logits [n, V] at every sample position."""
+  pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+  out = []
+  for rows, ids, mask, positions in _batches(samples, batch_size, pad):
+    out.append(np.asarray(_logits_at(model, ids, mask, positions, None))[:len(rows)])
+  return np.concatenate(out)
+
+
+def patching_scores(model: Model, samples: NextTokenSamples, layer: int, values, batch_size: int = 16,
+                    clean=None) -> dict:
   """Per-sample scores of writing values [n, D] into hidden state `layer` (0 = embeddings) at each sample position.
 
+  clean: the unpatched logits from `clean_logits`, to share them between calls (computed when None).
   Returns {"kl": [n] KL(clean || patched) in nats, "top1_agreement": [n], "next_token_accuracy": [n] of the patched
   pass, "clean_accuracy": [n] of the unpatched pass}.
   """
@@ -84,6 +95,8 @@ def patching_scores(model: Model, samples: NextTokenSamples, layer: int, values,
     raise ValueError(f"values must be [{len(samples.ids)}, {model.config.hidden_size}], got {values.shape}.")
   if not 0 <= layer <= model.config.num_layers:
     raise ValueError(f"layer {layer} is out of range 0..{model.config.num_layers}.")
+  if clean is None:
+    clean = clean_logits(model, samples, batch_size)
   pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
   out = {k: np.zeros(len(samples.ids)) for k in ("kl", "top1_agreement", "next_token_accuracy", "clean_accuracy")}
   for rows, ids, mask, positions in _batches(samples, batch_size, pad):
@@ -91,21 +104,20 @@ def patching_scores(model: Model, samples: NextTokenSamples, layer: int, values,
     batch_values[:len(rows)] = values[rows]
     row_positions = np.where(np.arange(batch_size) < len(rows), positions, -1)
     patch = Patch(jnp.int32(layer), jnp.asarray(row_positions), jnp.asarray(batch_values))
-    clean = _logits_at(model, ids, mask, positions, None)
-    patched = _logits_at(model, ids, mask, positions, patch)
-    labels = samples.next_tokens[rows]
     n = len(rows)
-    out["kl"][rows] = np.asarray(metrics.kl_divergence(clean, patched))[:n]
-    out["top1_agreement"][rows] = np.asarray(metrics.top1_agreement(clean, patched))[:n]
-    out["next_token_accuracy"][rows] = np.asarray(metrics.topk_accuracy(patched[:n], labels))
-    out["clean_accuracy"][rows] = np.asarray(metrics.topk_accuracy(clean[:n], labels))
+    patched = np.asarray(_logits_at(model, ids, mask, positions, patch))[:n]
+    reference = clean[rows]
+    labels = samples.next_tokens[rows]
+    out["kl"][rows] = np.asarray(metrics.kl_divergence(reference, patched))
+    out["top1_agreement"][rows] = np.asarray(metrics.top1_agreement(reference, patched))
+    out["next_token_accuracy"][rows] = np.asarray(metrics.topk_accuracy(patched, labels))
+    out["clean_accuracy"][rows] = np.asarray(metrics.topk_accuracy(reference, labels))
   return out
 
 
 def _logits_at(model: Model, ids, mask, positions, patch) -> jnp.ndarray:
   """Float32 logits [B, V] at each row's sample position."""
-  logits = model.forward(ids, mask, patch=patch).logits
-  return logits[jnp.arange(ids.shape[0]), jnp.asarray(positions)].astype(jnp.float32)
+  return model.forward(ids, mask, patch=patch, logit_positions=positions).logits.astype(jnp.float32)
 
 
 def own_activations(model: Model, samples: NextTokenSamples, layer: int, batch_size: int = 16) -> np.ndarray:

