@@ -8,7 +8,8 @@ clamps to [0, 1]):
   grid: xsim `cka_matrix` vs (a) the published study's per-pair loop in NumPy (both Grams rebuilt for every
         pair; its tr(K~L~) is taken as an elementwise sum, not the study's n^3 matmul), timed on
         --loop_pairs pairs and extrapolated, and (b) pytorch-cka's `cka_from_features` (each Gram once,
-        batched unbiased HSIC); plus achieved FLOP/s against a plain matmul of the Gram's shape.
+        batched unbiased HSIC); plus achieved FLOP/s against a plain matmul of the Gram's shape. These
+        run in --repeats interleaved rounds (each keeps its best), so load drift hits all of them alike.
   null: xsim `cka_matrix_null` (--permutations of the whole grid) vs calibrated-similarity's
         `calibrate_layers` with pytorch-cka as the pair measure, timed on a --peer_layers square sub-grid
         with one permutation and extrapolated per pair evaluation.

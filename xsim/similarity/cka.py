@@ -2,8 +2,9 @@
 
 Linear CKA of every layer pair reduces to a few statistics of the column-centered features (`LinearTerms`).
 They come from one of two exact paths, whichever needs fewer FLOPs:
-  gram:     each layer's Gram K_a = X_a X_a' is built once, block of rows by block of rows, and every pair's
-            tr(K_a L_b) is one matmul of the flattened blocks (memory: (La + Lb) * chunk_size * n floats);
+  gram:     each layer's Gram K_a = X_a X_a' is built once, tile by tile (only tiles on or above the
+            diagonal, as Grams are symmetric), and every pair's share of tr(K_a L_b) is one matmul of the
+            flattened tiles (memory beyond the centered inputs: (La + Lb) * chunk_size^2 floats);
   features: tr(K_a L_b) = |X_a' Y_b|_F^2, one x layer against all y layers at a time (memory: Lb * da * db).
 Nothing is clamped to [0, 1]: debiased CKA of independent data is slightly negative half the time, and the
 null distributions in stats.py need that sign.
@@ -68,8 +69,8 @@ def cka_from_terms(t: LinearTerms, debiased: bool) -> jnp.ndarray:
 
 
 def _flops(method: str, la: int, lb: int, n: int, da: int, db: int) -> int:
-  if method == "gram":
-    return 2 * n * n * (la * da + lb * db + la * lb)
+  if method == "gram":  # half of every Gram and of every pair product, by symmetry
+    return n * n * (la * da + lb * db + la * lb)
   return 2 * n * (la * lb * da * db + la * da * da + lb * db * db)
 
 
@@ -78,23 +79,41 @@ def choose_method(la: int, lb: int, n: int, da: int, db: int) -> str:
   return min(("gram", "features"), key=lambda m: _flops(m, la, lb, n, da, db))
 
 
-def _gram_block_terms(x_rows, x_all, y_rows, y_all, block: int, axes):
-  """x_rows: [La, m, da] rows handled here, x_all: [La, n, da] -> (cross [La, Lb], self_x [La], self_y [Lb]).
+def gram_tiles(n: int, tile: int, devices: int = 1):
+  """-> (tiles [T, 3] int32 rows (row block, column block, weight), padded n, tile side).
 
-  Scans blocks of `block` rows: K_a[rows, :] and L_b[rows, :] are built once and every pair's share of
-  tr(K_a L_b) is one matmul of the flattened blocks. With `axes`, partial sums are added across devices.
+  Grams are symmetric, so only tiles on or above the diagonal are built; an off-diagonal tile stands for its
+  mirror too (weight 2). Weight-0 tiles pad T to a multiple of `devices`.
   """
-  la, lb, m = x_rows.shape[0], y_rows.shape[0], x_rows.shape[1]
-  xb = jnp.moveaxis(x_rows.reshape(la, m // block, block, -1), 1, 0)
-  yb = jnp.moveaxis(y_rows.reshape(lb, m // block, block, -1), 1, 0)
+  blocks = -(-n // min(tile, n))
+  side = -(-n // blocks)
+  pairs = [(i, j, 1 if i == j else 2) for i in range(blocks) for j in range(i, blocks)]
+  pairs += [(0, 0, 0)] * (-len(pairs) % devices)
+  return jnp.asarray(pairs, jnp.int32), side * blocks, side
 
-  def step(_, rows):
-    k = jnp.einsum("aid,ajd->aij", rows[0], x_all, precision=HIGHEST)
-    l = jnp.einsum("bid,bjd->bij", rows[1], y_all, precision=HIGHEST)
-    cross = jnp.einsum("aij,bij->ab", k, l, precision=HIGHEST)
-    return None, (cross, jnp.sum(k * k, (1, 2)), jnp.sum(l * l, (1, 2)))
 
-  out = jax.tree.map(lambda parts: parts.sum(0), jax.lax.scan(step, None, (xb, yb))[1])
+def _gram_tile_terms(tiles, xs, ys, side: int, axes):
+  """tiles: [T, 3] (see gram_tiles), xs: [La, n, da], ys: [Lb, n, db] centered -> LinearTerms (n unset).
+
+  Each step builds the tile K_a[I, J] of every x layer and L_b[I, J] of every y layer once; every pair's
+  share of tr(K_a L_b) is then one matmul of the flattened tiles, and diagonal tiles (I = J) also give
+  the Gram diagonals. With `axes`, partial sums are added across the devices that split the tiles.
+  """
+  def step(_, tile):
+    rows = lambda a, b: jax.lax.dynamic_slice_in_dim(a, tile[b] * side, side, axis=1)
+    k = jnp.einsum("aid,ajd->aij", rows(xs, 0), rows(xs, 1), precision=HIGHEST)
+    l = jnp.einsum("bid,bjd->bij", rows(ys, 0), rows(ys, 1), precision=HIGHEST)
+    w = tile[2].astype(xs.dtype)
+    on_diag = (tile[0] == tile[1]).astype(xs.dtype) * (w > 0)
+    dk, dl = jnp.diagonal(k, axis1=1, axis2=2) * on_diag, jnp.diagonal(l, axis1=1, axis2=2) * on_diag
+    return None, LinearTerms(
+        cross=w * jnp.einsum("aij,bij->ab", k, l, precision=HIGHEST),
+        cross_diag=jnp.einsum("ai,bi->ab", dk, dl, precision=HIGHEST),
+        self_x=w * jnp.sum(k * k, (1, 2)), self_x_diag=jnp.sum(dk * dk, 1), trace_x=jnp.sum(dk, 1),
+        self_y=w * jnp.sum(l * l, (1, 2)), self_y_diag=jnp.sum(dl * dl, 1), trace_y=jnp.sum(dl, 1),
+        n=jnp.zeros((), xs.dtype))
+
+  out = jax.tree.map(lambda parts: parts.sum(0), jax.lax.scan(step, None, tiles)[1])
   return jax.lax.psum(out, axes) if axes else out
 
 
@@ -114,7 +133,7 @@ def _feature_self(xs):
   return jax.lax.map(one, xs)
 
 
-def _pad_axis(x, axis: int, size: int):
+def pad_axis(x, axis: int, size: int):
   """Zero-pads `axis` to `size`: zero rows add nothing to any Gram sum, zero layers are sliced off later."""
   pad = [(0, 0)] * x.ndim
   pad[axis] = (0, size - x.shape[axis])
@@ -131,46 +150,44 @@ def _place(x, mesh: Mesh, spec: P):
 def linear_terms(xs, ys, method: str, chunk_size: int, mesh: Optional[Mesh] = None) -> LinearTerms:
   """xs: [La, n, da], ys: [Lb, n, db] (preprocessed, not necessarily centered) -> LinearTerms.
 
-  method is "gram" or "features" (see the module docstring). With a mesh, the gram path splits the rows
-  across all its devices and the feature path splits the x layers; both give the same numbers as without.
+  method is "gram" or "features" (see the module docstring). With a mesh, the gram path splits the tiles
+  across all its devices and the feature path the x layers (inputs replicated); same numbers as without.
   """
   la, n, _ = xs.shape
-  lb = ys.shape[0]
-  xs = xs - xs.mean(1, keepdims=True)  # every linear HSIC here is shift invariant; centering avoids cancellation
-  ys = ys - ys.mean(1, keepdims=True)
   axes = tuple(mesh.axis_names) if mesh is not None else ()
   devices = mesh.size if mesh is not None else 1
+  tiles, size, side = gram_tiles(n, chunk_size, devices)
+  # Every linear HSIC here is shift invariant; centering avoids float32 cancellation. The zero rows padding
+  # n to whole tiles add nothing to any sum.
+  xs = pad_axis(xs - xs.mean(1, keepdims=True), 1, size if method == "gram" else n)
+  ys = pad_axis(ys - ys.mean(1, keepdims=True), 1, size if method == "gram" else n)
   if method == "gram":
-    blocks = -(-n // (min(chunk_size, n) * devices))  # blocks per device
-    block = -(-n // (blocks * devices))
-    xp, yp = _pad_axis(xs, 1, block * blocks * devices), _pad_axis(ys, 1, block * blocks * devices)
-    fn = functools.partial(_gram_block_terms, block=block, axes=axes)
+    fn = functools.partial(_gram_tile_terms, side=side, axes=axes)
     if mesh is not None:
-      fn = jax.shard_map(fn, mesh=mesh, in_specs=(P(None, axes), P(), P(None, axes), P()), out_specs=P())
-      xr, yr = _place(xp, mesh, P(None, axes)), _place(yp, mesh, P(None, axes))
-    else:
-      xr, yr = xp, yp
-    cross, self_x, self_y = fn(xr, xp, yr, yp)
+      fn = jax.shard_map(fn, mesh=mesh, in_specs=(P(axes), P(), P()), out_specs=P())
+      tiles = _place(tiles, mesh, P(axes))
+    return fn(tiles, xs, ys)._replace(n=jnp.asarray(n, xs.dtype))
+  if mesh is None:
+    cross = _feature_cross(xs, ys)
   else:
-    if mesh is None:
-      cross = _feature_cross(xs, ys)
-    else:
-      xp = _pad_axis(xs, 0, -(-la // devices) * devices)
-      fn = jax.shard_map(_feature_cross, mesh=mesh, in_specs=(P(axes), P()), out_specs=P(axes))
-      cross = _place(fn(_place(xp, mesh, P(axes)), ys), mesh, P())[:la]
-    self_x, self_y = _feature_self(xs), _feature_self(ys)
+    xp = pad_axis(xs, 0, -(-la // devices) * devices)
+    fn = jax.shard_map(_feature_cross, mesh=mesh, in_specs=(P(axes), P()), out_specs=P(axes))
+    cross = _place(fn(_place(xp, mesh, P(axes)), ys), mesh, P())[:la]
   dx, dy = jnp.sum(xs * xs, -1), jnp.sum(ys * ys, -1)  # [L, n] Gram diagonals
   return LinearTerms(
       cross=cross, cross_diag=jnp.einsum("an,bn->ab", dx, dy, precision=HIGHEST),
-      self_x=self_x, self_x_diag=jnp.sum(dx * dx, -1), trace_x=jnp.sum(dx, -1),
-      self_y=self_y, self_y_diag=jnp.sum(dy * dy, -1), trace_y=jnp.sum(dy, -1),
+      self_x=_feature_self(xs), self_x_diag=jnp.sum(dx * dx, -1), trace_x=jnp.sum(dx, -1),
+      self_y=_feature_self(ys), self_y_diag=jnp.sum(dy * dy, -1), trace_y=jnp.sum(dy, -1),
       n=jnp.asarray(n, xs.dtype))
 
 
-@functools.partial(jax.jit, static_argnames=("debiased", "prep", "method", "chunk_size", "mesh"))
-def _cka_matrix(xs, ys, debiased, prep, method, chunk_size, mesh):
-  terms = linear_terms(apply_preprocess(xs, prep), apply_preprocess(ys, prep), method, chunk_size, mesh)
-  return cka_from_terms(terms, debiased)
+@functools.partial(jax.jit, static_argnames=("prep", "method", "chunk_size", "mesh"))
+def _terms(xs, ys, prep, method, chunk_size, mesh):
+  return linear_terms(apply_preprocess(xs, prep), apply_preprocess(ys, prep), method, chunk_size, mesh)
+
+
+# Separate from _terms so biased and debiased CKA of the same data share one compiled statistics pass.
+_cka_from_terms = jax.jit(cka_from_terms, static_argnames=("debiased",))
 
 
 def _resolve_method(method: str, la: int, lb: int, n: int, da: int, db: int) -> str:
@@ -184,25 +201,27 @@ def cka_matrix(xs, ys, *, debiased: bool = False, preprocess: str | Preprocess =
   """Linear CKA of every layer pair: xs: [La, n, da], ys: [Lb, n, db] -> [La, Lb], in one compiled call.
 
   Each layer's Gram (or feature statistics, whichever is cheaper for n, L and d; `method` forces one) is
-  computed once. chunk_size rows bound the gram path's memory; `mesh` shards the work over all its devices.
-  dtype float32 (default; matmuls at HIGHEST precision) or float64 (needs x64, see checks.compute_dtype).
+  computed once. chunk_size is the Gram tile side, bounding the gram path's memory; `mesh` shards the work
+  over all its devices. dtype float32 (default; matmuls at HIGHEST precision) or float64 (needs x64 mode,
+  see checks.compute_dtype).
   """
   dtype = checks.compute_dtype(dtype)
   xs, ys = checks.features(xs, "xs", 3, dtype), checks.features(ys, "ys", 3, dtype)
   n = checks.same_samples(xs, ys, min_n=4 if debiased else 2)
   if chunk_size < 1:
-    raise ValueError(f"chunk_size={chunk_size} must be a positive number of rows, e.g. 512.")
+    raise ValueError(f"chunk_size={chunk_size} must be a positive Gram tile side, e.g. 512.")
   (la, _, da), (lb, _, db) = xs.shape, ys.shape
   method = _resolve_method(method, la, lb, n, da, db)
   if mesh is not None:
     replicated = NamedSharding(mesh, P())
     xs, ys = jax.device_put(xs, replicated), jax.device_put(ys, replicated)
-  out = _cka_matrix(xs, ys, bool(debiased), as_preprocess(preprocess), method, int(chunk_size), mesh)
+  terms = _terms(xs, ys, as_preprocess(preprocess), method, int(chunk_size), mesh)
+  out = _cka_from_terms(terms, debiased=bool(debiased))
   chex.assert_shape(out, (la, lb))
   return out
 
 
-@functools.partial(jax.jit, static_argnames=("debiased", "prep", "bandwidth"))
+@functools.partial(jax.jit, static_argnames=("debiased", "prep"))
 def _cka_rbf(x, y, debiased, prep, bandwidth):
   k = kernels.gram_rbf(apply_preprocess(x, prep), bandwidth)
   l = kernels.gram_rbf(apply_preprocess(y, prep), bandwidth)

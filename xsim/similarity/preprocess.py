@@ -78,6 +78,7 @@ def _one_layer(x: jnp.ndarray, p: Preprocess) -> jnp.ndarray:
 def preprocess(x: jnp.ndarray, spec: str | Preprocess | None) -> jnp.ndarray:
   """x: [..., n, d] -> [..., n, d], each [n, d] block treated on its own."""
   p = as_preprocess(spec)
+  x = jnp.asarray(x)
   if x.ndim < 2:
     raise ValueError(f"preprocess needs features of shape [..., n, d], got shape {x.shape}.")
   fn = lambda block: _one_layer(block, p)
