@@ -8,19 +8,11 @@ import pytest
 from xsim.data import sources
 from xsim.data.sources import (DataUnavailableError, load_hf_texts, load_jsonl_texts, load_pile_10k,
                                load_text_file, save_jsonl_texts)
+from tests.data.fakes import FakeDataset
 
 TRICKY = ["plain", "  spaces around  ", "two\nlines", 'quote " and \\ backslash', "Zoë 東京 🙂", "\ttab", ""]
 
 
-class FakeDataset:
-  """The part of datasets.Dataset that xsim uses: column_names and column access."""
-
-  def __init__(self, columns):
-    self.columns = columns
-    self.column_names = list(columns)
-
-  def __getitem__(self, name):
-    return self.columns[name]
 
 
 def install_fake_datasets(monkeypatch, load_dataset):

@@ -12,6 +12,7 @@ from xsim.data.sources import DataUnavailableError
 from xsim.data.statements import load_countries, names_overlap, number_to_words
 from xsim.data.task import Task, subsample
 from xsim.data.tasks import OFFLINE_TASKS, TASKS, load_task
+from tests.data.fakes import FakeDataset
 
 # Capitals checked by hand, independently of the packaged table.
 KNOWN_CAPITALS = {
@@ -179,14 +180,6 @@ def test_comparison_tasks_label_every_statement_correctly(name, relation):
 # --- HF tasks, with a fake `datasets` (no network) -------------------------------------------------------
 
 
-class FakeDataset:
-
-  def __init__(self, columns):
-    self.columns = columns
-    self.column_names = list(columns)
-
-  def __getitem__(self, name):
-    return self.columns[name]
 
 
 @pytest.fixture
