@@ -18,7 +18,7 @@ def get_config(arg=None):
   c.extraction = dict(pooling="last_word", layers="all", batch_size=16, max_tokens=256, keep_bos=False,
                       site="residual")
   c.similarity = dict(measures=["cka", "cka_debiased", "mutual_knn"], preprocess=["none", "standardize"],
-                      knn_k=10, permutations=200, bootstrap=200)
+                      knn_k=10, permutations=100, bootstrap=100)
   c.baselines = dict(random_init=True)
   c.transfer = dict(method="ridge", val_fraction=0.2, test_fraction=0.2,
                     next_token=dict(enabled=True, max_words=12, num_samples=128, num_depths=5))
