@@ -34,7 +34,7 @@ def next_token_rows(cfg, a: str, b: str, relation: str, source, target, texts, f
   prefixes = samples.prefixes
   acts = xa.extract_activations(source, prefixes, pooling="last", layers=layers_a,
                                 batch_size=cfg.extraction.batch_size,
-                                max_tokens=cfg.extraction.max_tokens, on_overflow="error",
+                                max_tokens=cfg.extraction.max_tokens, on_overflow="error", distribute=False,
                                 store_dir=os.path.join(workdir, "activations", f"{a}-prefixes-for-{b}"),
                                 progress=False)
   if len(acts.index) != len(prefixes):

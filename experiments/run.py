@@ -132,7 +132,6 @@ def similarity_matrix(measure, prep, xs, ys, k):
 def compare_pair(cfg, a, b, relation, acts, num_layers, workdir):
   """Similarity rows and the pair's summary entry, from a cache keyed by the inputs and settings."""
   from xsim import activations as xa
-  from xsim import similarity as sim
   s = cfg.similarity
   ia, ib = xa.paired_rows(acts[a], acts[b])
   xs = np.asarray(acts[a].array[:, ia], np.float32)

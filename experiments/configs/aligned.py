@@ -5,7 +5,6 @@ the first word excluded, bfloat16 for Gemma, every layer pair, raw / standardize
 neighbour alignment, permutation null of the max over layer pairs, bootstrap CIs, random-init baselines, maps
 with standardized inputs and a penalty chosen on held-out rows.
 """
-import ml_collections
 
 from experiments.configs import seed_protocol
 

@@ -3,7 +3,6 @@
 `--config=experiments/configs/sweep_models.py:N` sets the number of texts (default 10,000). Run it with one process
 per host (see README, Launching); the mesh takes every local device on the data axis.
 """
-import ml_collections
 
 from experiments.configs import aligned
 

@@ -176,3 +176,13 @@ def test_token_truncation_reproduces_the_published_cut(models, tmp_path):
                                atol=2e-5, rtol=1e-4)
     spans[side] = acts.index["char_end"]
   assert np.any(spans["left"] != spans["right"])
+
+
+def test_undistributed_extraction_does_every_shard_itself(models, tmp_path, monkeypatch):
+  """In a multi-process run, a call made by one process alone (distribute=False) must not wait for the others."""
+  import jax
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(jax, "process_index", lambda: 1)
+  acts = xa.extract_activations(models["right"], TEXTS, shard_size=3, distribute=False, store_dir=str(tmp_path),
+                                progress=False)
+  assert sorted(set(acts.index["text"])) == list(range(len(TEXTS)))

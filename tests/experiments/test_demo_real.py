@@ -1,7 +1,6 @@
 """The demo config, reduced in size, end to end on the real PyPI-installed models (SmolLM2 and Gemma 3)."""
 import os
 
-import pytest
 
 from experiments import results, run as runner
 from experiments.configs import demo

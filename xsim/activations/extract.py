@@ -125,7 +125,7 @@ def extract_activations(model: Model, texts: Sequence[str], pooling: str = "last
                         store_dir: Optional[str] = None, site: str = "residual", keep_bos: bool = False,
                         max_tokens: int = 1024, on_overflow: str = "error", shard_size: int = 1024,
                         store_dtype: str = "float32", min_seq: int = 16, truncate_tokens: Optional[int] = None,
-                        progress: bool = True) -> Activations:
+                        distribute: bool = True, progress: bool = True) -> Activations:
   """Activations of `model` on `texts`, one row per sample (see xsim.activations.rows for the poolings).
 
   Returns Activations with array [len(layers), num_rows, hidden] and index [num_rows] (which text, word, token and
@@ -161,7 +161,7 @@ def extract_activations(model: Model, texts: Sequence[str], pooling: str = "last
     logging.info("Activation store %s is complete; nothing to extract.", store_dir)
     return store.load()
 
-  process, num_processes = jax.process_index(), jax.process_count()
+  process, num_processes = (jax.process_index(), jax.process_count()) if distribute else (0, 1)
   todo = [k for k in range(num_shards) if k % num_processes == process and not store.has_shard(k)]
   logging.info("%s: %d of %d shards to extract into %s (process %d/%d).", model.name, len(todo), num_shards,
                store_dir, process, num_processes)

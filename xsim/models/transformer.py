@@ -9,7 +9,6 @@ from typing import Any, NamedTuple, Optional
 
 import flax.linen as nn
 import flax.struct
-import jax
 import jax.numpy as jnp
 
 from xsim.models.config import ModelConfig
