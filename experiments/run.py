@@ -189,7 +189,8 @@ def transfer_pair(cfg, a, b, relation, acts, task_acts, tasks, num_layers, loade
   t = cfg.transfer
   ia, ib = xa.paired_rows(acts[a], acts[b])
   xs, ys = np.asarray(acts[a].array[:, ia], np.float32), np.asarray(acts[b].array[:, ib], np.float32)
-  options = dict(method=t.method, val_fraction=t.val_fraction, test_fraction=t.test_fraction, seed=cfg.seed)
+  options = dict(method=t.method, val_fraction=t.val_fraction, test_fraction=t.test_fraction, seed=cfg.seed,
+                 standardize=t.get("standardize", True), penalties=t.get("penalties"))
   key = _key(acts[a].manifest, acts[b].manifest, t.to_dict(), cfg.seed)
   fit = transfer.fit_linear_maps(xs, ys, checkpoint_dir=os.path.join(workdir, "cache", "maps", f"{a}__{b}-{key}"),
                                  **options)

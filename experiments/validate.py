@@ -9,7 +9,7 @@ SECTIONS = {
     "extraction": {"pooling", "layers", "batch_size", "max_tokens", "keep_bos", "site", "truncate_tokens"},
     "similarity": {"measures", "preprocess", "knn_k", "permutations", "bootstrap"},
     "baselines": {"random_init"},
-    "transfer": {"method", "val_fraction", "test_fraction", "next_token"},
+    "transfer": {"method", "val_fraction", "test_fraction", "next_token", "standardize", "penalties"},
     "probes": {"tasks", "num_examples"},
     "mesh": {"data", "model"},
 }

@@ -18,4 +18,6 @@ def get_config(arg=None):
   c.similarity = dict(measures=["cka", "cka_debiased", "mutual_knn"], preprocess=["none", "standardize", "clip"],
                       knn_k=10, permutations=500, bootstrap=1000)
   c.baselines = dict(random_init=True)
+  c.transfer.standardize = True
+  c.transfer.penalties = None  # the default grid, chosen on held-out rows
   return c

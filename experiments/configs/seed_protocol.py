@@ -28,7 +28,9 @@ def get_config(arg=None):
                       site="residual", truncate_tokens=128)
   c.similarity = dict(measures=["cka_debiased"], preprocess=["none"], knn_k=10, permutations=500, bootstrap=200)
   c.baselines = dict(random_init=False)
-  c.transfer = dict(method="ridge", val_fraction=0.2, test_fraction=0.2,
+  # Untuned ridge on raw activations: sklearn Ridge(alpha=1e-4) is lambda = 1e-4; xsim's penalty is lambda per
+  # training row, and 60% of 5,000 rows train.
+  c.transfer = dict(method="ridge", val_fraction=0.2, test_fraction=0.2, standardize=False, penalties=[1e-4 / 3000],
                     next_token=dict(enabled=True, max_words=24, num_samples=1000, num_depths=9))
   c.probes = dict(tasks=TASKS, num_examples=5000)
   c.mesh = dict(data=-1, model=1)

@@ -213,3 +213,34 @@ def test_bad_inputs_raise_clear_errors():
   mesh = Mesh(np.array(jax.devices()[:8]), ("pairs",))
   with pytest.raises(ValueError, match="multiple of the mesh size 8"):
     transfer.fit_linear_maps(source, target, method="ridge", mesh=mesh, chunk_size=4)
+
+
+def test_unstandardized_ridge_is_least_squares_on_raw_features():
+  """standardize=False with a vanishing penalty: ordinary least squares with an intercept (NumPy, float64)."""
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(1, 400, 6)) * np.array([1.0, 10.0, 0.1, 5.0, 1.0, 100.0])
+  y = x[0] @ rng.normal(size=(6, 4)) + 3.0 + 0.1 * rng.normal(size=(400, 4))
+  fit = transfer.fit_linear_maps(x.astype(np.float32), y[None].astype(np.float32), method="ridge", penalties=[1e-10],
+                        standardize=False)
+  train = fit.split.train
+  design = np.concatenate([x[0][train], np.ones((len(train), 1))], axis=1)
+  coef = np.linalg.lstsq(design, y[train], rcond=None)[0]
+  expected = np.concatenate([x[0], np.ones((400, 1))], axis=1) @ coef
+  np.testing.assert_allclose(np.asarray(fit.predict(0, 0, x[0].astype(np.float32))), expected, rtol=1e-3, atol=2e-3)
+  np.testing.assert_array_equal(fit.source_std, 1.0)
+
+
+def test_unstandardized_ridge_penalizes_raw_weights():
+  """With a real penalty, standardize=False is ridge on centred raw features: lambda = penalty x n_train."""
+  rng = np.random.default_rng(4)
+  x = rng.normal(size=(1, 300, 5)) * np.array([1.0, 20.0, 0.2, 3.0, 1.0])
+  y = x[0] @ rng.normal(size=(5, 3)) + 0.5 * rng.normal(size=(300, 3))
+  penalty = 0.5
+  fit = transfer.fit_linear_maps(x.astype(np.float32), y[None].astype(np.float32), method="ridge",
+                                 penalties=[penalty], standardize=False)
+  train = fit.split.train
+  xt, yt = x[0][train], y[train]
+  xm, ym = xt.mean(0), yt.mean(0)
+  w = np.linalg.solve((xt - xm).T @ (xt - xm) + penalty * len(train) * np.eye(5), (xt - xm).T @ (yt - ym))
+  expected = (x[0] - xm) @ w + ym
+  np.testing.assert_allclose(np.asarray(fit.predict(0, 0, x[0].astype(np.float32))), expected, rtol=1e-3, atol=2e-3)

@@ -80,7 +80,8 @@ def fit_linear_maps(source, target, *, method: str = "adam", pairs: Union[str, S
                     penalties: Optional[Sequence[float]] = None, rank: Optional[int] = None, steps: int = 1000,
                     batch_size: int = 1024, learning_rate: float = 1e-2, eval_every: int = 25, patience: int = 8,
                     chunk_size: Optional[int] = None, mesh: Optional[Mesh] = None,
-                    checkpoint_dir: Optional[str] = None, keep_maps: bool = True) -> LinearMapFit:
+                    checkpoint_dir: Optional[str] = None, keep_maps: bool = True,
+                    standardize: bool = True) -> LinearMapFit:
   """Fits an affine map from each source layer to each target layer and scores it on held-out rows.
 
   Args:
@@ -101,6 +102,8 @@ def fit_linear_maps(source, target, *, method: str = "adam", pairs: Union[str, S
     mesh: shard each chunk's target axis over all devices of this mesh.
     checkpoint_dir: save each finished chunk here and, on a rerun, read finished chunks back.
     keep_maps: keep the parameters in the result (needed by `predict`); False keeps only scores.
+    standardize: scale inputs and targets to unit training-row std (default). False only centres them, which
+      with a fixed tiny penalty reproduces the published study's untuned ridge on raw activations.
 
   Returns:
     LinearMapFit.
@@ -124,6 +127,8 @@ def fit_linear_maps(source, target, *, method: str = "adam", pairs: Union[str, S
   # Only layers that appear in `pairs` are read; the others keep NaN statistics.
   source_mean, source_std = splits.layer_moments(source, split.train, "source", np.unique(pairs[:, 0]))
   target_mean, target_std = splits.layer_moments(target, split.train, "target", np.unique(pairs[:, 1]))
+  if not standardize:  # the published protocol: centred (ridge's intercept) but unscaled features
+    source_std, target_std = np.ones_like(source_std), np.ones_like(target_std)
   store = None
   if checkpoint_dir is not None:
     store = checkpoint.ChunkStore(checkpoint_dir, {
