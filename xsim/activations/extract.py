@@ -21,7 +21,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from xsim.activations import sharding as shard_lib
-from xsim.activations.rows import INDEX_DTYPE, POOLINGS, TokenizedText, sample_rows, tokenize
+from xsim.activations.rows import INDEX_DTYPE, POOLINGS, TokenizedText, pad_id, sample_rows, tokenize
 from xsim.activations.store import Activations, ActivationStore, shard_stats
 from xsim.data.text import text_hash
 from xsim.models.model import Model
@@ -102,11 +102,11 @@ def _prepare(model: Model, texts: Sequence[str], start: int, pooling: str, keep_
   return prepared
 
 
-def _host_batch(items, batch_size: int, pad_id: int, left_pad: bool, min_seq: int):
+def _host_batch(items, batch_size: int, pad: int, left_pad: bool, min_seq: int):
   """ids/mask [B, S] and pooling weights [B, R, S] (S, R bucketed) plus the row index, for <= batch_size texts."""
   seq = _bucket(max(len(ids) for _, ids, _ in items), min_seq)
   num_rows = _bucket(max(len(rows) for _, _, rows in items), 1)
-  ids = np.full((batch_size, seq), pad_id, np.int32)
+  ids = np.full((batch_size, seq), pad, np.int32)
   mask = np.zeros((batch_size, seq), np.int32)
   weights = np.zeros((batch_size, num_rows, seq), np.float32)
   index = []
@@ -170,8 +170,7 @@ def extract_activations(model: Model, texts: Sequence[str], pooling: str = "last
     param_shardings = shard_lib.param_shardings(params, mesh)
     params = jax.device_put(params, param_shardings)
   fn = _pooled_forward(model.module, tuple(layer_list), site, mesh, param_shardings)
-  pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
-  left_pad = getattr(model.tokenizer, "padding_side", "right") == "left"
+  pad, left_pad = pad_id(model.tokenizer), getattr(model.tokenizer, "padding_side", "right") == "left"
 
   prepare = lambda k: _prepare(model, texts[k * shard_size:(k + 1) * shard_size], k * shard_size, pooling,
                                keep_bos, max_tokens, on_overflow, truncate_tokens)
@@ -181,7 +180,7 @@ def extract_activations(model: Model, texts: Sequence[str], pooling: str = "last
     for n, k in enumerate(todo):
       items = upcoming.result()
       upcoming = pool.submit(prepare, todo[n + 1]) if n + 1 < len(todo) else None
-      acts, index = _run_shard(fn, params, items, batch_size, pad_id, left_pad, min_seq, bar, store_dtype)
+      acts, index = _run_shard(fn, params, items, batch_size, pad, left_pad, min_seq, bar, store_dtype)
       _check_finite(acts, index, layer_list, model.name)
       store.write_shard(k, acts, index, shard_stats(acts))
   if bar is not None:
@@ -192,14 +191,14 @@ def extract_activations(model: Model, texts: Sequence[str], pooling: str = "last
   return _wait_complete(store)
 
 
-def _run_shard(fn, params, items, batch_size, pad_id, left_pad, min_seq, bar, store_dtype):
+def _run_shard(fn, params, items, batch_size, pad, left_pad, min_seq, bar, store_dtype):
   """Runs one shard's texts (sorted by length into batches) -> acts [layers, rows, D] in text order, index."""
   order = sorted(range(len(items)), key=lambda i: len(items[i][1]))
   batches = [[items[i] for i in order[s:s + batch_size]] for s in range(0, len(order), batch_size)]
   pieces, pending = [], None
   start = time.perf_counter()
   for batch in batches:
-    ids, mask, weights, index, tokens = _host_batch(batch, batch_size, pad_id, left_pad, min_seq)
+    ids, mask, weights, index, tokens = _host_batch(batch, batch_size, pad, left_pad, min_seq)
     result = fn(params, ids, mask, weights)  # dispatched asynchronously
     if pending is not None:
       pieces.append(_collect(*pending))

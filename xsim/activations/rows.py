@@ -31,6 +31,11 @@ class TokenizedText:
   special: np.ndarray
 
 
+def pad_id(tokenizer) -> int:
+  """The id to fill padding with: the tokenizer's pad token, or 0 (padded positions are masked anyway)."""
+  return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
 def tokenize(tokenizer, text: str) -> TokenizedText:
   """Tokenizes one full text (no truncation) with the model's own special-token behaviour and offsets."""
   if not getattr(tokenizer, "is_fast", False):

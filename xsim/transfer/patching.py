@@ -13,7 +13,7 @@ from typing import Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from xsim.activations.rows import tokenize
+from xsim.activations.rows import pad_id, tokenize
 from xsim.data.text import next_word_split
 from xsim.models.model import Model
 from xsim.models.transformer import Patch
@@ -57,12 +57,12 @@ def next_token_samples(model: Model, texts: Sequence[str], max_words: int) -> Ne
   return NextTokenSamples(prefixes, ids, np.asarray(positions), np.asarray(labels), np.asarray(index))
 
 
-def _batches(samples: NextTokenSamples, batch_size: int, pad_id: int):
+def _batches(samples: NextTokenSamples, batch_size: int, pad: int):
   """Right-padded ids/mask [B, S] (S a power of two), positions [B], labels [B] and the valid rows."""
   for start in range(0, len(samples.ids), batch_size):
     rows = list(range(start, min(start + batch_size, len(samples.ids))))
     seq = max(16, 1 << (max(len(samples.ids[r]) for r in rows) - 1).bit_length())
-    ids = np.full((batch_size, seq), pad_id, np.int32)
+    ids = np.full((batch_size, seq), pad, np.int32)
     mask = np.zeros((batch_size, seq), np.int32)
     positions = np.zeros(batch_size, np.int32)
     for b, r in enumerate(rows):
@@ -74,9 +74,8 @@ def _batches(samples: NextTokenSamples, batch_size: int, pad_id: int):
 
 def clean_logits(model: Model, samples: NextTokenSamples, batch_size: int = 16) -> np.ndarray:
   """The unpatched float32 logits [n, V] at every sample position."""
-  pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
   out = []
-  for rows, ids, mask, positions in _batches(samples, batch_size, pad):
+  for rows, ids, mask, positions in _batches(samples, batch_size, pad_id(model.tokenizer)):
     out.append(np.asarray(_logits_at(model, ids, mask, positions, None))[:len(rows)])
   return np.concatenate(out)
 
@@ -96,9 +95,8 @@ def patching_scores(model: Model, samples: NextTokenSamples, layer: int, values,
     raise ValueError(f"layer {layer} is out of range 0..{model.config.num_layers}.")
   if clean is None:
     clean = clean_logits(model, samples, batch_size)
-  pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
   out = {k: np.zeros(len(samples.ids)) for k in ("kl", "top1_agreement", "next_token_accuracy", "clean_accuracy")}
-  for rows, ids, mask, positions in _batches(samples, batch_size, pad):
+  for rows, ids, mask, positions in _batches(samples, batch_size, pad_id(model.tokenizer)):
     batch_values = np.zeros((batch_size, values.shape[1]), np.float32)
     batch_values[:len(rows)] = values[rows]
     row_positions = np.where(np.arange(batch_size) < len(rows), positions, -1)
@@ -121,9 +119,8 @@ def _logits_at(model: Model, ids, mask, positions, patch) -> jnp.ndarray:
 
 def own_activations(model: Model, samples: NextTokenSamples, layer: int, batch_size: int = 16) -> np.ndarray:
   """The model's own hidden state `layer` at each sample position: [n, D] (the identity-map reference)."""
-  pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
   out = np.zeros((len(samples.ids), model.config.hidden_size), np.float32)
-  for rows, ids, mask, positions in _batches(samples, batch_size, pad):
+  for rows, ids, mask, positions in _batches(samples, batch_size, pad_id(model.tokenizer)):
     hidden = model.forward(ids, mask, compute_logits=False).hidden_states[layer]
     out[rows] = np.asarray(hidden[jnp.arange(len(ids)), jnp.asarray(positions)], np.float32)[:len(rows)]
   return out
