@@ -129,15 +129,18 @@ def similarity_matrix(measure, prep, xs, ys, k):
   return np.asarray([[float(sim.mutual_knn(x, y, k=k, preprocess=prep)) for y in ys] for x in xs])
 
 
-def compare_pair(cfg, a, b, relation, acts, num_layers, workdir):
-  """Similarity rows and the pair's summary entry, from a cache keyed by the inputs and settings."""
+def paired_arrays(acts_a, acts_b):
+  """(xs [La, n, da], ys [Lb, n, db], row indices into acts_a) of the samples both stores hold, in float32."""
   from xsim import activations as xa
+  ia, ib = xa.paired_rows(acts_a, acts_b)
+  return np.asarray(acts_a.array[:, ia], np.float32), np.asarray(acts_b.array[:, ib], np.float32), ia
+
+
+def compare_pair(cfg, a, b, relation, acts, xs, ys, num_layers, workdir):
+  """Similarity rows and the pair's summary entry, from a cache keyed by the inputs and settings."""
   s = cfg.similarity
-  ia, ib = xa.paired_rows(acts[a], acts[b])
-  xs = np.asarray(acts[a].array[:, ia], np.float32)
-  ys = np.asarray(acts[b].array[:, ib], np.float32)
   layers_a, layers_b = acts[a].layers, acts[b].layers
-  rows, summary = [], {"relation": relation, "num_samples": int(len(ia)), "measures": {}}
+  rows, summary = [], {"relation": relation, "num_samples": int(xs.shape[1]), "measures": {}}
   for measure, prep in itertools.product(s.measures, s.preprocess):
     # Only the settings this matrix depends on, so adding a measure or a preprocessing leaves the rest cached.
     settings = [s.knn_k] if measure == "mutual_knn" else [s.permutations, s.bootstrap]
@@ -182,13 +185,10 @@ def _statistics(cfg, measure, prep, xs, ys, matrix, layers_a, layers_b):
   return out
 
 
-def transfer_pair(cfg, a, b, relation, acts, task_acts, tasks, num_layers, loaded, texts, workdir):
+def transfer_pair(cfg, a, b, relation, acts, xs, ys, task_acts, tasks, num_layers, loaded, texts, workdir):
   """Ridge maps a -> b for all layer pairs with their floors, and the probe transfer on each task."""
-  from xsim import activations as xa
   from xsim import transfer
   t = cfg.transfer
-  ia, ib = xa.paired_rows(acts[a], acts[b])
-  xs, ys = np.asarray(acts[a].array[:, ia], np.float32), np.asarray(acts[b].array[:, ib], np.float32)
   options = dict(method=t.method, val_fraction=t.val_fraction, test_fraction=t.test_fraction, seed=cfg.seed,
                  standardize=t.get("standardize", True), penalties=t.get("penalties"))
   key = _key(acts[a].manifest, acts[b].manifest, t.to_dict(), cfg.seed)
@@ -212,10 +212,9 @@ def transfer_pair(cfg, a, b, relation, acts, task_acts, tasks, num_layers, loade
                                                           shuffled, la, lb, workdir))
     next_rows = results.read_json(path)
   for task_name, task in tasks.items():
-    source_task, target_task = task_acts[(task_name, a)], task_acts[(task_name, b)]
-    ta, tb = xa.paired_rows(source_task, target_task)
+    source_task = task_acts[(task_name, a)]
+    fs, ft, ta = paired_arrays(source_task, task_acts[(task_name, b)])
     labels = np.asarray(task.labels)[source_task.index["text"][ta]]
-    fs, ft = np.asarray(source_task.array[:, ta], np.float32), np.asarray(target_task.array[:, tb], np.float32)
     target_probe = transfer.fit_logistic_probes(ft, labels, seed=cfg.seed)
     source_probe = transfer.fit_logistic_probes(fs, labels, seed=cfg.seed)
     scores = transfer.probe_transfer(fit, target_probe, source_probe, fs, labels, seed=cfg.seed,
@@ -258,11 +257,12 @@ def run(cfg, workdir: str) -> dict:
     return {}
   sim_rows, transfer_rows, probe_rows, next_rows, pairs_summary = [], [], [], [], {}
   for a, b, relation in model_pairs(cfg, families):
-    rows, summary = compare_pair(cfg, a, b, relation, acts, num_layers, workdir)
+    xs, ys, _ = paired_arrays(acts[a], acts[b])  # read once, used by the similarity and the transfer step
+    rows, summary = compare_pair(cfg, a, b, relation, acts, xs, ys, num_layers, workdir)
     sim_rows += rows
     pairs_summary[f"{a}|{b}"] = summary
-    rows, probes, next_token_scores = transfer_pair(cfg, a, b, relation, acts, task_acts, tasks, num_layers, loaded,
-                                                    texts, workdir)
+    rows, probes, next_token_scores = transfer_pair(cfg, a, b, relation, acts, xs, ys, task_acts, tasks, num_layers,
+                                                    loaded, texts, workdir)
     transfer_rows += rows
     probe_rows += probes
     next_rows += next_token_scores
