@@ -191,7 +191,8 @@ def transfer_pair(cfg, a, b, relation, acts, xs, ys, task_acts, tasks, num_layer
   t = cfg.transfer
   options = dict(method=t.method, val_fraction=t.val_fraction, test_fraction=t.test_fraction, seed=cfg.seed,
                  standardize=t.get("standardize", True), penalties=t.get("penalties"))
-  key = _key(acts[a].manifest, acts[b].manifest, t.to_dict(), cfg.seed)
+  # Keyed by the fit's own options only: next-token settings must not invalidate the maps.
+  key = _key(acts[a].manifest, acts[b].manifest, options)
   fit = transfer.fit_linear_maps(xs, ys, checkpoint_dir=os.path.join(workdir, "cache", "maps", f"{a}__{b}-{key}"),
                                  **options)
   shuffled = transfer.fit_shuffled_maps(xs, ys, **options)

@@ -107,3 +107,12 @@ def test_two_processes_give_the_one_process_results(finished_run, model_root, tm
       assert a.keys() == b.keys()
       for k in a:
         assert a[k] == (pytest.approx(b[k], abs=1e-5) if isinstance(a[k], float) else b[k]), (table, k)
+
+
+def test_next_token_settings_leave_the_maps_cached(finished_run, tiny_config, monkeypatch):
+  workdir, _ = finished_run
+  config = tiny_config.copy_and_resolve_references()
+  config.transfer.next_token.num_depths = 3
+  from xsim.transfer import checkpoint
+  monkeypatch.setattr(checkpoint.ChunkStore, "save", lambda *a: pytest.fail("maps refit"))
+  runner.run(config, workdir)
