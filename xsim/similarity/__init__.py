@@ -12,6 +12,6 @@ from xsim.similarity.preprocess import Preprocess, preprocess
 from xsim.similarity.procrustes import procrustes
 from xsim.similarity.rsa import rdm, rsa
 from xsim.similarity.stats import (MatrixSummary, bootstrap, bootstrap_ci, cka_matrix_null, max_adjusted_p_values,
-                                   p_value, permutation_null, permutations, summarize)
+                                   p_value, permutation_null, permutations, subsample, subsample_ci, summarize)
 from xsim.similarity.streaming import (StreamState, stream_cka, stream_init, stream_terms, stream_update,
                                        streaming_cka_matrix)

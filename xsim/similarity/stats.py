@@ -1,4 +1,5 @@
-"""Baselines and statistics for similarity scores: permutation nulls, bootstrap intervals, p-values, summaries.
+"""Baselines and statistics for similarity scores: permutation nulls, bootstrap and subsampling intervals,
+p-values, summaries.
 
 A permutation of the rows of y breaks the sample correspondence and keeps everything else, so the null
 distribution of any measure (and of the maximum over all layer pairs, which the published study reported
@@ -29,7 +30,7 @@ def permutations(key: jax.Array, num: int, n: int) -> jnp.ndarray:
 
 @functools.partial(jax.jit, static_argnames=("measure", "resample_x", "batch_size"))
 def _resample_map(measure: Measure, x, y, index: jnp.ndarray, resample_x: bool, batch_size: Optional[int]):
-  """Applies measure(x[idx], y[idx]) (or measure(x, y[idx])) for each row of index [R, n], rows on axis -2.
+  """Applies measure(x[idx], y[idx]) (or measure(x, y[idx])) for each row of index [R, m], rows on axis -2.
 
   Compiled once per measure object and shapes; lax.map with batch_size vmaps that many resamples at a time.
   """
@@ -64,8 +65,10 @@ def bootstrap(measure: Measure, x, y, *, key: jax.Array, num_resamples: int = 10
               batch_size: Optional[int] = 8, dtype=None) -> jnp.ndarray:
   """-> [R, *S.shape] of measure on rows drawn with replacement (the same rows for x and y, all layers).
 
-  Duplicated rows bias debiased HSIC slightly (they look like perfectly shared samples); read percentile
-  intervals of debiased CKA with that in mind, or use larger n.
+  Duplicated rows bias debiased HSIC upward: a duplicated pair enters the off-diagonal Gram entries as a
+  perfectly shared sample, which the unbiased estimator (Song et al. 2012) only removes from the diagonal.
+  Percentile intervals of debiased CKA (and of its max over a layer grid) therefore sit above the point
+  estimate, far above it when d >> n; use subsample_ci for those.
   """
   x, y, n = _arrays(x, y, dtype)
   index = jax.random.randint(key, (num_resamples, n), 0, n)
@@ -74,12 +77,65 @@ def bootstrap(measure: Measure, x, y, *, key: jax.Array, num_resamples: int = 10
 
 def bootstrap_ci(measure: Measure, x, y, *, key: jax.Array, num_resamples: int = 1000, level: float = 0.95,
                  batch_size: Optional[int] = 8, dtype=None):
-  """-> (low, high), each shaped like measure(x, y): the percentile bootstrap interval at `level`."""
+  """-> (low, high), each shaped like measure(x, y): the percentile bootstrap interval at `level`.
+
+  Biased upward for debiased CKA (see bootstrap); subsample_ci is the interval to use there.
+  """
   if not 0.0 < level < 1.0:
     raise ValueError(f"level={level} must lie in (0, 1), e.g. 0.95.")
   samples = bootstrap(measure, x, y, key=key, num_resamples=num_resamples, batch_size=batch_size, dtype=dtype)
   alpha = (1.0 - level) / 2.0
   return jnp.quantile(samples, alpha, axis=0), jnp.quantile(samples, 1.0 - alpha, axis=0)
+
+
+def _subsample_size(size: Optional[int], n: int) -> int:
+  size = n // 2 if size is None else size
+  if not 2 <= size < n:
+    raise ValueError(f"size={size} must satisfy 2 <= size < n={n} (rows drawn without replacement); pass "
+                     f"size=None for n // 2 = {n // 2}, or use more samples.")
+  return int(size)
+
+
+def subsample(measure: Measure, x, y, *, key: jax.Array, num_resamples: int = 200, size: Optional[int] = None,
+              batch_size: Optional[int] = 8, dtype=None) -> jnp.ndarray:
+  """-> [R, *S.shape] of measure on `size` rows drawn without replacement (default n // 2).
+
+  The same rows for x and y and for every layer; resample r uses rows permutations(key, R, n)[r, :size].
+  No row is repeated, so each subsample is an ordinary sample of size m and debiased HSIC stays unbiased.
+  """
+  x, y, n = _arrays(x, y, dtype)
+  size = _subsample_size(size, n)
+  index = permutations(key, num_resamples, n)[:, :size]
+  return _resample_map(measure, x, y, index, True, batch_size)
+
+
+def subsample_ci(measure: Measure, x, y, *, key: jax.Array, num_resamples: int = 200, level: float = 0.95,
+                 size: Optional[int] = None, batch_size: Optional[int] = 8, dtype=None):
+  """-> (low, high), each shaped like measure(x, y): the subsampling (delete-d jackknife) interval at `level`.
+
+  With t = measure(x, y), d_r = t_r - t over subsamples of m rows (see subsample) and alpha = (1 - level)/2:
+  [t - s q_{1-alpha}(d), t - s q_alpha(d)], s = sqrt(m / (n - m)) (1 for the default m = n // 2). For a
+  root-n estimator Var(t_m - t_n) ~ sigma^2 (1/m - 1/n) (rows drawn without replacement) and
+  Var(t_n) = sigma^2 / n, so s d has the spread of t - truth; the "basic" form t - s d also subtracts the
+  estimate's small-sample bias (its 1/n term exactly at m = n / 2). Politis, Romano & Wolf, Subsampling
+  (1999); Shao & Tu, The Jackknife and Bootstrap (1995), delete-d jackknife.
+
+  Prefer it to bootstrap_ci for debiased CKA and its max over a layer grid: no row is duplicated, so
+  debiased HSIC stays unbiased on every subsample. Where the true CKA is 0 the estimator converges at rate
+  1/n, not 1/sqrt(n), and the interval errs on the wide side (about sqrt(3) x for m = n / 2).
+  """
+  if not 0.0 < level < 1.0:
+    raise ValueError(f"level={level} must lie in (0, 1), e.g. 0.95.")
+  x, y, n = _arrays(x, y, dtype)
+  size = _subsample_size(size, n)
+  samples = subsample(measure, x, y, key=key, num_resamples=num_resamples, size=size, batch_size=batch_size,
+                      dtype=dtype)
+  estimate = jnp.asarray(measure(x, y))
+  deviations = samples - estimate
+  scale = (size / (n - size)) ** 0.5
+  alpha = (1.0 - level) / 2.0
+  return (estimate - scale * jnp.quantile(deviations, 1.0 - alpha, axis=0),
+          estimate - scale * jnp.quantile(deviations, alpha, axis=0))
 
 
 def p_value(observed, null) -> jnp.ndarray:
