@@ -140,6 +140,28 @@ def test_probe_transfer_table_scores_frozen_maps(task, target_probe):
     transfer.probe_transfer(maps, target_probe, source_probe, source, labels, k=5)
 
 
+def test_token_probe_transfer_scores_top_k_against_the_k_most_frequent_tokens():
+  rng = np.random.default_rng(4)
+  frequencies = np.r_[np.full(3, 0.2), np.full(8, 0.4 / 8)]  # three frequent tokens, eight rare ones
+  token_ids = 100 + rng.choice(11, size=900, p=frequencies)
+  centres = rng.normal(size=(11, 5))
+  target = (centres[token_ids - 100] + 0.8 * rng.normal(size=(900, 5)))[None].astype(np.float32)
+  source = target[..., ::-1].copy()  # a permutation of the target's dimensions
+  maps = transfer.fit_linear_maps(source, target, method="ridge")
+  fit_probes = lambda x: transfer.fit_token_probes(x, token_ids, num_classes=8, penalties=(1e-2,))
+  target_probe, source_probe = fit_probes(target), fit_probes(source)
+  test_labels = token_ids[target_probe.split.test]
+  counts = {t: np.sum(token_ids[target_probe.split.train] == t) for t in target_probe.classes}
+  for k in (1, 5):
+    table = transfer.probe_transfer(maps, target_probe, source_probe, source, token_ids, k=k, num_resamples=50)
+    frequent = sorted(counts, key=lambda t: (-counts[t], t))[:k]
+    assert table.majority == pytest.approx(np.mean(np.isin(test_labels, frequent)))
+    assert table.chance == k / 8
+    assert table.mapped[0, 0] == pytest.approx(table.target[0], abs=0.02)  # an exact map reaches the ceiling
+    assert table.target[0] > table.majority + 0.1
+  assert transfer.probe_transfer(maps, target_probe, source_probe, source, token_ids, k=5).majority > 0.6
+
+
 def test_probe_inputs_are_checked():
   features = np.zeros((1, 40, 3), np.float32)
   with pytest.raises(ValueError, match="0/1 values"):

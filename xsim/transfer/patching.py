@@ -31,6 +31,12 @@ class NextTokenSamples:
   next_tokens: np.ndarray
   text_index: np.ndarray
 
+  def take(self, rows) -> "NextTokenSamples":
+    """The samples at positions `rows` (an integer array), in that order."""
+    rows = np.asarray(rows, np.int64)
+    return NextTokenSamples([self.prefixes[r] for r in rows], [self.ids[r] for r in rows], self.positions[rows],
+                            self.next_tokens[rows], self.text_index[rows])
+
 
 def next_token_samples(model: Model, texts: Sequence[str], max_words: int) -> NextTokenSamples:
   """Splits each text after `max_words` words and finds the prefix's last token and the true next token."""

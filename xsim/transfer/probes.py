@@ -128,7 +128,7 @@ class ProbeTransfer:
   target_ci: np.ndarray
   source: np.ndarray  # [La] a probe trained on the source's own activations
   source_ci: np.ndarray
-  majority: float  # always predicting the training rows' most frequent class
+  majority: float  # always predicting the training rows' k most frequent classes
   majority_ci: np.ndarray
   chance: float  # k / K, uniform guessing
   k: int
@@ -171,8 +171,10 @@ def probe_transfer(map_fit: maps.LinearMapFit, target_probe: ProbeFit, source_pr
   for i, j in map_fit.pairs:
     mapped[i, j] = target_probe.hits(j, map_fit.predict(i, j, source_features[i][test]), test_labels, k)
   train_labels = target_probe.class_index(np.asarray(labels)[target_probe.split.train])
-  majority_class = np.bincount(train_labels, minlength=len(target_probe.classes)).argmax()
-  majority = (target_probe.class_index(test_labels) == majority_class).astype(np.float32)
+  # Top-k of a constant predictor: the k most frequent training classes (ties to the smaller class).
+  counts = np.bincount(train_labels, minlength=len(target_probe.classes))
+  frequent = np.argsort(-counts, kind="stable")[:k]
+  majority = np.isin(target_probe.class_index(test_labels), frequent).astype(np.float32)
 
   def scored(hits):
     ci = metrics.bootstrap_ci(hits, num_resamples=num_resamples, confidence=confidence, seed=seed)
