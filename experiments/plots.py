@@ -25,7 +25,8 @@ from xsim.similarity.preprocess import METHODS
 DPI = 100
 MAX_TICKS = 9
 _CELL = ("layer_a", "layer_b", "depth_a", "depth_b", "seed")
-_ACCURACIES = ("acc_mapped", "acc_mapped_lo", "acc_mapped_hi", "acc_target", "acc_source", "acc_majority")
+_ACCURACIES = ("acc_mapped", "acc_mapped_lo", "acc_mapped_hi", "acc_shuffled", "acc_target", "acc_source",
+               "acc_majority")
 
 
 class Grid(NamedTuple):
@@ -170,25 +171,34 @@ def _ticks(layers: np.ndarray, depths: np.ndarray) -> tuple[np.ndarray, list[str
   return where, [f"{layers[i]} ({depths[i]:.2f})" for i in where]
 
 
-def _heatmap(ax, grid: Grid, matrix: np.ndarray, name_a: str, name_b: str, **imshow):
-  """Draws matrix [La, Lb] with layer/depth ticks and the max cell outlined; -> the image (for a colorbar)."""
+def _scored(grid: Grid, matrix: np.ndarray, min_layer: int) -> np.ndarray:
+  """matrix with NaN outside the layer pairs whose indices are both >= min_layer (where maxima are taken)."""
+  keep = (grid.layers_a >= min_layer)[:, None] & (grid.layers_b >= min_layer)[None, :]
+  return np.where(keep, matrix, np.nan)
+
+
+def _heatmap(ax, grid: Grid, matrix: np.ndarray, name_a: str, name_b: str, min_layer: int = 0, **imshow):
+  """Draws matrix [La, Lb] with layer/depth ticks and the max cell (over layers >= min_layer) outlined; -> the
+  image (for a colorbar)."""
   image = ax.imshow(matrix, origin="lower", aspect="auto", interpolation="nearest", **imshow)
   for axis, (where, labels) in (("x", _ticks(grid.layers_b, grid.depths_b)), ("y", _ticks(grid.layers_a,
                                                                                           grid.depths_a))):
     getattr(ax, f"set_{axis}ticks")(where, labels, fontsize=7, rotation=45 if axis == "x" else 0)
   ax.set_xlabel(f"{name_b}: layer (relative depth)", fontsize=8)
   ax.set_ylabel(f"{name_a}: layer (relative depth)", fontsize=8)
-  if np.isfinite(matrix).any():
-    i, j = best_cell(matrix)
+  if np.isfinite(_scored(grid, matrix, min_layer)).any():
+    i, j = best_cell(_scored(grid, matrix, min_layer))
     ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
   return image
 
 
-def _max_text(grid: Grid, matrix: np.ndarray) -> str:
+def _max_text(grid: Grid, matrix: np.ndarray, min_layer: int = 0) -> str:
+  matrix = _scored(grid, matrix, min_layer)
   if not np.isfinite(matrix).any():
     return "no finite value"
   i, j = best_cell(matrix)
-  return f"max {matrix[i, j]:.3f} at layers ({grid.layers_a[i]}, {grid.layers_b[j]}) (red box)"
+  over = f" over layers >= {min_layer}" if min_layer > 0 else ""
+  return f"max{over} {matrix[i, j]:.3f} at layers ({grid.layers_a[i]}, {grid.layers_b[j]}) (red box)"
 
 
 def _range(matrices: Iterable[np.ndarray]) -> tuple[float, float]:
@@ -198,9 +208,10 @@ def _range(matrices: Iterable[np.ndarray]) -> tuple[float, float]:
   return low, high if high > low else low + 1.0
 
 
-def similarity_heatmaps(rows: Sequence[dict], out_dir: str) -> list[str]:
+def similarity_heatmaps(rows: Sequence[dict], out_dir: str, min_layer: int = 0) -> list[str]:
   """similarity.csv rows -> paths of PNGs written to out_dir: one heatmap per (model pair, measure,
-  preprocess), then one side-by-side panel per (model pair, measure) measured with several preprocessings."""
+  preprocess), then one side-by-side panel per (model pair, measure) measured with several preprocessings.
+  Every layer pair is drawn; the max is marked over the pairs with both layers >= min_layer."""
   grids = layer_grids(rows, ("model_a", "model_b", "relation", "measure", "preprocess"), ("value",))
   scale = collections.defaultdict(list)
   panels = collections.defaultdict(list)
@@ -213,9 +224,11 @@ def similarity_heatmaps(rows: Sequence[dict], out_dir: str) -> list[str]:
     matrix = grid.values["value"]
     fig = _figure(6.4, 5.4)
     ax = fig.add_subplot()
-    image = _heatmap(ax, grid, matrix, a, b, cmap="viridis", vmin=vrange[measure][0], vmax=vrange[measure][1])
+    image = _heatmap(ax, grid, matrix, a, b, min_layer, cmap="viridis", vmin=vrange[measure][0],
+                     vmax=vrange[measure][1])
     fig.colorbar(image, ax=ax, label=measure)
-    ax.set_title(f"{a} vs {b} ({relation})\n{measure}, preprocess={prep}\n{_max_text(grid, matrix)}", fontsize=9)
+    ax.set_title(f"{a} vs {b} ({relation})\n{measure}, preprocess={prep}\n{_max_text(grid, matrix, min_layer)}",
+                 fontsize=9)
     writer.save(fig, "similarity", a, b, measure, prep)
   for (a, b, relation, measure), preps in panels.items():
     if len(preps) < 2:
@@ -225,19 +238,21 @@ def similarity_heatmaps(rows: Sequence[dict], out_dir: str) -> list[str]:
     axes = fig.subplots(1, len(preps), squeeze=False)[0]
     for ax, (prep, grid) in zip(axes, preps):
       matrix = grid.values["value"]
-      image = _heatmap(ax, grid, matrix, a, b, cmap="viridis", vmin=vrange[measure][0], vmax=vrange[measure][1])
-      ax.set_title(f"preprocess={prep}\n{_max_text(grid, matrix)}", fontsize=9)
+      image = _heatmap(ax, grid, matrix, a, b, min_layer, cmap="viridis", vmin=vrange[measure][0],
+                       vmax=vrange[measure][1])
+      ax.set_title(f"preprocess={prep}\n{_max_text(grid, matrix, min_layer)}", fontsize=9)
     fig.suptitle(f"{a} vs {b} ({relation}): {measure}", fontsize=10)
     fig.colorbar(image, ax=list(axes), label=measure)
     writer.save(fig, "similarity", a, b, measure, "all-preprocess")
   return writer.paths
 
 
-def transfer_plots(rows: Sequence[dict], out_dir: str) -> list[str]:
+def transfer_plots(rows: Sequence[dict], out_dir: str, min_layer: int = 0) -> list[str]:
   """transfer.csv rows -> paths of PNGs: held-out R^2 over layer pairs per (source, target, method), cells
   not above the shuffled-pair map's R^2 greyed out, the shuffled and mean-predictor floors in the title.
 
   The colour scale is fixed to [-1, 1] (R^2 <= 1; anything below -1 saturates), centred on the mean predictor.
+  The best map is marked over the layer pairs with both layers >= min_layer.
   """
   grids = layer_grids(rows, ("source", "target", "relation", "method"), ("r2", "r2_shuffled", "r2_mean"))
   writer = _Writer(out_dir)
@@ -245,31 +260,33 @@ def transfer_plots(rows: Sequence[dict], out_dir: str) -> list[str]:
     r2, shuffled = grid.values["r2"], grid.values["r2_shuffled"]
     fig = _figure(6.4, 5.8)
     ax = fig.add_subplot()
-    image = _heatmap(ax, grid, r2, source, target, cmap="RdBu_r", vmin=-1.0, vmax=1.0)
+    image = _heatmap(ax, grid, r2, source, target, min_layer, cmap="RdBu_r", vmin=-1.0, vmax=1.0)
     fig.colorbar(image, ax=ax, label="held-out R$^2$", extend="min")
     below = np.zeros(r2.shape + (4,))
     below[~(r2 > shuffled)] = (0.5, 0.5, 0.5, 0.75)
     ax.imshow(below, origin="lower", aspect="auto", interpolation="nearest")
     ax.legend(handles=[Patch(color=(0.5, 0.5, 0.5, 0.75), label="R$^2$ not above shuffled-pair map")],
               loc="upper left", fontsize=7, framealpha=0.9)
-    i, j = best_cell(r2) if np.isfinite(r2).any() else (0, 0)
+    scored = _scored(grid, r2, min_layer)
+    i, j = best_cell(scored) if np.isfinite(scored).any() else (0, 0)
     floors = f"shuffled-pair R$^2$ max {np.nanmax(shuffled):.3f}; mean predictor {grid.values['r2_mean'][i, j]:.3f}"
-    ax.set_title(f"{source} -> {target} ({relation}), {method}\n{_max_text(grid, r2)}\n{floors}", fontsize=9)
+    ax.set_title(f"{source} -> {target} ({relation}), {method}\n{_max_text(grid, r2, min_layer)}\n{floors}", fontsize=9)
     writer.save(fig, "transfer", source, target, method)
   return writer.paths
 
 
 def probe_plot(rows: Sequence[dict], out_dir: str) -> list[str]:
   """probes.csv rows -> paths of PNGs, one per task: for each (source, target) pair, the accuracy of the
-  target's probe on mapped source activations (with its CI whiskers) next to the target ceiling, the
-  source's own probe and the majority class, at the layer pair with the best mapped accuracy."""
+  target's probe on mapped source activations (with its CI whiskers) next to the shuffled-pair map, the target
+  ceiling, the source's own probe and the majority class, at the layer pair with the best mapped accuracy."""
   best = best_probe_rows(rows)
   seeds = {r["seed"] for r in best}
   by_task = collections.defaultdict(list)
   for row in best:
     by_task[row["task"]].append(row)
-  bars = (("acc_mapped", "mapped source (target probe)", "tab:blue"), ("acc_target", "target ceiling", "tab:green"),
-          ("acc_source", "source own probe", "tab:orange"), ("acc_majority", "majority class", "tab:gray"))
+  bars = (("acc_mapped", "mapped source (target probe)", "tab:blue"), ("acc_shuffled", "shuffled-pair map", "tab:purple"),
+          ("acc_target", "target ceiling", "tab:green"), ("acc_source", "source own probe", "tab:orange"),
+          ("acc_majority", "majority class", "tab:gray"))
   width = 0.8 / len(bars)
   writer = _Writer(out_dir)
   for task, group in by_task.items():

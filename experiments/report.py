@@ -13,9 +13,12 @@ Inputs read from the workdir; each is optional and a section whose input is abse
             "MEASURE|PREPROCESS": {             measure|preprocess exactly as in similarity.csv
               "max": float, "mean": float,      over all layer pairs; checked against the table
               "argmax": [layer_a, layer_b],     layer indices of the max; checked against the table
-              "max_ci": [lo, hi], "mean_ci": [lo, hi],   bootstrap CIs (rows resampled, all layers jointly)
+              "max_ci": [lo, hi], "mean_ci": [lo, hi],   CIs (rows resampled, all layers jointly)
               "null_max_q95": float,            95th percentile of the max over all layer pairs, rows permuted
               "p_value": float}}}},             of the observed max against that null of the max
+      "seeds": [int, ...],                      the run's seeds; "measures" above hold the first one's
+      "min_layer": int,                         max / mean / argmax / best pairs are over layer pairs whose
+                                                hidden-state indices are both >= this (1: no embeddings)
       "activation_stats": {MODEL: the stats.json of MODEL's activation store ({"num_rows", "layers": [...]},
                            see xsim.activations.store.summarize_stats), or just its "layers" list}
     }
@@ -168,7 +171,8 @@ def headline_numbers(similarity_rows: Sequence[dict]) -> dict:
   """similarity.csv rows -> the similarity numbers of the report.
 
   {"pairs":  {(model_a, model_b, measure, preprocess): {"relation", "max", "mean", "argmax": (layer_a, layer_b),
-              "argmax_depth": (depth_a, depth_b), "layers": (La, Lb), "num_seeds"}},
+              "argmax_depth": (depth_a, depth_b), "layers": (La, Lb), "num_seeds",
+              "max_seed_range": (lowest, highest) of the per-seed maxima, None for one seed}},
    "groups": {(measure, preprocess, relation): {"num_pairs", "mean_max", "mean_mean"}},
    "ratios": {(measure, preprocess): {"mean": mean_mean within / cross, "max": mean_max within / cross}}}
   max and mean are over all layer pairs of the grid averaged over seeds; a grid with a non-finite cell gets
@@ -176,7 +180,9 @@ def headline_numbers(similarity_rows: Sequence[dict]) -> dict:
   Keys are in report order: measure, preprocess, relation (within, cross, random), models.
   """
   relation = _relations(similarity_rows, "model_a", "model_b", "similarity.csv")
-  grids = plots.layer_grids(similarity_rows, ("model_a", "model_b", "measure", "preprocess"), ("value",))
+  keys = ("model_a", "model_b", "measure", "preprocess")
+  grids = plots.layer_grids(similarity_rows, keys, ("value",))
+  seed_ranges = _seed_ranges(similarity_rows, keys, "value")
   order = sorted(grids, key=lambda k: (k[2], k[3], plots.relation_rank(relation[k[:2]]), k[0], k[1]))
   pairs = {}
   for key in order:
@@ -189,7 +195,7 @@ def headline_numbers(similarity_rows: Sequence[dict]) -> dict:
         "mean": float(v.mean()) if finite else float("nan"),
         "argmax": (int(grid.layers_a[i]), int(grid.layers_b[j])) if finite else None,
         "argmax_depth": (float(grid.depths_a[i]), float(grid.depths_b[j])) if finite else None,
-        "layers": v.shape, "num_seeds": len(grid.seeds)}
+        "layers": v.shape, "num_seeds": len(grid.seeds), "max_seed_range": seed_ranges.get(key)}
   groups = {}
   for (_, _, measure, prep), p in pairs.items():
     groups.setdefault((measure, prep, p["relation"]), []).append(p)
@@ -204,12 +210,25 @@ def headline_numbers(similarity_rows: Sequence[dict]) -> dict:
   return {"pairs": pairs, "groups": groups, "ratios": ratios}
 
 
+def _seed_ranges(rows: Sequence[dict], keys: tuple, value: str) -> dict:
+  """-> {key: (lowest, highest) over seeds of the grid's max of `value`}, for groups with several seeds."""
+  by_seed = plots.layer_grids(rows, keys + ("seed",), (value,))
+  maxima = {}
+  for key, grid in by_seed.items():
+    v = grid.values[value]
+    maxima.setdefault(key[:-1], []).append(float(v[np.isfinite(v)].max()) if np.isfinite(v).any() else np.nan)
+  return {key: (min(m), max(m)) for key, m in maxima.items() if len(m) > 1}
+
+
 def transfer_numbers(transfer_rows: Sequence[dict]) -> dict:
   """transfer.csv rows -> {(source, target, method): {"relation", "best": (layer_a, layer_b), "best_depth",
   "r2", "r2_shuffled", "r2_mean" (all three at the best layer pair), "r2_shuffled_max" (over all layer pairs:
-  the floor a max over the grid must beat), "r2_grid_mean", "num_seeds"}}, cells averaged over seeds."""
+  the floor a max over the grid must beat), "r2_grid_mean", "num_seeds", "r2_seed_range" ((lowest, highest)
+  per-seed best R^2, None for one seed)}}, cells averaged over seeds."""
   relation = _relations(transfer_rows, "source", "target", "transfer.csv")
-  grids = plots.layer_grids(transfer_rows, ("source", "target", "method"), ("r2", "r2_shuffled", "r2_mean"))
+  keys = ("source", "target", "method")
+  grids = plots.layer_grids(transfer_rows, keys, ("r2", "r2_shuffled", "r2_mean"))
+  seed_ranges = _seed_ranges(transfer_rows, keys, "r2")
   out = {}
   for key in sorted(grids, key=lambda k: (plots.relation_rank(relation[k[:2]]), k)):
     grid, v = grids[key], grids[key].values
@@ -220,7 +239,7 @@ def transfer_numbers(transfer_rows: Sequence[dict]) -> dict:
                 "best_depth": (float(grid.depths_a[i]), float(grid.depths_b[j])), "r2": float(v["r2"][i, j]),
                 "r2_shuffled": float(v["r2_shuffled"][i, j]), "r2_mean": float(v["r2_mean"][i, j]),
                 "r2_shuffled_max": float(np.max(v["r2_shuffled"])), "r2_grid_mean": float(np.mean(v["r2"])),
-                "num_seeds": len(grid.seeds)}
+                "num_seeds": len(grid.seeds), "r2_seed_range": seed_ranges.get(key)}
   return out
 
 
@@ -263,17 +282,26 @@ def _summary_checks(numbers: dict, summary: dict) -> list[str]:
   return problems
 
 
+def _scope(min_layer: int) -> str:
+  return ("all layer pairs" if min_layer <= 0 else "the layer pairs of block outputs (embeddings left out)"
+          if min_layer == 1 else f"the layer pairs with both hidden-state indices >= {min_layer}")
+
+
 def _similarity_blocks(numbers: dict, summary: dict, figures: list[Image]) -> list:
   level = summary.get("ci_level")
   ci = f"{level:.0%} CI" if level is not None else "CI"
   level_text = f"{level:.0%} " if level is not None else ""
+  scope = _scope(summary.get("min_layer", 0))
+  first_seed = " (of the first seed)" if len(summary.get("seeds", [])) > 1 else ""
   blocks = [Heading(2, "Similarity over layer pairs"), Para(
-      "For each measure and preprocessing: the max and the mean over all layer pairs of each model pair (cells "
-      "averaged over seeds first), within-family, cross-family and the random-init baselines side by side. "
-      f"The {level_text}CIs (bootstrap over samples) and the permutation null come from `summary.json`, '{_MISSING}' "
-      "where it has none. null max q95: the 95th percentile of the max over all layer pairs with the rows of "
-      "one model permuted; a max below it is what chance and the choice of the best pair alone give "
-      "(STUDY.md, point 6). p (max): the permutation p-value of the observed max against that null.")]
+      f"For each measure and preprocessing: the max and the mean over {scope} of each model pair (cells "
+      "averaged over seeds first; 'seed range' gives the lowest and highest per-seed max), within-family, "
+      f"cross-family and the random-init baselines side by side. The {level_text}CIs{first_seed} (subsampling "
+      "half of the samples without replacement, so debiased CKA is not inflated by duplicated rows) and the "
+      f"permutation null come from `summary.json`, '{_MISSING}' where it has none. null max q95: the 95th "
+      "percentile of the max over those layer pairs with the rows of one model permuted; a max below it is what "
+      "chance and the choice of the best pair alone give (STUDY.md, point 6). p (max): the permutation p-value of "
+      "the observed max against that null. The heatmaps show every layer pair.")]
   by_section = {}
   for (a, b, measure, prep), p in numbers["pairs"].items():
     by_section.setdefault((measure, prep), []).append((a, b, p))
@@ -283,13 +311,15 @@ def _similarity_blocks(numbers: dict, summary: dict, figures: list[Image]) -> li
       e = _summary_entry(summary, a, b, measure, prep)
       n = summary.get("pairs", {}).get(f"{a}|{b}", {}).get("num_samples", _MISSING)
       rows.append((f"{a} vs {b}", p["relation"], fmt(p["max"]), _fmt_ci(e.get("max_ci")),
+                   _fmt_ci(p["max_seed_range"]),
                    _layers(p["argmax"], p["argmax_depth"]) if p["argmax"] else _MISSING, fmt(p["mean"]),
                    _fmt_ci(e.get("mean_ci")), fmt(e.get("null_max_q95")), fmt(e.get("p_value")),
                    "x".join(map(str, p["layers"])), p["num_seeds"], n))
     groups = [(rel, g["num_pairs"], fmt(g["mean_max"]), fmt(g["mean_mean"]))
               for (m, pr, rel), g in numbers["groups"].items() if (m, pr) == (measure, prep)]
     blocks += [Heading(3, f"{measure}, preprocess={prep}"),
-               Table(("pair", "relation", "max", f"max {ci}", "argmax layers (depths)", "mean", f"mean {ci}",
+               Table(("pair", "relation", "max", f"max {ci}", "seed range", "argmax layers (depths)", "mean",
+                      f"mean {ci}",
                       "null max q95", "p (max)", "grid", "seeds", "n"), tuple(rows)),
                Table(("relation", "pairs", "mean of max", "mean of mean"), tuple(groups))]
     ratio = numbers["ratios"].get((measure, prep))
@@ -305,29 +335,34 @@ def _similarity_blocks(numbers: dict, summary: dict, figures: list[Image]) -> li
   return blocks
 
 
-def _transfer_blocks(numbers: dict, figures: list[Image]) -> list:
+def _transfer_blocks(numbers: dict, figures: list[Image], min_layer: int) -> list:
   rows = tuple((f"{s} → {t}", n["relation"], method, _layers(n["best"], n["best_depth"]), fmt(n["r2"]),
-                fmt(n["r2_shuffled"]), fmt(n["r2_shuffled_max"]), fmt(n["r2_mean"]), fmt(n["r2_grid_mean"]),
-                n["num_seeds"]) for (s, t, method), n in numbers.items())
+                _fmt_ci(n["r2_seed_range"]), fmt(n["r2_shuffled"]), fmt(n["r2_shuffled_max"]), fmt(n["r2_mean"]),
+                fmt(n["r2_grid_mean"]), n["num_seeds"]) for (s, t, method), n in numbers.items())
   return [Heading(2, "Transfer maps"), Para(
-      "Held-out R² of each map at its best layer pair, next to the floors at that pair: a map fit on shuffled "
+      f"Held-out R² of each map at its best layer pair (over {_scope(min_layer)}; cells averaged over seeds, 'seed "
+      "range' gives the lowest and highest per-seed best), next to the floors at that pair: a map fit on shuffled "
       "row pairs, and predicting the training mean. Because the best pair is a max over the grid, compare it "
       "with the max of the shuffled map over all pairs too. R² below 0 is worse than predicting the mean."),
-      Table(("source → target", "relation", "method", "best layers (depths)", "R²", "R² shuffled",
+      Table(("source → target", "relation", "method", "best layers (depths)", "R²", "seed range", "R² shuffled",
              "R² shuffled max", "R² mean predictor", "R² mean over grid", "seeds"), rows)] + figures
 
 
-def _probe_blocks(best: list[dict], figures: list[Image]) -> list:
+def _probe_blocks(best: list[dict], figures: list[Image], min_layer: int) -> list:
   rows = tuple((r["task"], f"{r['source']} → {r['target']}", r["relation"], f"{r['layer_a']}, {r['layer_b']}",
-                fmt(r["acc_mapped"]), _fmt_ci((r["acc_mapped_lo"], r["acc_mapped_hi"])), fmt(r["acc_target"]),
-                fmt(r["acc_source"]), fmt(r["acc_majority"]), r["num_layer_pairs"], r["seed"]) for r in best)
+                fmt(r["acc_mapped"]), _fmt_ci((r["acc_mapped_lo"], r["acc_mapped_hi"])), fmt(r["acc_shuffled"]),
+                fmt(r["acc_target"]), fmt(r["acc_source"]), fmt(r["acc_majority"]), r["num_layer_pairs"], r["seed"])
+               for r in best)
   return [Heading(2, "Probe transfer"), Para(
       "A probe trained on the target model, scored on source activations mapped into the target (mapped, with "
-      "its CI from probes.csv), against the target's own accuracy (ceiling), the source's own probe and the "
-      "majority class (chance). Where several layer pairs were probed the one with the best mapped accuracy is "
-      "shown, which is optimistic; 'layer pairs' says how many it was chosen from."),
-      Table(("task", "source → target", "relation", "layers", "mapped", "mapped CI", "target ceiling", "source own",
-             "majority", "layer pairs", "seed"), rows)] + figures
+      "its CI from probes.csv), against the same probe through the shuffled-pair map, the target's own accuracy "
+      "(ceiling), the source's own probe and the majority class (chance). next_token_top1 / next_token_top5 are "
+      "the published next-token probe (softmax over the target's most frequent next tokens, labels from the text "
+      "after the cut), scored top-1 / top-5; their majority is the k most frequent tokens. Where several layer "
+      f"pairs were probed the one with the best mapped accuracy (over {_scope(min_layer)}) is shown, which is "
+      "optimistic; 'layer pairs' says how many it was chosen from."),
+      Table(("task", "source → target", "relation", "layers", "mapped", "mapped CI", "shuffled map",
+             "target ceiling", "source own", "majority", "layer pairs", "seed"), rows)] + figures
 
 
 def _next_token_blocks(rows: Sequence[dict]) -> list:
@@ -403,14 +438,20 @@ def write_report(workdir: str, config_dict: Mapping, environment: Mapping) -> tu
   if "activation_stats" not in summary:
     absent.append("activation outliers (no activation_stats in summary.json)")
   body, checks = [], []
+  min_layer = summary.get("min_layer", 0)
+  # Maxima, means and best pairs are over the scored layer pairs; heatmaps show all of them.
+  scored = lambda rows: [r for r in rows if r["layer_a"] >= min_layer and r["layer_b"] >= min_layer]
   if similarity:
-    numbers = headline_numbers(similarity)
+    numbers = headline_numbers(scored(similarity))
     checks += _summary_checks(numbers, summary)
-    body += _similarity_blocks(numbers, summary, _images(plots.similarity_heatmaps(similarity, figures), workdir))
+    body += _similarity_blocks(numbers, summary, _images(
+        plots.similarity_heatmaps(similarity, figures, min_layer=min_layer), workdir))
   if transfer:
-    body += _transfer_blocks(transfer_numbers(transfer), _images(plots.transfer_plots(transfer, figures), workdir))
+    body += _transfer_blocks(transfer_numbers(scored(transfer)), _images(
+        plots.transfer_plots(transfer, figures, min_layer=min_layer), workdir), min_layer)
   if probes:
-    body += _probe_blocks(plots.best_probe_rows(probes), _images(plots.probe_plot(probes, figures), workdir))
+    body += _probe_blocks(plots.best_probe_rows(scored(probes)), _images(plots.probe_plot(scored(probes), figures),
+                                                                         workdir), min_layer)
   if next_token:
     body += _next_token_blocks(next_token)
   if "activation_stats" in summary:

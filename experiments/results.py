@@ -3,15 +3,19 @@
 similarity.csv  one row per model pair x layer pair x measure x preprocessing x seed:
   model_a, model_b, relation ("within" | "cross" | "random"), measure, preprocess, layer_a, layer_b,
   depth_a, depth_b (layer / num_layers, in [0, 1]), value, seed
-transfer.csv    one row per (source, target) x layer pair x method:
+transfer.csv    one row per (source, target) x layer pair x method x seed:
   source, target, relation, method, layer_a, layer_b, depth_a, depth_b, r2, r2_shuffled, r2_mean, seed
-probes.csv      one row per task x (source, target) x layer pair:
-  task, source, target, relation, layer_a, layer_b, acc_mapped, acc_mapped_lo, acc_mapped_hi, acc_target,
-  acc_source, acc_majority, seed
-next_token.csv  one row per (source, target) x depth-matched layer pair: source, target, relation, layer_a,
+probes.csv      one row per task x (source, target) x layer pair x seed:
+  task, source, target, relation, layer_a, layer_b, acc_mapped, acc_mapped_lo, acc_mapped_hi (the target's probe on
+  mapped source activations, with its bootstrap CI), acc_shuffled (the same through the shuffled-pair map),
+  acc_target (ceiling), acc_source (the source's own probe), acc_majority (constant prediction), seed.
+  Binary tasks are scored top-1; the published next-token probe appears as tasks next_token_top1 / next_token_top5
+  (top-k accuracy over the target's most frequent next tokens; majority = its k most frequent tokens)
+next_token.csv  one row per (source, target) x depth-matched layer pair x seed: source, target, relation, layer_a,
   layer_b, num_samples, clean_accuracy, then kl_X, top1_X, accuracy_X for X in mapped, shuffled, mean_ablation
   (KL(target clean || patched) in nats, top-1 agreement with the clean prediction, accuracy on the true next token)
-summary.json    per pair and measure: max, mean, argmax layers, permutation null of the max, p-value, bootstrap CI.
+summary.json    per pair and measure (first seed; every seed under measures_by_seed): max, mean, argmax layers over
+  the layer pairs >= min_layer, permutation null of that max, p-value, subsampling CI.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ SIMILARITY_COLUMNS = ("model_a", "model_b", "relation", "measure", "preprocess",
 TRANSFER_COLUMNS = ("source", "target", "relation", "method", "layer_a", "layer_b", "depth_a", "depth_b", "r2",
                     "r2_shuffled", "r2_mean", "seed")
 PROBE_COLUMNS = ("task", "source", "target", "relation", "layer_a", "layer_b", "acc_mapped", "acc_mapped_lo",
-                 "acc_mapped_hi", "acc_target", "acc_source", "acc_majority", "seed")
+                 "acc_mapped_hi", "acc_shuffled", "acc_target", "acc_source", "acc_majority", "seed")
 NEXT_TOKEN_COLUMNS = ("source", "target", "relation", "layer_a", "layer_b", "num_samples", "clean_accuracy") + tuple(
     f"{metric}_{name}" for name in ("mapped", "shuffled", "mean_ablation") for metric in ("kl", "top1", "accuracy")
 ) + ("seed",)

@@ -68,42 +68,61 @@ def _key(*parts) -> str:
   return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def _store_dir(workdir: str, tag: str, *identity) -> str:
+  """An activation store's directory, named by what its contents depend on, so a changed input gets a new store
+  (a store refuses to mix inputs) and an unchanged one is found again."""
+  return os.path.join(workdir, "activations", f"{tag}-{_key(*identity)}")
+
+
+class Activations:
+  """The stores a run compares: each model's, its random-init copies' (one per seed) and its probe tasks'."""
+
+  def __init__(self):
+    self.models, self.random, self.tasks = {}, {}, {}
+
+  def get(self, name: str, seed: int):
+    """The store of `name` ("MODEL" or "MODEL@random", whose weights depend on the seed)."""
+    base, _, random = name.partition("@")
+    return self.random[(base, seed)] if random else self.models[name]
+
+
 def extract_all(cfg, texts, workdir, mesh):
-  """Activations of every model (and its random-init copy) on the texts and on each probe task."""
+  """Activations of every model (and its random-init copy per seed) on the texts and on each probe task."""
   from xsim import activations as xa
   from xsim import data as xdata
   import xsim
   ex = cfg.extraction
-  tasks = {name: xdata.load_task(name, num_examples=cfg.probes.num_examples, seed=cfg.seed)
+  tasks = {name: xdata.load_task(name, num_examples=cfg.probes.num_examples, seed=cfg.data.seed)
            for name in cfg.probes.tasks}
-  acts, task_acts, families, stats, num_layers, loaded = {}, {}, {}, {}, {}, {}
+  acts, families, stats, num_layers, loaded = Activations(), {}, {}, {}, {}
   for spec in map(dict, cfg.models):
     spec.setdefault("dtype", "float32")
+    name = spec["name"]
     start = time.time()
     model = xsim.load_model(spec["path"], dtype=spec["dtype"])
-    model.name = spec["name"]
-    families[spec["name"]] = spec.get("family") or model.config.family.rstrip("0123").replace("gpt_neox", "pythia")
-    logging.info("Loaded %s (%s, %d layers) in %.1fs.", spec["name"], model.config.family, model.config.num_layers,
+    model.name = name
+    families[name] = spec.get("family") or model.config.family.rstrip("0123").replace("gpt_neox", "pythia")
+    logging.info("Loaded %s (%s, %d layers) in %.1fs.", name, model.config.family, model.config.num_layers,
                  time.time() - start)
-    run = lambda m, ts, tag: xa.extract_activations(
+    run = lambda m, ts, tag, *identity: xa.extract_activations(
         m, ts, pooling=ex.pooling, layers=resolve_layers(ex.layers, m.config.num_layers), batch_size=ex.batch_size,
         mesh=mesh, site=ex.site, keep_bos=ex.keep_bos, max_tokens=ex.max_tokens, on_overflow="skip",
         truncate_tokens=ex.get("truncate_tokens"),
-        store_dir=os.path.join(workdir, "activations", tag))
-    acts[spec["name"]] = run(model, texts, spec["name"])
-    stats[spec["name"]] = acts[spec["name"]].stats
-    num_layers[spec["name"]] = num_layers[spec["name"] + "@random"] = model.config.num_layers
+        store_dir=_store_dir(workdir, tag, spec, ex.to_dict(), text_hash(ts), *identity))
+    acts.models[name] = run(model, texts, name)
+    stats[name] = acts.models[name].stats
+    num_layers[name] = num_layers[name + "@random"] = model.config.num_layers
     if cfg.baselines.random_init:
-      random_name = spec["name"] + "@random"
-      random_model = model.with_random_params(cfg.seed)
-      random_model.name = random_name
-      acts[random_name] = run(random_model, texts, random_name)
-      families[random_name] = "random"
+      families[name + "@random"] = "random"
+      for seed in cfg.seeds:
+        random_model = model.with_random_params(seed)
+        random_model.name = f"{name}@random"
+        acts.random[(name, seed)] = run(random_model, texts, f"{name}@random{seed}", seed)
     for task_name, task in tasks.items():
-      task_acts[(task_name, spec["name"])] = run(model, list(task.texts), f"{spec['name']}-task-{task_name}")
+      acts.tasks[(task_name, name)] = run(model, list(task.texts), f"{name}-task-{task_name}")
     if cfg.transfer.next_token.enabled:  # patching runs the target model again
-      loaded[spec["name"]] = model
-  return acts, task_acts, tasks, families, stats, num_layers, loaded
+      loaded[name] = model
+  return acts, tasks, families, stats, num_layers, loaded
 
 
 def model_pairs(cfg, families):
@@ -136,96 +155,122 @@ def paired_arrays(acts_a, acts_b):
   return np.asarray(acts_a.array[:, ia], np.float32), np.asarray(acts_b.array[:, ib], np.float32), ia
 
 
-def compare_pair(cfg, a, b, relation, acts, xs, ys, num_layers, workdir):
-  """Similarity rows and the pair's summary entry, from a cache keyed by the inputs and settings."""
+def scored_layers(layers, min_layer: int, model: str) -> np.ndarray:
+  """Positions in `layers` (hidden-state indices) that grid summaries use: those >= min_layer."""
+  where = np.flatnonzero(np.asarray(layers) >= min_layer)
+  if not len(where):
+    raise ValueError(f"{model} has no layer >= similarity.min_layer={min_layer} among {list(layers)}; lower it.")
+  return where
+
+
+def compare_pair(cfg, seed, a, b, relation, store_a, store_b, xs, ys, num_layers, workdir):
+  """Similarity rows and the pair's per-measure summaries for one seed, from a cache keyed by inputs and settings."""
   s = cfg.similarity
-  layers_a, layers_b = acts[a].layers, acts[b].layers
-  rows, summary = [], {"relation": relation, "num_samples": int(xs.shape[1]), "measures": {}}
+  layers_a, layers_b = store_a.layers, store_b.layers
+  rows, measures = [], {}
   for measure, prep in itertools.product(s.measures, s.preprocess):
     # Only the settings this matrix depends on, so adding a measure or a preprocessing leaves the rest cached.
-    settings = [s.knn_k] if measure == "mutual_knn" else [s.permutations, s.bootstrap]
-    key = _key(acts[a].manifest, acts[b].manifest, measure, prep, settings, cfg.seed)
+    settings = [s.knn_k] if measure == "mutual_knn" else [s.permutations, s.ci_resamples]
+    key = _key(store_a.manifest, store_b.manifest, measure, prep, settings, s.min_layer, seed)
     path = os.path.join(workdir, "cache", "similarity", f"{a}__{b}__{measure}__{prep}-{key}.json")
     if results.exists(path):
       entry = results.read_json(path)
     else:
       start = time.time()
       matrix = np.asarray(similarity_matrix(measure, prep, xs, ys, s.knn_k), np.float64)  # summaries == table
-      entry = {"matrix": matrix.tolist(), **_statistics(cfg, measure, prep, xs, ys, matrix, layers_a, layers_b)}
+      entry = {"matrix": matrix.tolist(), **_statistics(cfg, seed, measure, prep, xs, ys, matrix, layers_a, layers_b,
+                                                        a, b)}
       results.write_json(path, entry)
-      logging.info("%s vs %s: %s/%s over %dx%d layer pairs in %.1fs.", a, b, measure, prep, *matrix.shape,
-                   time.time() - start)
+      logging.info("%s vs %s (seed %d): %s/%s over %dx%d layer pairs in %.1fs.", a, b, seed, measure, prep,
+                   *matrix.shape, time.time() - start)
     matrix = np.asarray(entry.pop("matrix"))
-    summary["measures"][f"{measure}|{prep}"] = entry
+    measures[f"{measure}|{prep}"] = entry
     for i, j in np.ndindex(matrix.shape):
       rows.append(dict(model_a=a, model_b=b, relation=relation, measure=measure, preprocess=prep,
-                       layer_a=layers_a[i], layer_b=layers_b[j], value=float(matrix[i, j]), seed=cfg.seed,
+                       layer_a=layers_a[i], layer_b=layers_b[j], value=float(matrix[i, j]), seed=seed,
                        **_depths(layers_a[i], layers_b[j], a, b, num_layers)))
-  return rows, summary
+  return rows, measures
 
 
-def _statistics(cfg, measure, prep, xs, ys, matrix, layers_a, layers_b):
-  """Max, mean and argmax; for CKA also the permutation null of the max over all pairs and a bootstrap CI."""
+def _statistics(cfg, seed, measure, prep, xs, ys, matrix, layers_a, layers_b, a, b):
+  """Max, mean and argmax over the scored layer pairs (both >= similarity.min_layer); for CKA also the
+  permutation null of that max and its subsampling CI (rows drawn without replacement, so debiased CKA stays
+  unbiased; the percentile bootstrap's duplicated rows inflate it)."""
   from xsim import similarity as sim
   s = cfg.similarity
-  i, j = np.unravel_index(np.argmax(matrix), matrix.shape)
-  out = {"max": float(matrix.max()), "mean": float(matrix.mean()), "argmax": [layers_a[i], layers_b[j]]}
+  ia, ib = scored_layers(layers_a, s.min_layer, a), scored_layers(layers_b, s.min_layer, b)
+  scored = matrix[np.ix_(ia, ib)]
+  i, j = np.unravel_index(np.argmax(scored), scored.shape)
+  out = {"max": float(scored.max()), "mean": float(scored.mean()), "argmax": [layers_a[ia[i]], layers_b[ib[j]]]}
   if measure not in ("cka", "cka_debiased"):
     return out
   debiased = measure == "cka_debiased"
-  key = jax.random.PRNGKey(cfg.seed)
+  xs, ys = xs[ia], ys[ib]
+  key = jax.random.PRNGKey(seed)
   null = np.asarray(sim.cka_matrix_null(xs, ys, key=key, num_permutations=s.permutations, debiased=debiased,
                                         preprocess=prep))
   null_max = null.reshape(len(null), -1).max(1)
-  boot = np.asarray(sim.bootstrap(lambda x, y: sim.cka_matrix(x, y, debiased=debiased, preprocess=prep).max(),
-                                  xs, ys, key=jax.random.fold_in(key, 1), num_resamples=s.bootstrap, batch_size=8))
+  grid_max = lambda x, y: sim.cka_matrix(x, y, debiased=debiased, preprocess=prep).max()
+  low, high = sim.subsample_ci(grid_max, xs, ys, key=jax.random.fold_in(key, 1), num_resamples=s.ci_resamples,
+                               batch_size=8)
   out.update(null_max_q95=float(np.quantile(null_max, 0.95)),
-             p_value=float((1 + np.sum(null_max >= matrix.max())) / (1 + len(null_max))),
-             max_ci=[float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))])
+             p_value=float((1 + np.sum(null_max >= scored.max())) / (1 + len(null_max))),
+             max_ci=[float(low), float(high)])
   return out
 
 
-def transfer_pair(cfg, a, b, relation, acts, xs, ys, task_acts, tasks, num_layers, loaded, texts, workdir):
-  """Ridge maps a -> b for all layer pairs with their floors, and the probe transfer on each task."""
+def _probe_rows(task, scores, shuffled_scores, a, b, relation, la, lb, seed):
+  """probes.csv rows of one task: every layer pair's mapped accuracy with its CI, floors and ceilings."""
+  return [dict(task=task, source=a, target=b, relation=relation, layer_a=la[i], layer_b=lb[j],
+               acc_mapped=float(scores.mapped[i, j]), acc_mapped_lo=float(scores.mapped_ci[i, j, 0]),
+               acc_mapped_hi=float(scores.mapped_ci[i, j, 1]), acc_shuffled=float(shuffled_scores.mapped[i, j]),
+               acc_target=float(scores.target[j]), acc_source=float(scores.source[i]),
+               acc_majority=float(scores.majority), seed=seed)
+          for i, j in np.ndindex(scores.mapped.shape)]
+
+
+def transfer_pair(cfg, seed, a, b, relation, store_a, store_b, xs, ys, acts, tasks, num_layers, loaded, texts,
+                  workdir):
+  """Maps a -> b for all layer pairs with their floors, the probe transfer on each task, and next-token transfer
+  (patching and the published token probe)."""
   from xsim import transfer
   t = cfg.transfer
-  options = dict(method=t.method, val_fraction=t.val_fraction, test_fraction=t.test_fraction, seed=cfg.seed,
+  options = dict(method=t.method, val_fraction=t.val_fraction, test_fraction=t.test_fraction, seed=seed,
                  standardize=t.get("standardize", True), penalties=t.get("penalties"))
   # Keyed by the fit's own options only: next-token settings must not invalidate the maps.
-  key = _key(acts[a].manifest, acts[b].manifest, options)
+  key = _key(store_a.manifest, store_b.manifest, options)
   fit = transfer.fit_linear_maps(xs, ys, checkpoint_dir=os.path.join(workdir, "cache", "maps", f"{a}__{b}-{key}"),
                                  **options)
   shuffled = transfer.fit_shuffled_maps(xs, ys, **options)
-  mean_r2 = transfer.mean_predictor_r2(ys, val_fraction=t.val_fraction, test_fraction=t.test_fraction, seed=cfg.seed)
-  la, lb = acts[a].layers, acts[b].layers
+  mean_r2 = transfer.mean_predictor_r2(ys, val_fraction=t.val_fraction, test_fraction=t.test_fraction, seed=seed)
+  la, lb = store_a.layers, store_b.layers
   rows = [dict(source=a, target=b, relation=relation, method=t.method, layer_a=la[i], layer_b=lb[j],
                **_depths(la[i], lb[j], a, b, num_layers), r2=float(fit.r2[i, j]),
-               r2_shuffled=float(shuffled.r2[i, j]), r2_mean=float(mean_r2[j]), seed=cfg.seed)
+               r2_shuffled=float(shuffled.r2[i, j]), r2_mean=float(mean_r2[j]), seed=seed)
           for i, j in np.ndindex(fit.r2.shape)]
   probe_rows, next_rows = [], []
   if relation == "random":
     return rows, probe_rows, next_rows
-  if cfg.transfer.next_token.enabled:
+  if t.next_token.enabled:
     path = os.path.join(workdir, "cache", "next_token",
-                        f"{a}__{b}-{_key(key, cfg.transfer.next_token.to_dict(), text_hash(texts))}.json")
+                        f"{a}__{b}-{_key(key, t.next_token.to_dict(), text_hash(texts))}.json")
     if not results.exists(path):
-      results.write_json(path, next_token.next_token_rows(cfg, a, b, relation, loaded[a], loaded[b], texts, fit,
-                                                          shuffled, la, lb, workdir))
-    next_rows = results.read_json(path)
+      patch_rows, token_scores = next_token.next_token_transfer(cfg, seed, a, b, relation, loaded[a], loaded[b],
+                                                                texts, fit, shuffled, la, lb, workdir)
+      results.write_json(path, {"patching": patch_rows, "probes": [
+          row for k, (scores, floor) in token_scores.items()
+          for row in _probe_rows(f"next_token_top{k}", scores, floor, a, b, relation, la, lb, seed)]})
+    cached = results.read_json(path)
+    next_rows, probe_rows = cached["patching"], cached["probes"]
   for task_name, task in tasks.items():
-    source_task = task_acts[(task_name, a)]
-    fs, ft, ta = paired_arrays(source_task, task_acts[(task_name, b)])
+    source_task = acts.tasks[(task_name, a)]
+    fs, ft, ta = paired_arrays(source_task, acts.tasks[(task_name, b)])
     labels = np.asarray(task.labels)[source_task.index["text"][ta]]
-    target_probe = transfer.fit_logistic_probes(ft, labels, seed=cfg.seed)
-    source_probe = transfer.fit_logistic_probes(fs, labels, seed=cfg.seed)
-    scores = transfer.probe_transfer(fit, target_probe, source_probe, fs, labels, seed=cfg.seed,
-                                     num_resamples=200)
-    for i, j in np.ndindex(scores.mapped.shape):
-      probe_rows.append(dict(task=task_name, source=a, target=b, relation=relation, layer_a=la[i], layer_b=lb[j],
-                             acc_mapped=float(scores.mapped[i, j]), acc_mapped_lo=float(scores.mapped_ci[i, j, 0]),
-                             acc_mapped_hi=float(scores.mapped_ci[i, j, 1]), acc_target=float(scores.target[j]),
-                             acc_source=float(scores.source[i]), acc_majority=float(scores.majority),
-                             seed=cfg.seed))
+    target_probe = transfer.fit_logistic_probes(ft, labels, seed=seed)
+    source_probe = transfer.fit_logistic_probes(fs, labels, seed=seed)
+    scores, floor = (transfer.probe_transfer(m, target_probe, source_probe, fs, labels, seed=seed, num_resamples=200)
+                     for m in (fit, shuffled))
+    probe_rows += _probe_rows(task_name, scores, floor, a, b, relation, la, lb, seed)
   return rows, probe_rows, next_rows
 
 
@@ -253,28 +298,36 @@ def run(cfg, workdir: str) -> dict:
   mesh = xa.make_mesh(cfg.mesh.data, cfg.mesh.model)
   texts = load_texts(cfg.data)
   logging.info("%d texts from %s.", len(texts), cfg.data.source)
-  acts, task_acts, tasks, families, stats, num_layers, loaded = extract_all(cfg, texts, workdir, mesh)
+  acts, tasks, families, stats, num_layers, loaded = extract_all(cfg, texts, workdir, mesh)
   if jax.process_index() != 0:
     return {}
   sim_rows, transfer_rows, probe_rows, next_rows, pairs_summary = [], [], [], [], {}
   for a, b, relation in model_pairs(cfg, families):
-    xs, ys, _ = paired_arrays(acts[a], acts[b])  # read once, used by the similarity and the transfer step
-    rows, summary = compare_pair(cfg, a, b, relation, acts, xs, ys, num_layers, workdir)
-    sim_rows += rows
-    pairs_summary[f"{a}|{b}"] = summary
-    rows, probes, next_token_scores = transfer_pair(cfg, a, b, relation, acts, xs, ys, task_acts, tasks, num_layers,
-                                                    loaded, texts, workdir)
-    transfer_rows += rows
-    probe_rows += probes
-    next_rows += next_token_scores
+    arrays = {}
+    for seed in cfg.seeds:
+      store_a, store_b = acts.get(a, seed), acts.get(b, seed)
+      if store_b.path not in arrays:  # a real pair's arrays are the same for every seed: read them once
+        arrays = {store_b.path: paired_arrays(store_a, store_b)[:2]}
+      xs, ys = arrays[store_b.path]
+      rows, measures = compare_pair(cfg, seed, a, b, relation, store_a, store_b, xs, ys, num_layers, workdir)
+      sim_rows += rows
+      entry = pairs_summary.setdefault(f"{a}|{b}", {"relation": relation, "num_samples": int(xs.shape[1]),
+                                                    "measures": measures, "measures_by_seed": {}})
+      entry["measures_by_seed"][str(seed)] = measures
+      rows, probes, next_token_scores = transfer_pair(cfg, seed, a, b, relation, store_a, store_b, xs, ys, acts,
+                                                      tasks, num_layers, loaded, texts, workdir)
+      transfer_rows += rows
+      probe_rows += probes
+      next_rows += next_token_scores
   results.write_table(os.path.join(workdir, "similarity.csv"), results.SIMILARITY_COLUMNS, sim_rows)
   results.write_table(os.path.join(workdir, "transfer.csv"), results.TRANSFER_COLUMNS, transfer_rows)
   if probe_rows:
     results.write_table(os.path.join(workdir, "probes.csv"), results.PROBE_COLUMNS, probe_rows)
   if next_rows:
     results.write_table(os.path.join(workdir, "next_token.csv"), results.NEXT_TOKEN_COLUMNS, next_rows)
-  summary = {"pairs": pairs_summary, "ci_level": 0.95, "activation_stats": {name: s["layers"] for name, s in stats.items()},
-             "num_texts": len(texts)}
+  summary = {"pairs": pairs_summary, "ci_level": 0.95, "seeds": list(cfg.seeds),
+             "min_layer": cfg.similarity.min_layer, "num_texts": len(texts),
+             "activation_stats": {name: s["layers"] for name, s in stats.items()}}
   results.write_json(os.path.join(workdir, "summary.json"), summary)
   results.write_json(os.path.join(workdir, "config.json"), cfg.to_dict())
   from experiments import report

@@ -4,10 +4,10 @@ from __future__ import annotations
 import os
 
 SECTIONS = {
-    "models": None, "seed": None, "pairs": None,
+    "models": None, "seeds": None, "pairs": None,
     "data": {"source", "num_texts", "max_words", "min_chars", "seed"},
     "extraction": {"pooling", "layers", "batch_size", "max_tokens", "keep_bos", "site", "truncate_tokens"},
-    "similarity": {"measures", "preprocess", "knn_k", "permutations", "bootstrap"},
+    "similarity": {"measures", "preprocess", "knn_k", "permutations", "ci_resamples", "min_layer"},
     "baselines": {"random_init"},
     "transfer": {"method", "val_fraction", "test_fraction", "next_token", "standardize", "penalties"},
     "probes": {"tasks", "num_examples"},
@@ -15,6 +15,7 @@ SECTIONS = {
 }
 MODEL_KEYS = {"name", "path", "dtype", "family"}
 MEASURES = ("cka", "cka_debiased", "mutual_knn")
+NEXT_TOKEN_KEYS = {"enabled", "max_words", "num_samples", "num_depths", "probe_classes", "probe_samples"}
 
 
 def validate_config(cfg) -> None:
@@ -34,6 +35,9 @@ def validate_config(cfg) -> None:
       continue
     for key in cfg[section].keys():
       check(key in keys, f"unknown key {section}.{key} (known: {sorted(keys)})")
+  seeds = cfg.get("seeds")
+  check(isinstance(seeds, (list, tuple)) and len(seeds) >= 1 and all(isinstance(x, int) for x in seeds)
+        and len(set(seeds)) == len(seeds), f"seeds must be a non-empty list of distinct ints, got {seeds!r}")
   models = list(cfg.get("models", []))
   check(len(models) >= 2, "models must list at least two models to compare")
   names = [m.get("name") for m in models]
@@ -74,15 +78,27 @@ def validate_config(cfg) -> None:
     for prep in cfg.similarity.preprocess:
       check(prep in METHODS, f"similarity preprocess {prep!r} not in {METHODS}")
     check(cfg.similarity.permutations >= 19, "similarity.permutations must be >= 19 for a 5% test")
+    check(cfg.similarity.ci_resamples >= 20, "similarity.ci_resamples must be >= 20 for a 95% interval")
+    check(isinstance(cfg.similarity.min_layer, int) and cfg.similarity.min_layer >= 0,
+          f"similarity.min_layer={cfg.similarity.min_layer!r} must be a hidden-state index >= 0 (1 leaves out the "
+          "embeddings)")
   if "transfer" in cfg:
     check(cfg.transfer.method in ("ridge", "adam", "adamw", "procrustes"),
           f"transfer.method {cfg.transfer.method!r} not in ('ridge', 'adam', 'adamw', 'procrustes')")
     nt = cfg.transfer.get("next_token") or {}
-    check(set(nt.keys()) <= {"enabled", "max_words", "num_samples", "num_depths"},
-          f"unknown transfer.next_token keys {sorted(set(nt.keys()) - {'enabled', 'max_words', 'num_samples', 'num_depths'})}")
+    check(set(nt.keys()) <= NEXT_TOKEN_KEYS,
+          f"unknown transfer.next_token keys {sorted(set(nt.keys()) - NEXT_TOKEN_KEYS)} (known: {sorted(NEXT_TOKEN_KEYS)})")
     if nt.get("enabled"):
       check(nt.get("max_words", 0) >= 2 and nt.get("num_samples", 0) >= 8 and nt.get("num_depths", 0) >= 2,
             "transfer.next_token needs max_words >= 2, num_samples >= 8 and num_depths >= 2")
+      classes, samples = nt.get("probe_classes", 0), nt.get("probe_samples", 0)
+      check(classes == 0 or (classes >= 5 and samples >= 2 * classes),
+            f"transfer.next_token.probe_classes={classes} must be 0 (no token probe) or >= 5 (top-5 is scored), with "
+            f"probe_samples >= 2 x probe_classes (got {samples}) so the training rows can hold that many tokens")
+      if "data" in cfg:
+        check(max(samples, nt.get("num_samples", 0)) <= cfg.data.num_texts,
+              f"transfer.next_token num_samples / probe_samples ({nt.get('num_samples')} / {samples}) must not exceed "
+              f"data.num_texts ({cfg.data.num_texts}): the samples are cut from those texts")
       if "data" in cfg and cfg.data.max_words is not None:
         check(nt.get("max_words", 0) < cfg.data.max_words,
               f"transfer.next_token.max_words must be below data.max_words ({cfg.data.max_words}) so a next word exists")

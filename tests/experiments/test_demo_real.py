@@ -11,9 +11,9 @@ def test_reduced_demo_on_real_checkpoints(tmp_path):
   c.data.num_texts = 32
   c.data.max_words = 24
   c.similarity.permutations = 19
-  c.similarity.bootstrap = 10
+  c.similarity.ci_resamples = 20
   c.probes.num_examples = 48
-  c.transfer.next_token.num_samples = 16
+  c.transfer.next_token.update(num_samples=16, probe_classes=5, probe_samples=32)
   summary = runner.run(c, str(tmp_path))
   for name in ("similarity.csv", "transfer.csv", "probes.csv", "next_token.csv", "summary.json", "report.md",
                "report.html"):
@@ -22,5 +22,7 @@ def test_reduced_demo_on_real_checkpoints(tmp_path):
   assert {r["relation"] for r in rows} == {"cross", "random"}
   # all 31 x 19 hidden-state pairs of SmolLM2-135M and Gemma 3 270M, 3 measures x 2 preprocessings, 2 pairs
   assert len(rows) == 2 * 3 * 2 * 31 * 19
+  probes = results.read_table(str(tmp_path / "probes.csv"))
+  assert {r["task"] for r in probes} == {"capitals", "next_token_top1", "next_token_top5"}
   stats = summary["activation_stats"]
   assert len(stats["smollm2-135m"]) == 31 and len(stats["gemma3-270m"]) == 19

@@ -52,7 +52,7 @@ def probe_rows(seed=2):
       for i, j, da, db in _cells(a, b)[:2]:
         mapped = rng.uniform(0.55, 0.9)
         rows.append(dict(task=task, source=a, target=b, relation=rel, layer_a=i, layer_b=j, acc_mapped=mapped,
-                         acc_mapped_lo=mapped - 0.03, acc_mapped_hi=mapped + 0.02, acc_target=0.95,
+                         acc_mapped_lo=mapped - 0.03, acc_mapped_hi=mapped + 0.02, acc_shuffled=0.5, acc_target=0.95,
                          acc_source=0.9, acc_majority=0.52, seed=0))
   return rows
 
@@ -214,6 +214,13 @@ def test_report_numbers_equal_the_tables(tmp_path):
         lo, hi = (float(x) for x in cell["max 95% CI"].strip("[]").split(","))
         assert abs(lo - (mx - 0.05)) <= tol and abs(hi - (mx + 0.03)) <= tol
         assert cell["null max q95"] == "0.073" and cell["p (max)"] == "0.002" and cell["n"] == "64"
+        per_seed = {}
+        for r in sim:
+          if (r["model_a"], r["model_b"], r["measure"], r["preprocess"]) == (a, b, m, p):
+            per_seed[r["seed"]] = max(per_seed.get(r["seed"], -np.inf), r["value"])
+        assert len(per_seed) == (2 if rel == "within" else 1)
+        low, high = min(per_seed.values()), max(per_seed.values())
+        assert cell["seed range"] == ("-" if rel != "within" else f"[{low:.3f}, {high:.3f}]")
       groups = reference_groups(ref)
       for rel, n, mean_max, mean_mean in group_table[1:]:
         assert abs(float(mean_max) - groups[(m, p, rel)][0]) <= tol
@@ -226,8 +233,10 @@ def test_report_numbers_equal_the_tables(tmp_path):
   expected = report.transfer_numbers(tr)
   assert len(transfer_table) == 1 + len(expected)
   for row, ((s, t, method), n) in zip(transfer_table[1:], expected.items()):
-    assert row[0] == f"{s} → {t}" and row[2] == method
-    assert [float(x) for x in row[4:9]] == pytest.approx(
+    cell = dict(zip(transfer_table[0], row))
+    assert cell["source → target"] == f"{s} → {t}" and cell["method"] == method and cell["seed range"] == "-"
+    assert [float(cell[k]) for k in ("R²", "R² shuffled", "R² shuffled max", "R² mean predictor",
+                                     "R² mean over grid")] == pytest.approx(
         [n["r2"], n["r2_shuffled"], n["r2_shuffled_max"], n["r2_mean"], n["r2_grid_mean"]], abs=tol)
 
   probe_table = tables["Probe transfer"][0]
@@ -236,9 +245,9 @@ def test_report_numbers_equal_the_tables(tmp_path):
     task, pair = row[0], row[1]
     mine = [r for r in pr if r["task"] == task and f"{r['source']} → {r['target']}" == pair]
     best = max(mine, key=lambda r: r["acc_mapped"])
-    assert row[3] == f"{best['layer_a']}, {best['layer_b']}" and row[9] == str(len(mine))
+    assert row[3] == f"{best['layer_a']}, {best['layer_b']}" and row[10] == str(len(mine))
     assert float(row[4]) == pytest.approx(best["acc_mapped"], abs=tol)
-    assert row[6:9] == ["0.950", "0.900", "0.520"]
+    assert row[6:10] == ["0.500", "0.950", "0.900", "0.520"]
 
   assert "Outlier layers: 2 (dim 7: 62.0%)" in md
   assert '"n": 64' in md and "0.0-test" in md
@@ -256,6 +265,32 @@ def test_report_numbers_equal_the_tables(tmp_path):
   assert matplotlib.image.imread(os.path.join(workdir, images[0])).ndim == 3
 
 
+def test_min_layer_leaves_the_embeddings_out_of_maxima_but_not_out_of_the_heatmaps(tmp_path):
+  sim, tr = similarity_rows(pairs=PAIRS[:2], measures=("cka",), preps=("none",)), transfer_rows()
+  for r in sim + tr:  # the embeddings (layer 0) would win every max
+    if 0 in (r["layer_a"], r["layer_b"]):
+      r["value" if "value" in r else "r2"] = 0.99
+  blocks = [r for r in sim if r["layer_a"] >= 1 and r["layer_b"] >= 1]
+  summary = summary_for(blocks)
+  summary["min_layer"] = 1
+  workdir = write_run(tmp_path / "run", sim, tr, None, summary)
+  md = open(report.write_report(workdir, {}, {})[0], encoding="utf-8").read()
+  tables = md_tables(md)
+  assert "Checks that failed" not in tables and "block outputs (embeddings left out)" in md
+  for row in tables["cka, preprocess=none"][0][1:]:
+    cell = dict(zip(tables["cka, preprocess=none"][0][0], row))
+    a, b = cell["pair"].split(" vs ")
+    expected = reference_pairs(blocks)[(a, b, "cka", "none")][1]  # the max of the seed-mean grid
+    assert float(cell["max"]) == pytest.approx(expected, abs=1e-3) and expected < 0.99
+  for row in tables["Transfer maps"][0][1:]:
+    layer_a, layer_b = (int(x) for x in row[3].split(" (")[0].split(", "))
+    assert layer_a >= 1 and layer_b >= 1 and float(row[4]) < 0.99
+  # Every layer pair is still drawn: the llama-1b vs llama-3b heatmap has 3 x 4 cells, layer 0 included.
+  assert os.path.exists(os.path.join(workdir, "figures"))
+  assert {(r["layer_a"], r["layer_b"]) for r in results.read_table(os.path.join(workdir, "similarity.csv"))
+          if r["model_b"] == "org/llama-3b"} == {(i, j) for i in (0, 2, 4) for j in (0, 1, 2, 3)}
+
+
 def test_missing_tables_skip_sections(tmp_path):
   workdir = write_run(tmp_path / "probes_only", probes=probe_rows())
   md_path, _ = report.write_report(workdir, {}, {})
@@ -271,8 +306,9 @@ def test_missing_tables_skip_sections(tmp_path):
   workdir = write_run(tmp_path / "similarity_only", sim=sim)  # no summary.json: CIs and nulls show "-"
   md = open(report.write_report(workdir, {}, {})[0], encoding="utf-8").read()
   assert "Similarity over layer pairs" in md and "Transfer maps" not in md and "Probe transfer" not in md
-  row = md_tables(md)["cka, preprocess=none"][0][1]
-  assert row[3] == "-" and row[7] == "-" and row[8] == "-" and row[11] == "-"
+  header, row = md_tables(md)["cka, preprocess=none"][0][:2]
+  cell = dict(zip(header, row))
+  assert [cell[k] for k in ("max CI", "mean CI", "null max q95", "p (max)", "n")] == ["-"] * 5
 
 
 def test_summary_disagreeing_with_the_table_is_reported(tmp_path):

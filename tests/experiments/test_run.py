@@ -41,8 +41,49 @@ def test_writes_every_output(finished_run):
   rows = results.read_table(os.path.join(workdir, "similarity.csv"))
   relations = {(r["model_a"], r["model_b"]): r["relation"] for r in rows}
   assert relations == {("tiny-llama", "tiny-gemma"): "cross", ("tiny-llama", "tiny-gemma@random"): "random"}
-  # 4 x 4 hidden states per model, 3 measures x 2 preprocessings, 2 pairs
-  assert len(rows) == 2 * 3 * 2 * 4 * 4
+  # 4 x 4 hidden states per model, 3 measures x 2 preprocessings, 2 pairs, 2 seeds
+  assert len(rows) == 2 * 3 * 2 * 4 * 4 * 2
+
+
+def test_seeds_vary_the_random_baselines_and_splits_but_not_the_real_pair(finished_run):
+  workdir, summary = finished_run
+  rows = results.read_table(os.path.join(workdir, "similarity.csv"))
+  grid = lambda pair, seed: np.array([r["value"] for r in rows if (r["model_b"], r["seed"], r["measure"]) == (
+      pair, seed, "cka")])
+  np.testing.assert_array_equal(grid("tiny-gemma", 0), grid("tiny-gemma", 1))  # the same texts and models
+  assert np.abs(grid("tiny-gemma@random", 0) - grid("tiny-gemma@random", 1)).max() > 1e-3  # other random weights
+  transfer = results.read_table(os.path.join(workdir, "transfer.csv"))
+  r2 = lambda seed: np.array([r["r2"] for r in transfer if (r["target"], r["seed"]) == ("tiny-gemma", seed)])
+  assert len(r2(0)) == len(r2(1)) == 16 and np.abs(r2(0) - r2(1)).max() > 1e-4  # other splits
+  assert summary["seeds"] == [0, 1]
+  assert set(summary["pairs"]["tiny-llama|tiny-gemma"]["measures_by_seed"]) == {"0", "1"}
+
+
+def test_summary_maxima_leave_out_the_embeddings(finished_run):
+  workdir, summary = finished_run
+  rows = results.read_table(os.path.join(workdir, "similarity.csv"))
+  assert summary["min_layer"] == 1
+  for key, stats in summary["pairs"]["tiny-llama|tiny-gemma"]["measures"].items():
+    measure, prep = key.split("|")
+    cells = [r for r in rows if (r["model_b"], r["measure"], r["preprocess"], r["seed"]) == (
+        "tiny-gemma", measure, prep, 0) and r["layer_a"] >= 1 and r["layer_b"] >= 1]
+    best = max(cells, key=lambda r: r["value"])
+    assert stats["max"] == pytest.approx(best["value"], abs=1e-12)
+    assert stats["argmax"] == [best["layer_a"], best["layer_b"]]
+    if measure.startswith("cka"):
+      assert stats["max_ci"][0] <= stats["max_ci"][1]
+
+
+def test_token_probe_rows_have_floors_and_ceilings(finished_run):
+  workdir, _ = finished_run
+  rows = [r for r in results.read_table(os.path.join(workdir, "probes.csv")) if r["task"].startswith("next_token")]
+  assert {r["task"] for r in rows} == {"next_token_top1", "next_token_top5"}
+  assert len(rows) == 2 * 2 * 4 * 4  # top-1 / top-5 x 2 seeds x 4 x 4 layer pairs, source llama -> target gemma
+  for r in rows:
+    assert 0 <= r["acc_majority"] <= 1 and 0 <= r["acc_shuffled"] <= 1 and r["acc_mapped_lo"] <= r["acc_mapped"]
+  top = lambda task, column: max(r[column] for r in rows if r["task"] == task)
+  assert top("next_token_top5", "acc_majority") >= top("next_token_top1", "acc_majority")
+  assert top("next_token_top5", "acc_target") >= top("next_token_top1", "acc_target")
 
 
 def test_next_token_rows_have_floors(finished_run):
@@ -58,20 +99,28 @@ def test_next_token_rows_have_floors(finished_run):
 
 
 def test_summary_and_report_match_the_table(finished_run):
+  """summary.json holds each seed's statistics over block outputs; the report averages the seeds' grids."""
   workdir, summary = finished_run
   rows = results.read_table(os.path.join(workdir, "similarity.csv"))
   report = open(os.path.join(workdir, "report.md")).read()
   for pair, entry in summary["pairs"].items():
     a, b = pair.split("|")
-    for key, stats in entry["measures"].items():
+    for key in entry["measures"]:
       measure, prep = key.split("|")
-      values = np.array([r["value"] for r in rows if (r["model_a"], r["model_b"], r["measure"], r["preprocess"])
-                         == (a, b, measure, prep)])
-      assert stats["max"] == pytest.approx(values.max(), abs=1e-12)
-      assert stats["mean"] == pytest.approx(values.mean(), abs=1e-12)
+      grids = {}
+      for r in rows:
+        if (r["model_a"], r["model_b"], r["measure"], r["preprocess"]) == (a, b, measure, prep) and min(
+            r["layer_a"], r["layer_b"]) >= 1:
+          grids.setdefault(r["seed"], {})[(r["layer_a"], r["layer_b"])] = r["value"]
+      for seed, grid in grids.items():
+        stats = entry["measures_by_seed"][str(seed)][key]
+        assert stats["max"] == pytest.approx(max(grid.values()), abs=1e-12)
+        assert stats["mean"] == pytest.approx(np.mean(list(grid.values())), abs=1e-12)
+      assert entry["measures"][key] == entry["measures_by_seed"]["0"][key]
+      seed_mean = np.mean([list(g.values()) for g in grids.values()], axis=0)
       line = re.search(rf"^\| {re.escape(a)} vs {re.escape(b)} \|.*$", report.split(f"### {measure}, preprocess={prep}")[1],
                        re.M).group(0)
-      assert f"| {values.max():.3f} |" in line and f"| {values.mean():.3f} |" in line
+      assert f"| {seed_mean.max():.3f} |" in line and f"| {seed_mean.mean():.3f} |" in line
 
 
 def test_rerun_reuses_every_cached_result(finished_run, tiny_config, monkeypatch):
@@ -92,6 +141,16 @@ def test_changed_config_recomputes_only_what_changed(finished_run, tiny_config, 
   monkeypatch.setattr(runner, "similarity_matrix", lambda m, p, *a: (computed.append((m, p)), original(m, p, *a))[1])
   runner.run(config, workdir)
   assert sorted(set(computed)) == [("cka", "l2"), ("cka_debiased", "l2"), ("mutual_knn", "l2")]
+
+
+def test_changed_texts_get_new_activation_stores(finished_run, tiny_config):
+  workdir, _ = finished_run
+  config = tiny_config.copy_and_resolve_references()
+  config.data.num_texts = 40  # a store refuses other inputs, so new texts need new store directories
+  config.transfer.next_token.probe_samples = 40
+  config.seeds = [0]
+  summary = runner.run(config, workdir)
+  assert summary["num_texts"] == 40 and summary["pairs"]["tiny-llama|tiny-gemma"]["num_samples"] <= 40
 
 
 @pytest.mark.slow

@@ -25,12 +25,17 @@ def test_every_problem_is_listed():
   c.probes.tasks = ["mystery"]
   c.data.num_texts = 3
   c.transfer.val_fraction = 0.9
+  c.seeds = [0, 0]
+  c.similarity.min_layer = -1
+  c.similarity.ci_resamples = 5
+  c.transfer.next_token.probe_classes = 500  # more classes than 384 samples can train
   with pytest.raises(ValueError) as error:
     validate_config(c)
   message = str(error.value)
   for fragment in ("unknown top-level key 'surprise'", "names must be unique", "'./no/such/model'",
                    "dtype 'float8'", "pooling 'max'", "'depths:x'", "'nonsense'", "'whiten'", "'mystery'",
-                   "num_texts=3", "fractions"):
+                   "num_texts=3", "fractions", "seeds must be a non-empty list of distinct ints",
+                   "min_layer=-1", "ci_resamples", "probe_classes=500"):
     assert fragment in message, fragment
 
 
