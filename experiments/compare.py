@@ -1,11 +1,12 @@
-"""Compares two runs' similarity headline numbers, e.g. the seed protocol against the aligned one.
+"""Compares two runs' headline numbers, e.g. the seed protocol against the aligned one.
 
   python -m experiments.compare --a RUN_A --b RUN_B [--out compare.md]
 
-Both runs' numbers are recomputed from their similarity.csv (experiments.report.headline_numbers). The output
-is markdown: per (model pair, measure, preprocess) present in both runs, max and mean side by side with the
-difference B - A; the same for the within / cross / random group means and the within / cross ratios; then
-what only one run has. Without --out it is printed.
+Both runs' numbers are recomputed from their tables as their reports compute them (experiments.report), over
+each run's scored layer pairs (summary.json's min_layer). The output is markdown: per (model pair, measure,
+preprocess) present in both runs, max and mean side by side with the difference B - A; the same for the
+within / cross / random group means and the within / cross ratios; the best transfer map's R^2 and the probe
+transfer accuracies where both runs have them; then what only one run has. Without --out it is printed.
 """
 from __future__ import annotations
 
@@ -24,11 +25,32 @@ _GROUP = {"mean of max": "mean_max", "mean of mean": "mean_mean"}
 _RATIO = {"ratio of means": "mean", "ratio of maxima": "max"}
 
 
-def _numbers(workdir: str) -> dict:
-  path = os.path.join(workdir, "similarity.csv")
+def _scored_rows(workdir: str, table: str):
+  """The rows of workdir/table over the run's scored layer pairs (both >= its min_layer); None if absent."""
+  path, summary = os.path.join(workdir, table), os.path.join(workdir, "summary.json")
   if not os.path.exists(path):
-    raise ValueError(f"{path} does not exist; --a and --b must be workdirs of finished runs.")
-  return report.headline_numbers(results.read_table(path))
+    return None
+  min_layer = results.read_json(summary).get("min_layer", 0) if os.path.exists(summary) else 0
+  return [r for r in results.read_table(path) if r["layer_a"] >= min_layer and r["layer_b"] >= min_layer]
+
+
+def _numbers(workdir: str) -> dict:
+  rows = _scored_rows(workdir, "similarity.csv")
+  if rows is None:
+    raise ValueError(f"{os.path.join(workdir, 'similarity.csv')} does not exist; --a and --b must be workdirs of "
+                     "finished runs.")
+  return report.headline_numbers(rows)
+
+
+def _table_blocks(run_a: str, run_b: str, table: str, numbers, heading: str, key_header: tuple, stats: dict):
+  """A side-by-side block of one optional table's numbers, or a line saying which run lacks it."""
+  rows_a, rows_b = _scored_rows(run_a, table), _scored_rows(run_b, table)
+  if not rows_a or not rows_b:
+    missing = " and ".join(name for name, rows in (("A", rows_a), ("B", rows_b)) if not rows)
+    return [report.Heading(2, heading), report.Para(f"Not compared: no {table} in {missing}.")]
+  a, b = _pick(numbers(rows_a), stats), _pick(numbers(rows_b), stats)
+  stat_header = tuple(h for s in stats for h in (f"{s} A", f"{s} B", f"{s} B-A"))
+  return [report.Heading(2, heading), report.Table(key_header + stat_header, _side_by_side(a, b, tuple(stats)))]
 
 
 def _side_by_side(a: dict, b: dict, stats: tuple[str, ...]) -> tuple:
@@ -59,8 +81,9 @@ def compare_runs(run_a: str, run_b: str) -> str:
   stat_header = lambda *stats: tuple(h for s in stats for h in (f"{s} A", f"{s} B", f"{s} B-A"))
   blocks = [
       report.Heading(1, "Run comparison"),
-      report.Para(f"A = `{run_a}`, B = `{run_b}`. Numbers recomputed from each run's similarity.csv, "
-                  f"{report.DECIMALS} decimals; max and mean over all layer pairs."),
+      report.Para(f"A = `{run_a}`, B = `{run_b}`. Numbers recomputed from each run's tables, "
+                  f"{report.DECIMALS} decimals; maxima, means and best pairs over each run's scored layer pairs "
+                  "(its summary.json min_layer; all pairs without one), cells averaged over seeds."),
       report.Heading(2, "Model pairs"),
       report.Table(("model A", "model B", "relation", "measure", "preprocess") + stat_header("max", "mean"),
                    _side_by_side(pairs(a), pairs(b), ("max", "mean"))),
@@ -74,6 +97,11 @@ def compare_runs(run_a: str, run_b: str) -> str:
   measures = lambda n: {k[2:] for k in n["pairs"]}
   one_sided += [f"measure only in {name}: {m} / {p}" for name, x, y in (("A", a, b), ("B", b, a))
                 for m, p in sorted(measures(x) - measures(y))]
+  blocks += _table_blocks(run_a, run_b, "transfer.csv", report.transfer_numbers, "Transfer maps",
+                          ("source", "target", "method"), {"best R²": "r2", "R² shuffled max": "r2_shuffled_max"})
+  blocks += _table_blocks(run_a, run_b, "probes.csv", report.probe_numbers, "Probe transfer",
+                          ("task", "source", "target"), {"mapped": "mapped", "target ceiling": "target",
+                                                         "majority": "majority"})
   blocks += [report.Heading(2, "In one run only"),
              report.Bullets(tuple(one_sided)) if one_sided else report.Para("Nothing: both runs cover the same "
                                                                             "pairs, measures and preprocessings.")]

@@ -243,6 +243,21 @@ def transfer_numbers(transfer_rows: Sequence[dict]) -> dict:
   return out
 
 
+def probe_numbers(probe_rows: Sequence[dict]) -> dict:
+  """probes.csv rows -> {(task, source, target): {"relation", "best": (layer_a, layer_b), "mapped", "shuffled",
+  "target", "source", "majority" (at the layer pair with the best seed-mean mapped accuracy), "num_seeds"}}."""
+  relation = _relations(probe_rows, "source", "target", "probes.csv")
+  columns = ("acc_mapped", "acc_shuffled", "acc_target", "acc_source", "acc_majority")
+  grids = plots.layer_grids(probe_rows, ("task", "source", "target"), columns)
+  out = {}
+  for key in sorted(grids, key=lambda k: (k[0], plots.relation_rank(relation[k[1:]]), k)):
+    grid = grids[key]
+    i, j = plots.best_cell(grid.values["acc_mapped"])
+    out[key] = {"relation": relation[key[1:]], "best": (int(grid.layers_a[i]), int(grid.layers_b[j])),
+                **{c[4:]: float(grid.values[c][i, j]) for c in columns}, "num_seeds": len(grid.seeds)}
+  return out
+
+
 def _layers(layers, depths) -> str:
   return f"{layers[0]}, {layers[1]} ({depths[0]:.2f}, {depths[1]:.2f})"
 

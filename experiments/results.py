@@ -6,7 +6,8 @@ similarity.csv  one row per model pair x layer pair x measure x preprocessing x 
 transfer.csv    one row per (source, target) x layer pair x method x seed:
   source, target, relation, method, layer_a, layer_b, depth_a, depth_b, r2, r2_shuffled, r2_mean, seed
 probes.csv      one row per task x (source, target) x layer pair x seed:
-  task, source, target, relation, layer_a, layer_b, acc_mapped, acc_mapped_lo, acc_mapped_hi (the target's probe on
+  task, source, target, relation, layer_a, layer_b, depth_a, depth_b, acc_mapped, acc_mapped_lo, acc_mapped_hi
+  (the target's probe on
   mapped source activations, with its bootstrap CI), acc_shuffled (the same through the shuffled-pair map),
   acc_target (ceiling), acc_source (the source's own probe), acc_majority (constant prediction), seed.
   Binary tasks are scored top-1; the published next-token probe appears as tasks next_token_top1 / next_token_top5
@@ -31,8 +32,8 @@ SIMILARITY_COLUMNS = ("model_a", "model_b", "relation", "measure", "preprocess",
                       "depth_b", "value", "seed")
 TRANSFER_COLUMNS = ("source", "target", "relation", "method", "layer_a", "layer_b", "depth_a", "depth_b", "r2",
                     "r2_shuffled", "r2_mean", "seed")
-PROBE_COLUMNS = ("task", "source", "target", "relation", "layer_a", "layer_b", "acc_mapped", "acc_mapped_lo",
-                 "acc_mapped_hi", "acc_shuffled", "acc_target", "acc_source", "acc_majority", "seed")
+PROBE_COLUMNS = ("task", "source", "target", "relation", "layer_a", "layer_b", "depth_a", "depth_b", "acc_mapped",
+                 "acc_mapped_lo", "acc_mapped_hi", "acc_shuffled", "acc_target", "acc_source", "acc_majority", "seed")
 NEXT_TOKEN_COLUMNS = ("source", "target", "relation", "layer_a", "layer_b", "num_samples", "clean_accuracy") + tuple(
     f"{metric}_{name}" for name in ("mapped", "shuffled", "mean_ablation") for metric in ("kl", "top1", "accuracy")
 ) + ("seed",)

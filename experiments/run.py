@@ -2,6 +2,7 @@ r"""Runs a study from a config: extraction, similarity for all layer pairs, tran
 
   python -m experiments.run --config experiments/configs/demo.py --workdir runs/demo
   python -m experiments.run --config experiments/configs/demo.py --config.data.num_texts=128 --workdir runs/small
+  python -m experiments.run --config experiments/configs/demo.py:qwen --config.models.0.dtype=bfloat16 ...
 
 Every expensive result is cached by content in the workdir (activation stores, per-pair similarity matrices,
 per-pair map checkpoints), written atomically, so a rerun after a crash or with an added model does only
@@ -16,7 +17,9 @@ import itertools
 import json
 import os
 import platform
+import re
 import subprocess
+import sys
 import time
 
 import jax
@@ -219,9 +222,10 @@ def _statistics(cfg, seed, measure, prep, xs, ys, matrix, layers_a, layers_b, a,
   return out
 
 
-def _probe_rows(task, scores, shuffled_scores, a, b, relation, la, lb, seed):
+def _probe_rows(task, scores, shuffled_scores, a, b, relation, la, lb, num_layers, seed):
   """probes.csv rows of one task: every layer pair's mapped accuracy with its CI, floors and ceilings."""
   return [dict(task=task, source=a, target=b, relation=relation, layer_a=la[i], layer_b=lb[j],
+               **_depths(la[i], lb[j], a, b, num_layers),
                acc_mapped=float(scores.mapped[i, j]), acc_mapped_lo=float(scores.mapped_ci[i, j, 0]),
                acc_mapped_hi=float(scores.mapped_ci[i, j, 1]), acc_shuffled=float(shuffled_scores.mapped[i, j]),
                acc_target=float(scores.target[j]), acc_source=float(scores.source[i]),
@@ -253,13 +257,13 @@ def transfer_pair(cfg, seed, a, b, relation, store_a, store_b, xs, ys, acts, tas
     return rows, probe_rows, next_rows
   if t.next_token.enabled:
     path = os.path.join(workdir, "cache", "next_token",
-                        f"{a}__{b}-{_key(key, t.next_token.to_dict(), text_hash(texts))}.json")
+                        f"{a}__{b}-{_key(key, t.next_token.to_dict(), text_hash(texts), results.PROBE_COLUMNS)}.json")
     if not results.exists(path):
       patch_rows, token_scores = next_token.next_token_transfer(cfg, seed, a, b, relation, loaded[a], loaded[b],
                                                                 texts, fit, shuffled, la, lb, workdir)
       results.write_json(path, {"patching": patch_rows, "probes": [
           row for k, (scores, floor) in token_scores.items()
-          for row in _probe_rows(f"next_token_top{k}", scores, floor, a, b, relation, la, lb, seed)]})
+          for row in _probe_rows(f"next_token_top{k}", scores, floor, a, b, relation, la, lb, num_layers, seed)]})
     cached = results.read_json(path)
     next_rows, probe_rows = cached["patching"], cached["probes"]
   for task_name, task in tasks.items():
@@ -270,7 +274,7 @@ def transfer_pair(cfg, seed, a, b, relation, store_a, store_b, xs, ys, acts, tas
     source_probe = transfer.fit_logistic_probes(fs, labels, seed=seed)
     scores, floor = (transfer.probe_transfer(m, target_probe, source_probe, fs, labels, seed=seed, num_resamples=200)
                      for m in (fit, shuffled))
-    probe_rows += _probe_rows(task_name, scores, floor, a, b, relation, la, lb, seed)
+    probe_rows += _probe_rows(task_name, scores, floor, a, b, relation, la, lb, num_layers, seed)
   return rows, probe_rows, next_rows
 
 
@@ -336,6 +340,16 @@ def run(cfg, workdir: str) -> dict:
   return summary
 
 
+def bracket_list_indices(argv: list[str]) -> list[str]:
+  """--config.models.0.dtype=X -> --config.models[0].dtype=X (config_flags paths index lists with brackets)."""
+  def rewrite(arg):
+    if not arg.startswith("--config."):
+      return arg
+    name, eq, value = arg.partition("=")
+    return re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", name) + eq + value
+  return [rewrite(a) for a in argv]
+
+
 def main(argv):
   del argv
   if _WORKDIR.value is None or _CONFIG.value is None:
@@ -344,4 +358,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  sys.argv = bracket_list_indices(sys.argv)  # config_flags reads its overrides from sys.argv
   app.run(main)

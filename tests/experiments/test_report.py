@@ -51,7 +51,8 @@ def probe_rows(seed=2):
     for a, b, rel in PAIRS[:3]:
       for i, j, da, db in _cells(a, b)[:2]:
         mapped = rng.uniform(0.55, 0.9)
-        rows.append(dict(task=task, source=a, target=b, relation=rel, layer_a=i, layer_b=j, acc_mapped=mapped,
+        rows.append(dict(task=task, source=a, target=b, relation=rel, layer_a=i, layer_b=j, depth_a=da, depth_b=db,
+                         acc_mapped=mapped,
                          acc_mapped_lo=mapped - 0.03, acc_mapped_hi=mapped + 0.02, acc_shuffled=0.5, acc_target=0.95,
                          acc_source=0.9, acc_majority=0.52, seed=0))
   return rows
@@ -409,3 +410,29 @@ def test_compare_lists_matches_and_one_sided_entries(tmp_path):
   assert out.read_text(encoding="utf-8") == text
   with pytest.raises(ValueError, match="similarity.csv does not exist"):
     compare.compare_runs(run_a, str(tmp_path))
+  assert "Not compared: no transfer.csv in A and B." in text
+
+
+def test_compare_puts_transfer_and_probe_numbers_side_by_side(tmp_path):
+  sim, pr = similarity_rows(pairs=PAIRS[:2], measures=("cka",)), probe_rows()
+  tr_a, tr_b = transfer_rows(seed=1), transfer_rows(seed=7)
+  pr_b = [dict(r, acc_mapped=r["acc_mapped"] - 0.1) for r in pr]
+  run_a = write_run(tmp_path / "a", sim=sim, transfer=tr_a, probes=pr)
+  run_b = write_run(tmp_path / "b", sim=sim, transfer=tr_b, probes=pr_b)
+  tables = md_tables(compare.compare_runs(run_a, run_b))
+  tol = 0.5 * 10.0**-report.DECIMALS + 1e-12
+  header, *rows = tables["Transfer maps"][0]
+  assert len(rows) == 2
+  for row in rows:
+    cell = dict(zip(header, row))
+    best = lambda tr: max(r["r2"] for r in tr if (r["source"], r["target"]) == (cell["source"], cell["target"]))
+    assert [float(cell["best R² A"]), float(cell["best R² B"])] == pytest.approx([best(tr_a), best(tr_b)], abs=tol)
+  header, *rows = tables["Probe transfer"][0]
+  assert len(rows) == 2 * 3  # two tasks x three pairs
+  for row in rows:
+    cell = dict(zip(header, row))
+    mine = [r["acc_mapped"] for r in pr if (r["task"], r["source"], r["target"]) == (cell["task"], cell["source"],
+                                                                                     cell["target"])]
+    assert float(cell["mapped A"]) == pytest.approx(max(mine), abs=tol)
+    assert float(cell["mapped B-A"]) == pytest.approx(-0.1, abs=2 * tol)
+    assert cell["target ceiling B-A"] == "0.000"

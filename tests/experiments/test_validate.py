@@ -50,3 +50,20 @@ def test_relative_depths_exclude_embeddings():
   assert resolve_layers("depths:9", 16) == [1, 3, 5, 7, 9, 10, 12, 14, 16]
   assert resolve_layers("all", 16) == "all"
   assert resolve_layers([0, 4], 16) == [0, 4]
+
+
+def test_command_line_overrides_reach_validation_before_any_work(tmp_path):
+  """config_flags overrides (list items included) and the ':arg' form, through the real entry point."""
+  import os
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.run", "--config=experiments/configs/demo.py:qwen",
+       "--config.models.0.dtype=float8", "--config.models[3].path=./nowhere", "--config.data.num_texts=3",
+       f"--workdir={tmp_path / 'run'}"], cwd=root, capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0
+  for fragment in ("Invalid config", "model smollm2-135m: dtype 'float8'", "model qwen-coder-1.5b: path './nowhere'",
+                   "num_texts=3"):
+    assert fragment in result.stderr, fragment
+  assert not os.path.exists(tmp_path / "run" / "activations")
