@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -10,6 +11,8 @@ from experiments import results, run as runner
 from launch.local import launch
 from tests.activations.tiny import make_model_dir
 from tests.experiments import tiny_config as tiny
+
+TABLES = ("similarity.csv", "transfer.csv", "probes.csv", "next_token.csv")
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +32,9 @@ def tiny_config(model_root):
 def finished_run(tiny_config, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("run"))
   summary = runner.run(tiny_config, workdir)
+  os.makedirs(workdir + "-pristine")  # the tables as first written; later tests rerun into workdir
+  for table in TABLES:
+    shutil.copy(os.path.join(workdir, table), workdir + "-pristine")
   return workdir, summary
 
 
@@ -78,7 +84,9 @@ def test_token_probe_rows_have_floors_and_ceilings(finished_run):
   workdir, _ = finished_run
   rows = [r for r in results.read_table(os.path.join(workdir, "probes.csv")) if r["task"].startswith("next_token")]
   assert {r["task"] for r in rows} == {"next_token_top1", "next_token_top5"}
-  assert len(rows) == 2 * 2 * 4 * 4  # top-1 / top-5 x 2 seeds x 4 x 4 layer pairs, source llama -> target gemma
+  # top-1 / top-5 x 2 seeds x the 3 x 3 depth-matched block outputs (of 4 hidden states), llama -> gemma
+  assert len(rows) == 2 * 2 * 3 * 3 and {(r["layer_a"], r["layer_b"]) for r in rows} == {
+      (i, j) for i in (1, 2, 3) for j in (1, 2, 3)}
   for r in rows:
     assert 0 <= r["acc_majority"] <= 1 and 0 <= r["acc_shuffled"] <= 1 and r["acc_mapped_lo"] <= r["acc_mapped"]
   top = lambda task, column: max(r[column] for r in rows if r["task"] == task)
@@ -153,14 +161,46 @@ def test_changed_texts_get_new_activation_stores(finished_run, tiny_config):
   assert summary["num_texts"] == 40 and summary["pairs"]["tiny-llama|tiny-gemma"]["num_samples"] <= 40
 
 
+def test_a_run_killed_mid_way_resumes_to_the_same_results(finished_run, tiny_config, monkeypatch, tmp_path):
+  one_process, _ = finished_run
+  config = tiny_config.copy_and_resolve_references()
+  config.seeds = [0]
+  original = runner.compare_pair
+
+  def crash_at_the_random_pair(cfg, seed, a, b, *args):
+    if b.endswith("@random"):
+      raise KeyboardInterrupt("preempted")
+    return original(cfg, seed, a, b, *args)
+
+  monkeypatch.setattr(runner, "compare_pair", crash_at_the_random_pair)
+  with pytest.raises(KeyboardInterrupt):
+    runner.run(config, str(tmp_path))
+  assert not os.path.exists(tmp_path / "similarity.csv")
+  monkeypatch.setattr(runner, "compare_pair", original)
+  computed = []
+  matrix = runner.similarity_matrix
+  monkeypatch.setattr(runner, "similarity_matrix", lambda m, p, *a: (computed.append(a[1].shape), matrix(m, p, *a))[1])
+  runner.run(config, str(tmp_path))
+  assert len(computed) == 6  # only the random pair's 3 measures x 2 preprocessings; the cross pair was cached
+  for table in TABLES:
+    resumed = results.read_table(os.path.join(tmp_path, table))
+    reference = [r for r in results.read_table(os.path.join(one_process + "-pristine", table)) if r["seed"] == 0]
+    assert len(resumed) == len(reference) > 0
+    for a, b in zip(resumed, reference):
+      assert a.keys() == b.keys()
+      for k in b:
+        assert a[k] == (pytest.approx(b[k], abs=1e-6) if isinstance(b[k], float) else b[k]), (table, k)
+
+
 @pytest.mark.slow
 def test_two_processes_give_the_one_process_results(finished_run, model_root, tmp_path):
   workdir, _ = finished_run
   code = launch(["-m", "experiments.run", f"--config=tests/experiments/tiny_config.py:{model_root}",
                  f"--workdir={tmp_path}"], 2, timeout_s=1200)
   assert code == 0
-  for table in ("similarity.csv", "transfer.csv", "probes.csv", "next_token.csv"):
-    one, two = results.read_table(os.path.join(workdir, table)), results.read_table(os.path.join(tmp_path, table))
+  for table in TABLES:
+    one = results.read_table(os.path.join(workdir + "-pristine", table))
+    two = results.read_table(os.path.join(tmp_path, table))
     assert len(one) == len(two)
     for a, b in zip(one, two):
       assert a.keys() == b.keys()

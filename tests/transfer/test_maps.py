@@ -110,6 +110,22 @@ def test_predict_applies_the_map_in_raw_coordinates(planted, adam_fit):
     adam_fit.predict(0, 5, x)
 
 
+def test_select_keeps_the_chosen_layers_maps_renumbered(planted, adam_fit):
+  source, _, _ = planted
+  source_layers, target_layers = [1, 0], [2, 0]
+  sub = adam_fit.select(source_layers, target_layers)
+  np.testing.assert_array_equal(sub.r2, adam_fit.r2[np.ix_(source_layers, target_layers)])
+  assert sub.pairs.tolist() == [[0, 0], [0, 1], [1, 0], [1, 1]]
+  x = source[1, :5]
+  for i, old_i in enumerate(source_layers):
+    for j, old_j in enumerate(target_layers):
+      np.testing.assert_array_equal(sub.predict(i, j, source[old_i, :5]), adam_fit.predict(old_i, old_j,
+                                                                                            source[old_i, :5]))
+  with pytest.raises(ValueError, match="must not repeat"):
+    adam_fit.select([0, 0], [1])
+  assert adam_fit.select([1], [2]).predict(0, 0, x).shape == (5, adam_fit.target_mean.shape[1])
+
+
 def test_vmapped_sweep_equals_fitting_each_pair_alone(planted, adam_fit):
   source, target, _ = planted
   for i, j in [(0, 0), (0, 2), (1, 1)]:

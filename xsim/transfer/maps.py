@@ -62,6 +62,26 @@ class LinearMapFit:
       raise ValueError(f"pair ({i}, {j}) was not fit; fit it by including it in `pairs`.")
     return int(hits[0])
 
+  def select(self, source_layers, target_layers) -> "LinearMapFit":
+    """The maps between the given source and target layer positions only, renumbered 0.. in the given order
+    (pairs between them that were not fit stay unfit), e.g. to fit probes on a few layers of each model."""
+    source_layers, target_layers = np.asarray(source_layers, np.int64), np.asarray(target_layers, np.int64)
+    new_i = {int(i): k for k, i in enumerate(source_layers)}
+    new_j = {int(j): k for k, j in enumerate(target_layers)}
+    if len(new_i) != len(source_layers) or len(new_j) != len(target_layers):
+      raise ValueError("source_layers and target_layers must not repeat a layer.")
+    kept = [r for r, (i, j) in enumerate(self.pairs) if int(i) in new_i and int(j) in new_j]
+    pairs = np.array([(new_i[int(self.pairs[r, 0])], new_j[int(self.pairs[r, 1])]) for r in kept],
+                     np.int64).reshape(-1, 2)
+    order = np.lexsort((pairs[:, 1], pairs[:, 0]))
+    rows = np.asarray(kept, np.int64)[order]
+    grid = np.ix_(source_layers, target_layers)
+    params = None if self.params is None else jax.tree_util.tree_map(lambda leaf: leaf[rows], self.params)
+    return dataclasses.replace(
+        self, r2=self.r2[grid], penalty=self.penalty[grid], best_step=self.best_step[grid], pairs=pairs[order],
+        source_mean=self.source_mean[source_layers], source_std=self.source_std[source_layers],
+        target_mean=self.target_mean[target_layers], target_std=self.target_std[target_layers], params=params)
+
   def predict(self, i: int, j: int, x):
     """Maps raw source-layer-i activations x: [m, da] to raw target-layer-j activations [m, db]."""
     if self.params is None:
