@@ -9,18 +9,9 @@ import pytest
 
 from experiments import results, run as runner
 from launch.local import launch
-from tests.activations.tiny import make_model_dir
 from tests.experiments import tiny_config as tiny
 
 TABLES = ("similarity.csv", "transfer.csv", "probes.csv", "next_token.csv")
-
-
-@pytest.fixture(scope="module")
-def model_root(tmp_path_factory):
-  root = tmp_path_factory.mktemp("models")
-  make_model_dir(root / "llama", "bytelevel", "llama")
-  make_model_dir(root / "gemma", "sentencepiece", "gemma2")
-  return str(root)
 
 
 @pytest.fixture(scope="module")
