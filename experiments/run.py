@@ -259,12 +259,15 @@ def transfer_pair(cfg, seed, a, b, relation, store_a, store_b, xs, ys, acts, tas
     path = os.path.join(workdir, "cache", "next_token",
                         f"{a}__{b}-{_key(key, t.next_token.to_dict(), text_hash(texts), results.PROBE_COLUMNS)}.json")
     if not results.exists(path):
+      start = time.time()
       patch_rows, token = next_token.next_token_transfer(cfg, seed, a, b, relation, loaded[a], loaded[b], texts,
                                                          fit, shuffled, la, lb, workdir)
       results.write_json(path, {"patching": patch_rows, "probes": [] if token is None else [
           row for k, (scores, floor) in token.scores.items()
           for row in _probe_rows(f"next_token_top{k}", scores, floor, a, b, relation, token.layers_a,
                                  token.layers_b, num_layers, seed)]})
+      logging.info("%s -> %s (seed %d): next-token patching and token probe in %.1fs.", a, b, seed,
+                   time.time() - start)
     cached = results.read_json(path)
     next_rows, probe_rows = cached["patching"], cached["probes"]
   for task_name, task in tasks.items():
