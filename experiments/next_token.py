@@ -58,7 +58,7 @@ def next_token_transfer(cfg, seed: int, a: str, b: str, relation: str, source, t
   Both steps use the layers at `num_depths` matched relative depths; the token probe scores every pair of them.
   Returns (rows of next_token.csv, TokenProbes or None when probe_classes is 0).
   """
-  nt = cfg.transfer.next_token
+  nt = cfg.transfer.next_token  # num_samples and probe_samples are upper bounds: the usable texts may be fewer
   matched = depth_matched_pairs(layers_a, layers_b, nt.num_depths)
   ia, ib = sorted({i for i, _ in matched}), sorted({j for _, j in matched})
   usable = [t for t in texts if len(t.split()) > nt.max_words]

@@ -92,13 +92,12 @@ def validate_config(cfg) -> None:
       check(nt.get("max_words", 0) >= 2 and nt.get("num_samples", 0) >= 8 and nt.get("num_depths", 0) >= 2,
             "transfer.next_token needs max_words >= 2, num_samples >= 8 and num_depths >= 2")
       classes, samples = nt.get("probe_classes", 0), nt.get("probe_samples", 0)
+      if "data" in cfg:  # the samples are cut from the texts, so at most num_texts of them
+        samples = min(samples, cfg.data.num_texts)
       check(classes == 0 or (classes >= 5 and samples >= 2 * classes),
             f"transfer.next_token.probe_classes={classes} must be 0 (no token probe) or >= 5 (top-5 is scored), with "
-            f"probe_samples >= 2 x probe_classes (got {samples}) so the training rows can hold that many tokens")
-      if "data" in cfg:
-        check(max(samples, nt.get("num_samples", 0)) <= cfg.data.num_texts,
-              f"transfer.next_token num_samples / probe_samples ({nt.get('num_samples')} / {samples}) must not exceed "
-              f"data.num_texts ({cfg.data.num_texts}): the samples are cut from those texts")
+            f"at least 2 x probe_classes samples (min(probe_samples, data.num_texts) = {samples}) so the training "
+            "rows can hold that many tokens")
       if "data" in cfg and cfg.data.max_words is not None:
         check(nt.get("max_words", 0) < cfg.data.max_words,
               f"transfer.next_token.max_words must be below data.max_words ({cfg.data.max_words}) so a next word exists")

@@ -26,6 +26,9 @@ def offline(config, model_root):
   return c
 
 
+pytestmark = pytest.mark.slow  # two runs of about a minute each; CI runs the demo and the tiny runner instead
+
+
 @pytest.fixture(scope="module")
 def runs(model_root, tmp_path_factory):
   out = {}

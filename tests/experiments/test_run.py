@@ -146,10 +146,11 @@ def test_changed_texts_get_new_activation_stores(finished_run, tiny_config):
   workdir, _ = finished_run
   config = tiny_config.copy_and_resolve_references()
   config.data.num_texts = 40  # a store refuses other inputs, so new texts need new store directories
-  config.transfer.next_token.probe_samples = 40
-  config.seeds = [0]
-  summary = runner.run(config, workdir)
-  assert summary["num_texts"] == 40 and summary["pairs"]["tiny-llama|tiny-gemma"]["num_samples"] <= 40
+  before = set(os.listdir(os.path.join(workdir, "activations")))
+  acts = runner.extract_all(config, runner.load_texts(config.data), workdir, None)[0]
+  store = acts.models["tiny-llama"]
+  assert os.path.basename(store.path) not in before and store.manifest["num_texts"] == 40
+  assert os.path.basename(acts.tasks[("capitals", "tiny-llama")].path) in before  # the task texts did not change
 
 
 def test_a_run_killed_mid_way_resumes_to_the_same_results(finished_run, tiny_config, monkeypatch, tmp_path):

@@ -28,14 +28,14 @@ def test_every_problem_is_listed():
   c.seeds = [0, 0]
   c.similarity.min_layer = -1
   c.similarity.ci_resamples = 5
-  c.transfer.next_token.probe_classes = 500  # more classes than 384 samples can train
+  c.transfer.next_token.probe_classes = 200  # more classes than 384 samples can train
   with pytest.raises(ValueError) as error:
     validate_config(c)
   message = str(error.value)
   for fragment in ("unknown top-level key 'surprise'", "names must be unique", "'./no/such/model'",
                    "dtype 'float8'", "pooling 'max'", "'depths:x'", "'nonsense'", "'whiten'", "'mystery'",
                    "num_texts=3", "fractions", "seeds must be a non-empty list of distinct ints",
-                   "min_layer=-1", "ci_resamples", "probe_classes=500"):
+                   "min_layer=-1", "ci_resamples", "probe_classes=200"):
     assert fragment in message, fragment
 
 
@@ -64,6 +64,6 @@ def test_command_line_overrides_reach_validation_before_any_work(tmp_path):
        f"--workdir={tmp_path / 'run'}"], cwd=root, capture_output=True, text=True, timeout=300)
   assert result.returncode != 0
   for fragment in ("Invalid config", "model smollm2-135m: dtype 'float8'", "model qwen-coder-1.5b: path './nowhere'",
-                   "num_texts=3"):
+                   "num_texts=3", "min(probe_samples, data.num_texts) = 3"):
     assert fragment in result.stderr, fragment
   assert not os.path.exists(tmp_path / "run" / "activations")
