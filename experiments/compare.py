@@ -31,7 +31,7 @@ def _scored_rows(workdir: str, table: str):
   if not os.path.exists(path):
     return None
   min_layer = results.read_json(summary).get("min_layer", 0) if os.path.exists(summary) else 0
-  return [r for r in results.read_table(path) if r["layer_a"] >= min_layer and r["layer_b"] >= min_layer]
+  return report.scored_rows(results.read_table(path), min_layer)
 
 
 def _numbers(workdir: str) -> dict:

@@ -258,6 +258,11 @@ def probe_numbers(probe_rows: Sequence[dict]) -> dict:
   return out
 
 
+def scored_rows(rows: Sequence[dict], min_layer: int) -> list[dict]:
+  """The table rows whose layer pair counts for maxima, means and best pairs: both layers >= min_layer."""
+  return [r for r in rows if r["layer_a"] >= min_layer and r["layer_b"] >= min_layer]
+
+
 def _layers(layers, depths) -> str:
   return f"{layers[0]}, {layers[1]} ({depths[0]:.2f}, {depths[1]:.2f})"
 
@@ -457,7 +462,7 @@ def write_report(workdir: str, config_dict: Mapping, environment: Mapping) -> tu
   body, checks = [], []
   min_layer = summary.get("min_layer", 0)
   # Maxima, means and best pairs are over the scored layer pairs; heatmaps show all of them.
-  scored = lambda rows: [r for r in rows if r["layer_a"] >= min_layer and r["layer_b"] >= min_layer]
+  scored = lambda rows: scored_rows(rows, min_layer)
   if similarity:
     numbers = headline_numbers(scored(similarity))
     checks += _summary_checks(numbers, summary)

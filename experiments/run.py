@@ -172,9 +172,10 @@ def compare_pair(cfg, seed, a, b, relation, store_a, store_b, xs, ys, num_layers
   layers_a, layers_b = store_a.layers, store_b.layers
   rows, measures = [], {}
   for measure, prep in itertools.product(s.measures, s.preprocess):
-    # Only the settings this matrix depends on, so adding a measure or a preprocessing leaves the rest cached.
-    settings = [s.knn_k] if measure == "mutual_knn" else [s.permutations, s.ci_resamples]
-    key = _key(store_a.manifest, store_b.manifest, measure, prep, settings, s.min_layer, seed)
+    # Only the settings this entry depends on, so adding a measure or a preprocessing leaves the rest cached. The
+    # seed moves only CKA's null and CI: a real pair's mutual kNN is computed once for all seeds.
+    settings = [s.knn_k] if measure == "mutual_knn" else [s.permutations, s.ci_resamples, seed]
+    key = _key(store_a.manifest, store_b.manifest, measure, prep, settings, s.min_layer)
     path = os.path.join(workdir, "cache", "similarity", f"{a}__{b}__{measure}__{prep}-{key}.json")
     if results.exists(path):
       entry = results.read_json(path)

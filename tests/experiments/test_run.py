@@ -53,6 +53,9 @@ def test_seeds_vary_the_random_baselines_and_splits_but_not_the_real_pair(finish
   r2 = lambda seed: np.array([r["r2"] for r in transfer if (r["target"], r["seed"]) == ("tiny-gemma", seed)])
   assert len(r2(0)) == len(r2(1)) == 16 and np.abs(r2(0) - r2(1)).max() > 1e-4  # other splits
   assert summary["seeds"] == [0, 1]
+  cache = os.listdir(os.path.join(workdir, "cache", "similarity"))
+  knn = lambda b: [f for f in cache if f.startswith(f"tiny-llama__{b}__mutual_knn__")]
+  assert len(knn("tiny-gemma")) == 2 and len(knn("tiny-gemma@random")) == 4  # seed-free for the real pair
   assert set(summary["pairs"]["tiny-llama|tiny-gemma"]["measures_by_seed"]) == {"0", "1"}
 
 
