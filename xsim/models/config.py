@@ -39,6 +39,10 @@ class ModelConfig:
     attn_softcap / final_softcap: tanh soft-capping of attention scores / output logits (Gemma 2).
     embed_scale: multiplier of the embedding output (sqrt(d) for Gemma), or None.
     tie_embeddings: the output head reuses the embedding matrix.
+    max_position_embeddings: the longest input the model was trained for (HF max_position_embeddings, GGUF
+      context_length), or None if unknown. Longer inputs run, but out of the model's training distribution.
+    attention_block_size: queries and keys per block of the blockwise attention (an execution choice: the
+      result is the same up to rounding). Attention memory per layer is about batch x heads x block^2 floats.
   """
   family: str
   num_layers: int
@@ -70,6 +74,8 @@ class ModelConfig:
   final_softcap: Optional[float] = None
   embed_scale: Optional[float] = None
   tie_embeddings: bool = False
+  max_position_embeddings: Optional[int] = None
+  attention_block_size: int = 512
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
@@ -80,6 +86,8 @@ class ModelConfig:
       raise ValueError("Some layers are sliding-window layers but sliding_window is not set.")
     if 2 * len(self.rope_inv_freq) != self.rotary_dim or self.rotary_dim > self.head_dim:
       raise ValueError(f"rotary_dim={self.rotary_dim} must be 2 * len(rope_inv_freq) and <= head_dim.")
+    if self.attention_block_size < 1:
+      raise ValueError(f"attention_block_size={self.attention_block_size} must be positive.")
     for name, allowed in (("norm", ("rms", "layer")), ("mlp", ("gated", "plain")),
                           ("activation", ("silu", "gelu", "gelu_tanh"))):
       if getattr(self, name) not in allowed:

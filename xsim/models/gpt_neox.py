@@ -24,7 +24,8 @@ def config_from_hf(hf_config) -> ModelConfig:
       parallel_residual=hf_config.use_parallel_residual, rotary_dim=rotary_dim,
       rope_inv_freq=inverse_frequencies(rope, rotary_dim, hf_config.max_position_embeddings),
       layer_is_sliding=(False,) * hf_config.num_hidden_layers, attn_scale=head_dim ** -0.5,
-      tie_embeddings=bool(getattr(hf_config, "tie_word_embeddings", False)))
+      tie_embeddings=bool(getattr(hf_config, "tie_word_embeddings", False)),
+      max_position_embeddings=hf_config.max_position_embeddings)
 
 
 def _fused(index: int, is_bias: bool):

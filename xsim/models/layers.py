@@ -59,8 +59,10 @@ class Attention(nn.Module):
                            precision=self.precision, kernel_init=kernel_init, name=name)(x)
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, cos: jnp.ndarray, sin: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
-    """x: [B, S, D]; cos, sin: [B, S, rotary_dim]; mask: [B, S, S] bool (True = may attend). Returns [B, S, D]."""
+  def __call__(self, x: jnp.ndarray, cos: jnp.ndarray, sin: jnp.ndarray, key_mask: jnp.ndarray,
+               window: Optional[jnp.ndarray]) -> jnp.ndarray:
+    """x: [B, S, D]; cos, sin: [B, S, rotary_dim]; key_mask: [B, S] bool (False = pad); window: [] int or None
+    (see `blockwise_attention`). Returns [B, S, D]."""
     c = self.config
     q = self._proj("q", x, c.num_heads)      # [B, S, H, E]
     k = self._proj("k", x, c.num_kv_heads)   # [B, T, K, E]
@@ -70,20 +72,85 @@ class Attention(nn.Module):
       k = Norm(c, self.dtype, name="k_norm")(k)
     if c.rotary_dim:
       q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-    groups = c.num_heads // c.num_kv_heads
     # Query head h reads key/value head h // groups (HF's repeat_kv).
-    q = q.reshape(*q.shape[:2], c.num_kv_heads, groups, c.head_dim)
-    scores = jnp.einsum("bskge,btke->bkgst", q, k, precision=self.precision).astype(jnp.float32) * c.attn_scale
-    if c.attn_softcap is not None:  # Gemma 2: cap * tanh(scores / cap), before the mask.
-      scores = c.attn_softcap * jnp.tanh(scores / c.attn_softcap)
-    # A finite fill keeps fully masked rows (left-padding queries) finite instead of NaN.
-    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-    out = jnp.einsum("bkgst,btke->bskge", probs, v, precision=self.precision)
+    q = q.reshape(*q.shape[:2], c.num_kv_heads, c.num_heads // c.num_kv_heads, c.head_dim)
+    out = blockwise_attention(q, k, v, key_mask, scale=c.attn_scale, softcap=c.attn_softcap, window=window,
+                              block_size=c.attention_block_size, precision=self.precision)
     out = out.reshape(*out.shape[:2], c.num_heads, c.head_dim)
     return nn.DenseGeneral(c.hidden_size, axis=(-2, -1), use_bias=c.out_bias, dtype=self.dtype,
                            param_dtype=self.dtype, precision=self.precision, kernel_init=kernel_init,
                            name="o")(out)
+
+
+def blockwise_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, key_mask: jnp.ndarray, *, scale: float,
+                        softcap: Optional[float] = None, window: Optional[jnp.ndarray] = None,
+                        block_size: int = 512, precision: Any = None) -> jnp.ndarray:
+  """Causal softmax(scale * q.k) v, one block of queries against one block of keys at a time.
+
+  The online softmax of FlashAttention (Dao et al. 2022) carries each query row's running max, sum and output
+  over key blocks, so memory is linear in sequence length; key blocks wholly in the future (or wholly before a
+  sliding window) are skipped. Scores and softmax are float32; the result equals the dense softmax up to
+  rounding. Causality and windows use sequence indices, so either padding side works.
+
+  q: [B, S, K, G, E] (G query heads share key/value head K); k, v: [B, S, K, E]; key_mask: [B, S] bool, False
+  for pads, which are never keys. softcap: Gemma 2's cap * tanh(scores / cap), before masking. window: [] int
+  or None: key t is visible to query s if s - t < window. block_size: queries and keys per block (the whole
+  sequence when shorter). Query rows with no visible key (left-padding queries) return zeros.
+  Returns [B, S, K, G, E] in v's dtype.
+  """
+  batch, seq, heads, groups, dim = q.shape
+  block = min(block_size, seq)
+  num_blocks = -(-seq // block)
+  pad = num_blocks * block - seq  # the padded tail is masked out as keys and sliced off as queries
+
+  def blocks(x, seq_axis):  # [B, S, ...] -> [num_blocks, ...] with the block's sequence axis at seq_axis
+    x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+    x = x.reshape(batch, num_blocks, block, *x.shape[2:])
+    return jnp.moveaxis(jnp.moveaxis(x, 1, 0), 2, seq_axis + 1)
+
+  q_blocks = blocks(q, 3)  # [n, B, K, G, block, E]
+  k_blocks, v_blocks = blocks(k, 2), blocks(v, 2)  # [n, B, K, block, E]
+  mask_blocks = blocks(key_mask, 1)  # [n, B, block]
+  offsets = jnp.arange(block)
+  lowest = jnp.finfo(jnp.float32).min
+
+  def attend(carry, i, q_i, j):
+    """Folds key block j into query block i's running (max, sum, output)."""
+    row_max, row_sum, acc = carry
+    scores = jnp.einsum("bkgse,bkte->bkgst", q_i, k_blocks[j], precision=precision).astype(jnp.float32) * scale
+    if softcap is not None:
+      scores = softcap * jnp.tanh(scores / softcap)
+    distance = (i - j) * block + offsets[:, None] - offsets[None, :]  # query index - key index, [block, block]
+    visible = distance >= 0
+    if window is not None:
+      visible &= distance < window
+    visible = visible[None] & mask_blocks[j][:, None, :]  # [B, S_block, T_block]
+    scores = jnp.where(visible[:, None, None], scores, lowest)
+    new_max = jnp.maximum(row_max, scores.max(-1))
+    # Zeroing masked terms (not only filling their scores) keeps rows that have seen no key yet at sum 0.
+    probs = jnp.where(visible[:, None, None], jnp.exp(scores - new_max[..., None]), 0.0)
+    rescale = jnp.exp(row_max - new_max)
+    values = jnp.einsum("bkgst,bkte->bkgse", probs.astype(v.dtype), v_blocks[j], precision=precision,
+                        preferred_element_type=jnp.float32)
+    return new_max, row_sum * rescale + probs.sum(-1), acc * rescale[..., None] + values
+
+  def query_block(args):
+    i, q_i = args
+    init = (jnp.full((batch, heads, groups, block), lowest), jnp.zeros((batch, heads, groups, block)),
+            jnp.zeros((batch, heads, groups, block, dim)))
+
+    def step(carry, j):
+      needed = j <= i
+      if window is not None:  # the block's closest query-key pair is (i - j - 1) * block + 1 apart
+        needed &= (i - j - 1) * block + 1 < window
+      return jax.lax.cond(needed, lambda c: attend(c, i, q_i, j), lambda c: c, carry), None
+
+    (_, row_sum, acc), _ = jax.lax.scan(step, init, jnp.arange(num_blocks))
+    return (acc / jnp.where(row_sum > 0, row_sum, 1.0)[..., None]).astype(v.dtype)
+
+  out = jax.lax.map(query_block, (jnp.arange(num_blocks), q_blocks))  # [n, B, K, G, block, E]
+  out = jnp.moveaxis(out, 4, 1).reshape(num_blocks * block, batch, heads, groups, dim)
+  return jnp.moveaxis(out, 0, 1)[:, :seq]
 
 
 class MLP(nn.Module):
@@ -114,12 +181,13 @@ class Block(nn.Module):
   precision: Any = None
 
   @nn.compact
-  def __call__(self, h: jnp.ndarray, cos: jnp.ndarray, sin: jnp.ndarray,
-               mask: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
-    """h: [B, S, D] residual stream in. Returns (residual out, attention output, MLP output), each [B, S, D]."""
+  def __call__(self, h: jnp.ndarray, cos: jnp.ndarray, sin: jnp.ndarray, key_mask: jnp.ndarray,
+               window: Optional[jnp.ndarray]) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """h: [B, S, D] residual stream in; the rest as `Attention`. Returns (residual out, attention output, MLP
+    output), each [B, S, D]."""
     c = self.config
     norm = lambda name: Norm(c, self.dtype, name=name)
-    attn = Attention(c, self.dtype, self.precision, name="attn")(norm("attn_norm")(h), cos, sin, mask)
+    attn = Attention(c, self.dtype, self.precision, name="attn")(norm("attn_norm")(h), cos, sin, key_mask, window)
     if c.sandwich_norms:
       attn = norm("post_attn_norm")(attn)
     mlp_module = MLP(c, self.dtype, self.precision, name="mlp")
@@ -132,18 +200,3 @@ class Block(nn.Module):
       mlp = norm("post_mlp_norm")(mlp)
     return h + mlp, attn, mlp
 
-
-def attention_masks(attention_mask: jnp.ndarray, sliding_window: Optional[int]):
-  """Causal masks [B, S, S] from a padding mask [B, S]: (global, sliding or None). Pads are never keys.
-
-  Masks use sequence indices, so either padding side works: distances between real tokens are the same.
-  """
-  seq = attention_mask.shape[1]
-  idx = jnp.arange(seq)
-  causal = idx[:, None] >= idx[None, :]
-  keys = attention_mask.astype(bool)[:, None, :]
-  full = causal[None] & keys
-  if sliding_window is None:
-    return full, None
-  near = (idx[:, None] - idx[None, :]) < sliding_window
-  return full, full & near[None]

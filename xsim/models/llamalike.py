@@ -98,6 +98,7 @@ def base_config(hf_config: Any, family: str, **overrides) -> ModelConfig:
       layer_is_sliding=is_sliding,
       attn_scale=dim ** -0.5,
       tie_embeddings=bool(getattr(hf_config, "tie_word_embeddings", False)),
+      max_position_embeddings=max_pos,
   )
   fields.update(overrides)
   return ModelConfig(**fields)

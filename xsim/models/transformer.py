@@ -12,7 +12,7 @@ import flax.struct
 import jax.numpy as jnp
 
 from xsim.models.config import ModelConfig
-from xsim.models.layers import Block, Norm, attention_masks, kernel_init
+from xsim.models.layers import Block, Norm, kernel_init
 from xsim.models.rope import rotary_tables
 
 
@@ -55,15 +55,15 @@ class _ScannedBlock(nn.Module):
   precision: Any
 
   @nn.compact
-  def __call__(self, h, layer_inputs, tables, masks, patch):
+  def __call__(self, h, layer_inputs, tables, key_mask, patch):
     index, is_sliding = layer_inputs
     (cos, sin), (cos_local, sin_local) = tables
-    mask, mask_local = masks
-    if mask_local is not None:
-      mask = jnp.where(is_sliding, mask_local, mask)
+    window = None
+    if any(self.config.layer_is_sliding):  # global layers get a window no distance reaches
+      window = jnp.where(is_sliding, self.config.sliding_window, jnp.iinfo(jnp.int32).max)
     if cos_local is not None:
       cos, sin = jnp.where(is_sliding, cos_local, cos), jnp.where(is_sliding, sin_local, sin)
-    h, attn, mlp = Block(self.config, self.dtype, self.precision, name="block")(h, cos, sin, mask)
+    h, attn, mlp = Block(self.config, self.dtype, self.precision, name="block")(h, cos, sin, key_mask, window)
     h = _apply_patch(h, index + 1, patch)
     return h, (h, attn, mlp)
 
@@ -90,13 +90,12 @@ class Decoder(nn.Module):
     positions = jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
     tables = (rotary_tables(c.rope_inv_freq, positions),
               rotary_tables(c.rope_inv_freq_local, positions) if c.rope_inv_freq_local else (None, None))
-    masks = attention_masks(attention_mask, c.sliding_window if any(c.layer_is_sliding) else None)
     layer_inputs = (jnp.arange(c.num_layers), jnp.asarray(c.layer_is_sliding, bool))
 
     scan = nn.scan(_ScannedBlock, variable_axes={"params": 0}, split_rngs={"params": True},
                    in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=c.num_layers)
     h_last, (per_layer, attn, mlp) = scan(c, self.dtype, self.precision, name="layers")(
-        h, layer_inputs, tables, masks, patch)
+        h, layer_inputs, tables, attention_mask.astype(bool), patch)
     hidden_states = jnp.concatenate([h[None], per_layer], axis=0)
     final_hidden = Norm(c, self.dtype, name="final_norm")(h_last)
 
