@@ -1,5 +1,7 @@
 """extract_activations: pooled rows equal the unpadded forward, align across tokenizers, shard, resume."""
+import dataclasses
 import json
+import logging
 import os
 
 import numpy as np
@@ -131,6 +133,25 @@ def test_overflow_is_an_error_or_a_logged_skip(models, tmp_path):
   acts = xa.extract_activations(model, texts, max_tokens=60, on_overflow="skip", store_dir=str(tmp_path / "s"),
                                 progress=False)
   assert sorted(set(acts.index["text"])) == [0, 1, 2]
+
+
+def test_texts_past_the_context_are_named_in_one_warning(models, tmp_path, caplog):
+  model = models["right"]
+  short = dataclasses.replace(model, config=dataclasses.replace(model.config, max_position_embeddings=8))
+  lengths = [len(tokenize(model.tokenizer, t).ids) for t in TEXTS]
+  over = [i for i, n in enumerate(lengths) if n > 8]
+  assert 0 < len(over) < len(TEXTS)
+  with caplog.at_level(logging.WARNING):
+    acts = xa.extract_activations(short, TEXTS, store_dir=str(tmp_path / "short"), progress=False)
+  warnings = [r.getMessage() for r in caplog.records if "max_position_embeddings=8" in r.getMessage()]
+  assert len(warnings) == 1, warnings
+  assert warnings[0].startswith(f"{model.name}: {len(over)} texts")
+  assert all(f"text {i}: {lengths[i]} tokens" in warnings[0] for i in over[:5])
+  assert sorted(set(acts.index["text"])) == list(range(len(TEXTS)))  # still extracted
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):  # within the real context (512): no warning
+    xa.extract_activations(model, TEXTS, store_dir=str(tmp_path / "full"), progress=False)
+  assert not [r for r in caplog.records if "max_position_embeddings" in r.getMessage()]
 
 
 def test_non_finite_activations_name_the_layer_and_text(models, tmp_path):

@@ -81,8 +81,9 @@ def _resolve_layers(model: Model, layers, site: str) -> list[int]:
 
 def _prepare(model: Model, texts: Sequence[str], start: int, pooling: str, keep_bos: bool, max_tokens: int,
              on_overflow: str, truncate_tokens: Optional[int]):
-  """Tokenizes texts[start:...] into (text index, ids, rows) and logs skipped texts."""
-  prepared = []
+  """Tokenizes texts[start:...] into (text index, ids, rows); logs skipped texts and texts past the context."""
+  prepared, too_long = [], []
+  context = model.config.max_position_embeddings
   for offset, text in enumerate(texts):
     i = start + offset
     tok = tokenize(model.tokenizer, text)
@@ -99,6 +100,12 @@ def _prepare(model: Model, texts: Sequence[str], start: int, pooling: str, keep_
     rows = sample_rows(tok, text, pooling, keep_bos)
     if rows:
       prepared.append((i, tok.ids, rows))
+      if context is not None and len(tok.ids) > context:
+        too_long.append(f"text {i}: {len(tok.ids)} tokens")
+  if too_long:  # one warning per call (a shard), naming the first few
+    logging.warning("%s: %d texts are longer than its max_position_embeddings=%d (%s%s); positions past it were "
+                    "never trained. Cut them with truncate_tokens=%d or xsim.data.cut_text.", model.name,
+                    len(too_long), context, ", ".join(too_long[:5]), ", ..." if len(too_long) > 5 else "", context)
   return prepared
 
 
