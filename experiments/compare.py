@@ -2,8 +2,8 @@
 
   python -m experiments.compare --a RUN_A --b RUN_B [--out compare.md]
 
-Both runs' numbers are recomputed from their tables as their reports compute them (experiments.report), over
-each run's scored layer pairs (summary.json's min_layer). The output is markdown: per (model pair, measure,
+Both runs' numbers are read from their summary.json (experiments/tables.py writes them once; each run's maxima are
+over its own scored layer pairs). The output is markdown: per (model pair, measure,
 preprocess) present in both runs, max and mean side by side with the difference B - A; the same for the
 within / cross / random group means and the within / cross ratios; the best transfer map's R^2 and the probe
 transfer accuracies where both runs have them; then what only one run has. Without --out it is printed.
@@ -25,32 +25,35 @@ _GROUP = {"mean of max": "mean_max", "mean of mean": "mean_mean"}
 _RATIO = {"ratio of means": "mean", "ratio of maxima": "max"}
 
 
-def _scored_rows(workdir: str, table: str):
-  """The rows of workdir/table over the run's scored layer pairs (both >= its min_layer); None if absent."""
-  path, summary = os.path.join(workdir, table), os.path.join(workdir, "summary.json")
+def _headline(workdir: str) -> dict:
+  """A finished run's headline numbers (summary.json, written by experiments/tables.py)."""
+  path = os.path.join(workdir, "summary.json")
   if not os.path.exists(path):
-    return None
-  min_layer = results.read_json(summary).get("min_layer", 0) if os.path.exists(summary) else 0
-  return report.scored_rows(results.read_table(path), min_layer)
+    raise ValueError(f"{path} does not exist; --a and --b must be workdirs of finished runs.")
+  headline = results.read_json(path).get("headline")
+  if not headline or "similarity" not in headline:
+    raise ValueError(f"{path} has no headline numbers; rerun that run with this version of xsim (its cached "
+                     "results are reused) to write them.")
+  return headline
 
 
-def _numbers(workdir: str) -> dict:
-  rows = _scored_rows(workdir, "similarity.csv")
-  if rows is None:
-    raise ValueError(f"{os.path.join(workdir, 'similarity.csv')} does not exist; --a and --b must be workdirs of "
-                     "finished runs.")
-  return report.headline_numbers(rows)
+_PAIR_FIELDS = ("model_a", "model_b", "relation", "measure", "preprocess")
+_PAIR_HEADER = ("model A", "model B", "relation", "measure", "preprocess")
 
 
-def _table_blocks(run_a: str, run_b: str, table: str, numbers, heading: str, key_header: tuple, stats: dict):
-  """A side-by-side block of one optional table's numbers, or a line saying which run lacks it."""
-  rows_a, rows_b = _scored_rows(run_a, table), _scored_rows(run_b, table)
-  if not rows_a or not rows_b:
-    missing = " and ".join(name for name, rows in (("A", rows_a), ("B", rows_b)) if not rows)
-    return [report.Heading(2, heading), report.Para(f"Not compared: no {table} in {missing}.")]
-  a, b = _pick(numbers(rows_a), stats), _pick(numbers(rows_b), stats)
+def _keyed(records: list, names: tuple) -> dict:
+  """Headline records -> {tuple of their `names` fields: record}."""
+  return {tuple(r[n] for n in names): r for r in records}
+
+
+def _table_blocks(a: dict, b: dict, section: str, heading: str, key_header: tuple, stats: dict):
+  """A side-by-side block of one optional section's numbers, or a line saying which run lacks it."""
+  if section not in a or section not in b:
+    missing = " and ".join(name for name, h in (("A", a), ("B", b)) if section not in h)
+    return [report.Heading(2, heading), report.Para(f"Not compared: no {section} numbers in {missing}.")]
+  ka, kb = (_pick(_keyed(h[section], key_header), stats) for h in (a, b))
   stat_header = tuple(h for s in stats for h in (f"{s} A", f"{s} B", f"{s} B-A"))
-  return [report.Heading(2, heading), report.Table(key_header + stat_header, _side_by_side(a, b, tuple(stats)))]
+  return [report.Heading(2, heading), report.Table(key_header + stat_header, _side_by_side(ka, kb, tuple(stats)))]
 
 
 def _side_by_side(a: dict, b: dict, stats: tuple[str, ...]) -> tuple:
@@ -74,34 +77,36 @@ def _one_sided(a: dict, b: dict, name: str) -> list[str]:
 
 
 def compare_runs(run_a: str, run_b: str) -> str:
-  """-> markdown comparing the similarity headline numbers of two run workdirs."""
-  a, b = _numbers(run_a), _numbers(run_b)
+  """-> markdown comparing the headline numbers of two run workdirs."""
+  a, b = _headline(run_a), _headline(run_b)
   # The relation is the pair's, so it joins the key: a pair labelled differently in the two runs is one-sided.
-  pairs = lambda n: {k[:2] + (p["relation"],) + k[2:]: p for k, p in n["pairs"].items()}
+  pairs_a, pairs_b = _keyed(a["similarity"], _PAIR_FIELDS), _keyed(b["similarity"], _PAIR_FIELDS)
+  group_key, ratio_key = ("measure", "preprocess", "relation"), ("measure", "preprocess")
   stat_header = lambda *stats: tuple(h for s in stats for h in (f"{s} A", f"{s} B", f"{s} B-A"))
   blocks = [
       report.Heading(1, "Run comparison"),
-      report.Para(f"A = `{run_a}`, B = `{run_b}`. Numbers recomputed from each run's tables, "
+      report.Para(f"A = `{run_a}`, B = `{run_b}`. Each run's headline numbers (its summary.json), "
                   f"{report.DECIMALS} decimals; maxima, means and best pairs over each run's scored layer pairs "
-                  "(its summary.json min_layer; all pairs without one), cells averaged over seeds."),
+                  "(its min_layer), cells averaged over seeds."),
       report.Heading(2, "Model pairs"),
-      report.Table(("model A", "model B", "relation", "measure", "preprocess") + stat_header("max", "mean"),
-                   _side_by_side(pairs(a), pairs(b), ("max", "mean"))),
+      report.Table(_PAIR_HEADER + stat_header("max", "mean"), _side_by_side(pairs_a, pairs_b, ("max", "mean"))),
       report.Heading(2, "Groups"),
-      report.Table(("measure", "preprocess", "relation") + stat_header(*_GROUP),
-                   _side_by_side(_pick(a["groups"], _GROUP), _pick(b["groups"], _GROUP), tuple(_GROUP))),
+      report.Table(group_key + stat_header(*_GROUP),
+                   _side_by_side(_pick(_keyed(a.get("groups", []), group_key), _GROUP),
+                                 _pick(_keyed(b.get("groups", []), group_key), _GROUP), tuple(_GROUP))),
       report.Heading(2, "Within / cross-family ratios"),
-      report.Table(("measure", "preprocess") + stat_header(*_RATIO),
-                   _side_by_side(_pick(a["ratios"], _RATIO), _pick(b["ratios"], _RATIO), tuple(_RATIO)))]
-  one_sided = _one_sided(pairs(a), pairs(b), "A") + _one_sided(pairs(b), pairs(a), "B")
-  measures = lambda n: {k[2:] for k in n["pairs"]}
-  one_sided += [f"measure only in {name}: {m} / {p}" for name, x, y in (("A", a, b), ("B", b, a))
+      report.Table(ratio_key + stat_header(*_RATIO),
+                   _side_by_side(_pick(_keyed(a.get("ratios", []), ratio_key), _RATIO),
+                                 _pick(_keyed(b.get("ratios", []), ratio_key), _RATIO), tuple(_RATIO)))]
+  one_sided = _one_sided(pairs_a, pairs_b, "A") + _one_sided(pairs_b, pairs_a, "B")
+  measures = lambda pairs: {k[3:] for k in pairs}
+  one_sided += [f"measure only in {name}: {m} / {p}" for name, x, y in (("A", pairs_a, pairs_b), ("B", pairs_b, pairs_a))
                 for m, p in sorted(measures(x) - measures(y))]
-  blocks += _table_blocks(run_a, run_b, "transfer.csv", report.transfer_numbers, "Transfer maps",
-                          ("source", "target", "method"), {"best R²": "r2", "R² shuffled max": "r2_shuffled_max"})
-  blocks += _table_blocks(run_a, run_b, "probes.csv", report.probe_numbers, "Probe transfer",
-                          ("task", "source", "target"), {"mapped": "mapped", "target ceiling": "target",
-                                                         "majority": "majority"})
+  blocks += _table_blocks(a, b, "transfer", "Transfer maps", ("source", "target", "method"),
+                          {"best R²": "r2", "R² shuffled max": "r2_shuffled_max"})
+  blocks += _table_blocks(a, b, "probes", "Probe transfer", ("task", "source", "target"),
+                          {"mapped": "acc_mapped", "target ceiling": "acc_target",
+                                                               "majority": "acc_majority"})
   blocks += [report.Heading(2, "In one run only"),
              report.Bullets(tuple(one_sided)) if one_sided else report.Para("Nothing: both runs cover the same "
                                                                             "pairs, measures and preprocessings.")]

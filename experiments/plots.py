@@ -12,117 +12,20 @@ from __future__ import annotations
 import collections
 import os
 import re
-from typing import Iterable, NamedTuple, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
+from experiments.tables import Grid, best_cell, layer_grids
+from xsim import layer_select
 from xsim.activations.store import atomic_write
 from xsim.similarity.preprocess import METHODS
 
 DPI = 100
 MAX_TICKS = 9
-_CELL = ("layer_a", "layer_b", "depth_a", "depth_b", "seed")
-_ACCURACIES = ("acc_mapped", "acc_mapped_lo", "acc_mapped_hi", "acc_shuffled", "acc_target", "acc_source",
-               "acc_majority")
-
-
-class Grid(NamedTuple):
-  """One group of tidy rows as matrices over layer pairs (A's layers on rows).
-
-  layers_a [La], layers_b [Lb]: layer indices, ascending; depths_a [La], depths_b [Lb]: relative depths;
-  values: column name -> [La, Lb] float64, the mean over seeds; seeds: the seeds present.
-  """
-  layers_a: np.ndarray
-  layers_b: np.ndarray
-  depths_a: np.ndarray
-  depths_b: np.ndarray
-  values: dict
-  seeds: tuple
-
-
-def _layer_depths(cells: Iterable[dict], layer: str, depth: str, where: str) -> tuple[np.ndarray, np.ndarray]:
-  depths = {}
-  for row in cells:
-    known = depths.setdefault(row[layer], row[depth])
-    if not np.isclose(known, row[depth], rtol=0, atol=1e-9):
-      raise ValueError(f"{where}: {layer}={row[layer]} has two depths ({known} and {row[depth]}); a layer's "
-                       "relative depth must be the same in every row.")
-  layers = np.array(sorted(depths), dtype=np.int64)
-  return layers, np.array([depths[l] for l in layers], dtype=np.float64)
-
-
-def layer_grids(rows: Sequence[dict], keys: Sequence[str], values: Sequence[str]) -> dict[tuple, Grid]:
-  """Groups tidy rows by the `keys` columns into `Grid`s of the `values` columns, in sorted key order.
-
-  Every seed of a group must fill the whole grid of the group's layers (a mean or max over a partial grid
-  would silently change meaning); a cell may appear once per seed. Values are averaged over seeds per cell.
-  """
-  need = set(keys) | set(values) | set(_CELL)
-  groups = collections.defaultdict(dict)
-  for i, row in enumerate(rows):
-    missing = need - set(row)
-    if missing:
-      raise ValueError(f"table row {i} lacks columns {sorted(missing)}; write tables with the columns in "
-                       "experiments/results.py.")
-    key = tuple(row[k] for k in keys)
-    cell = (row["layer_a"], row["layer_b"], row["seed"])
-    if cell in groups[key]:
-      raise ValueError(f"{dict(zip(keys, key))}: layers ({cell[0]}, {cell[1]}) appear twice for seed {cell[2]}; "
-                       "each layer pair needs exactly one row per seed.")
-    groups[key][cell] = row
-  out = {}
-  for key in sorted(groups):
-    cells = groups[key]
-    where = ", ".join(f"{k}={v}" for k, v in zip(keys, key))
-    layers_a, depths_a = _layer_depths(cells.values(), "layer_a", "depth_a", where)
-    layers_b, depths_b = _layer_depths(cells.values(), "layer_b", "depth_b", where)
-    seeds = tuple(sorted({c[2] for c in cells}))
-    stacked = {v: np.full((len(seeds), len(layers_a), len(layers_b)), np.nan) for v in values}
-    index_a = {l: i for i, l in enumerate(layers_a.tolist())}
-    index_b = {l: i for i, l in enumerate(layers_b.tolist())}
-    index_s = {s: i for i, s in enumerate(seeds)}
-    for (la, lb, seed), row in cells.items():
-      for v in values:
-        stacked[v][index_s[seed], index_a[la], index_b[lb]] = row[v]
-    expected = len(seeds) * len(layers_a) * len(layers_b)
-    if len(cells) != expected:
-      raise ValueError(f"{where}: {expected - len(cells)} of {expected} (seed, layer pair) cells are missing; "
-                       "every seed must cover all layer pairs of the group (finish or rerun the run).")
-    out[key] = Grid(layers_a, layers_b, depths_a, depths_b, {v: s.mean(0) for v, s in stacked.items()}, seeds)
-  return out
-
-
-def best_cell(matrix: np.ndarray) -> tuple[int, int]:
-  """matrix [La, Lb] -> (row, col) of the largest finite value (first in row-major order on ties)."""
-  if not np.isfinite(matrix).any():
-    raise ValueError("the matrix has no finite value to take a maximum of.")
-  return tuple(int(i) for i in np.unravel_index(np.argmax(np.where(np.isfinite(matrix), matrix, -np.inf)),
-                                                 matrix.shape))
-
-
-def best_probe_rows(rows: Sequence[dict]) -> list[dict]:
-  """-> for each (task, source, target, seed), the probes.csv row with the highest acc_mapped, plus
-  "num_layer_pairs" (how many layer pairs it was chosen from), sorted by task, relation, source, target, seed."""
-  groups = collections.defaultdict(list)
-  for i, row in enumerate(rows):
-    bad = [k for k in _ACCURACIES if not 0.0 <= row[k] <= 1.0]
-    if bad:
-      raise ValueError(f"probes row {i} has {', '.join(f'{k}={row[k]}' for k in bad)} outside [0, 1]; "
-                       "accuracies are fractions, not percentages.")
-    groups[(row["task"], row["source"], row["target"], row["seed"])].append(row)
-  best = [dict(max(g, key=lambda r: r["acc_mapped"]), num_layer_pairs=len(g)) for g in groups.values()]
-  return sorted(best, key=lambda r: (r["task"], relation_rank(r["relation"]), r["source"], r["target"], r["seed"]))
-
-
-def relation_rank(relation: str) -> int:
-  """Sort order of relations: within-family, cross-family, random-init baseline."""
-  order = ("within", "cross", "random")
-  if relation not in order:
-    raise ValueError(f"relation {relation!r} is unknown; tables use one of {order}.")
-  return order.index(relation)
 
 
 def _preprocess_rank(name: str):
@@ -172,9 +75,8 @@ def _ticks(layers: np.ndarray, depths: np.ndarray) -> tuple[np.ndarray, list[str
 
 
 def _scored(grid: Grid, matrix: np.ndarray, min_layer: int) -> np.ndarray:
-  """matrix with NaN outside the layer pairs whose indices are both >= min_layer (where maxima are taken)."""
-  keep = (grid.layers_a >= min_layer)[:, None] & (grid.layers_b >= min_layer)[None, :]
-  return np.where(keep, matrix, np.nan)
+  """matrix with NaN outside the scored layer pairs (xsim.layer_select.is_scored), where maxima are taken."""
+  return np.where(layer_select.scored_mask(grid.layers_a, grid.layers_b, min_layer), matrix, np.nan)
 
 
 def _heatmap(ax, grid: Grid, matrix: np.ndarray, name_a: str, name_b: str, min_layer: int = 0, **imshow):
@@ -275,11 +177,11 @@ def transfer_plots(rows: Sequence[dict], out_dir: str, min_layer: int = 0) -> li
   return writer.paths
 
 
-def probe_plot(rows: Sequence[dict], out_dir: str) -> list[str]:
-  """probes.csv rows -> paths of PNGs, one per task: for each (source, target) pair, the accuracy of the
-  target's probe on mapped source activations (with its CI whiskers) next to the shuffled-pair map, the target
-  ceiling, the source's own probe and the majority class, at the layer pair with the best mapped accuracy."""
-  best = best_probe_rows(rows)
+def probe_plot(best: Sequence[dict], out_dir: str) -> list[str]:
+  """The best probes.csv row of each (task, source, target, seed) (tables.best_probe_rows) -> paths of PNGs, one
+  per task: for each (source, target) pair, the accuracy of the target's probe on mapped source activations (with
+  its CI whiskers) next to the shuffled-pair map, the target ceiling, the source's own probe and the majority
+  class, at the layer pair with the best mapped accuracy."""
   seeds = {r["seed"] for r in best}
   by_task = collections.defaultdict(list)
   for row in best:

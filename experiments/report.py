@@ -1,29 +1,12 @@
-"""The run report: report.md and report.html in a run's workdir, every number recomputed from its tables.
+"""The run report: report.md and report.html in a run's workdir, drawn from what the tables step wrote.
 
 Inputs read from the workdir; each is optional and a section whose input is absent is left out (and named):
-  similarity.csv, transfer.csv, probes.csv, next_token.csv   the tidy tables of experiments/results.py
-  summary.json   what the tables cannot hold (statistics that need the activations themselves):
-    {
-      "ci_level": 0.95,                         level of every "*_ci" below
-      "pairs": {
-        "MODEL_A|MODEL_B": {                    model_a|model_b exactly as in similarity.csv
-          "relation": "within" | "cross" | "random",
-          "num_samples": int,                   paired samples the pair's measures were computed on
-          "measures": {
-            "MEASURE|PREPROCESS": {             measure|preprocess exactly as in similarity.csv
-              "max": float, "mean": float,      over all layer pairs; checked against the table
-              "argmax": [layer_a, layer_b],     layer indices of the max; checked against the table
-              "max_ci": [lo, hi], "mean_ci": [lo, hi],   CIs (rows resampled, all layers jointly)
-              "null_max_q95": float,            95th percentile of the max over all layer pairs, rows permuted
-              "p_value": float}}}},             of the observed max against that null of the max
-      "seeds": [int, ...],                      the run's seeds; "measures" above hold the first one's
-      "min_layer": int,                         max / mean / argmax / best pairs are over layer pairs whose
-                                                hidden-state indices are both >= this (1: no embeddings)
-      "activation_stats": {MODEL: the stats.json of MODEL's activation store ({"num_rows", "layers": [...]},
-                           see xsim.activations.store.summarize_stats), or just its "layers" list}
-    }
-  Every key is optional; the report shows "-" where one is missing. max/mean/argmax are checked only for
-  single-seed grids (with several seeds the table's cells are averaged over seeds first).
+  similarity.csv, transfer.csv, probes.csv, next_token.csv   the tidy tables of experiments/results.py (drawn as
+                 heatmaps and charts; next_token.csv is listed as it is)
+  summary.json   the numbers (experiments/tables.py): "headline" (seed-averaged maxima and means, groups,
+                 within / cross ratios, best maps and probes), per-pair statistics with the permutation null
+                 and subsampling CI of each max ("pairs"), "activation_stats", "min_layer", "seeds", "ci_level".
+The report computes nothing; "-" marks a statistic a measure does not have.
 
 Both files are rendered from one list of blocks (headings, paragraphs, tables, images, code), so the HTML page
 (self-contained, images referenced relatively from figures/) says exactly what the markdown says.
@@ -46,7 +29,6 @@ DECIMALS = 3
 # A layer whose largest-variance dimension holds more than this share of the total variance is flagged: with
 # d >= 1,000 dimensions an even spread gives each about 0.1 %, so 10 % is a massive-activation outlier.
 OUTLIER_SHARE = 0.10
-CHECK_TOLERANCE = 1e-6
 FIGURES = "figures"
 _MISSING = "-"
 
@@ -155,114 +137,6 @@ def _fmt_ci(ci) -> str:
   return _MISSING if ci is None else f"[{fmt(ci[0])}, {fmt(ci[1])}]"
 
 
-def _relations(rows: Sequence[dict], a: str, b: str, table: str) -> dict[tuple, str]:
-  """-> {(rows' a, rows' b): relation}, refusing a pair listed under two relations."""
-  out = {}
-  for row in rows:
-    pair = (row[a], row[b])
-    if out.setdefault(pair, row["relation"]) != row["relation"]:
-      raise ValueError(f"{table}: pair {pair} appears as both {out[pair]!r} and {row['relation']!r}; a pair has "
-                       "one relation.")
-    plots.relation_rank(row["relation"])
-  return out
-
-
-def headline_numbers(similarity_rows: Sequence[dict]) -> dict:
-  """similarity.csv rows -> the similarity numbers of the report.
-
-  {"pairs":  {(model_a, model_b, measure, preprocess): {"relation", "max", "mean", "argmax": (layer_a, layer_b),
-              "argmax_depth": (depth_a, depth_b), "layers": (La, Lb), "num_seeds",
-              "max_seed_range": (lowest, highest) of the per-seed maxima, None for one seed}},
-   "groups": {(measure, preprocess, relation): {"num_pairs", "mean_max", "mean_mean"}},
-   "ratios": {(measure, preprocess): {"mean": mean_mean within / cross, "max": mean_max within / cross}}}
-  max and mean are over all layer pairs of the grid averaged over seeds; a grid with a non-finite cell gets
-  NaN max/mean and argmax None. A ratio is NaN where the cross-family value is <= 0 (debiased CKA can be).
-  Keys are in report order: measure, preprocess, relation (within, cross, random), models.
-  """
-  relation = _relations(similarity_rows, "model_a", "model_b", "similarity.csv")
-  keys = ("model_a", "model_b", "measure", "preprocess")
-  grids = plots.layer_grids(similarity_rows, keys, ("value",))
-  seed_ranges = _seed_ranges(similarity_rows, keys, "value")
-  order = sorted(grids, key=lambda k: (k[2], k[3], plots.relation_rank(relation[k[:2]]), k[0], k[1]))
-  pairs = {}
-  for key in order:
-    grid = grids[key]
-    v = grid.values["value"]
-    finite = bool(np.isfinite(v).all())
-    i, j = plots.best_cell(v) if finite else (None, None)
-    pairs[key] = {
-        "relation": relation[key[:2]], "max": float(v.max()) if finite else float("nan"),
-        "mean": float(v.mean()) if finite else float("nan"),
-        "argmax": (int(grid.layers_a[i]), int(grid.layers_b[j])) if finite else None,
-        "argmax_depth": (float(grid.depths_a[i]), float(grid.depths_b[j])) if finite else None,
-        "layers": v.shape, "num_seeds": len(grid.seeds), "max_seed_range": seed_ranges.get(key)}
-  groups = {}
-  for (_, _, measure, prep), p in pairs.items():
-    groups.setdefault((measure, prep, p["relation"]), []).append(p)
-  groups = {k: {"num_pairs": len(ps), "mean_max": float(np.mean([p["max"] for p in ps])),
-                "mean_mean": float(np.mean([p["mean"] for p in ps]))} for k, ps in groups.items()}
-  ratios = {}
-  for (measure, prep, rel), g in groups.items():
-    cross = groups.get((measure, prep, "cross"))
-    if rel == "within" and cross is not None:
-      ratio = lambda s: g[s] / cross[s] if cross[s] > 0 else float("nan")
-      ratios[(measure, prep)] = {"mean": ratio("mean_mean"), "max": ratio("mean_max")}
-  return {"pairs": pairs, "groups": groups, "ratios": ratios}
-
-
-def _seed_ranges(rows: Sequence[dict], keys: tuple, value: str) -> dict:
-  """-> {key: (lowest, highest) over seeds of the grid's max of `value`}, for groups with several seeds."""
-  by_seed = plots.layer_grids(rows, keys + ("seed",), (value,))
-  maxima = {}
-  for key, grid in by_seed.items():
-    v = grid.values[value]
-    maxima.setdefault(key[:-1], []).append(float(v[np.isfinite(v)].max()) if np.isfinite(v).any() else np.nan)
-  return {key: (min(m), max(m)) for key, m in maxima.items() if len(m) > 1}
-
-
-def transfer_numbers(transfer_rows: Sequence[dict]) -> dict:
-  """transfer.csv rows -> {(source, target, method): {"relation", "best": (layer_a, layer_b), "best_depth",
-  "r2", "r2_shuffled", "r2_mean" (all three at the best layer pair), "r2_shuffled_max" (over all layer pairs:
-  the floor a max over the grid must beat), "r2_grid_mean", "num_seeds", "r2_seed_range" ((lowest, highest)
-  per-seed best R^2, None for one seed)}}, cells averaged over seeds."""
-  relation = _relations(transfer_rows, "source", "target", "transfer.csv")
-  keys = ("source", "target", "method")
-  grids = plots.layer_grids(transfer_rows, keys, ("r2", "r2_shuffled", "r2_mean"))
-  seed_ranges = _seed_ranges(transfer_rows, keys, "r2")
-  out = {}
-  for key in sorted(grids, key=lambda k: (plots.relation_rank(relation[k[:2]]), k)):
-    grid, v = grids[key], grids[key].values
-    if not np.isfinite(v["r2"]).any():
-      raise ValueError(f"transfer.csv: {key} has no finite r2 in any layer pair; rerun that map.")
-    i, j = plots.best_cell(v["r2"])
-    out[key] = {"relation": relation[key[:2]], "best": (int(grid.layers_a[i]), int(grid.layers_b[j])),
-                "best_depth": (float(grid.depths_a[i]), float(grid.depths_b[j])), "r2": float(v["r2"][i, j]),
-                "r2_shuffled": float(v["r2_shuffled"][i, j]), "r2_mean": float(v["r2_mean"][i, j]),
-                "r2_shuffled_max": float(np.max(v["r2_shuffled"])), "r2_grid_mean": float(np.mean(v["r2"])),
-                "num_seeds": len(grid.seeds), "r2_seed_range": seed_ranges.get(key)}
-  return out
-
-
-def probe_numbers(probe_rows: Sequence[dict]) -> dict:
-  """probes.csv rows -> {(task, source, target): {"relation", "best": (layer_a, layer_b), "mapped", "shuffled",
-  "target", "source", "majority" (at the layer pair with the best seed-mean mapped accuracy), "num_seeds"}}."""
-  relation = _relations(probe_rows, "source", "target", "probes.csv")
-  columns = ("acc_mapped", "acc_shuffled", "acc_target", "acc_source", "acc_majority")
-  grids = plots.layer_grids(probe_rows, ("task", "source", "target"), columns)
-  out = {}
-  for key in sorted(grids, key=lambda k: (k[0], plots.relation_rank(relation[k[1:]]), k)):
-    grid = grids[key]
-    i, j = plots.best_cell(grid.values["acc_mapped"])
-    out[key] = {"relation": relation[key[1:]], "best": (int(grid.layers_a[i]), int(grid.layers_b[j])),
-                **{c[4:]: float(grid.values[c][i, j]) for c in columns}, "num_seeds": len(grid.seeds)}
-  return out
-
-
-def scored_rows(rows: Sequence[dict], min_layer: int) -> list[dict]:
-  """The table rows whose layer pair counts for maxima, means and best pairs: both layers >= min_layer."""
-  return [r for r in rows if r["layer_a"] >= min_layer and r["layer_b"] >= min_layer]
-
-
 def _layers(layers, depths) -> str:
   return f"{layers[0]}, {layers[1]} ({depths[0]:.2f}, {depths[1]:.2f})"
 
@@ -272,42 +146,12 @@ def _summary_entry(summary: dict, a: str, b: str, measure: str, prep: str) -> di
   return pair.get("measures", {}).get(f"{measure}|{prep}", {})
 
 
-def _summary_checks(numbers: dict, summary: dict) -> list[str]:
-  """Disagreements between summary.json and the table, and summary entries the table lacks."""
-  problems = []
-  close = lambda x, y: abs(x - y) <= CHECK_TOLERANCE * (1 + abs(y))
-  for (a, b, measure, prep), p in numbers["pairs"].items():
-    if p["argmax"] is None:
-      problems.append(f"{a} vs {b}, {measure}|{prep}: non-finite values in the grid; max and mean are NaN.")
-      continue
-    pair = summary.get("pairs", {}).get(f"{a}|{b}", {})
-    if "relation" in pair and pair["relation"] != p["relation"]:
-      problems.append(f"{a} vs {b}: relation {pair['relation']!r} in summary.json, {p['relation']!r} in the table.")
-    entry = _summary_entry(summary, a, b, measure, prep)
-    if p["num_seeds"] != 1:
-      continue
-    for stat in ("max", "mean"):
-      if stat in entry and not close(entry[stat], p[stat]):
-        problems.append(f"{a} vs {b}, {measure}|{prep}: summary.json {stat} {entry[stat]!r} differs from the "
-                        f"table's {p[stat]!r}.")
-    if "argmax" in entry and tuple(entry["argmax"]) != p["argmax"]:
-      problems.append(f"{a} vs {b}, {measure}|{prep}: summary.json argmax {tuple(entry['argmax'])} differs from "
-                      f"the table's {p['argmax']}.")
-  for name, pair in summary.get("pairs", {}).items():
-    a, _, b = name.partition("|")
-    for key in pair.get("measures", {}):
-      measure, _, prep = key.partition("|")
-      if (a, b, measure, prep) not in numbers["pairs"]:
-        problems.append(f"summary.json has {name} {key}, which similarity.csv does not.")
-  return problems
-
-
 def _scope(min_layer: int) -> str:
   return ("all layer pairs" if min_layer <= 0 else "the layer pairs of block outputs (embeddings left out)"
           if min_layer == 1 else f"the layer pairs with both hidden-state indices >= {min_layer}")
 
 
-def _similarity_blocks(numbers: dict, summary: dict, figures: list[Image]) -> list:
+def _similarity_blocks(headline: dict, summary: dict, figures: list[Image]) -> list:
   level = summary.get("ci_level")
   ci = f"{level:.0%} CI" if level is not None else "CI"
   level_text = f"{level:.0%} " if level is not None else ""
@@ -320,31 +164,35 @@ def _similarity_blocks(numbers: dict, summary: dict, figures: list[Image]) -> li
       "half of the samples without replacement, so debiased CKA is not inflated by duplicated rows; the interval "
       "also removes the estimate's small-sample bias, so for biased CKA, whose bias is large when the dimension "
       "exceeds the number of samples, it can lie below the estimate) and the "
-      f"permutation null come from `summary.json`, '{_MISSING}' where it has none. null max q95: the 95th "
+      f"permutation null are computed for the CKA measures, '{_MISSING}' elsewhere. null max q95: the 95th "
       "percentile of the max over those layer pairs with the rows of one model permuted; a max below it is what "
       "chance and the choice of the best pair alone give (STUDY.md, point 6). p (max): the permutation p-value of "
       "the observed max against that null. The heatmaps show every layer pair.")]
+  non_finite = [f"{p['model_a']} vs {p['model_b']}, {p['measure']}|{p['preprocess']}" for p in headline["similarity"]
+                if p["argmax"] is None]
+  if non_finite:
+    blocks.append(Bullets(tuple(f"{name}: non-finite values in the grid; max and mean are NaN." for name in non_finite)))
   by_section = {}
-  for (a, b, measure, prep), p in numbers["pairs"].items():
-    by_section.setdefault((measure, prep), []).append((a, b, p))
+  for p in headline["similarity"]:
+    by_section.setdefault((p["measure"], p["preprocess"]), []).append(p)
   for (measure, prep), pairs in by_section.items():
     rows = []
-    for a, b, p in pairs:
+    for p in pairs:
+      a, b = p["model_a"], p["model_b"]
       e = _summary_entry(summary, a, b, measure, prep)
       n = summary.get("pairs", {}).get(f"{a}|{b}", {}).get("num_samples", _MISSING)
       rows.append((f"{a} vs {b}", p["relation"], fmt(p["max"]), _fmt_ci(e.get("max_ci")),
                    _fmt_ci(p["max_seed_range"]),
                    _layers(p["argmax"], p["argmax_depth"]) if p["argmax"] else _MISSING, fmt(p["mean"]),
-                   _fmt_ci(e.get("mean_ci")), fmt(e.get("null_max_q95")), fmt(e.get("p_value")),
-                   "x".join(map(str, p["layers"])), p["num_seeds"], n))
-    groups = [(rel, g["num_pairs"], fmt(g["mean_max"]), fmt(g["mean_mean"]))
-              for (m, pr, rel), g in numbers["groups"].items() if (m, pr) == (measure, prep)]
+                   fmt(e.get("null_max_q95")), fmt(e.get("p_value")), "x".join(map(str, p["layers"])),
+                   p["num_seeds"], n))
+    groups = [(g["relation"], g["num_pairs"], fmt(g["mean_max"]), fmt(g["mean_mean"]))
+              for g in headline["groups"] if (g["measure"], g["preprocess"]) == (measure, prep)]
     blocks += [Heading(3, f"{measure}, preprocess={prep}"),
                Table(("pair", "relation", "max", f"max {ci}", "seed range", "argmax layers (depths)", "mean",
-                      f"mean {ci}",
                       "null max q95", "p (max)", "grid", "seeds", "n"), tuple(rows)),
                Table(("relation", "pairs", "mean of max", "mean of mean"), tuple(groups))]
-    ratio = numbers["ratios"].get((measure, prep))
+    ratio = next((r for r in headline["ratios"] if (r["measure"], r["preprocess"]) == (measure, prep)), None)
     if ratio is not None:
       undefined = " (nan: the cross-family value is <= 0, so no ratio is meaningful)" if np.isnan(
           [ratio["mean"], ratio["max"]]).any() else ""
@@ -357,10 +205,10 @@ def _similarity_blocks(numbers: dict, summary: dict, figures: list[Image]) -> li
   return blocks
 
 
-def _transfer_blocks(numbers: dict, figures: list[Image], min_layer: int) -> list:
-  rows = tuple((f"{s} → {t}", n["relation"], method, _layers(n["best"], n["best_depth"]), fmt(n["r2"]),
-                _fmt_ci(n["r2_seed_range"]), fmt(n["r2_shuffled"]), fmt(n["r2_shuffled_max"]), fmt(n["r2_mean"]),
-                fmt(n["r2_grid_mean"]), n["num_seeds"]) for (s, t, method), n in numbers.items())
+def _transfer_blocks(records: list, figures: list[Image], min_layer: int) -> list:
+  rows = tuple((f"{n['source']} → {n['target']}", n["relation"], n["method"], _layers(n["best"], n["best_depth"]),
+                fmt(n["r2"]), _fmt_ci(n["r2_seed_range"]), fmt(n["r2_shuffled"]), fmt(n["r2_shuffled_max"]),
+                fmt(n["r2_mean"]), fmt(n["r2_grid_mean"]), n["num_seeds"]) for n in records)
   return [Heading(2, "Transfer maps"), Para(
       f"Held-out R² of each map at its best layer pair (over {_scope(min_layer)}; cells averaged over seeds, 'seed "
       "range' gives the lowest and highest per-seed best), next to the floors at that pair: a map fit on shuffled "
@@ -444,6 +292,7 @@ def _read(workdir: str, name: str):
 def write_report(workdir: str, config_dict: Mapping, environment: Mapping) -> tuple[str, str]:
   """Writes workdir/report.md, workdir/report.html and their figures under workdir/figures/.
 
+  Numbers come from summary.json (written by experiments/tables.py); the tables are read only to draw them.
   config_dict: the run's config as plain data (ConfigDict.to_dict()); environment: what ran it (versions,
   devices, date). -> (md_path, html_path).
   """
@@ -453,27 +302,25 @@ def write_report(workdir: str, config_dict: Mapping, environment: Mapping) -> tu
                                               for n in ("similarity", "transfer", "probes", "next_token"))
   summary = _read(workdir, "summary.json") or {}
   if not isinstance(summary, dict) or not isinstance(summary.get("pairs", {}), dict):
-    raise ValueError(f"{workdir}/summary.json must be an object with a 'pairs' object; see experiments/report.py.")
+    raise ValueError(f"{workdir}/summary.json must be an object with a 'pairs' object; see experiments/tables.py.")
+  headline = summary.get("headline", {})
   figures = os.path.join(workdir, FIGURES)
   absent = [f"{n} (no {n}.csv or no rows)" for n, t in (("similarity", similarity), ("transfer", transfer),
                                                         ("probes", probes)) if not t]
   if "activation_stats" not in summary:
     absent.append("activation outliers (no activation_stats in summary.json)")
-  body, checks = [], []
+  body = []
   min_layer = summary.get("min_layer", 0)
   # Maxima, means and best pairs are over the scored layer pairs; heatmaps show all of them.
-  scored = lambda rows: scored_rows(rows, min_layer)
-  if similarity:
-    numbers = headline_numbers(scored(similarity))
-    checks += _summary_checks(numbers, summary)
-    body += _similarity_blocks(numbers, summary, _images(
+  if similarity and "similarity" in headline:
+    body += _similarity_blocks(headline, summary, _images(
         plots.similarity_heatmaps(similarity, figures, min_layer=min_layer), workdir))
-  if transfer:
-    body += _transfer_blocks(transfer_numbers(scored(transfer)), _images(
+  if transfer and "transfer" in headline:
+    body += _transfer_blocks(headline["transfer"], _images(
         plots.transfer_plots(transfer, figures, min_layer=min_layer), workdir), min_layer)
-  if probes:
-    body += _probe_blocks(plots.best_probe_rows(scored(probes)), _images(plots.probe_plot(scored(probes), figures),
-                                                                         workdir), min_layer)
+  if probes and "best_probes" in headline:
+    body += _probe_blocks(headline["best_probes"], _images(plots.probe_plot(headline["best_probes"], figures),
+                                                           workdir), min_layer)
   if next_token:
     body += _next_token_blocks(next_token)
   if "activation_stats" in summary:
@@ -484,13 +331,11 @@ def write_report(workdir: str, config_dict: Mapping, environment: Mapping) -> tu
            Code(json.dumps(config, indent=1, sort_keys=True, default=str))]
   title = f"xsim report: {os.path.basename(os.path.abspath(workdir))}"
   head = [Heading(1, title), Para(
-      f"Numbers are rounded to {DECIMALS} decimals. All of them are recomputed from the tables in this directory "
-      "(similarity.csv, transfer.csv, probes.csv, next_token.csv), except the bootstrap CIs and permutation nulls of the "
-      "similarity section, which need the activations and are read from summary.json.")]
+      f"Numbers are rounded to {DECIMALS} decimals. They are computed once from the run's results "
+      "(experiments/tables.py) into the tables in this directory (similarity.csv, transfer.csv, probes.csv, "
+      "next_token.csv) and summary.json, which also holds the permutation nulls and subsampling CIs.")]
   if absent:
     head.append(Para("Not in this run: " + "; ".join(absent) + "."))
-  if checks:
-    head += [Heading(2, "Checks that failed"), Bullets(tuple(checks))]
   blocks = head + body
   md_path, html_path = os.path.join(workdir, "report.md"), os.path.join(workdir, "report.html")
   _write_text(md_path, to_markdown(blocks))

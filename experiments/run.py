@@ -4,283 +4,226 @@ r"""Runs a study from a config: extraction, similarity for all layer pairs, tran
   python -m experiments.run --config experiments/configs/demo.py --config.data.num_texts=128 --workdir runs/small
   python -m experiments.run --config experiments/configs/demo.py:qwen --config.models.0.dtype=bfloat16 ...
 
-Every expensive result is cached by content in the workdir (activation stores, per-pair similarity matrices,
-per-pair map checkpoints), written atomically, so a rerun after a crash or with an added model does only
-what is missing. Under jax.distributed (see launch/), every process extracts its share of texts and process 0
-computes the comparisons and writes the tables and report.
+The stages, in order: validate the config (before any work), take the workdir's lock, extract every model's
+activations (experiments/extraction.py), compute the comparison units (experiments/units.py: similarity chunks and
+maps, then probes and next-token transfer), turn them into tables and headline numbers (experiments/tables.py)
+and render the report (experiments/report.py). Every expensive result is a content-keyed, verified entry in the
+workdir, written atomically, so a rerun after a crash or with a changed config does only what is missing. Under
+jax.distributed (see launch/), every process extracts its share of texts and computes its share of the units on
+its own devices; process 0 alone writes the tables and the report.
 """
 from __future__ import annotations
 
 import datetime
-import hashlib
-import itertools
-import json
+import logging as logging_lib
 import os
 import platform
 import re
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments import next_token, results
-from experiments.validate import validate_config
-from xsim.data.text import text_hash
+from experiments import (cache, extraction, next_token, results, similarity_step, study, tables, transfer_step,
+                         units, workdir as workdir_lib)
+from experiments.validate import override_error, validate_config, validate_depths
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an experiments/configs/*.py file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for caches, tables, plots and the report.")
+_LOCK_WAIT = flags.DEFINE_float("lock_wait_s", 0.0, "Seconds to wait for another run holding --workdir.")
+# Loaded models are kept for later steps while their parameters fit this share of the machine's memory.
+RESIDENT_MEMORY_SHARE = 0.3
 
 
-def load_texts(data) -> list[str]:
-  """The passages a config's `data` section names, cut by whole words (the same strings for every model)."""
-  from xsim import data as xdata
-  kind, _, name = data.source.partition(":")
-  if kind == "corpus":
-    texts = xdata.load_corpus(name, num_passages=None, min_chars=data.min_chars, seed=data.seed)
-  elif kind == "jsonl":
-    texts = xdata.load_jsonl_texts(name)
-  elif kind == "text":
-    texts = xdata.load_text_file(name)
-  elif kind == "pile10k":
-    texts = xdata.load_pile_10k()
-  else:
-    texts = xdata.load_hf_texts(name)
-  texts = [xdata.cut_text(xdata.normalize_whitespace(t), max_words=data.max_words or None) for t in texts]
-  texts = [t for t in texts if len(xdata.word_spans(t)) >= 2][: data.num_texts]
-  if len(texts) < data.num_texts:
-    raise ValueError(f"data.source {data.source} gave {len(texts)} usable texts, fewer than num_texts="
-                     f"{data.num_texts}; lower num_texts or use a larger source.")
-  return texts
+def _memory_budget() -> int:
+  return int(RESIDENT_MEMORY_SHARE * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
-def resolve_layers(spec, num_layers: int):
-  """"all" (every hidden state), "depths:K" (K relative depths 0..1 over the block outputs, embeddings excluded,
-  as the published study picks them), or an explicit list of hidden-state indices."""
-  if isinstance(spec, str) and spec.startswith("depths:"):
-    count = int(spec.partition(":")[2])
-    return sorted({1 + int(round(d * (num_layers - 1))) for d in np.linspace(0.0, 1.0, count)})
-  return spec if isinstance(spec, str) else [int(i) for i in spec]
+class Study:
+  """Everything the stages need from a config, read once into plain records and settings."""
+
+  def __init__(self, cfg):
+    self.models = [study.ModelSpec.from_config(m) for m in cfg.models]
+    self.chosen_pairs = cfg.get("pairs")
+    self.random_init = bool(cfg.baselines.random_init)
+    self.seeds = [int(s) for s in cfg.seeds]
+    self.data = dict(cfg.data)
+    self.extraction = extraction.ExtractionSettings.from_config(cfg.extraction)
+    self.similarity = similarity_step.Settings.from_config(cfg.similarity)
+    self.transfer = transfer_step.Settings.from_config(cfg.transfer)
+    self.next_token = next_token.Settings.from_config(cfg.transfer.get("next_token"))
+    self.tasks = list(cfg.probes.tasks)
+    self.num_examples = int(cfg.probes.num_examples)
+    self.mesh_shape = (int(cfg.mesh.data), int(cfg.mesh.model))
+    self.layers_per_unit = int(cfg.mesh.get("layers_per_unit", 16))
 
 
-def _key(*parts) -> str:
-  return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+def plan_units(s: Study, pairs, stores, workdir: str) -> tuple[list, list]:
+  """(phase 1, phase 2) units of a run, in a fixed order (the same on every process)."""
+  first, second = [], []
+  for pair in pairs:
+    seeds = s.seeds
+    for seed in seeds:
+      store_a, store_b = stores.get(pair.a, seed), stores.get(pair.b, seed)
+      identity = (store_a.manifest, store_b.manifest)
+      for measure in s.similarity.measures:
+        settings, seeded = s.similarity.depends_on(measure, pair.is_random)
+        if not seeded and seed != seeds[0]:
+          continue
+        for prep in s.similarity.preprocess:
+          for rows in units.chunks(len(store_a.layers), s.layers_per_unit):
+            first.append(units.Unit(
+                "similarity", pair, seed if seeded else None, measure=measure, preprocess=prep, rows=rows,
+                path=units.entry_path(workdir, "similarity", (pair.a, pair.b, measure, prep, f"{rows[0]}-{rows[1]}"),
+                                      *identity, measure, prep, settings, rows, seed if seeded else None)))
+      maps_identity = (*identity, s.transfer.fit_options(seed))
+      first.append(units.Unit("maps", pair, seed, path=units.entry_path(
+          workdir, "maps", (pair.a, pair.b, str(seed)), *maps_identity)))
+      if pair.is_random:
+        continue
+      for task in s.tasks:
+        second.append(units.Unit("probes", pair, seed, task=task, path=units.entry_path(
+            workdir, "probes", (pair.a, pair.b, task, str(seed)), *maps_identity,
+            stores.tasks[(task, pair.a)].manifest, stores.tasks[(task, pair.b)].manifest)))
+      if s.next_token.enabled:
+        second.append(units.Unit("next_token", pair, seed, path=units.entry_path(
+            workdir, "next_token", (pair.a, pair.b, str(seed)), *maps_identity,
+            s.next_token, s.extraction.identity(), results.PROBE_COLUMNS)))
+  return first, second
 
 
-def _store_dir(workdir: str, tag: str, *identity) -> str:
-  """An activation store's directory, named by what its contents depend on, so a changed input gets a new store
-  (a store refuses to mix inputs) and an unchanged one is found again."""
-  return os.path.join(workdir, "activations", f"{tag}-{_key(*identity)}")
+class Computer:
+  """Computes one unit from the stores; keeps the last pair's paired arrays for the next unit of that pair."""
+
+  def __init__(self, s: Study, stores, tasks, texts, workdir, mesh, models, samples):
+    self.s, self.stores, self.tasks, self.texts = s, stores, tasks, texts
+    self.workdir, self.mesh, self.models, self.samples = workdir, mesh, models, samples
+    self._data = (None, None)
+
+  def data(self, pair, seed):
+    key = (pair, self.stores.get(pair.b, seed).path)  # a real pair's arrays are the same for every seed
+    if self._data[0] != key:
+      self._data = (key, extraction.pair_data(self.stores, pair, seed))
+    return self._data[1]
+
+  def __call__(self, unit):
+    s, seed = self.s, unit.seed if unit.seed is not None else self.s.seeds[0]
+    data = self.data(unit.pair, seed)
+    if unit.kind == "similarity":
+      return similarity_step.compute(data, unit.measure, unit.preprocess, seed, unit.rows, s.similarity)
+    if unit.kind == "maps":
+      return transfer_step.compute_maps(data, s.transfer, seed, self.workdir, self.mesh)
+    if unit.kind == "probes":
+      return transfer_step.compute_task_probes(data, s.transfer, seed, self.workdir, self.tasks[unit.task],
+                                               self.stores.tasks[(unit.task, unit.pair.a)],
+                                               self.stores.tasks[(unit.task, unit.pair.b)], self.mesh)
+    return next_token.compute(data, self.samples[unit.pair.b], s.transfer, s.next_token, s.extraction, seed,
+                              self.workdir, self.models, self.mesh)
 
 
-class Activations:
-  """The stores a run compares: each model's, its random-init copies' (one per seed) and its probe tasks'."""
-
-  def __init__(self):
-    self.models, self.random, self.tasks = {}, {}, {}
-
-  def get(self, name: str, seed: int):
-    """The store of `name` ("MODEL" or "MODEL@random", whose weights depend on the seed)."""
-    base, _, random = name.partition("@")
-    return self.random[(base, seed)] if random else self.models[name]
+def read_info(spec: study.ModelSpec) -> extraction.ModelInfo:
+  """A model's family and shape from its configuration alone (no weights are read)."""
+  from xsim.models import read_config
+  config = read_config(spec.path)
+  return extraction.ModelInfo(spec.name, study.family_of(spec, config.family), config.num_layers, config.hidden_size)
 
 
-def extract_all(cfg, texts, workdir, mesh):
-  """Activations of every model (and its random-init copy per seed) on the texts and on each probe task."""
+def assemble(s: Study, pairs, stores, first, second, workdir: str, num_texts: int, work: dict) -> dict:
+  """Process 0: the tables, summary.json and the report from the verified unit entries."""
+  sim_rows, transfer_rows, probe_rows, next_rows, pairs_summary = [], [], [], [], {}
+  grouped = {}
+  for unit in first:
+    if unit.kind == "similarity":
+      grouped.setdefault((unit.pair, unit.measure, unit.preprocess, unit.seed), []).append(unit)
+  for pair in pairs:
+    for seed in s.seeds:
+      data_info = _layers(stores, pair, seed)
+      entry = pairs_summary.setdefault(pair.name, {"relation": pair.relation, "num_samples": None,
+                                                   "measures_by_seed": {}})
+      measures = entry["measures_by_seed"].setdefault(str(seed), {})
+      for measure in s.similarity.measures:
+        for prep in s.similarity.preprocess:
+          seeded = s.similarity.depends_on(measure, pair.is_random)[1]
+          chunk_units = grouped[(pair, measure, prep, seed if seeded else None)]
+          parts = [cache.read(u.path) for u in chunk_units]
+          matrix = np.concatenate([np.asarray(p["matrix"], np.float64) for p in parts])
+          combine = lambda name: None if parts[0][name] is None else np.max([p[name] for p in parts], axis=0)
+          n = data_info["num_samples"]
+          entry["num_samples"] = n
+          measures[f"{measure}|{prep}"] = tables.grid_statistics(
+              matrix, data_info["layers_a"], data_info["layers_b"], s.similarity.min_layer, combine("null_max"),
+              combine("subsample_max"), n)
+          for i, j in np.ndindex(matrix.shape):
+            sim_rows.append(dict(model_a=pair.a, model_b=pair.b, relation=pair.relation, measure=measure,
+                                 preprocess=prep, **_cell(data_info, i, j), value=float(matrix[i, j]), seed=seed))
+      maps = cache.read(_find(first, "maps", pair, seed).path)
+      r2, shuffled = np.asarray(maps["r2"]), np.asarray(maps["r2_shuffled"])
+      for i, j in np.ndindex(r2.shape):
+        transfer_rows.append(dict(source=pair.a, target=pair.b, relation=pair.relation, method=s.transfer.method,
+                                  **_cell(data_info, i, j), r2=float(r2[i, j]), r2_shuffled=float(shuffled[i, j]),
+                                  r2_mean=float(maps["r2_mean"][j]), seed=seed))
+      if pair.is_random:
+        continue
+      if s.next_token.enabled:
+        result = cache.read(_find(second, "next_token", pair, seed).path)
+        next_rows += [dict(source=pair.a, target=pair.b, relation=pair.relation, **row, seed=seed)
+                      for row in result["patching"]]
+        for k, scores in result.get("token_probes", {}).items():
+          probe_rows += _probe_rows(f"next_token_top{k}", pair, seed, scores, result["layers_a"], result["layers_b"],
+                                    data_info)
+      for task in s.tasks:
+        scores = cache.read(_find(second, "probes", pair, seed, task).path)
+        probe_rows += _probe_rows(task, pair, seed, scores, data_info["layers_a"], data_info["layers_b"], data_info)
+    pairs_summary[pair.name]["measures"] = pairs_summary[pair.name]["measures_by_seed"][str(s.seeds[0])]
+  outputs = (("similarity.csv", results.SIMILARITY_COLUMNS, sim_rows),
+             ("transfer.csv", results.TRANSFER_COLUMNS, transfer_rows),
+             ("probes.csv", results.PROBE_COLUMNS, probe_rows), ("next_token.csv", results.NEXT_TOKEN_COLUMNS, next_rows))
+  for name, columns, rows in outputs:
+    if rows:
+      results.write_table(os.path.join(workdir, name), columns, rows)
+  summary = {"pairs": pairs_summary, "ci_level": tables.CI_LEVEL, "seeds": list(s.seeds),
+             "min_layer": s.similarity.min_layer, "num_texts": num_texts,
+             "headline": tables.headline(sim_rows, transfer_rows, probe_rows, s.similarity.min_layer),
+             "activation_stats": {name: store.stats["layers"] for name, store in stores.texts.items()},
+             "work": work}
+  results.write_json(os.path.join(workdir, "summary.json"), summary)
+  return summary
+
+
+def _layers(stores, pair, seed) -> dict:
+  store_a, store_b = stores.get(pair.a, seed), stores.get(pair.b, seed)
   from xsim import activations as xa
-  from xsim import data as xdata
-  import xsim
-  ex = cfg.extraction
-  tasks = {name: xdata.load_task(name, num_examples=cfg.probes.num_examples, seed=cfg.data.seed)
-           for name in cfg.probes.tasks}
-  acts, families, stats, num_layers, loaded = Activations(), {}, {}, {}, {}
-  for spec in map(dict, cfg.models):
-    spec.setdefault("dtype", "float32")
-    name = spec["name"]
-    start = time.time()
-    model = xsim.load_model(spec["path"], dtype=spec["dtype"])
-    model.name = name
-    families[name] = spec.get("family") or model.config.family.rstrip("0123").replace("gpt_neox", "pythia")
-    logging.info("Loaded %s (%s, %d layers) in %.1fs.", name, model.config.family, model.config.num_layers,
-                 time.time() - start)
-    run = lambda m, ts, tag, *identity: xa.extract_activations(
-        m, ts, pooling=ex.pooling, layers=resolve_layers(ex.layers, m.config.num_layers), batch_size=ex.batch_size,
-        mesh=mesh, site=ex.site, keep_bos=ex.keep_bos, max_tokens=ex.max_tokens, on_overflow="skip",
-        truncate_tokens=ex.get("truncate_tokens"),
-        store_dir=_store_dir(workdir, tag, spec, ex.to_dict(), text_hash(ts), *identity))
-    acts.models[name] = run(model, texts, name)
-    stats[name] = acts.models[name].stats
-    num_layers[name] = num_layers[name + "@random"] = model.config.num_layers
-    if cfg.baselines.random_init:
-      families[name + "@random"] = "random"
-      for seed in cfg.seeds:
-        random_model = model.with_random_params(seed)
-        random_model.name = f"{name}@random"
-        acts.random[(name, seed)] = run(random_model, texts, f"{name}@random{seed}", seed)
-    for task_name, task in tasks.items():
-      acts.tasks[(task_name, name)] = run(model, list(task.texts), f"{name}-task-{task_name}")
-    if cfg.transfer.next_token.enabled:  # patching runs the target model again
-      loaded[name] = model
-  return acts, tasks, families, stats, num_layers, loaded
+  return {"layers_a": list(store_a.layers), "layers_b": list(store_b.layers),
+          "num_layers_a": stores.info[pair.a].num_layers, "num_layers_b": stores.info[pair.b].num_layers,
+          "num_samples": int(len(xa.paired_rows(store_a, store_b)[0]))}
 
 
-def model_pairs(cfg, families):
-  """(a, b, relation) for the configured pairs (every pair of listed models by default), plus (a, random copy of
-  b) baselines."""
-  names = [m["name"] for m in cfg.models]
-  chosen = cfg.get("pairs") or list(itertools.combinations(names, 2))
-  pairs = [(a, b, "within" if families[a] == families[b] else "cross") for a, b in chosen]
-  if cfg.baselines.random_init:
-    pairs += [(a, f"{b}@random", "random") for a, b, _ in list(pairs)]
-  return pairs
+def _cell(info: dict, i: int, j: int) -> dict:
+  from xsim import layer_select
+  la, lb = info["layers_a"][i], info["layers_b"][j]
+  return dict(layer_a=la, layer_b=lb, depth_a=layer_select.relative_depth(la, info["num_layers_a"]),
+              depth_b=layer_select.relative_depth(lb, info["num_layers_b"]))
 
 
-def _depths(layer_a: int, layer_b: int, a: str, b: str, num_layers: dict) -> dict:
-  """Relative depth = hidden-state index / number of blocks (0 = embeddings, 1 = last block)."""
-  return dict(depth_a=layer_a / num_layers[a], depth_b=layer_b / num_layers[b])
+def _find(planned, kind, pair, seed, task=""):
+  return next(u for u in planned if (u.kind, u.pair, u.seed, u.task) == (kind, pair, seed, task))
 
 
-def similarity_matrix(measure, prep, xs, ys, k):
-  from xsim import similarity as sim
-  if measure in ("cka", "cka_debiased"):
-    return np.asarray(sim.cka_matrix(xs, ys, debiased=measure == "cka_debiased", preprocess=prep))
-  return np.asarray([[float(sim.mutual_knn(x, y, k=k, preprocess=prep)) for y in ys] for x in xs])
-
-
-def paired_arrays(acts_a, acts_b):
-  """(xs [La, n, da], ys [Lb, n, db], row indices into acts_a) of the samples both stores hold, in float32."""
-  from xsim import activations as xa
-  ia, ib = xa.paired_rows(acts_a, acts_b)
-  return np.asarray(acts_a.array[:, ia], np.float32), np.asarray(acts_b.array[:, ib], np.float32), ia
-
-
-def scored_layers(layers, min_layer: int, model: str) -> np.ndarray:
-  """Positions in `layers` (hidden-state indices) that grid summaries use: those >= min_layer."""
-  where = np.flatnonzero(np.asarray(layers) >= min_layer)
-  if not len(where):
-    raise ValueError(f"{model} has no layer >= similarity.min_layer={min_layer} among {list(layers)}; lower it.")
-  return where
-
-
-def compare_pair(cfg, seed, a, b, relation, store_a, store_b, xs, ys, num_layers, workdir):
-  """Similarity rows and the pair's per-measure summaries for one seed, from a cache keyed by inputs and settings."""
-  s = cfg.similarity
-  layers_a, layers_b = store_a.layers, store_b.layers
-  rows, measures = [], {}
-  for measure, prep in itertools.product(s.measures, s.preprocess):
-    # Only the settings this entry depends on, so adding a measure or a preprocessing leaves the rest cached. The
-    # seed moves only CKA's null and CI: a real pair's mutual kNN is computed once for all seeds.
-    settings = [s.knn_k] if measure == "mutual_knn" else [s.permutations, s.ci_resamples, seed]
-    key = _key(store_a.manifest, store_b.manifest, measure, prep, settings, s.min_layer)
-    path = os.path.join(workdir, "cache", "similarity", f"{a}__{b}__{measure}__{prep}-{key}.json")
-    if results.exists(path):
-      entry = results.read_json(path)
-    else:
-      start = time.time()
-      matrix = np.asarray(similarity_matrix(measure, prep, xs, ys, s.knn_k), np.float64)  # summaries == table
-      entry = {"matrix": matrix.tolist(), **_statistics(cfg, seed, measure, prep, xs, ys, matrix, layers_a, layers_b,
-                                                        a, b)}
-      results.write_json(path, entry)
-      logging.info("%s vs %s (seed %d): %s/%s over %dx%d layer pairs in %.1fs.", a, b, seed, measure, prep,
-                   *matrix.shape, time.time() - start)
-    matrix = np.asarray(entry.pop("matrix"))
-    measures[f"{measure}|{prep}"] = entry
-    for i, j in np.ndindex(matrix.shape):
-      rows.append(dict(model_a=a, model_b=b, relation=relation, measure=measure, preprocess=prep,
-                       layer_a=layers_a[i], layer_b=layers_b[j], value=float(matrix[i, j]), seed=seed,
-                       **_depths(layers_a[i], layers_b[j], a, b, num_layers)))
-  return rows, measures
-
-
-def _statistics(cfg, seed, measure, prep, xs, ys, matrix, layers_a, layers_b, a, b):
-  """Max, mean and argmax over the scored layer pairs (both >= similarity.min_layer); for CKA also the
-  permutation null of that max and its subsampling CI (rows drawn without replacement, so debiased CKA stays
-  unbiased; the percentile bootstrap's duplicated rows inflate it)."""
-  from xsim import similarity as sim
-  s = cfg.similarity
-  ia, ib = scored_layers(layers_a, s.min_layer, a), scored_layers(layers_b, s.min_layer, b)
-  scored = matrix[np.ix_(ia, ib)]
-  i, j = np.unravel_index(np.argmax(scored), scored.shape)
-  out = {"max": float(scored.max()), "mean": float(scored.mean()), "argmax": [layers_a[ia[i]], layers_b[ib[j]]]}
-  if measure not in ("cka", "cka_debiased"):
-    return out
-  debiased = measure == "cka_debiased"
-  xs, ys = xs[ia], ys[ib]
-  key = jax.random.PRNGKey(seed)
-  null = np.asarray(sim.cka_matrix_null(xs, ys, key=key, num_permutations=s.permutations, debiased=debiased,
-                                        preprocess=prep))
-  null_max = null.reshape(len(null), -1).max(1)
-  grid_max = lambda x, y: sim.cka_matrix(x, y, debiased=debiased, preprocess=prep).max()
-  low, high = sim.subsample_ci(grid_max, xs, ys, key=jax.random.fold_in(key, 1), num_resamples=s.ci_resamples,
-                               batch_size=8)
-  out.update(null_max_q95=float(np.quantile(null_max, 0.95)),
-             p_value=float((1 + np.sum(null_max >= scored.max())) / (1 + len(null_max))),
-             max_ci=[float(low), float(high)])
-  return out
-
-
-def _probe_rows(task, scores, shuffled_scores, a, b, relation, la, lb, num_layers, seed):
+def _probe_rows(task: str, pair, seed: int, scores: dict, layers_a, layers_b, info: dict) -> list[dict]:
   """probes.csv rows of one task: every layer pair's mapped accuracy with its CI, floors and ceilings."""
-  return [dict(task=task, source=a, target=b, relation=relation, layer_a=la[i], layer_b=lb[j],
-               **_depths(la[i], lb[j], a, b, num_layers),
-               acc_mapped=float(scores.mapped[i, j]), acc_mapped_lo=float(scores.mapped_ci[i, j, 0]),
-               acc_mapped_hi=float(scores.mapped_ci[i, j, 1]), acc_shuffled=float(shuffled_scores.mapped[i, j]),
-               acc_target=float(scores.target[j]), acc_source=float(scores.source[i]),
-               acc_majority=float(scores.majority), seed=seed)
-          for i, j in np.ndindex(scores.mapped.shape)]
-
-
-def transfer_pair(cfg, seed, a, b, relation, store_a, store_b, xs, ys, acts, tasks, num_layers, loaded, texts,
-                  workdir):
-  """Maps a -> b for all layer pairs with their floors, the probe transfer on each task, and next-token transfer
-  (patching and the published token probe)."""
-  from xsim import transfer
-  t = cfg.transfer
-  options = dict(method=t.method, val_fraction=t.val_fraction, test_fraction=t.test_fraction, seed=seed,
-                 standardize=t.get("standardize", True), penalties=t.get("penalties"))
-  # Keyed by the fit's own options only: next-token settings must not invalidate the maps.
-  key = _key(store_a.manifest, store_b.manifest, options)
-  fit = transfer.fit_linear_maps(xs, ys, checkpoint_dir=os.path.join(workdir, "cache", "maps", f"{a}__{b}-{key}"),
-                                 **options)
-  shuffled = transfer.fit_shuffled_maps(xs, ys, **options)
-  mean_r2 = transfer.mean_predictor_r2(ys, val_fraction=t.val_fraction, test_fraction=t.test_fraction, seed=seed)
-  la, lb = store_a.layers, store_b.layers
-  rows = [dict(source=a, target=b, relation=relation, method=t.method, layer_a=la[i], layer_b=lb[j],
-               **_depths(la[i], lb[j], a, b, num_layers), r2=float(fit.r2[i, j]),
-               r2_shuffled=float(shuffled.r2[i, j]), r2_mean=float(mean_r2[j]), seed=seed)
-          for i, j in np.ndindex(fit.r2.shape)]
-  probe_rows, next_rows = [], []
-  if relation == "random":
-    return rows, probe_rows, next_rows
-  if t.next_token.enabled:
-    path = os.path.join(workdir, "cache", "next_token",
-                        f"{a}__{b}-{_key(key, t.next_token.to_dict(), text_hash(texts), results.PROBE_COLUMNS)}.json")
-    if not results.exists(path):
-      start = time.time()
-      patch_rows, token = next_token.next_token_transfer(cfg, seed, a, b, relation, loaded[a], loaded[b], texts,
-                                                         fit, shuffled, la, lb, workdir)
-      results.write_json(path, {"patching": patch_rows, "probes": [] if token is None else [
-          row for k, (scores, floor) in token.scores.items()
-          for row in _probe_rows(f"next_token_top{k}", scores, floor, a, b, relation, token.layers_a,
-                                 token.layers_b, num_layers, seed)]})
-      logging.info("%s -> %s (seed %d): next-token patching and token probe in %.1fs.", a, b, seed,
-                   time.time() - start)
-    cached = results.read_json(path)
-    next_rows, probe_rows = cached["patching"], cached["probes"]
-  for task_name, task in tasks.items():
-    source_task = acts.tasks[(task_name, a)]
-    fs, ft, ta = paired_arrays(source_task, acts.tasks[(task_name, b)])
-    labels = np.asarray(task.labels)[source_task.index["text"][ta]]
-    target_probe = transfer.fit_logistic_probes(ft, labels, seed=seed)
-    source_probe = transfer.fit_logistic_probes(fs, labels, seed=seed)
-    scores, floor = (transfer.probe_transfer(m, target_probe, source_probe, fs, labels, seed=seed, num_resamples=200)
-                     for m in (fit, shuffled))
-    probe_rows += _probe_rows(task_name, scores, floor, a, b, relation, la, lb, num_layers, seed)
-  return rows, probe_rows, next_rows
+  cells = {"layers_a": list(layers_a), "layers_b": list(layers_b), "num_layers_a": info["num_layers_a"],
+           "num_layers_b": info["num_layers_b"]}
+  mapped = np.asarray(scores["mapped"])
+  return [dict(task=task, source=pair.a, target=pair.b, relation=pair.relation, **_cell(cells, i, j),
+               acc_mapped=float(mapped[i, j]), acc_mapped_lo=float(scores["mapped_lo"][i][j]),
+               acc_mapped_hi=float(scores["mapped_hi"][i][j]), acc_shuffled=float(scores["shuffled"][i][j]),
+               acc_target=float(scores["target"][j]), acc_source=float(scores["source"][i]),
+               acc_majority=float(scores["majority"]), seed=seed)
+          for i, j in np.ndindex(mapped.shape)]
 
 
 def environment() -> dict:
@@ -297,52 +240,58 @@ def environment() -> dict:
           "devices": [str(d) for d in jax.devices()], "processes": jax.process_count()}
 
 
-def run(cfg, workdir: str) -> dict:
-  """Runs the whole study; returns the summary written to workdir/summary.json."""
+def run(cfg, workdir: str, lock_wait_s: float = 0.0) -> dict:
+  """Runs the whole study; returns the summary written to workdir/summary.json (process 0; {} elsewhere)."""
   from xsim import activations as xa
-  from xsim.distributed import initialize_from_env
-  initialize_from_env()
+  from xsim import data as xdata
+  from xsim import distributed
+  distributed.initialize_from_env()
   validate_config(cfg)
-  os.makedirs(workdir, exist_ok=True)
-  mesh = xa.make_mesh(cfg.mesh.data, cfg.mesh.model)
-  texts = load_texts(cfg.data)
-  logging.info("%d texts from %s.", len(texts), cfg.data.source)
-  acts, tasks, families, stats, num_layers, loaded = extract_all(cfg, texts, workdir, mesh)
-  if jax.process_index() != 0:
-    return {}
-  sim_rows, transfer_rows, probe_rows, next_rows, pairs_summary = [], [], [], [], {}
-  for a, b, relation in model_pairs(cfg, families):
-    arrays = {}
-    for seed in cfg.seeds:
-      store_a, store_b = acts.get(a, seed), acts.get(b, seed)
-      if store_b.path not in arrays:  # a real pair's arrays are the same for every seed: read them once
-        arrays = {store_b.path: paired_arrays(store_a, store_b)[:2]}
-      xs, ys = arrays[store_b.path]
-      rows, measures = compare_pair(cfg, seed, a, b, relation, store_a, store_b, xs, ys, num_layers, workdir)
-      sim_rows += rows
-      entry = pairs_summary.setdefault(f"{a}|{b}", {"relation": relation, "num_samples": int(xs.shape[1]),
-                                                    "measures": measures, "measures_by_seed": {}})
-      entry["measures_by_seed"][str(seed)] = measures
-      rows, probes, next_token_scores = transfer_pair(cfg, seed, a, b, relation, store_a, store_b, xs, ys, acts,
-                                                      tasks, num_layers, loaded, texts, workdir)
-      transfer_rows += rows
-      probe_rows += probes
-      next_rows += next_token_scores
-  results.write_table(os.path.join(workdir, "similarity.csv"), results.SIMILARITY_COLUMNS, sim_rows)
-  results.write_table(os.path.join(workdir, "transfer.csv"), results.TRANSFER_COLUMNS, transfer_rows)
-  if probe_rows:
-    results.write_table(os.path.join(workdir, "probes.csv"), results.PROBE_COLUMNS, probe_rows)
-  if next_rows:
-    results.write_table(os.path.join(workdir, "next_token.csv"), results.NEXT_TOKEN_COLUMNS, next_rows)
-  summary = {"pairs": pairs_summary, "ci_level": 0.95, "seeds": list(cfg.seeds),
-             "min_layer": cfg.similarity.min_layer, "num_texts": len(texts),
-             "activation_stats": {name: s["layers"] for name, s in stats.items()}}
-  results.write_json(os.path.join(workdir, "summary.json"), summary)
-  results.write_json(os.path.join(workdir, "config.json"), cfg.to_dict())
-  from experiments import report
-  report.write_report(workdir, cfg.to_dict(), environment())
-  logging.info("Report: %s", os.path.join(workdir, "report.md"))
-  return summary
+  s = Study(cfg)
+  process, num_processes = jax.process_index(), jax.process_count()
+  with workdir_lib.lock(workdir, distributed.run_id(), process, wait_s=lock_wait_s):
+    if os.path.exists(units.failure_path(workdir, process)):
+      os.remove(units.failure_path(workdir, process))
+    mesh = xa.make_mesh(*s.mesh_shape)
+    texts = study.load_texts(s.data["source"], s.data["num_texts"], s.data["max_words"], s.data["min_chars"],
+                             s.data["seed"])
+    logging.info("%d texts from %s.", len(texts), s.data["source"])
+    tasks = {name: xdata.load_task(name, num_examples=s.num_examples, seed=s.data["seed"]) for name in s.tasks}
+    models = extraction.ModelCache(s.models, _memory_budget())
+    infos = {spec.name: read_info(spec) for spec in s.models}
+    validate_depths(cfg, {name: info.num_layers for name, info in infos.items()})
+    pairs = study.model_pairs([m.name for m in s.models], {n: i.family for n, i in infos.items()}, s.chosen_pairs,
+                              s.random_init)
+    stores = extraction.extract_all(s.models, pairs, s.seeds, texts, tasks, s.extraction, workdir, mesh, models,
+                                    lambda spec: infos[spec.name])
+    samples = {}
+    if s.next_token.enabled:
+      for b in sorted({p.b for p in pairs if not p.is_random}):
+        spec = next(m for m in s.models if m.name == b)
+        path = next_token.samples_path(workdir, b, texts, s.next_token, (spec.path, spec.dtype))
+        samples[b] = cache.cached(path, lambda: next_token.compute_samples(models.get(b), texts, s.next_token),
+                                  producer=f"next-token samples of {b}")
+    first, second = plan_units(s, pairs, stores, workdir)
+    compute = Computer(s, stores, tasks, texts, workdir, mesh, models, samples)
+    work = {"planned": len(first) + len(second), "computed": {}}
+    computed = 0
+    for phase in (first, second):
+      computed += units.run(phase, compute, workdir, process, num_processes)
+      units.wait(phase, workdir, num_processes)
+    cache.write(os.path.join(workdir, "cache", "work", f"process-{process}.json"),
+                {"computed": computed, "assigned": len(units.assigned(first, process, num_processes)) +
+                 len(units.assigned(second, process, num_processes))}, producer=f"process {process}")
+    if process != 0:
+      return {}
+    for p in range(num_processes):
+      work["computed"][str(p)] = cache.read(os.path.join(workdir, "cache", "work", f"process-{p}.json")) if \
+          os.path.exists(os.path.join(workdir, "cache", "work", f"process-{p}.json")) else None
+    summary = assemble(s, pairs, stores, first, second, workdir, len(texts), work)
+    results.write_json(os.path.join(workdir, "config.json"), cfg.to_dict())
+    from experiments import report
+    report.write_report(workdir, cfg.to_dict(), environment())
+    logging.info("Report: %s", os.path.join(workdir, "report.md"))
+    return summary
 
 
 def bracket_list_indices(argv: list[str]) -> list[str]:
@@ -355,13 +304,41 @@ def bracket_list_indices(argv: list[str]) -> list[str]:
   return [rewrite(a) for a in argv]
 
 
+class _ThirdPartyBelowProgress(logging_lib.Filter):
+  """Keeps other libraries' INFO lines (orbax logs several per checkpoint) out of the run's progress log; they
+  still show with --verbosity=1 (debug)."""
+
+  def filter(self, record) -> bool:
+    ours = any(f"{os.sep}{package}{os.sep}" in record.pathname for package in ("experiments", "xsim", "launch"))
+    return ours or record.levelno >= logging_lib.WARNING or logging.get_verbosity() >= logging.DEBUG
+
+
 def main(argv):
   del argv
   if _WORKDIR.value is None or _CONFIG.value is None:
     raise app.UsageError("Pass --config=experiments/configs/NAME.py and --workdir=DIR.")
-  run(_CONFIG.value, _WORKDIR.value)
+  logging.get_absl_logger().addFilter(_ThirdPartyBelowProgress())
+  run(_CONFIG.value, _WORKDIR.value, _LOCK_WAIT.value)
+
+
+def check_overrides(argv: list[str]) -> None:
+  """Stops with the valid keys when a --config.PATH=... override names no key of the config file's config
+  (config_flags itself fails with a bare AttributeError)."""
+  import runpy
+  given = [a.partition("=")[2] for a in argv if a.startswith("--config=")]
+  given += [argv[k + 1] for k, a in enumerate(argv[:-1]) if a == "--config"]
+  if not given:
+    return
+  config_arg = given[-1]
+  path, _, arg = config_arg.partition(":")
+  cfg = runpy.run_path(path)["get_config"](*([arg] if arg else []))
+  errors = [override_error(cfg, a.partition("=")[0][len("--config."):]) for a in argv if a.startswith("--config.")]
+  errors = [e for e in errors if e]
+  if errors:
+    sys.exit("Invalid command line:\n  - " + "\n  - ".join(errors))
 
 
 if __name__ == "__main__":
   sys.argv = bracket_list_indices(sys.argv)  # config_flags reads its overrides from sys.argv
+  check_overrides(sys.argv)
   app.run(main)

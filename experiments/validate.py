@@ -1,7 +1,12 @@
-"""Config validation before any heavy work: every problem found, reported in one error."""
+"""Config validation before any heavy work: every problem found, reported in one error.
+
+validate_config checks the config on its own (keys, values, names that become file names, model paths as
+load_model reads them); validate_depths then checks what depends on each model's depth, from the models'
+configurations alone (xsim.models.read_config reads no weights). Every list of valid values is the library's own.
+"""
 from __future__ import annotations
 
-import os
+from typing import Mapping
 
 SECTIONS = {
     "models": None, "seeds": None, "pairs": None,
@@ -11,20 +16,45 @@ SECTIONS = {
     "baselines": {"random_init"},
     "transfer": {"method", "val_fraction", "test_fraction", "next_token", "standardize", "penalties"},
     "probes": {"tasks", "num_examples"},
-    "mesh": {"data", "model"},
+    "mesh": {"data", "model", "layers_per_unit"},
 }
 MODEL_KEYS = {"name", "path", "dtype", "family"}
-MEASURES = ("cka", "cka_debiased", "mutual_knn")
 NEXT_TOKEN_KEYS = {"enabled", "max_words", "num_samples", "num_depths", "probe_classes", "probe_samples"}
+DATA_SOURCES = ("corpus", "jsonl", "text", "hf", "pile10k")
+
+
+def override_error(cfg, path: str) -> str | None:
+  """Why a command-line override --config.PATH=... names no key of cfg (None if it names one), listing the keys
+  valid at the first level that is wrong."""
+  import re
+  node, walked = cfg, []
+  for part in re.findall(r"[^.\[\]]+", path):
+    if isinstance(node, (list, tuple)):
+      if not part.isdigit() or int(part) >= len(node):
+        return f"--config.{path}: {'.'.join(walked)} has entries 0..{len(node) - 1}, not {part!r}"
+      node = node[int(part)]
+    elif hasattr(node, "keys"):
+      if part not in node.keys():
+        where = ".".join(walked) or "the config"
+        return f"--config.{path}: {where} has no key {part!r} (valid: {sorted(node.keys())})"
+      node = node[part]
+    else:
+      return f"--config.{path}: {'.'.join(walked)} is a value, not a section"
+    walked.append(part)
+  return None
 
 
 def validate_config(cfg) -> None:
-  """Raises ValueError listing every unknown key, impossible value and missing model or data source."""
+  """Raises ValueError listing every unknown key, impossible value, unsafe name and missing model or data source."""
+  from experiments.similarity_step import MEASURES
+  from experiments.workdir import name_error
+  from xsim import layer_select
   from xsim.activations import POOLINGS, SITES
   from xsim.data import TASKS
-  from xsim.models import assets
+  from xsim.models import model_source
   from xsim.models.model import DTYPES
-  from xsim.similarity.preprocess import METHODS
+  from xsim.similarity.preprocess import METHODS as PREPROCESSINGS
+  from xsim.transfer.maps import METHODS as MAP_METHODS
   errors = []
   check = lambda ok, message: ok or errors.append(message)
   for key in cfg.keys():
@@ -48,16 +78,18 @@ def validate_config(cfg) -> None:
   for m in models:
     for key in m.keys():
       check(key in MODEL_KEYS, f"unknown model key {key!r} in {m.get('name')} (known: {sorted(MODEL_KEYS)})")
+    error = name_error(m.get("name"), "model name")
+    check(error is None, error)
     path = str(m.get("path", ""))
-    local = os.path.exists(os.path.expanduser(path))
-    check(local or path in assets.MODELS or (path.count("/") == 1 and not path.startswith((".", "/"))),
-          f"model {m.get('name')}: path {path!r} is not a local directory/GGUF file, a packaged model "
-          f"({sorted(assets.MODELS)}) or a hub id 'org/name'")
+    try:
+      model_source(path)
+    except FileNotFoundError as e:
+      errors.append(f"model {m.get('name')}: {e}")
     check(m.get("dtype", "float32") in DTYPES, f"model {m.get('name')}: dtype {m.get('dtype')!r} not in {sorted(DTYPES)}")
   if "data" in cfg:
     kind = str(cfg.data.source).partition(":")[0]
-    check(kind in ("corpus", "jsonl", "text", "hf", "pile10k"),
-          f"data.source {cfg.data.source!r} must be corpus:NAME, jsonl:PATH, text:PATH, hf:NAME or pile10k")
+    check(kind in DATA_SOURCES, f"data.source {cfg.data.source!r} must be corpus:NAME, jsonl:PATH, text:PATH, hf:NAME "
+          "or pile10k")
     check(cfg.data.num_texts >= 16, f"data.num_texts={cfg.data.num_texts} is too small for CKA statistics (>= 16)")
     check(cfg.data.max_words is None or cfg.data.max_words >= 2,
           f"data.max_words={cfg.data.max_words} must be >= 2 (or None for no cut)")
@@ -67,24 +99,20 @@ def validate_config(cfg) -> None:
           f"extraction.pooling {ex.pooling!r} must be one of {[p for p in POOLINGS if p != 'tokens']}")
     check(ex.site in SITES, f"extraction.site {ex.site!r} not in {SITES}")
     check(ex.batch_size >= 1 and ex.max_tokens >= 2, "extraction.batch_size and max_tokens must be positive")
-    layers = ex.layers
-    check(layers == "all" or (isinstance(layers, str) and layers.startswith("depths:") and
-                               layers.partition(":")[2].isdigit() and int(layers.partition(":")[2]) >= 2)
-          or (not isinstance(layers, str) and all(isinstance(i, int) and i >= 0 for i in layers)),
-          f"extraction.layers {layers!r} must be 'all', 'depths:K' (K >= 2) or a list of hidden-state indices")
+    error = layer_select.spec_error(layer_select.parse(ex.layers))
+    check(error is None, f"extraction.layers: {error}")
   if "similarity" in cfg:
     for measure in cfg.similarity.measures:
       check(measure in MEASURES, f"similarity measure {measure!r} not in {MEASURES}")
     for prep in cfg.similarity.preprocess:
-      check(prep in METHODS, f"similarity preprocess {prep!r} not in {METHODS}")
+      check(prep in PREPROCESSINGS, f"similarity preprocess {prep!r} not in {PREPROCESSINGS}")
     check(cfg.similarity.permutations >= 19, "similarity.permutations must be >= 19 for a 5% test")
     check(cfg.similarity.ci_resamples >= 20, "similarity.ci_resamples must be >= 20 for a 95% interval")
     check(isinstance(cfg.similarity.min_layer, int) and cfg.similarity.min_layer >= 0,
           f"similarity.min_layer={cfg.similarity.min_layer!r} must be a hidden-state index >= 0 (1 leaves out the "
           "embeddings)")
   if "transfer" in cfg:
-    check(cfg.transfer.method in ("ridge", "adam", "adamw", "procrustes"),
-          f"transfer.method {cfg.transfer.method!r} not in ('ridge', 'adam', 'adamw', 'procrustes')")
+    check(cfg.transfer.method in MAP_METHODS, f"transfer.method {cfg.transfer.method!r} not in {MAP_METHODS}")
     nt = cfg.transfer.get("next_token") or {}
     check(set(nt.keys()) <= NEXT_TOKEN_KEYS,
           f"unknown transfer.next_token keys {sorted(set(nt.keys()) - NEXT_TOKEN_KEYS)} (known: {sorted(NEXT_TOKEN_KEYS)})")
@@ -112,9 +140,34 @@ def validate_config(cfg) -> None:
     total = jax.local_device_count()
     check(model >= 1 and total % model == 0, f"mesh.model={model} must divide the {total} local devices")
     check(data == -1 or data * model <= total, f"mesh {data} x {model} needs more than the {total} local devices")
+    check(cfg.mesh.get("layers_per_unit", 16) >= 1, "mesh.layers_per_unit must be >= 1")
     if "extraction" in cfg and model >= 1 and total % model == 0:
       data_size = total // model if data == -1 else data
       check(cfg.extraction.batch_size % max(data_size, 1) == 0,
             f"extraction.batch_size={cfg.extraction.batch_size} must be a multiple of the mesh data axis ({data_size})")
   if errors:
     raise ValueError("Invalid config:\n  - " + "\n  - ".join(errors))
+
+
+def validate_depths(cfg, num_layers: Mapping[str, int]) -> None:
+  """Raises ValueError listing every setting that does not fit a model's depth; num_layers: model name -> blocks
+  (from its configuration, xsim.models.read_config)."""
+  from xsim import layer_select
+  errors = []
+  spec = layer_select.parse(cfg.extraction.layers)
+  min_layer = cfg.similarity.min_layer
+  nt = cfg.transfer.get("next_token") or {}
+  for name, blocks in num_layers.items():
+    error = layer_select.depth_error(spec, blocks, name)
+    if error:
+      errors.append(f"extraction.layers: {error}")
+      continue
+    layers = layer_select.resolve(spec, blocks)
+    if max(layers) < min_layer:
+      errors.append(f"similarity.min_layer={min_layer} leaves no layer of {name} to score (its layers: "
+                    f"{layers}); lower it")
+    if nt.get("enabled") and not any(l >= 1 for l in layers):
+      errors.append(f"transfer.next_token matches block outputs, but {name} extracts only {layers}; add block "
+                    "layers or disable next_token")
+  if errors:
+    raise ValueError("Invalid config for these models:\n  - " + "\n  - ".join(errors))

@@ -27,3 +27,16 @@ def initialize_from_env() -> bool:
   logging.info("jax.distributed: process %d of %d, %d local / %d global devices.", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
   return True
+
+
+def run_id() -> str:
+  """What the processes of one run share and other runs do not: XSIM_RUN_ID, else the coordinator address (local
+  launcher), the SLURM job step, or the TPU pod's worker list; a single process is its own run."""
+  for name in ("XSIM_RUN_ID", "XSIM_COORDINATOR"):
+    if os.environ.get(name):
+      return f"{name}={os.environ[name]}"
+  if "SLURM_JOB_ID" in os.environ:
+    return f"slurm={os.environ['SLURM_JOB_ID']}.{os.environ.get('SLURM_STEP_ID', '0')}"
+  if os.environ.get("TPU_WORKER_HOSTNAMES"):
+    return f"tpu={os.environ['TPU_WORKER_HOSTNAMES']}"
+  return f"pid={os.getpid()}@{os.uname().nodename}"

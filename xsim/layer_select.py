@@ -10,11 +10,19 @@ embeddings excluded, as the published study picks them: 1 + round(d (L - 1))), o
 """
 from __future__ import annotations
 
+import re
 from typing import Sequence, Union
 
 import numpy as np
 
 Spec = Union[str, Sequence[int]]
+
+
+def parse(spec):
+  """A layer spec as given on a command line ("[1, 4, 8]" or "1,4,8" -> [1, 4, 8]); anything else unchanged."""
+  if isinstance(spec, str) and re.fullmatch(r"\[?\s*\d+(\s*,\s*\d+)*\s*,?\s*\]?", spec):
+    return [int(i) for i in re.findall(r"\d+", spec)]
+  return list(spec) if isinstance(spec, tuple) else spec
 
 
 def spec_error(spec) -> str | None:
@@ -85,6 +93,11 @@ def scored_positions(layers: Sequence[int], min_layer: int, model: str = "the mo
 def is_scored(layer_a: int, layer_b: int, min_layer: int) -> bool:
   """Whether a layer pair counts for maxima, means and best pairs (both hidden-state indices >= min_layer)."""
   return layer_a >= min_layer and layer_b >= min_layer
+
+
+def scored_mask(layers_a: Sequence[int], layers_b: Sequence[int], min_layer: int) -> np.ndarray:
+  """[La, Lb] bool: which layer pairs of a grid are scored (see is_scored)."""
+  return (np.asarray(layers_a) >= min_layer)[:, None] & (np.asarray(layers_b) >= min_layer)[None, :]
 
 
 def depth_matched_pairs(layers_a: Sequence[int], num_layers_a: int, layers_b: Sequence[int], num_layers_b: int,

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from experiments import compare, plots, report, results
+from experiments import tables as tables_step
 
 # Layers each model contributes and its depth, layer / num_layers, as results.py defines it.
 LAYERS = {"org/llama-1b": ([0, 2, 4], 4), "org/llama-3b": ([0, 1, 2, 3], 4), "gemma-2b": ([1, 2], 2),
@@ -94,14 +95,16 @@ def summary_for(rows):
 
 
 def write_run(workdir, sim=None, transfer=None, probes=None, summary=None):
+  """Writes the tables and, as the tables step does, summary.json with their headline numbers."""
   os.makedirs(workdir, exist_ok=True)
   for name, columns, rows in (("similarity", results.SIMILARITY_COLUMNS, sim),
                               ("transfer", results.TRANSFER_COLUMNS, transfer),
                               ("probes", results.PROBE_COLUMNS, probes)):
     if rows is not None:
       results.write_table(os.path.join(workdir, f"{name}.csv"), columns, rows)
-  if summary is not None:
-    results.write_json(os.path.join(workdir, "summary.json"), summary)
+  summary = dict(summary or {})
+  summary["headline"] = tables_step.headline(sim, transfer, probes, summary.get("min_layer", 0))
+  results.write_json(os.path.join(workdir, "summary.json"), summary)
   return str(workdir)
 
 
@@ -131,7 +134,7 @@ def png_size(path):
 
 def test_headline_numbers_match_numpy():
   rows = similarity_rows()
-  got = report.headline_numbers(rows)
+  got = tables_step.headline_numbers(rows)
   ref = reference_pairs(rows)
   assert set(got["pairs"]) == set(ref)
   for key, (rel, mx, mean, arg) in ref.items():
@@ -156,12 +159,12 @@ def test_headline_numbers_match_numpy():
 
 def test_headline_numbers_ignore_row_order_and_transpose_with_the_pair():
   rows = similarity_rows(pairs=PAIRS[:2])
-  got = report.headline_numbers(rows)
+  got = tables_step.headline_numbers(rows)
   shuffled = [rows[i] for i in np.random.default_rng(3).permutation(len(rows))]
-  assert report.headline_numbers(shuffled) == got
+  assert tables_step.headline_numbers(shuffled) == got
   swap = {"model_a": "model_b", "model_b": "model_a", "layer_a": "layer_b", "layer_b": "layer_a",
           "depth_a": "depth_b", "depth_b": "depth_a"}
-  swapped = report.headline_numbers([{swap.get(k, k): v for k, v in r.items()} for r in rows])
+  swapped = tables_step.headline_numbers([{swap.get(k, k): v for k, v in r.items()} for r in rows])
   for (a, b, m, p), n in got["pairs"].items():
     t = swapped["pairs"][(b, a, m, p)]
     assert (t["max"], t["argmax"], t["layers"]) == (n["max"], n["argmax"][::-1], n["layers"][::-1])
@@ -173,13 +176,13 @@ def test_ratio_is_nan_when_cross_family_mean_is_not_positive():
   for r in rows:
     if r["relation"] == "cross":
       r["value"] -= 1.0
-  ratio = report.headline_numbers(rows)["ratios"][("cka", "none")]
+  ratio = tables_step.headline_numbers(rows)["ratios"][("cka", "none")]
   assert np.isnan(ratio["mean"]) and np.isnan(ratio["max"])
 
 
 def test_transfer_numbers_match_numpy():
   rows = transfer_rows()
-  got = report.transfer_numbers(rows)
+  got = tables_step.transfer_numbers(rows)
   assert len(got) == 2
   for (s, t, method), n in got.items():
     mine = [r for r in rows if (r["source"], r["target"], r["method"]) == (s, t, method)]
@@ -197,7 +200,7 @@ def test_report_numbers_equal_the_tables(tmp_path):
                                            {"jax": "0.0-test", "date": "2025-01-01T00:00:00+00:00"})
   md = open(md_path, encoding="utf-8").read()
   tables = md_tables(md)
-  assert "Checks that failed" not in tables and "Not in this run" not in md
+  assert "Not in this run" not in md
   tol = 0.5 * 10.0**-report.DECIMALS + 1e-12
   ref = reference_pairs(sim)
   for m in MEASURES:
@@ -231,7 +234,7 @@ def test_report_numbers_equal_the_tables(tmp_path):
   assert [row[0] for row in tables["cka, preprocess=none"][1][1:]] == ["within", "cross", "random"]
 
   transfer_table = tables["Transfer maps"][0]
-  expected = report.transfer_numbers(tr)
+  expected = tables_step.transfer_numbers(tr)
   assert len(transfer_table) == 1 + len(expected)
   for row, ((s, t, method), n) in zip(transfer_table[1:], expected.items()):
     cell = dict(zip(transfer_table[0], row))
@@ -277,7 +280,7 @@ def test_min_layer_leaves_the_embeddings_out_of_maxima_but_not_out_of_the_heatma
   workdir = write_run(tmp_path / "run", sim, tr, None, summary)
   md = open(report.write_report(workdir, {}, {})[0], encoding="utf-8").read()
   tables = md_tables(md)
-  assert "Checks that failed" not in tables and "block outputs (embeddings left out)" in md
+  assert "block outputs (embeddings left out)" in md
   for row in tables["cka, preprocess=none"][0][1:]:
     cell = dict(zip(tables["cka, preprocess=none"][0][0], row))
     a, b = cell["pair"].split(" vs ")
@@ -304,51 +307,36 @@ def test_missing_tables_skip_sections(tmp_path):
   assert sorted(os.listdir(os.path.join(workdir, "figures"))) == ["probes__ag_news.png", "probes__sst2.png"]
 
   sim = similarity_rows(pairs=PAIRS[:2], measures=("cka",), preps=("none",))
-  workdir = write_run(tmp_path / "similarity_only", sim=sim)  # no summary.json: CIs and nulls show "-"
+  workdir = write_run(tmp_path / "similarity_only", sim=sim)  # no statistics: CIs and nulls show "-"
   md = open(report.write_report(workdir, {}, {})[0], encoding="utf-8").read()
   assert "Similarity over layer pairs" in md and "Transfer maps" not in md and "Probe transfer" not in md
   header, row = md_tables(md)["cka, preprocess=none"][0][:2]
   cell = dict(zip(header, row))
-  assert [cell[k] for k in ("max CI", "mean CI", "null max q95", "p (max)", "n")] == ["-"] * 5
-
-
-def test_summary_disagreeing_with_the_table_is_reported(tmp_path):
-  sim = similarity_rows(pairs=PAIRS[1:3], measures=("cka",), preps=("none",))
-  summary = summary_for(sim)
-  summary["pairs"]["org/llama-1b|gemma-2b"]["measures"]["cka|none"]["max"] += 0.01
-  summary["pairs"]["org/llama-3b|gemma-2b"]["measures"]["cka|none"]["argmax"] = [-1, -1]
-  summary["pairs"]["x|y"] = {"relation": "cross", "measures": {"cka|none": {"max": 0.5}}}
-  workdir = write_run(tmp_path / "run", sim=sim, summary=summary)
-  md = open(report.write_report(workdir, {}, {})[0], encoding="utf-8").read()
-  checks = md.split("## Checks that failed")[1].split("\n## ")[0]
-  assert "org/llama-1b vs gemma-2b, cka|none: summary.json max" in checks
-  assert "org/llama-3b vs gemma-2b, cka|none: summary.json argmax (-1, -1)" in checks
-  assert "summary.json has x|y cka|none, which similarity.csv does not." in checks
-  assert sum(line.startswith("- ") for line in checks.splitlines()) == 3
+  assert [cell[k] for k in ("max CI", "null max q95", "p (max)", "n")] == ["-"] * 4
 
 
 def test_bad_tables_raise_clear_errors():
   rows = similarity_rows(pairs=PAIRS[:1], measures=("cka",))
   with pytest.raises(ValueError, match="appear twice for seed 0"):
-    report.headline_numbers(rows + [dict(rows[0], seed=0)])
+    tables_step.headline_numbers(rows + [dict(rows[0], seed=0)])
   with pytest.raises(ValueError, match="cells are missing"):
-    report.headline_numbers(rows[1:])
+    tables_step.headline_numbers(rows[1:])
   with pytest.raises(ValueError, match="has two depths"):
-    report.headline_numbers([dict(rows[0], depth_a=0.9)] + rows[1:])
+    tables_step.headline_numbers([dict(rows[0], depth_a=0.9)] + rows[1:])
   with pytest.raises(ValueError, match="appears as both"):
-    report.headline_numbers([dict(rows[0], relation="cross")] + rows[1:])
+    tables_step.headline_numbers([dict(rows[0], relation="cross")] + rows[1:])
   with pytest.raises(ValueError, match="relation 'family' is unknown"):
-    report.headline_numbers([dict(r, relation="family") for r in rows])
+    tables_step.headline_numbers([dict(r, relation="family") for r in rows])
   with pytest.raises(ValueError, match="lacks columns"):
-    report.headline_numbers([{k: v for k, v in r.items() if k != "depth_b"} for r in rows])
+    tables_step.headline_numbers([{k: v for k, v in r.items() if k != "depth_b"} for r in rows])
   with pytest.raises(ValueError, match="not percentages"):
-    plots.best_probe_rows([dict(probe_rows()[0], acc_target=95.0)])
+    tables_step.best_probe_rows([dict(probe_rows()[0], acc_target=95.0)])
 
 
 def test_non_finite_cells_give_nan_and_a_check(tmp_path):
   sim = similarity_rows(pairs=PAIRS[1:2], measures=("cka",), preps=("none",))
   sim[3]["value"] = float("nan")
-  p = report.headline_numbers(sim)["pairs"][("org/llama-1b", "gemma-2b", "cka", sim[3]["preprocess"])]
+  p = tables_step.headline_numbers(sim)["pairs"][("org/llama-1b", "gemma-2b", "cka", sim[3]["preprocess"])]
   assert np.isnan(p["max"]) and np.isnan(p["mean"]) and p["argmax"] is None
   md = open(report.write_report(write_run(tmp_path / "run", sim=sim), {}, {})[0], encoding="utf-8").read()
   assert "non-finite values in the grid" in md
@@ -369,7 +357,7 @@ def test_plots_are_deterministic_and_mark_the_right_files(tmp_path):
 
 def test_layer_grids_average_seeds():
   rows = similarity_rows(pairs=PAIRS[:1], measures=("cka",), seeds_of=lambda rel: (0, 1, 2))
-  grid = plots.layer_grids(rows, ("model_a", "model_b", "measure", "preprocess"), ("value",))[
+  grid = tables_step.layer_grids(rows, ("model_a", "model_b", "measure", "preprocess"), ("value",))[
       ("org/llama-1b", "org/llama-3b", "cka", "none")]
   assert grid.seeds == (0, 1, 2) and grid.values["value"].shape == (3, 4)
   np.testing.assert_array_equal(grid.layers_a, [0, 2, 4])
@@ -408,9 +396,9 @@ def test_compare_lists_matches_and_one_sided_entries(tmp_path):
   subprocess.run([sys.executable, "-m", "experiments.compare", f"--a={run_a}", f"--b={run_b}", f"--out={out}"],
                  check=True, cwd=root, timeout=120)
   assert out.read_text(encoding="utf-8") == text
-  with pytest.raises(ValueError, match="similarity.csv does not exist"):
+  with pytest.raises(ValueError, match="summary.json does not exist"):
     compare.compare_runs(run_a, str(tmp_path))
-  assert "Not compared: no transfer.csv in A and B." in text
+  assert "Not compared: no transfer numbers in A and B." in text
 
 
 def test_compare_puts_transfer_and_probe_numbers_side_by_side(tmp_path):

@@ -3,15 +3,32 @@ import json
 import os
 import re
 import shutil
+import sys
 
 import numpy as np
 import pytest
 
-from experiments import results, run as runner
+from experiments import cache, extraction, results, run as runner, similarity_step, study, units, workdir as workdir_lib
 from launch.local import launch
 from tests.experiments import tiny_config as tiny
 
 TABLES = ("similarity.csv", "transfer.csv", "probes.csv", "next_token.csv")
+_WRITES = {"on": False, "paths": []}
+
+
+def _audit(event, args):
+  """Records every path opened for writing (or created, renamed onto, removed) while _WRITES is on."""
+  if not _WRITES["on"]:
+    return
+  if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)) and (
+      (isinstance(args[1], str) and set(args[1]) & set("wax+")) or (isinstance(args[2], int) and args[2] & (
+          os.O_WRONLY | os.O_RDWR | os.O_CREAT))):
+    _WRITES["paths"].append(os.fsdecode(args[0]))
+  elif event in ("os.rename", "os.replace", "os.mkdir", "os.remove", "shutil.rmtree"):
+    _WRITES["paths"].append(os.fsdecode(args[1] if event in ("os.rename", "os.replace") else args[0]))
+
+
+sys.addaudithook(_audit)
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +39,11 @@ def tiny_config(model_root):
 @pytest.fixture(scope="module")
 def finished_run(tiny_config, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("run"))
-  summary = runner.run(tiny_config, workdir)
+  _WRITES.update(on=True, paths=[])
+  try:
+    summary = runner.run(tiny_config, workdir)
+  finally:
+    _WRITES["on"] = False
   os.makedirs(workdir + "-pristine")  # the tables as first written; later tests rerun into workdir
   for table in TABLES:
     shutil.copy(os.path.join(workdir, table), workdir + "-pristine")
@@ -40,6 +61,28 @@ def test_writes_every_output(finished_run):
   assert relations == {("tiny-llama", "tiny-gemma"): "cross", ("tiny-llama", "tiny-gemma@random"): "random"}
   # 4 x 4 hidden states per model, 3 measures x 2 preprocessings, 2 pairs, 2 seeds
   assert len(rows) == 2 * 3 * 2 * 4 * 4 * 2
+
+
+def test_every_file_the_run_writes_lies_under_the_workdir(finished_run):
+  workdir, _ = finished_run
+  root = os.path.realpath(workdir) + os.sep
+  written = {os.path.realpath(os.path.abspath(p)) for p in _WRITES["paths"]}
+  assert len(written) > 50  # stores, cache entries, tables, figures, report
+  # Compiled-code caches of libraries (XLA, matplotlib's font cache) are not the run's output.
+  library_caches = (os.path.expanduser("~/.cache/matplotlib"), os.path.expanduser("~/.config/matplotlib"), "/dev/",
+                    "/proc/")
+  outside = sorted(p for p in written if not (p + os.sep).startswith(root) and "/__pycache__/" not in p
+                   and not p.startswith(library_caches))
+  assert outside == []
+
+
+def test_units_are_named_by_their_inputs_and_each_process_counts_its_work(finished_run):
+  workdir, summary = finished_run
+  # 2 pairs: per seed 2 CKA measures x 2 preprocessings x 1 chunk, mutual kNN once (real pair) or per seed
+  # (random pair), a maps unit per seed; then the real pair's probe and next-token units per seed.
+  assert summary["work"]["planned"] == (2 * 4 + 2) + (2 * 4 + 4) + 4 + 2 * 2
+  assert summary["work"]["computed"]["0"] == {"assigned": summary["work"]["planned"],
+                                               "computed": summary["work"]["planned"]}
 
 
 def test_seeds_vary_the_random_baselines_and_splits_but_not_the_real_pair(finished_run):
@@ -125,13 +168,35 @@ def test_summary_and_report_match_the_table(finished_run):
       assert f"| {seed_mean.max():.3f} |" in line and f"| {seed_mean.mean():.3f} |" in line
 
 
-def test_rerun_reuses_every_cached_result(finished_run, tiny_config, monkeypatch):
+def test_rerun_reuses_every_cached_result_without_loading_a_model(finished_run, tiny_config, monkeypatch):
   workdir, summary = finished_run
-  monkeypatch.setattr(runner, "similarity_matrix", lambda *a: pytest.fail("similarity recomputed"))
+  for module, name in ((similarity_step, "grid"), (extraction.ModelCache, "get")):
+    monkeypatch.setattr(module, name, lambda *a, name=name: pytest.fail(f"{name} called on a rerun"))
   from xsim.activations import ActivationStore
   monkeypatch.setattr(ActivationStore, "write_shard", lambda *a: pytest.fail("activations re-extracted"))
   again = runner.run(tiny_config, workdir)
+  work = again.pop("work")
+  assert work["computed"]["0"]["computed"] == 0
+  summary = dict(summary)
+  summary.pop("work")
   assert json.dumps(again, sort_keys=True) == json.dumps(summary, sort_keys=True)
+
+
+def test_a_damaged_cache_entry_is_named_and_recomputed(finished_run, tiny_config, caplog):
+  workdir, _ = finished_run
+  entry = sorted(os.listdir(os.path.join(workdir, "cache", "maps")))
+  entry = next(os.path.join(workdir, "cache", "maps", e) for e in entry if e.endswith(".json"))
+  text = open(entry).read()
+  with open(entry, "w") as f:  # a changed digit: valid JSON, wrong number
+    f.write(re.sub(r"(\d)(\d)(\D)", lambda m: m.group(1) + str((int(m.group(2)) + 1) % 10) + m.group(3), text, count=1))
+  with pytest.raises(cache.CorruptEntry, match="does not match its checksum"):
+    cache.read(entry)
+  before = {t: open(os.path.join(workdir, t)).read() for t in TABLES}
+  caplog.set_level("WARNING")
+  runner.run(tiny_config, workdir)
+  assert any(entry in r.getMessage() and "recomputed" in r.getMessage() for r in caplog.records)
+  assert cache.read(entry) is not None
+  assert {t: open(os.path.join(workdir, t)).read() for t in TABLES} == before
 
 
 def test_changed_config_recomputes_only_what_changed(finished_run, tiny_config, monkeypatch):
@@ -139,8 +204,8 @@ def test_changed_config_recomputes_only_what_changed(finished_run, tiny_config, 
   config = tiny_config.copy_and_resolve_references()
   config.similarity.preprocess = ["none", "standardize", "l2"]
   computed = []
-  original = runner.similarity_matrix
-  monkeypatch.setattr(runner, "similarity_matrix", lambda m, p, *a: (computed.append((m, p)), original(m, p, *a))[1])
+  original = similarity_step.grid
+  monkeypatch.setattr(similarity_step, "grid", lambda m, p, *a: (computed.append((m, p)), original(m, p, *a))[1])
   runner.run(config, workdir)
   assert sorted(set(computed)) == [("cka", "l2"), ("cka_debiased", "l2"), ("mutual_knn", "l2")]
 
@@ -150,31 +215,39 @@ def test_changed_texts_get_new_activation_stores(finished_run, tiny_config):
   config = tiny_config.copy_and_resolve_references()
   config.data.num_texts = 40  # a store refuses other inputs, so new texts need new store directories
   before = set(os.listdir(os.path.join(workdir, "activations")))
-  acts = runner.extract_all(config, runner.load_texts(config.data), workdir, None)[0]
-  store = acts.models["tiny-llama"]
+  s = runner.Study(config)
+  texts = study.load_texts(**{k: config.data[k] for k in ("source", "num_texts", "max_words", "min_chars", "seed")})
+  from xsim import data as xdata
+  tasks = {"capitals": xdata.load_task("capitals", num_examples=config.probes.num_examples, seed=config.data.seed)}
+  infos = {m.name: runner.read_info(m) for m in s.models}
+  models = extraction.ModelCache(s.models, 1 << 30)
+  stores = extraction.extract_all(s.models, [], s.seeds, texts, tasks, s.extraction, workdir, None, models,
+                                  lambda spec: infos[spec.name])
+  store = stores.texts["tiny-llama"]
   assert os.path.basename(store.path) not in before and store.manifest["num_texts"] == 40
-  assert os.path.basename(acts.tasks[("capitals", "tiny-llama")].path) in before  # the task texts did not change
+  assert os.path.basename(stores.tasks[("capitals", "tiny-llama")].path) in before  # the task texts did not change
 
 
 def test_a_run_killed_mid_way_resumes_to_the_same_results(finished_run, tiny_config, monkeypatch, tmp_path):
   one_process, _ = finished_run
   config = tiny_config.copy_and_resolve_references()
   config.seeds = [0]
-  original = runner.compare_pair
+  original = similarity_step.compute
 
-  def crash_at_the_random_pair(cfg, seed, a, b, *args):
-    if b.endswith("@random"):
+  def crash_at_the_random_pair(data, *args):
+    if data.pair.is_random:
       raise KeyboardInterrupt("preempted")
-    return original(cfg, seed, a, b, *args)
+    return original(data, *args)
 
-  monkeypatch.setattr(runner, "compare_pair", crash_at_the_random_pair)
+  monkeypatch.setattr(similarity_step, "compute", crash_at_the_random_pair)
   with pytest.raises(KeyboardInterrupt):
     runner.run(config, str(tmp_path))
   assert not os.path.exists(tmp_path / "similarity.csv")
-  monkeypatch.setattr(runner, "compare_pair", original)
+  assert not os.path.exists(tmp_path / workdir_lib.LOCK_NAME)  # the lock goes with the run
+  monkeypatch.setattr(similarity_step, "compute", original)
   computed = []
-  matrix = runner.similarity_matrix
-  monkeypatch.setattr(runner, "similarity_matrix", lambda m, p, *a: (computed.append(a[1].shape), matrix(m, p, *a))[1])
+  matrix = similarity_step.grid
+  monkeypatch.setattr(similarity_step, "grid", lambda m, p, *a: (computed.append(a[1].shape), matrix(m, p, *a))[1])
   runner.run(config, str(tmp_path))
   assert len(computed) == 6  # only the random pair's 3 measures x 2 preprocessings; the cross pair was cached
   for table in TABLES:
@@ -193,6 +266,9 @@ def test_two_processes_give_the_one_process_results(finished_run, model_root, tm
   code = launch(["-m", "experiments.run", f"--config=tests/experiments/tiny_config.py:{model_root}",
                  f"--workdir={tmp_path}"], 2, timeout_s=1200)
   assert code == 0
+  work = results.read_json(os.path.join(tmp_path, "summary.json"))["work"]
+  shares = [work["computed"][str(p)]["computed"] / work["planned"] for p in (0, 1)]
+  assert sum(shares) == 1 and all(abs(share - 0.5) <= 0.05 for share in shares), shares  # within 10% of 1/P
   for table in TABLES:
     one = results.read_table(os.path.join(workdir + "-pristine", table))
     two = results.read_table(os.path.join(tmp_path, table))
@@ -210,3 +286,26 @@ def test_next_token_settings_leave_the_maps_cached(finished_run, tiny_config, mo
   from xsim.transfer import checkpoint
   monkeypatch.setattr(checkpoint.ChunkStore, "save", lambda *a: pytest.fail("maps refit"))
   runner.run(config, workdir)
+
+
+def test_a_second_run_on_the_workdir_stops_naming_the_holder(tmp_path):
+  with workdir_lib.lock(str(tmp_path), "run-a", process=0):
+    with pytest.raises(workdir_lib.LockHeld) as error:
+      with workdir_lib.lock(str(tmp_path), "run-b", process=0):
+        pass
+    message = str(error.value)
+    assert f"pid {os.getpid()}" in message and "run-a" in message and "started" in message
+    with workdir_lib.lock(str(tmp_path), "run-a", process=1, join_s=1):  # another process of the same run joins
+      pass
+  assert not os.path.exists(tmp_path / workdir_lib.LOCK_NAME)
+
+
+def test_the_lock_of_a_killed_run_is_taken_over(tmp_path):
+  import socket
+  import subprocess
+  gone = subprocess.Popen([sys.executable, "-c", "pass"])
+  gone.wait()
+  with open(tmp_path / workdir_lib.LOCK_NAME, "w") as f:
+    json.dump({"host": socket.gethostname(), "pid": gone.pid, "run_id": "old", "started": "then"}, f)
+  with workdir_lib.lock(str(tmp_path), "new", process=0):
+    assert json.load(open(tmp_path / workdir_lib.LOCK_NAME))["run_id"] == "new"

@@ -2,8 +2,7 @@
 import pytest
 
 from experiments.configs import aligned, demo, seed_protocol, sweep_models, sweep_samples
-from experiments.run import resolve_layers
-from experiments.validate import validate_config
+from experiments.validate import override_error, validate_config, validate_depths
 
 
 @pytest.mark.parametrize("config", [demo.get_config(), demo.get_config("qwen"), seed_protocol.get_config(),
@@ -46,10 +45,43 @@ def test_pairs_must_name_listed_models():
     validate_config(c)
 
 
-def test_relative_depths_exclude_embeddings():
-  assert resolve_layers("depths:9", 16) == [1, 3, 5, 7, 9, 10, 12, 14, 16]
-  assert resolve_layers("all", 16) == "all"
-  assert resolve_layers([0, 4], 16) == [0, 4]
+def test_names_that_would_leave_the_workdir_are_refused():
+  c = demo.get_config()
+  c.models[0]["name"] = "../../../escaped"
+  c.models[1]["name"] = ".hidden"
+  with pytest.raises(ValueError) as error:
+    validate_config(c)
+  assert "'../../../escaped' cannot name files" in str(error.value)
+  assert "'.hidden' cannot name files" in str(error.value)
+
+
+def test_hub_ids_follow_load_model():
+  c = demo.get_config()
+  c.models[1]["path"] = "gpt2"  # a hub id load_model accepts; the landed rule asked for 'org/name'
+  validate_config(c)
+
+
+def test_depth_dependent_settings_are_checked_against_each_model():
+  c = seed_protocol.get_config()
+  c.similarity.min_layer = 40
+  with pytest.raises(ValueError) as error:
+    validate_depths(c, {"llama-3.2-1b": 16, "gemma-2-2b": 26})
+  message = str(error.value)
+  assert "min_layer=40 leaves no layer of llama-3.2-1b" in message and "gemma-2-2b" in message
+  c = demo.get_config()
+  c.extraction.layers = "[0, 3, 31]"  # a layer list given on the command line
+  with pytest.raises(ValueError, match=r"layers \[31\] are beyond smollm2-135m's hidden states 0..30"):
+    validate_depths(c, {"smollm2-135m": 30, "gemma3-270m": 18})
+  c.extraction.layers = "[0, 3, 17]"
+  validate_depths(c, {"smollm2-135m": 30, "gemma3-270m": 18})
+
+
+def test_unknown_overrides_list_the_valid_keys():
+  c = demo.get_config()
+  assert "has no key 'foo' (valid: ['baselines', 'data'" in override_error(c, "foo")
+  assert "extraction has no key 'layerz'" in override_error(c, "extraction.layerz")
+  assert "models has entries 0..1, not '3'" in override_error(c, "models[3].name")
+  assert override_error(c, "models[1].dtype") is None and override_error(c, "transfer.next_token.enabled") is None
 
 
 def test_command_line_overrides_reach_validation_before_any_work(tmp_path):
@@ -63,7 +95,11 @@ def test_command_line_overrides_reach_validation_before_any_work(tmp_path):
        "--config.models.0.dtype=float8", "--config.models[3].path=./nowhere", "--config.data.num_texts=3",
        f"--workdir={tmp_path / 'run'}"], cwd=root, capture_output=True, text=True, timeout=300)
   assert result.returncode != 0
-  for fragment in ("Invalid config", "model smollm2-135m: dtype 'float8'", "model qwen-coder-1.5b: path './nowhere'",
+  for fragment in ("Invalid config", "model smollm2-135m: dtype 'float8'", "model qwen-coder-1.5b: No model directory or GGUF file at './nowhere'",
                    "num_texts=3", "min(probe_samples, data.num_texts) = 3"):
     assert fragment in result.stderr, fragment
   assert not os.path.exists(tmp_path / "run" / "activations")
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.run", "--config=experiments/configs/demo.py", "--config.foo=1",
+       f"--workdir={tmp_path / 'run'}"], cwd=root, capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0 and "--config.foo: the config has no key 'foo' (valid: [" in result.stderr

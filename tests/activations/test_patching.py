@@ -4,7 +4,7 @@ import pytest
 
 import xsim
 from tests.activations.tiny import TEXTS, make_model_dir
-from xsim.transfer import patching
+from xsim.activations import patching
 
 
 @pytest.fixture(scope="module")

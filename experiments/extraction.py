@@ -1,0 +1,233 @@
+"""The extraction stage: every model's activation stores, one model in memory at a time, and paired arrays.
+
+Stores are named by what they depend on (the model's source and dtype, the extraction settings, the texts), so a
+finished store is opened again without loading its model; a model is loaded only for stores that are missing and
+freed once they are done (ModelCache keeps recently used models while they fit its memory budget).
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import glob
+import os
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+from absl import logging
+
+from experiments import cache
+from experiments.study import ModelSpec, Pair, RANDOM_SUFFIX
+from xsim import layer_select
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractionSettings:
+  """The config's `extraction` section: how rows are pooled and which layers are kept."""
+  pooling: str
+  layers: object  # a layer spec (xsim.layer_select)
+  batch_size: int
+  max_tokens: int
+  keep_bos: bool
+  site: str
+  truncate_tokens: Optional[int] = None
+
+  @classmethod
+  def from_config(cls, section) -> "ExtractionSettings":
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in dict(section).items() if k in fields}
+    return cls(**dict(values, layers=layer_select.parse(values["layers"])))
+
+  def identity(self) -> dict:
+    """What a store's contents depend on (the batch size does not change a row)."""
+    return {k: v for k, v in dataclasses.asdict(self).items() if k != "batch_size"}
+
+
+def source_fingerprint(path: str) -> list:
+  """What identifies a model's weights without reading them: sizes and mtimes of its files (a local GGUF file or
+  directory), or the name itself (a packaged model, pinned by sha256, or a hub id)."""
+  path = os.path.expanduser(path)
+  if os.path.isfile(path):
+    files = [path]
+  elif os.path.isdir(path):
+    files = sorted(glob.glob(os.path.join(path, "*.safetensors")) + glob.glob(os.path.join(path, "*.json")))
+  else:
+    return [path]
+  return [(os.path.basename(f), os.path.getsize(f), int(os.path.getmtime(f))) for f in files]
+
+
+class ModelCache:
+  """Loaded models, least recently used first out, kept while their parameters fit `budget_bytes`."""
+
+  def __init__(self, specs: Sequence[ModelSpec], budget_bytes: int):
+    self.specs = {s.name: s for s in specs}
+    self.budget = budget_bytes
+    self.loaded: collections.OrderedDict = collections.OrderedDict()
+    self.sizes: dict[str, int] = {}
+    self.loads = collections.Counter()
+
+  def get(self, name: str):
+    """The loaded model `name`, loading it (and freeing others as the budget needs) if it is not resident."""
+    import xsim
+    if name in self.loaded:
+      self.loaded.move_to_end(name)
+      return self.loaded[name]
+    expected = self.sizes.get(name, max(self.sizes.values(), default=0))
+    while self.loaded and sum(self.sizes[n] for n in self.loaded) + expected > self.budget:
+      self.free(next(iter(self.loaded)))
+    spec = self.specs[name]
+    start = time.time()
+    model = xsim.load_model(spec.path, dtype=spec.dtype)
+    model.name = name
+    self.sizes[name] = sum(int(np.prod(leaf.shape)) * leaf.dtype.itemsize
+                           for leaf in _leaves(model.params))
+    self.loads[name] += 1
+    self.loaded[name] = model
+    logging.info("Loaded %s (%s, %d layers, %.2f GB of parameters) in %.1fs.", name, model.config.family,
+                 model.config.num_layers, self.sizes[name] / 1e9, time.time() - start)
+    return model
+
+  def release(self, name: str) -> None:
+    """Done with `name` for now: frees it unless it fits the budget beside the others."""
+    if name in self.loaded and sum(self.sizes[n] for n in self.loaded) > self.budget:
+      self.free(name)
+
+  def free(self, name: str) -> None:
+    self.loaded.pop(name, None)
+
+
+def _leaves(tree):
+  import jax
+  return jax.tree_util.tree_leaves(tree)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+  """What later steps need of a model without loading it."""
+  name: str
+  family: str
+  num_layers: int
+  hidden_size: int
+
+
+@dataclasses.dataclass
+class Stores:
+  """Every activation store of a run: on the texts per model, per random-init copy and seed, per probe task."""
+  texts: dict
+  random: dict
+  tasks: dict
+  info: dict
+
+  def get(self, name: str, seed: int):
+    """The store of a model ("MODEL") or of its random-init copy for `seed` ("MODEL@random")."""
+    if name.endswith(RANDOM_SUFFIX):
+      return self.random[(name[:-len(RANDOM_SUFFIX)], seed)]
+    return self.texts[name]
+
+
+def store_dir(workdir: str, tag: str, *identity) -> str:
+  """An activation store's directory, named by what its contents depend on: a changed input gets a new store
+  (a store refuses to mix inputs) and an unchanged one is found again."""
+  return os.path.join(workdir, "activations", f"{tag}-{cache.key(*identity)}")
+
+
+def open_or_extract(path: str, get_model, texts: Sequence[str], settings: ExtractionSettings, mesh,
+                    num_layers: int, distribute: bool = True, progress: bool = True, random_seed=None):
+  """The complete store at `path`, or the activations of get_model() (its random-init copy when random_seed is
+  set) on texts, extracted into it."""
+  from xsim import activations as xa
+  if os.path.exists(os.path.join(path, "manifest.json")):
+    try:
+      return xa.load_store(path)
+    except ValueError:  # not complete yet: extract (and resume) below
+      pass
+  model = get_model()
+  if random_seed is not None:
+    name = model.name
+    model = model.with_random_params(random_seed)
+    model.name = f"{name}{RANDOM_SUFFIX}"
+  return xa.extract_activations(
+      model, texts, pooling=settings.pooling, layers=layer_select.resolve(settings.layers, num_layers),
+      batch_size=settings.batch_size, mesh=mesh, site=settings.site, keep_bos=settings.keep_bos,
+      max_tokens=settings.max_tokens, on_overflow="skip", truncate_tokens=settings.truncate_tokens,
+      store_dir=path, distribute=distribute, progress=progress)
+
+
+def extract_all(specs: Sequence[ModelSpec], pairs: Sequence[Pair], seeds: Sequence[int], texts: Sequence[str],
+                tasks: dict, settings: ExtractionSettings, workdir: str, mesh, models: ModelCache,
+                read_info) -> Stores:
+  """Every store the comparisons need: each model on the texts and on each task, and the random-init copy of
+  each model that is the target of a random baseline, per seed. read_info(spec) -> ModelInfo without weights."""
+  from experiments.study import family_of
+  stores = Stores({}, {}, {}, {})
+  random_targets = {p.target for p in pairs if p.is_random}
+  for spec in specs:
+    info = read_info(spec)
+    stores.info[spec.name] = info
+    identity = (spec.path, source_fingerprint(spec.path), spec.dtype, settings.identity())
+    get = lambda name=spec.name: models.get(name)
+    stores.texts[spec.name] = open_or_extract(
+        store_dir(workdir, spec.name, *identity, _texts_key(texts)), get, texts, settings, mesh, info.num_layers)
+    if spec.name in random_targets:
+      stores.info[spec.name + RANDOM_SUFFIX] = dataclasses.replace(info, name=spec.name + RANDOM_SUFFIX,
+                                                                   family="random")
+      for seed in seeds:
+        stores.random[(spec.name, seed)] = open_or_extract(
+            store_dir(workdir, f"{spec.name}{RANDOM_SUFFIX}{seed}", *identity, _texts_key(texts), seed), get, texts,
+            settings, mesh, info.num_layers, random_seed=seed)
+    for task_name, task in tasks.items():
+      stores.tasks[(task_name, spec.name)] = open_or_extract(
+          store_dir(workdir, f"{spec.name}-task-{task_name}", *identity, _texts_key(task.texts)), get,
+          list(task.texts), settings, mesh, info.num_layers)
+    models.release(spec.name)
+  return stores
+
+
+def _texts_key(texts) -> str:
+  from xsim.data.text import text_hash
+  return text_hash(list(texts))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PairData:
+  """A model pair's paired activations on the texts (rows both stores hold, in a's order), as float32.
+
+  xs: [La, n, da], ys: [Lb, n, db]; rows_a: [n] row indices into a's store; layers_*: hidden-state indices;
+  num_layers_*: blocks of each model (for relative depths); identity: what the arrays depend on.
+  """
+  pair: Pair
+  xs: np.ndarray
+  ys: np.ndarray
+  rows_a: np.ndarray
+  layers_a: tuple
+  layers_b: tuple
+  num_layers_a: int
+  num_layers_b: int
+  identity: tuple
+
+  @property
+  def num_samples(self) -> int:
+    return self.xs.shape[1]
+
+  def depths(self, i: int, j: int) -> dict:
+    """Relative depths of layer positions i (of a) and j (of b), as table columns."""
+    return dict(depth_a=layer_select.relative_depth(self.layers_a[i], self.num_layers_a),
+                depth_b=layer_select.relative_depth(self.layers_b[j], self.num_layers_b))
+
+
+def paired_arrays(store_a, store_b) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(xs [La, n, da], ys [Lb, n, db], row indices into store_a) of the samples both stores hold, in float32."""
+  from xsim import activations as xa
+  ia, ib = xa.paired_rows(store_a, store_b)
+  return np.asarray(store_a.array[:, ia], np.float32), np.asarray(store_b.array[:, ib], np.float32), ia
+
+
+def pair_data(stores: Stores, pair: Pair, seed: int) -> PairData:
+  store_a, store_b = stores.get(pair.a, seed), stores.get(pair.b, seed)
+  xs, ys, rows = paired_arrays(store_a, store_b)
+  if xs.shape[1] < 4:
+    raise ValueError(f"{pair.a} and {pair.b} share only {xs.shape[1]} usable samples (rows both stores hold); "
+                     "similarity and maps need at least 4. Use more or longer texts, or raise extraction.max_tokens.")
+  return PairData(pair, xs, ys, rows, tuple(store_a.layers), tuple(store_b.layers),
+                  stores.info[pair.a].num_layers, stores.info[pair.b].num_layers,
+                  (store_a.manifest, store_b.manifest))

@@ -1,0 +1,86 @@
+"""The transfer step: a pair's linear maps with their floors, and the probe transfer on each task.
+
+Maps (and the maps fit on shuffled row pairs) are checkpointed under cache/maps, keyed by the fit's own options,
+so the probe and next-token steps read them back instead of refitting.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Optional
+
+import numpy as np
+
+from experiments import cache
+from experiments.extraction import PairData, paired_arrays
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """The config's `transfer` section (without next_token)."""
+  method: str
+  val_fraction: float
+  test_fraction: float
+  standardize: bool = True
+  penalties: Optional[tuple] = None
+
+  @classmethod
+  def from_config(cls, section) -> "Settings":
+    s = dict(section)
+    penalties = s.get("penalties")
+    return cls(s["method"], float(s["val_fraction"]), float(s["test_fraction"]), bool(s.get("standardize", True)),
+               None if penalties is None else tuple(float(p) for p in penalties))
+
+  def fit_options(self, seed: int) -> dict:
+    return dict(method=self.method, val_fraction=self.val_fraction, test_fraction=self.test_fraction, seed=seed,
+                standardize=self.standardize, penalties=None if self.penalties is None else list(self.penalties))
+
+
+def maps_key(data: PairData, settings: Settings, seed: int) -> str:
+  """What a pair's maps depend on: its activations and the fit's options (not next-token or probe settings)."""
+  return cache.key(*data.identity, settings.fit_options(seed))
+
+
+def fit_maps(data: PairData, settings: Settings, seed: int, workdir: str, mesh=None):
+  """-> (maps, shuffled-pair maps) of a -> b for every layer pair, read back from their checkpoints if there."""
+  from xsim import transfer
+  options = settings.fit_options(seed)
+  where = os.path.join(workdir, "cache", "maps", f"{data.pair.a}__{data.pair.b}-{maps_key(data, settings, seed)}")
+  fit = transfer.fit_linear_maps(data.xs, data.ys, checkpoint_dir=where, mesh=mesh, **options)
+  shuffled = transfer.fit_shuffled_maps(data.xs, data.ys, checkpoint_dir=where + "-shuffled", mesh=mesh, **options)
+  return fit, shuffled
+
+
+def compute_maps(data: PairData, settings: Settings, seed: int, workdir: str, mesh=None) -> dict:
+  """{"r2", "r2_shuffled": [La, Lb] held-out R^2 of the maps and of the shuffled-pair maps, "r2_mean": [Lb] of the
+  training-mean predictor}."""
+  from xsim import transfer
+  fit, shuffled = fit_maps(data, settings, seed, workdir, mesh)
+  mean_r2 = transfer.mean_predictor_r2(data.ys, val_fraction=settings.val_fraction,
+                                       test_fraction=settings.test_fraction, seed=seed)
+  return {"r2": np.asarray(fit.r2, np.float64).tolist(), "r2_shuffled": np.asarray(shuffled.r2, np.float64).tolist(),
+          "r2_mean": np.asarray(mean_r2, np.float64).tolist()}
+
+
+def probe_scores(maps, shuffled, target_probe, source_probe, source_features, labels, seed: int, k: int = 1) -> dict:
+  """The probe transfer of the maps and of the shuffled-pair maps, as table columns per layer-pair position:
+  {"mapped", "mapped_lo", "mapped_hi", "shuffled": [La, Lb], "target": [Lb], "source": [La], "majority": []}."""
+  from xsim import transfer
+  scores, floor = (transfer.probe_transfer(m, target_probe, source_probe, source_features, labels, k=k, seed=seed,
+                                           num_resamples=200) for m in (maps, shuffled))
+  as_list = lambda a: np.asarray(a, np.float64).tolist()
+  return {"mapped": as_list(scores.mapped), "mapped_lo": as_list(scores.mapped_ci[..., 0]),
+          "mapped_hi": as_list(scores.mapped_ci[..., 1]), "shuffled": as_list(floor.mapped),
+          "target": as_list(scores.target), "source": as_list(scores.source), "majority": float(scores.majority)}
+
+
+def compute_task_probes(data: PairData, settings: Settings, seed: int, workdir: str, task, store_a, store_b,
+                        mesh=None) -> dict:
+  """A task's probe transfer through the pair's maps at every layer pair (see probe_scores)."""
+  from xsim import transfer
+  fit, shuffled = fit_maps(data, settings, seed, workdir, mesh)
+  fs, ft, rows = paired_arrays(store_a, store_b)
+  labels = np.asarray(task.labels)[store_a.index["text"][rows]]
+  target_probe = transfer.fit_logistic_probes(ft, labels, seed=seed)
+  source_probe = transfer.fit_logistic_probes(fs, labels, seed=seed)
+  return probe_scores(fit, shuffled, target_probe, source_probe, fs, labels, seed)
