@@ -31,14 +31,15 @@ def test_equals_full_data_numpy_for_every_batch_size():
                                  atol=5e-6, err_msg=f"batch size {size}, debiased={debiased}")
 
 
-def test_terms_match_the_full_data_terms():
+def test_hsic_matches_the_full_data_hsic():
   xs, ys = _stacks(1, offset=3.0)
   state = sim.stream_init(xs[:, :10], ys[:, :10])
   for bx, by in _batches(xs, ys, 10):
     state = sim.stream_update(state, bx, by)
-  full = jax.jit(sim.linear_terms, static_argnums=(2, 3))(xs, ys, "gram", 512)
-  for name, got, want in zip(full._fields, sim.stream_terms(state), full):
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-4, atol=1e-3, err_msg=name)
+  for debiased in (False, True):
+    full = jax.jit(sim.linear_hsic, static_argnums=(2, 3, 4))(xs, ys, debiased, "gram", 512)
+    for name, got, want in zip(full._fields, sim.stream_hsic(state, debiased=debiased), full):
+      np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-5, atol=1e-6, err_msg=name)
 
 
 def test_row_wise_preprocessing_streams():

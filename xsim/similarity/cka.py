@@ -1,11 +1,19 @@
 """Centered kernel alignment (Kornblith et al. 2019): one pair, every layer pair at once, and minibatch CKA.
 
-Linear CKA of every layer pair reduces to a few statistics of the column-centered features (`LinearTerms`).
-They come from one of two exact paths, whichever needs fewer FLOPs:
+Linear CKA of every layer pair follows from linear HSIC of each pair and of each layer with itself
+(`LinearHsic`). It comes from one of two exact paths, whichever needs fewer FLOPs:
   gram:     each layer's Gram K_a = X_a X_a' is built once, tile by tile (only tiles on or above the
-            diagonal, as Grams are symmetric), and every pair's share of tr(K_a L_b) is one matmul of the
-            flattened tiles (memory beyond the centered inputs: (La + Lb) * chunk_size^2 floats);
+            diagonal, as Grams are symmetric), and every pair's share of the Gram products is one matmul of
+            the flattened tiles (memory beyond the centered inputs: (La + Lb) * chunk_size^2 floats);
   features: tr(K_a L_b) = |X_a' Y_b|_F^2, one x layer against all y layers at a time (memory: Lb * da * db).
+Float32 numerics. When d >> n the diagonal of a centered Gram (about d) dwarfs its other entries (about
+sqrt(d)), and tr(KL) - d_K.d_L cancels most digits. The gram path never forms that difference: its tiles
+hold K^ = K + c off the diagonal and 0 on it, with c = tr K / (n(n-1)) so that the entries average 0. The
+debiased estimator (Song et al. 2012) reads only off-diagonal entries and is unchanged by a constant added
+to all of them, and its row sums K^1 come from the same tiles, so no term of order d^2 cancels: within
+about 1e-6 of float64 down to n = 4 with d = 2,000 (tests/similarity/test_cka_numerics.py). The features
+path cannot separate the diagonal from |X'Y|_F^2 and loses about log10(d/n) digits of debiased HSIC;
+`choose_method` takes it only when n > L d, where that loss is nil.
 Nothing is clamped to [0, 1]: debiased CKA of independent data is slightly negative half the time, and the
 null distributions in stats.py need that sign.
 """
@@ -17,55 +25,49 @@ from typing import NamedTuple, Optional
 import chex
 import jax
 import jax.numpy as jnp
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from xsim.similarity import checks, kernels
+from xsim.similarity import checks, kernels, sharding
 from xsim.similarity.checks import HIGHEST
 from xsim.similarity.preprocess import Preprocess, as_preprocess, preprocess as apply_preprocess
 
 METHODS = ("auto", "gram", "features")
 KERNELS = ("linear", "rbf")
 
-
-class LinearTerms(NamedTuple):
-  """Statistics of column-centered features from which linear HSIC (biased or debiased) follows exactly.
-
-  With K_a = X_a X_a' and L_b = Y_b Y_b' the centered Grams and d_a = diag(K_a):
-  cross [La, Lb] = tr(K_a L_b);  cross_diag [La, Lb] = d_a . d_b;
-  self_x [La] = tr(K_a K_a);  self_x_diag [La] = d_a . d_a;  trace_x [La] = tr(K_a);  likewise for y;
-  n [] = number of samples.
-  """
-  cross: jnp.ndarray
-  cross_diag: jnp.ndarray
-  self_x: jnp.ndarray
-  self_x_diag: jnp.ndarray
-  trace_x: jnp.ndarray
-  self_y: jnp.ndarray
-  self_y_diag: jnp.ndarray
-  trace_y: jnp.ndarray
-  n: jnp.ndarray
+class LinearHsic(NamedTuple):
+  """Linear HSIC (biased or debiased) of every layer pair, xy [La, Lb], and of each layer with itself,
+  xx [La] and yy [Lb]."""
+  xy: jnp.ndarray
+  xx: jnp.ndarray
+  yy: jnp.ndarray
 
 
-def _hsic(tr_kl, dd, t_k, t_l, n, debiased):
-  """Biased tr(KL)/(n-1)^2, or Song et al.'s estimator after centering, where K~1 = -d and 1'K~1 = -tr K:
-  [tr(KL) - n/(n-2) d_K.d_L + tr K tr L / ((n-1)(n-2))] / (n(n-3))."""
+def cka_from_hsic(h: LinearHsic) -> jnp.ndarray:
+  """-> [La, Lb] CKA = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)), unclamped."""
+  return h.xy / jnp.sqrt(h.xx[:, None] * h.yy[None, :])
+
+
+def hsic_from_traces(tr_kl, dd, t_k, t_l, n, debiased: bool):
+  """HSIC of centered Grams from tr(KL), dd = d_K.d_L (diagonals) and the traces: biased tr(KL)/(n-1)^2, or
+  Song et al.'s estimator where K~1 = -d and 1'K~1 = -tr K: [tr(KL) - n/(n-2) dd + tr K tr L / ((n-1)(n-2))]
+  / (n(n-3)). Loses about log10(d/n) digits when d >> n (see the module docstring)."""
   if not debiased:
     return tr_kl / (n - 1) ** 2
   return (tr_kl - n / (n - 2) * dd + t_k * t_l / ((n - 1) * (n - 2))) / (n * (n - 3))
 
 
-def hsic_from_terms(t: LinearTerms, debiased: bool):
-  """-> (hsic_xy [La, Lb], hsic_xx [La], hsic_yy [Lb])."""
-  xy = _hsic(t.cross, t.cross_diag, t.trace_x[:, None], t.trace_y[None, :], t.n, debiased)
-  xx = _hsic(t.self_x, t.self_x_diag, t.trace_x, t.trace_x, t.n, debiased)
-  yy = _hsic(t.self_y, t.self_y_diag, t.trace_y, t.trace_y, t.n, debiased)
-  return xy, xx, yy
+def gram_hsic(cross, rows_dot, diag_dot, t_k, t_l, c_k, c_l, n: int, debiased: bool):
+  """HSIC of centered Grams K, L from sums over K^ = (K + c_k)(11' - I) and L^ (any constants c_k, c_l):
+  cross = sum K^ o L^, rows_dot = (K^1).(L^1), t = 1'K^1, diag_dot = diag K . diag L.
 
-
-def cka_from_terms(t: LinearTerms, debiased: bool) -> jnp.ndarray:
-  """-> [La, Lb] CKA = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)), unclamped."""
-  xy, xx, yy = hsic_from_terms(t, debiased)
-  return xy / jnp.sqrt(xx[:, None] * yy[None, :])
+  Debiased: Song et al.'s estimator of the off-diagonal entries, [cross - 2/(n-2) rows_dot + t_k t_l /
+  ((n-1)(n-2))] / (n(n-3)), exactly as for K~ itself (it is invariant to a constant added to every
+  off-diagonal entry). Biased: tr(KL) / (n-1)^2 with the shifts taken back out of the off-diagonal sum.
+  """
+  if debiased:
+    return (cross - 2.0 / (n - 2) * rows_dot + t_k * t_l / ((n - 1) * (n - 2))) / (n * (n - 3))
+  off_diagonal = cross - c_k * t_l - c_l * t_k + n * (n - 1) * c_k * c_l
+  return (off_diagonal + diag_dot) / (n - 1) ** 2
 
 
 def _flops(method: str, la: int, lb: int, n: int, da: int, db: int) -> int:
@@ -92,28 +94,103 @@ def gram_tiles(n: int, tile: int, devices: int = 1):
   return jnp.asarray(pairs, jnp.int32), side * blocks, side
 
 
-def _gram_tile_terms(tiles, xs, ys, side: int, axes):
-  """tiles: [T, 3] (see gram_tiles), xs: [La, n, da], ys: [Lb, n, db] centered -> LinearTerms (n unset).
+def pad_axis(x, axis: int, size: int):
+  """Zero-pads `axis` to `size`: zero rows add nothing to any Gram sum, zero layers are sliced off later."""
+  pad = [(0, 0)] * x.ndim
+  pad[axis] = (0, size - x.shape[axis])
+  return jnp.pad(x, pad)
 
-  Each step builds the tile K_a[I, J] of every x layer and L_b[I, J] of every y layer once; every pair's
-  share of tr(K_a L_b) is then one matmul of the flattened tiles, and diagonal tiles (I = J) also give
-  the Gram diagonals. With `axes`, partial sums are added across the devices that split the tiles.
+
+def center(x):
+  """x: [..., n, d] -> columns centered; twice, as the first pass leaves a mean of the order of the float32
+  rounding of a large offset, which the features path's formula would read as signal."""
+  x = x - x.mean(-2, keepdims=True)
+  return x - x.mean(-2, keepdims=True)
+
+
+def gram_features(x, debiased: bool):
+  """x: [L, n, d] -> the features whose Grams the gram path builds: centered, and for the debiased estimator
+  (shift invariant) moved by sigma / sqrt(n) per column (sigma^2 = mean_i x_id^2). Centering leaves
+  E[x_id x_jd] = -sigma^2 / n for i != j, so the dot products of a small sample drift far from 0 as they
+  accumulate over d and round on that scale; the move cancels it (n = 4, d = 2,000: 7e-6 -> 1e-6)."""
+  x = center(x)
+  if debiased:
+    x = x - jnp.sqrt(jnp.mean(x * x, -2, keepdims=True) / x.shape[-2])
+  return x
+
+
+def gram_shift(x, n: int):
+  """x: [L, size, d], rows beyond n zero -> [L] c = -(mean off-diagonal entry of the Gram) =
+  (tr K - 1'K1) / (n(n-1))."""
+  total = jnp.sum(x, 1)
+  return (jnp.sum(x * x, (1, 2)) - jnp.sum(total * total, -1)) / (n * (n - 1))
+
+
+def shifted_tile(x, tile, shift, n: int, side: int):
+  """x: [L, size, d] centered, tile: (I, J, weight), shift: [L] -> [L, side, side] block (I, J) of
+  K^ = (K + shift)(11' - I): zero on the diagonal of K and on the padding rows and columns beyond n."""
+  rows = lambda b: jax.lax.dynamic_slice_in_dim(x, tile[b] * side, side, axis=1)
+  gram = jnp.einsum("aid,ajd->aij", rows(0), rows(1), precision=HIGHEST)
+  i, j = tile[0] * side + jnp.arange(side), tile[1] * side + jnp.arange(side)
+  keep = (i[:, None] != j[None, :]) & (i[:, None] < n) & (j[None, :] < n)
+  return jnp.where(keep, gram + shift[:, None, None], 0.0)
+
+
+def add_tile_rows(rows, tile, block, side: int):
+  """rows: [L, size] += the share of K^ 1 in `block` [L, side, side] (tile (I, J, weight)): its row sums, and
+  for an off-diagonal tile (weight 2) its column sums, the row sums of its mirror. Weight-0 tiles add 0."""
+  def add(r, at, sums):
+    old = jax.lax.dynamic_slice_in_dim(r, at * side, side, axis=1)
+    return jax.lax.dynamic_update_slice_in_dim(r, old + sums, at * side, axis=1)
+  rows = add(rows, tile[0], jnp.where(tile[2] > 0, block.sum(2), 0.0))
+  return add(rows, tile[1], jnp.where(tile[2] == 2, block.sum(1), 0.0))
+
+
+class GramSums(NamedTuple):
+  """Sums over the shifted Grams K^_a of every x layer and L^_b of every y layer (see shifted_tile):
+  cross [La, Lb] = sum K^_a o L^_b; self_x [La] = sum K^_a o K^_a; self_y [Lb]; rows_x [La, size] = K^_a 1;
+  rows_y [Lb, size]."""
+  cross: jnp.ndarray
+  self_x: jnp.ndarray
+  self_y: jnp.ndarray
+  rows_x: jnp.ndarray
+  rows_y: jnp.ndarray
+
+
+def hsic_from_sums(s: GramSums, diag_x, diag_y, shift_x, shift_y, n: int, debiased: bool) -> LinearHsic:
+  """GramSums, Gram diagonals diag_x [La, size], diag_y [Lb, size] and the shifts -> LinearHsic."""
+  ein = functools.partial(jnp.einsum, precision=HIGHEST)
+  t_x, t_y = s.rows_x.sum(-1), s.rows_y.sum(-1)
+  hsic = functools.partial(gram_hsic, n=n, debiased=debiased)
+  return LinearHsic(
+      xy=hsic(s.cross, ein("an,bn->ab", s.rows_x, s.rows_y), ein("an,bn->ab", diag_x, diag_y), t_x[:, None],
+              t_y[None, :], shift_x[:, None], shift_y[None, :]),
+      xx=hsic(s.self_x, jnp.sum(s.rows_x**2, -1), jnp.sum(diag_x**2, -1), t_x, t_x, shift_x, shift_x),
+      yy=hsic(s.self_y, jnp.sum(s.rows_y**2, -1), jnp.sum(diag_y**2, -1), t_y, t_y, shift_y, shift_y))
+
+
+def _gram_sums(tiles, xs, ys, shift_x, shift_y, n: int, side: int, axes) -> GramSums:
+  """tiles: [T, 3] (see gram_tiles), xs: [La, size, da], ys: [Lb, size, db] centered -> GramSums.
+
+  Each step builds the tile of K^_a of every x layer and L^_b of every y layer once; every pair's share of
+  the products is then one matmul of the flattened tiles. With `axes`, partial sums are added across the
+  devices that split the tiles.
   """
-  def step(_, tile):
-    rows = lambda a, b: jax.lax.dynamic_slice_in_dim(a, tile[b] * side, side, axis=1)
-    k = jnp.einsum("aid,ajd->aij", rows(xs, 0), rows(xs, 1), precision=HIGHEST)
-    l = jnp.einsum("bid,bjd->bij", rows(ys, 0), rows(ys, 1), precision=HIGHEST)
+  def step(acc, tile):
+    k = shifted_tile(xs, tile, shift_x, n, side)
+    l = shifted_tile(ys, tile, shift_y, n, side)
     w = tile[2].astype(xs.dtype)
-    on_diag = (tile[0] == tile[1]).astype(xs.dtype) * (w > 0)
-    dk, dl = jnp.diagonal(k, axis1=1, axis2=2) * on_diag, jnp.diagonal(l, axis1=1, axis2=2) * on_diag
-    return None, LinearTerms(
-        cross=w * jnp.einsum("aij,bij->ab", k, l, precision=HIGHEST),
-        cross_diag=jnp.einsum("ai,bi->ab", dk, dl, precision=HIGHEST),
-        self_x=w * jnp.sum(k * k, (1, 2)), self_x_diag=jnp.sum(dk * dk, 1), trace_x=jnp.sum(dk, 1),
-        self_y=w * jnp.sum(l * l, (1, 2)), self_y_diag=jnp.sum(dl * dl, 1), trace_y=jnp.sum(dl, 1),
-        n=jnp.zeros((), xs.dtype))
+    return GramSums(
+        cross=acc.cross + w * jnp.einsum("aij,bij->ab", k, l, precision=HIGHEST),
+        self_x=acc.self_x + w * jnp.sum(k * k, (1, 2)), self_y=acc.self_y + w * jnp.sum(l * l, (1, 2)),
+        rows_x=add_tile_rows(acc.rows_x, tile, k, side), rows_y=add_tile_rows(acc.rows_y, tile, l, side)), None
 
-  out = jax.tree.map(lambda parts: parts.sum(0), jax.lax.scan(step, None, tiles)[1])
+  (la, size, _), lb = xs.shape, ys.shape[0]
+  zeros = lambda *shape: jnp.zeros(shape, xs.dtype)
+  init = GramSums(zeros(la, lb), zeros(la), zeros(lb), zeros(la, size), zeros(lb, size))
+  if axes:  # each device sums its own tiles
+    init = jax.tree.map(lambda z: jax.lax.pcast(z, axes, to="varying"), init)
+  out = jax.lax.scan(step, init, tiles)[0]
   return jax.lax.psum(out, axes) if axes else out
 
 
@@ -133,61 +210,43 @@ def _feature_self(xs):
   return jax.lax.map(one, xs)
 
 
-def pad_axis(x, axis: int, size: int):
-  """Zero-pads `axis` to `size`: zero rows add nothing to any Gram sum, zero layers are sliced off later."""
-  pad = [(0, 0)] * x.ndim
-  pad[axis] = (0, size - x.shape[axis])
-  return jnp.pad(x, pad)
-
-
-def _place(x, mesh: Mesh, spec: P):
-  """Lays x out as `spec` on the mesh: explicit-axis meshes need jax.reshard, auto ones a constraint."""
-  if all(t == AxisType.Explicit for t in mesh.axis_types):
-    return jax.reshard(x, NamedSharding(mesh, spec))
-  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
-
-
-def linear_terms(xs, ys, method: str, chunk_size: int, mesh: Optional[Mesh] = None) -> LinearTerms:
-  """xs: [La, n, da], ys: [Lb, n, db] (preprocessed, not necessarily centered) -> LinearTerms.
+def linear_hsic(xs, ys, debiased: bool, method: str, chunk_size: int, mesh: Optional[Mesh] = None) -> LinearHsic:
+  """xs: [La, n, da], ys: [Lb, n, db] (preprocessed, not necessarily centered) -> LinearHsic.
 
   method is "gram" or "features" (see the module docstring). With a mesh, the gram path splits the tiles
   across all its devices and the feature path the x layers (inputs replicated); same numbers as without.
   """
   la, n, _ = xs.shape
-  axes = tuple(mesh.axis_names) if mesh is not None else ()
-  devices = mesh.size if mesh is not None else 1
-  tiles, size, side = gram_tiles(n, chunk_size, devices)
-  # Every linear HSIC here is shift invariant; centering avoids float32 cancellation. The zero rows padding
-  # n to whole tiles add nothing to any sum.
-  xs = pad_axis(xs - xs.mean(1, keepdims=True), 1, size if method == "gram" else n)
-  ys = pad_axis(ys - ys.mean(1, keepdims=True), 1, size if method == "gram" else n)
+  axes = sharding.axes(mesh) if mesh is not None else ()
   if method == "gram":
-    fn = functools.partial(_gram_tile_terms, side=side, axes=axes)
+    xs, ys = gram_features(xs, debiased), gram_features(ys, debiased)
+    tiles, size, side = gram_tiles(n, chunk_size, mesh.size if mesh is not None else 1)
+    xs, ys = pad_axis(xs, 1, size), pad_axis(ys, 1, size)  # zero rows: masked out of every tile
+    shift_x, shift_y = gram_shift(xs, n), gram_shift(ys, n)
+    fn = functools.partial(_gram_sums, n=n, side=side, axes=axes)
     if mesh is not None:
-      fn = jax.shard_map(fn, mesh=mesh, in_specs=(P(axes), P(), P()), out_specs=P())
-      tiles = _place(tiles, mesh, P(axes))
-    return fn(tiles, xs, ys)._replace(n=jnp.asarray(n, xs.dtype))
+      fn = jax.shard_map(fn, mesh=mesh, in_specs=(P(axes),) + (P(),) * 4, out_specs=P())
+      tiles = sharding.place(tiles, mesh, P(axes))
+    sums = fn(tiles, xs, ys, shift_x, shift_y)
+    return hsic_from_sums(sums, jnp.sum(xs * xs, -1), jnp.sum(ys * ys, -1), shift_x, shift_y, n, debiased)
+  xs, ys = center(xs), center(ys)
   if mesh is None:
     cross = _feature_cross(xs, ys)
   else:
-    xp = pad_axis(xs, 0, -(-la // devices) * devices)
-    fn = jax.shard_map(_feature_cross, mesh=mesh, in_specs=(P(axes), P()), out_specs=P(axes))
-    cross = _place(fn(_place(xp, mesh, P(axes)), ys), mesh, P())[:la]
+    cross = sharding.split_map(_feature_cross, mesh, [xs], [ys])[:la]
   dx, dy = jnp.sum(xs * xs, -1), jnp.sum(ys * ys, -1)  # [L, n] Gram diagonals
-  return LinearTerms(
-      cross=cross, cross_diag=jnp.einsum("an,bn->ab", dx, dy, precision=HIGHEST),
-      self_x=_feature_self(xs), self_x_diag=jnp.sum(dx * dx, -1), trace_x=jnp.sum(dx, -1),
-      self_y=_feature_self(ys), self_y_diag=jnp.sum(dy * dy, -1), trace_y=jnp.sum(dy, -1),
-      n=jnp.asarray(n, xs.dtype))
+  tx, ty = dx.sum(-1), dy.sum(-1)
+  hsic = functools.partial(hsic_from_traces, n=n, debiased=debiased)
+  return LinearHsic(
+      xy=hsic(cross, jnp.einsum("an,bn->ab", dx, dy, precision=HIGHEST), tx[:, None], ty[None, :]),
+      xx=hsic(_feature_self(xs), jnp.sum(dx * dx, -1), tx, tx),
+      yy=hsic(_feature_self(ys), jnp.sum(dy * dy, -1), ty, ty))
 
 
-@functools.partial(jax.jit, static_argnames=("prep", "method", "chunk_size", "mesh"))
-def _terms(xs, ys, prep, method, chunk_size, mesh):
-  return linear_terms(apply_preprocess(xs, prep), apply_preprocess(ys, prep), method, chunk_size, mesh)
-
-
-# Separate from _terms so biased and debiased CKA of the same data share one compiled statistics pass.
-_cka_from_terms = jax.jit(cka_from_terms, static_argnames=("debiased",))
+@functools.partial(jax.jit, static_argnames=("prep", "debiased", "method", "chunk_size", "mesh"))
+def _cka_matrix(xs, ys, prep, debiased, method, chunk_size, mesh):
+  xs, ys = apply_preprocess(xs, prep), apply_preprocess(ys, prep)
+  return cka_from_hsic(linear_hsic(xs, ys, debiased, method, chunk_size, mesh))
 
 
 def _resolve_method(method: str, la: int, lb: int, n: int, da: int, db: int) -> str:
@@ -203,7 +262,7 @@ def cka_matrix(xs, ys, *, debiased: bool = False, preprocess: str | Preprocess =
   Each layer's Gram (or feature statistics, whichever is cheaper for n, L and d; `method` forces one) is
   computed once. chunk_size is the Gram tile side, bounding the gram path's memory; `mesh` shards the work
   over all its devices. dtype float32 (default; matmuls at HIGHEST precision) or float64 (needs x64 mode,
-  see checks.compute_dtype).
+  see checks.compute_dtype). Traceable (jit, vmap, lax.map) without a mesh.
   """
   dtype = checks.compute_dtype(dtype)
   xs, ys = checks.features(xs, "xs", 3, dtype), checks.features(ys, "ys", 3, dtype)
@@ -215,8 +274,7 @@ def cka_matrix(xs, ys, *, debiased: bool = False, preprocess: str | Preprocess =
   if mesh is not None:
     replicated = NamedSharding(mesh, P())
     xs, ys = jax.device_put(xs, replicated), jax.device_put(ys, replicated)
-  terms = _terms(xs, ys, as_preprocess(preprocess), method, int(chunk_size), mesh)
-  out = _cka_from_terms(terms, debiased=bool(debiased))
+  out = _cka_matrix(xs, ys, as_preprocess(preprocess), bool(debiased), method, int(chunk_size), mesh)
   chex.assert_shape(out, (la, lb))
   return out
 
@@ -255,12 +313,11 @@ def _minibatch(xs, ys, batch_size, debiased, prep):
   split = lambda a: jnp.moveaxis(a.reshape(a.shape[0], n // batch_size, batch_size, a.shape[2]), 1, 0)
 
   def step(carry, batch):
-    h = hsic_from_terms(linear_terms(batch[0], batch[1], method, batch_size), debiased)
+    h = linear_hsic(batch[0], batch[1], debiased, method, batch_size)
     return jax.tree.map(jnp.add, carry, h), None
 
-  zeros = (jnp.zeros((la, lb), xs.dtype), jnp.zeros((la,), xs.dtype), jnp.zeros((lb,), xs.dtype))
-  (xy, xx, yy), _ = jax.lax.scan(step, zeros, (split(xs), split(ys)))
-  return xy / jnp.sqrt(xx[:, None] * yy[None, :])
+  zeros = LinearHsic(jnp.zeros((la, lb), xs.dtype), jnp.zeros((la,), xs.dtype), jnp.zeros((lb,), xs.dtype))
+  return cka_from_hsic(jax.lax.scan(step, zeros, (split(xs), split(ys)))[0])
 
 
 def minibatch_cka_matrix(xs, ys, *, batch_size: int, debiased: bool = True,

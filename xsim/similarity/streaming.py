@@ -1,8 +1,8 @@
 """Exact streaming linear CKA: the full-data value (biased or debiased) from batches of rows.
 
 Every term of linear HSIC is a sum over rows of products of features, so batches can add their share of
-sum x, X'Y, X'X, Y'Y, the squared row norms r and a few of their products, and `stream_terms` recovers the
-centered `LinearTerms` of all rows at the end: the result does not depend on the batch size (peers that
+sum x, X'Y, X'X, Y'Y, the squared row norms r and a few of their products, and `stream_hsic` recovers linear
+HSIC of all rows, centered by their overall mean, at the end: the result does not depend on the batch size (peers that
 average per-batch estimates, such as minibatch CKA, do). Features are shifted by the first batch's mean
 before accumulating, so float32 sums do not cancel when activations sit far from the origin.
 Memory is La * Lb * da * db floats (X_a'Y_b for every pair), independent of n.
@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from xsim.similarity import checks
 from xsim.similarity.checks import HIGHEST
-from xsim.similarity.cka import LinearTerms, cka_from_terms
+from xsim.similarity.cka import LinearHsic, cka_from_hsic, hsic_from_traces
 from xsim.similarity.preprocess import Preprocess, as_preprocess, preprocess as apply_preprocess
 
 # Options that act on each row alone; the others need statistics of all rows before the first batch.
@@ -121,36 +121,36 @@ def _centered_diag_dot(n, mu_x, mu_y, rxry, x_ry, y_rx, xty, rx, ry):
           + sq_y * rx + sq_x * ry - 3.0 * n * sq_x * sq_y)
 
 
-@jax.jit
-def stream_terms(s: StreamState) -> LinearTerms:
-  """StreamState -> LinearTerms of all rows seen, centered by their overall mean."""
+@functools.partial(jax.jit, static_argnames=("debiased",))
+def _stream_hsic(s: StreamState, debiased: bool) -> LinearHsic:
   n = s.count
   mu_x, mu_y = s.sum_x / n, s.sum_y / n
   outer = lambda a, b: jnp.einsum("...d,...e->...de", a, b)
   frob2 = lambda c: jnp.sum(c * c, (-2, -1))
   mxb, myb = mu_x[:, None], mu_y[None, :]  # broadcast over [La, Lb] pairs
-  return LinearTerms(
-      cross=frob2(s.xty - n * outer(mxb, myb)),
-      cross_diag=_centered_diag_dot(n, mxb, myb, s.rxry, s.x_ry, s.y_rx, s.xty, s.rx[:, None], s.ry[None, :]),
-      self_x=frob2(s.xtx - n * outer(mu_x, mu_x)),
-      self_x_diag=_centered_diag_dot(n, mu_x, mu_x, s.rxrx, s.x_rx, s.x_rx, s.xtx, s.rx, s.rx),
-      trace_x=s.rx - n * jnp.sum(mu_x * mu_x, -1),
-      self_y=frob2(s.yty - n * outer(mu_y, mu_y)),
-      self_y_diag=_centered_diag_dot(n, mu_y, mu_y, s.ryry, s.y_ry, s.y_ry, s.yty, s.ry, s.ry),
-      trace_y=s.ry - n * jnp.sum(mu_y * mu_y, -1),
-      n=n)
+  trace_x, trace_y = s.rx - n * jnp.sum(mu_x * mu_x, -1), s.ry - n * jnp.sum(mu_y * mu_y, -1)
+  hsic = functools.partial(hsic_from_traces, n=n, debiased=debiased)
+  return LinearHsic(
+      xy=hsic(frob2(s.xty - n * outer(mxb, myb)),
+              _centered_diag_dot(n, mxb, myb, s.rxry, s.x_ry, s.y_rx, s.xty, s.rx[:, None], s.ry[None, :]),
+              trace_x[:, None], trace_y[None, :]),
+      xx=hsic(frob2(s.xtx - n * outer(mu_x, mu_x)),
+              _centered_diag_dot(n, mu_x, mu_x, s.rxrx, s.x_rx, s.x_rx, s.xtx, s.rx, s.rx), trace_x, trace_x),
+      yy=hsic(frob2(s.yty - n * outer(mu_y, mu_y)),
+              _centered_diag_dot(n, mu_y, mu_y, s.ryry, s.y_ry, s.y_ry, s.yty, s.ry, s.ry), trace_y, trace_y))
+
+
+def stream_hsic(state: StreamState, *, debiased: bool = False) -> LinearHsic:
+  """StreamState -> LinearHsic of all rows seen, centered by their overall mean (as linear_hsic of cka.py
+  computes from all rows at once; this path keeps its float32 error of order d/n x rounding, see cka.py)."""
+  if state.count < (4 if debiased else 2):
+    raise ValueError(f"the stream holds {int(state.count)} rows; CKA needs at least {4 if debiased else 2}.")
+  return _stream_hsic(state, bool(debiased))
 
 
 def stream_cka(state: StreamState, *, debiased: bool = False) -> jnp.ndarray:
   """-> [La, Lb] linear CKA of all rows seen, identical (up to rounding) to cka_matrix on them at once."""
-  if state.count < (4 if debiased else 2):
-    raise ValueError(f"the stream holds {int(state.count)} rows; CKA needs at least {4 if debiased else 2}.")
-  return _stream_cka(state, bool(debiased))
-
-
-@functools.partial(jax.jit, static_argnames=("debiased",))
-def _stream_cka(state: StreamState, debiased: bool) -> jnp.ndarray:
-  return cka_from_terms(stream_terms(state), debiased)
+  return cka_from_hsic(stream_hsic(state, debiased=debiased))
 
 
 def streaming_cka_matrix(batches: Iterable[tuple], *, debiased: bool = False,

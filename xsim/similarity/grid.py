@@ -1,0 +1,247 @@
+"""Every similarity measure over a whole layer grid, each one compiled computation, and the statistics of the
+grid's maximum: its permutation null and its subsampling interval.
+
+xs: [La, n, da] and ys: [Lb, n, db] hold the layers of two models on the same n samples. CKA comes from
+cka.py's all-pairs statistics; every other measure splits into a per-layer summary, built once per layer
+(La + Lb of them, not 2 La Lb), and a pair step over all pairs: mutual k-NN and RSA are one matmul of the
+flattened summaries, CKNNA, Procrustes and SVCCA a map over the x layers, each against all y layers at once.
+With a mesh, the layers (CKA: the Gram tiles) are split over its devices; the nulls and intervals split
+their resamples. Summaries stay in memory for the whole grid: (La + Lb) n^2 floats for the neighbour
+measures and RSA, (La + Lb) n min(n, d) for Procrustes and SVCCA, on every device.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable, NamedTuple, Optional
+
+import chex
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from xsim.similarity import cca, checks, neighbors, procrustes, rsa, sharding, stats
+from xsim.similarity.cka import cka_matrix
+from xsim.similarity.cka_null import cka_matrix_null
+from xsim.similarity.preprocess import Preprocess, as_preprocess
+
+GRID_MEASURES = ("cka", "cka_debiased", "mutual_knn", "cknna", "procrustes", "svcca", "rsa")
+# Each measure's options and their defaults (those of the per-pair functions).
+OPTIONS = {
+    "cka": dict(method="auto", chunk_size=512),
+    "cka_debiased": dict(method="auto", chunk_size=512),
+    "mutual_knn": dict(k=10),
+    "cknna": dict(k=10, debiased=True),
+    "procrustes": dict(),
+    "svcca": dict(keep=0.99, dims=None),
+    "rsa": dict(rdm="correlation", compare="spearman"),
+}
+
+
+class LayerMeasure(NamedTuple):
+  """A measure built from per-layer summaries.
+
+  layer: x [n, d] -> F, a tuple of arrays; pairs: (*F_x, *F_y), each stacked over layers ([La, ...] and
+  [Lb, ...]) -> [La, Lb]; sample_axes: for each array of F, how many leading axes index samples (a row
+  permutation of the layer moves those, so nulls permute summaries instead of rebuilding them).
+  """
+  layer: Callable
+  pairs: Callable
+  sample_axes: tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class GridMeasure:
+  """measure(xs [La, n, da], ys [Lb, n, db]) -> [La, Lb]: a traceable function of arrays (no mesh), hashable
+  by its settings, so statistics compile it once. Build it with grid_measure."""
+  name: str
+  prep: Preprocess
+  options: tuple  # ((option, value), ...), every option of the measure
+
+  def option(self, key: str):
+    return dict(self.options)[key]
+
+  def check(self, n: int, da: int, db: int):
+    """Raises if n samples (and widths da, db) cannot give this measure (k-NN needs k < n, ...)."""
+    o = dict(self.options)
+    min_n = {"cka_debiased": 4, "rsa": 3, "cknna": 4 if o.get("debiased") else 2}.get(self.name, 2)
+    if n < min_n:
+      raise ValueError(f"{self.name} needs at least {min_n} samples, got n={n}.")
+    if self.name in ("mutual_knn", "cknna"):
+      neighbors.check_k(o["k"], n)
+    if self.name == "svcca":
+      cca.check_svcca(o["keep"], o["dims"], min(n, da, db))
+
+  def layer_measure(self) -> LayerMeasure:
+    o, prep = dict(self.options), self.prep
+    if self.name == "mutual_knn":
+      return LayerMeasure(lambda x: neighbors.gram_and_mask(x, o["k"], prep)[1:],
+                          functools.partial(neighbors.mutual_overlap, k=o["k"]), (2,))
+    if self.name == "cknna":
+      def layer(x):
+        gram, mask = neighbors.gram_and_mask(x, o["k"], prep)
+        return gram, mask, neighbors.cknna_self(gram, mask, o["debiased"])
+      return LayerMeasure(layer, functools.partial(_cknna_pairs, debiased=o["debiased"]), (2, 2, 0))
+    if self.name == "procrustes":
+      return LayerMeasure(lambda x: procrustes.procrustes_layer(x, prep), procrustes.procrustes_pairs, (1, 0))
+    if self.name == "svcca":
+      return LayerMeasure(lambda x: cca.svcca_layer(x, o["keep"], o["dims"], prep), cca.svcca_pairs, (1, 0))
+    if self.name == "rsa":
+      return LayerMeasure(lambda x: (rsa.rsa_layer(x, o["rdm"], o["compare"], prep),), rsa.rsa_pairs, (2,))
+    raise ValueError(f"{self.name} is not built from per-layer summaries.")
+
+  def __call__(self, xs, ys) -> jnp.ndarray:
+    if self.name in ("cka", "cka_debiased"):
+      return cka_matrix(xs, ys, debiased=self.name == "cka_debiased", preprocess=self.prep,
+                        method=self.option("method"), chunk_size=self.option("chunk_size"), dtype=xs.dtype)
+    self.check(xs.shape[1], xs.shape[2], ys.shape[2])
+    return _layer_grid(self, xs, ys, None)
+
+
+@dataclasses.dataclass(frozen=True)
+class _GridMax:
+  """(xs, ys) -> the grid's max, hashable like its GridMeasure (one compilation per setting)."""
+  grid: GridMeasure
+
+  def __call__(self, xs, ys):
+    return self.grid(xs, ys).max()
+
+
+def grid_measure(measure: str, *, preprocess: str | Preprocess = "none", **options) -> GridMeasure:
+  """A GridMeasure for `measure` (one of GRID_MEASURES) with its options (see OPTIONS; unset ones take the
+  defaults of the per-pair functions) after `preprocess`."""
+  if measure not in GRID_MEASURES:
+    raise ValueError(f"measure={measure!r} is unknown; use one of {GRID_MEASURES}.")
+  allowed = OPTIONS[measure]
+  unknown = sorted(set(options) - set(allowed))
+  if unknown:
+    raise ValueError(f"{measure} takes options {sorted(allowed)}, not {unknown}.")
+  o = {**allowed, **options}
+  if measure in ("cka", "cka_debiased") and o["chunk_size"] < 1:
+    raise ValueError(f"chunk_size={o['chunk_size']} must be a positive Gram tile side, e.g. 512.")
+  if measure == "svcca":
+    cca.check_svcca(o["keep"], o["dims"])
+  if measure == "rsa":
+    rsa.check_kinds(o["rdm"], o["compare"])
+  return GridMeasure(measure, as_preprocess(preprocess), tuple(sorted(o.items())))
+
+
+def _cknna_pairs(grams_x, masks_x, selfs_x, grams_y, masks_y, selfs_y, debiased: bool):
+  """-> [La, Lb] CKNNA, one x layer against all y layers at a time."""
+  cross = jax.vmap(neighbors.cknna_cross, in_axes=(None, None, 0, 0, None))
+  def row(args):
+    gram, mask, self_x = args
+    return cross(gram, mask, grams_y, masks_y, debiased) / jnp.sqrt(self_x * selfs_y)
+  return jax.lax.map(row, (grams_x, masks_x, selfs_x))
+
+
+@functools.partial(jax.jit, static_argnames=("grid", "mesh"))
+def _layer_grid(grid: GridMeasure, xs, ys, mesh: Optional[Mesh]):
+  lm = grid.layer_measure()
+
+  def block(xb, yb):
+    fx, fy = jax.lax.map(lm.layer, xb), jax.lax.map(lm.layer, yb)
+    if mesh is not None:
+      fy = sharding.gather(fy, mesh)  # every device pairs its x layers with all y layers
+    return lm.pairs(*fx, *fy)
+
+  if mesh is None:
+    return block(xs, ys)
+  return sharding.split_map(block, mesh, [xs, ys])[:xs.shape[0], :ys.shape[0]]
+
+
+def _permute(summary, perm, sample_axes):
+  """Rows of one layer permuted, in its stacked summary [L, ...]: each array's sample axes follow the layer axis."""
+  out = []
+  for a, s in zip(summary, sample_axes):
+    for axis in range(1, 1 + s):
+      a = jnp.take(a, perm, axis=axis)
+    out.append(a)
+  return tuple(out)
+
+
+@functools.partial(jax.jit, static_argnames=("grid", "batch_size", "mesh"))
+def _layer_null_max(grid: GridMeasure, xs, ys, perms, batch_size: Optional[int], mesh: Optional[Mesh]):
+  lm = grid.layer_measure()
+
+  def block(xb, yb, pb):
+    fx, fy = jax.lax.map(lm.layer, xb), jax.lax.map(lm.layer, yb)
+    if mesh is not None:
+      fx, fy = sharding.gather((fx, fy), mesh)  # padded layers repeat real ones: maxima unchanged
+    one = lambda perm: lm.pairs(*fx, *_permute(fy, perm, lm.sample_axes)).max()
+    return jax.lax.map(one, pb, batch_size=batch_size)
+
+  if mesh is None:
+    return block(xs, ys, perms)
+  return sharding.split_map(block, mesh, [xs, ys, perms])[:perms.shape[0]]
+
+
+def _inputs(measure, xs, ys, preprocess, dtype, options):
+  grid = grid_measure(measure, preprocess=preprocess, **options)
+  dtype = checks.compute_dtype(dtype)
+  xs, ys = checks.features(xs, "xs", 3, dtype), checks.features(ys, "ys", 3, dtype)
+  n = checks.same_samples(xs, ys)
+  return grid, xs, ys, n
+
+
+def similarity_grid(measure: str, xs, ys, *, preprocess: str | Preprocess = "none", mesh: Optional[Mesh] = None,
+                    dtype=None, **options) -> jnp.ndarray:
+  """xs: [La, n, da], ys: [Lb, n, db] -> [La, Lb] `measure` (one of GRID_MEASURES) of every layer pair, in one
+  compiled call; the same values as the per-pair functions (cka, mutual_knn, cknna, procrustes, svcca, rsa).
+
+  options: see OPTIONS, e.g. k=10 for mutual_knn. `mesh` splits the work over all its devices (same numbers).
+  """
+  grid, xs, ys, n = _inputs(measure, xs, ys, preprocess, dtype, options)
+  grid.check(n, xs.shape[2], ys.shape[2])
+  if measure in ("cka", "cka_debiased"):
+    out = cka_matrix(xs, ys, debiased=measure == "cka_debiased", preprocess=grid.prep,
+                     method=grid.option("method"), chunk_size=grid.option("chunk_size"), mesh=mesh, dtype=dtype)
+  else:
+    out = _layer_grid(grid, xs, ys, mesh)
+  chex.assert_shape(out, (xs.shape[0], ys.shape[0]))
+  return out
+
+
+def grid_null_max(measure: str, xs, ys, *, key: jax.Array, num_permutations: int = 200,
+                  preprocess: str | Preprocess = "none", mesh: Optional[Mesh] = None,
+                  batch_size: Optional[int] = None, dtype=None, **options) -> jnp.ndarray:
+  """-> [P] max over the [La, Lb] grid of `measure` with the rows of all ys layers permuted (the layers the
+  caller passes, e.g. those scored).
+
+  The same numbers as permutation_null(grid_measure(...), key=key).max((1, 2)), much faster: every layer's
+  summary (CKA: Gram) is built once and each permutation only reorders y's. `mesh` splits the summaries
+  (by layer) and the permutations over all its devices; batch_size vmaps that many permutations at a time
+  (None: one at a time, fastest on CPU).
+  """
+  grid, xs, ys, n = _inputs(measure, xs, ys, preprocess, dtype, options)
+  grid.check(n, xs.shape[2], ys.shape[2])
+  if num_permutations < 1:
+    raise ValueError(f"num_permutations={num_permutations} must be positive.")
+  if measure in ("cka", "cka_debiased"):
+    null = cka_matrix_null(xs, ys, key=key, num_permutations=num_permutations, debiased=measure == "cka_debiased",
+                           preprocess=grid.prep, chunk_size=grid.option("chunk_size"), mesh=mesh, dtype=dtype)
+    return null.max((1, 2))
+  return _layer_null_max(grid, xs, ys, stats.permutations(key, num_permutations, n), batch_size, mesh)
+
+
+def grid_subsample_max(measure: str, xs, ys, *, key: jax.Array, num_resamples: int = 200,
+                       size: Optional[int] = None, preprocess: str | Preprocess = "none",
+                       mesh: Optional[Mesh] = None, batch_size: Optional[int] = 8, dtype=None, **options):
+  """-> [R] max over the [La, Lb] grid of `measure` on `size` rows drawn without replacement (default n // 2),
+  the rows of stats.subsample with the same key; every layer's summary is rebuilt on each subsample, with
+  its preprocessing. `mesh` splits the subsamples over all its devices."""
+  grid, xs, ys, n = _inputs(measure, xs, ys, preprocess, dtype, options)
+  grid.check(stats.subsample_size(size, n), xs.shape[2], ys.shape[2])
+  return stats.subsample(_GridMax(grid), xs, ys, key=key, num_resamples=num_resamples, size=size,
+                         batch_size=batch_size, mesh=mesh, dtype=dtype)
+
+
+def grid_max_ci(measure: str, xs, ys, *, key: jax.Array, num_resamples: int = 200, level: float = 0.95,
+                size: Optional[int] = None, preprocess: str | Preprocess = "none", mesh: Optional[Mesh] = None,
+                batch_size: Optional[int] = 8, dtype=None, **options):
+  """-> (low, high): stats.subsample_ci of the max over the [La, Lb] grid of `measure` (subsamples as in
+  grid_subsample_max). `mesh` splits the subsamples over all its devices."""
+  grid, xs, ys, n = _inputs(measure, xs, ys, preprocess, dtype, options)
+  grid.check(stats.subsample_size(size, n), xs.shape[2], ys.shape[2])
+  return stats.subsample_ci(_GridMax(grid), xs, ys, key=key, num_resamples=num_resamples, level=level, size=size,
+                            batch_size=batch_size, mesh=mesh, dtype=dtype)
