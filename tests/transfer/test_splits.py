@@ -45,3 +45,21 @@ def test_layer_moments_use_training_rows_and_leave_constant_dims_unscaled():
   x[0, rows[0], 1] = np.nan
   with pytest.raises(ValueError, match=r"x\[0\] holds NaN"):
     splits.layer_moments(x, rows, "x")
+
+
+def test_centered_rows_keep_the_centred_gram_matrix_and_drop_the_centring_direction():
+  rng = np.random.default_rng(1)
+  scales = np.array([1e3, 1.0, 1e-2, 30.0, 0.1, 5.0])  # raw, graded columns with large means
+  x = (rng.normal(size=(2, 5, 6)) + 4.0) * scales
+  centred = x - x.mean(axis=1, keepdims=True)
+  rows = np.asarray(splits.centered_rows(x.astype(np.float32)), np.float64)
+  assert rows.shape == (2, 4, 6)
+  gram = np.einsum("tna,tnb->tab", centred, centred)
+  # Each entry errs by float32 rounding of its own two columns (the reflection acts column by column).
+  tolerance = 1e-5 * np.sqrt(np.einsum("taa,tbb->tab", gram, gram))
+  assert np.all(np.abs(np.einsum("tna,tnb->tab", rows, rows) - gram) <= tolerance)
+  # n = 5 rows in 6 dimensions: the centred rows have rank 4, and the 4 rows keep all of it (no tiny spurious
+  # singular value from rows centred in float32).
+  for t in range(2):
+    np.testing.assert_allclose(np.linalg.svd(rows[t], compute_uv=False),
+                               np.linalg.svd(centred[t], compute_uv=False)[:4], rtol=1e-4)

@@ -5,8 +5,9 @@ each, padded to that size so one compiled function serves every chunk). A chunk 
 target layers to the device(s), standardizes them with training-row statistics, fits every pair at once (the
 optax trainer, closed-form ridge or Procrustes) and scores the held-out rows. With a mesh, a chunk's target
 axis is sharded over all its devices. Memory per chunk: chunk_size * n * db floats of targets (the optax
-trainer's batch statistics add at most twice that, see train.py), plus for the optax methods
-4 * chunk_size * len(penalties) copies of the parameters (params, two Adam moments, best).
+trainer's batch statistics add at most twice that, see train.py; ridge's refinement of ill-conditioned rows adds
+one residual that size), plus for the optax methods 4 * chunk_size * len(penalties) copies of the parameters
+(params, two Adam moments, best).
 """
 from __future__ import annotations
 
@@ -279,11 +280,13 @@ def _fit_chunk(method, settings, penalties, x, y, x_mean, x_std, y_mean, y_std, 
   ys = [splits.standardize(y[:, rows], y_mean, y_std) for rows in (train_rows, val_rows, test_rows)]
   no_step = jnp.full((num_targets,), -1, jnp.int32)
   zero_bias = jnp.zeros((num_targets, y.shape[2]), jnp.float32)
+  if method in ("ridge", "procrustes"):  # closed forms without intercept: centre the training rows exactly
+    x_train, y_train = splits.centered_rows(xs[0]), splits.centered_rows(ys[0])
   if method == "ridge":
-    weight, penalty = ridge.fit_ridge(xs[0], ys[0], xs[1], ys[1], penalties)
+    weight, penalty = ridge.fit_ridge(x_train, y_train, xs[1], ys[1], penalties, num_rows=len(train_rows))
     params, best_step = {"weight": weight, "bias": zero_bias}, no_step
   elif method == "procrustes":
-    params, best_step = {"weight": procrustes.fit_procrustes(xs[0], ys[0]), "bias": zero_bias}, no_step
+    params, best_step = {"weight": procrustes.fit_procrustes(x_train, y_train), "bias": zero_bias}, no_step
     penalty = jnp.full((num_targets,), jnp.nan, jnp.float32)
   else:
     params, penalty, best_step = train.fit_sgd(settings, xs[0], ys[0], xs[1], ys[1], penalties)

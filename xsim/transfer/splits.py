@@ -9,6 +9,7 @@ import dataclasses
 
 import jax.numpy as jnp
 import numpy as np
+from jax.lax import Precision
 
 # A dimension whose training std is below this fraction of its magnitude is treated as constant and left
 # unscaled: dividing float32 rounding noise by a near-zero std would turn it into unit-variance features.
@@ -92,3 +93,26 @@ def layer_moments(x, rows: np.ndarray, name: str, layers=None) -> tuple[np.ndarr
 def standardize(x, mean, std):
   """(x - mean) / std in float32; x: [..., n, d], mean and std: [..., d] (broadcast over rows)."""
   return (jnp.asarray(x, jnp.float32) - mean[..., None, :]) / std[..., None, :]
+
+
+def centered_rows(x):
+  """The rows of x - mean(x) in an orthonormal basis of the vectors orthogonal to the all-ones vector.
+
+  They have the Gram matrix and cross products of the centred rows, so a least-squares fit on them is a fit with
+  an intercept, but centring is exact: float32 rows centred by subtraction keep a rounding-sized mean, a
+  spurious direction with a tiny singular value that a nearly unpenalized fit with n <= d divides by. The basis
+  is rows 2..n of the Householder reflection H that maps 1 / sqrt(n) to -e_1. H acts on each column
+  separately, so each column keeps its scale (raw features stay graded).
+
+  Args:
+    x: [..., n, d] rows, n >= 2.
+
+  Returns:
+    [..., n - 1, d] float32.
+  """
+  x = jnp.asarray(x, jnp.float32)
+  n = x.shape[-2]
+  reflector = jnp.full((n,), 1.0 / np.sqrt(n), jnp.float32).at[0].add(1.0)
+  reflector = reflector / jnp.linalg.norm(reflector)
+  along = jnp.einsum("n,...nd->...d", reflector, x, precision=Precision.HIGHEST)
+  return (x - 2.0 * reflector[:, None] * along[..., None, :])[..., 1:, :]
