@@ -22,6 +22,7 @@ import pytest
 import safetensors.numpy
 
 from xsim.models import assets
+from xsim.models import gguf as xsim_gguf
 from xsim.models.gguf import SUPPORTED_ARCHITECTURES, load_gguf_tokenizer, read_gguf
 
 torch = pytest.importorskip("torch")
@@ -426,6 +427,40 @@ def test_runs_without_torch(tmp_path):
   assert out["ids"] == load_gguf_tokenizer(path)(SENTENCES).input_ids
 
 
+def assert_header_matches_gguf_reader(path):
+  """xsim's header parser gives what gguf-py's GGUFReader does: metadata values and types, tensor table."""
+  reader = gguf.GGUFReader(path)
+  header = xsim_gguf._read_header(path)
+  theirs = {key: field.contents() for key, field in reader.fields.items() if not key.startswith("GGUF.")}
+  assert list(header.meta) == list(theirs)
+  for key, value in theirs.items():
+    assert header.meta[key] == value and type(header.meta[key]) is type(value), key
+    if isinstance(value, list) and value:
+      assert {type(v) for v in header.meta[key]} == {type(v) for v in value}, key
+  assert list(header.tensors) == [t.name for t in reader.tensors]
+  for t in reader.tensors:
+    ours = header.tensors[t.name]
+    assert (ours.qtype, ours.offset, ours.nbytes, ours.shape) == (
+        t.tensor_type, t.data_offset, t.n_bytes, tuple(reversed(t.shape.tolist()))), t.name
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "gptneox"])
+def test_header_parser_matches_gguf_reader(tmp_path, arch):
+  _, _, path = tiny_checkpoint(arch, tmp_path)
+  assert_header_matches_gguf_reader(path)
+
+
+def test_chunked_dequantization_equals_whole_tensor(tmp_path, monkeypatch):
+  """Tensors are dequantized in chunks of rows to bound memory; one row per chunk gives the same bits."""
+  _, _, path = tiny_llama(tmp_path, tied=False)  # token_embd in Q8_0
+  whole = {t.name: gguf.quants.dequantize(t.data, t.tensor_type) for t in gguf.GGUFReader(path).tensors}
+  monkeypatch.setattr(xsim_gguf, "_CHUNK_BYTES", 1)
+  header = xsim_gguf._read_header(path)
+  for name, info in header.tensors.items():
+    np.testing.assert_array_equal(xsim_gguf._dequantize(str(path), info), whole[name].reshape(info.shape),
+                                  err_msg=name)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Errors
 
@@ -569,6 +604,11 @@ def test_real_model_matches_transformers(name):
   theirs_cfg = {k: v for k, v in model.config.to_dict().items() if k not in loading}
   assert ours_cfg == theirs_cfg
   assert ck.tokenizer_source.architecture == REAL[name][0]
+
+
+@pytest.mark.parametrize("name", slow_unless("smollm2-135m"))
+def test_real_header_matches_gguf_reader(name):
+  assert_header_matches_gguf_reader(cached(name))
 
 
 @pytest.mark.parametrize("name", slow_unless("smollm2-135m"))

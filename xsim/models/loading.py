@@ -1,4 +1,8 @@
-"""`load_model`: a HF hub id, a local HF directory, a GGUF file, or a packaged offline model name -> `Model`."""
+"""`load_model`: a HF hub id, a local HF directory, a GGUF file, or a packaged offline model name -> `Model`.
+
+`model_source` says which of these a model path is (and rejects one that is none of them, with load_model's own
+errors); `read_config` reads only its configuration, for validating an experiment before any weights are read.
+"""
 from __future__ import annotations
 
 import glob
@@ -7,11 +11,61 @@ import os
 import re
 from typing import Optional
 
+from xsim.models.config import ModelConfig
 from xsim.models.model import Model, family_module, from_hf_tensors, resolve_dtype
 from xsim.models.safetensors_io import SafetensorsCheckpoint, checkpoint_files
 
 _PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+# What a hub snapshot needs: configs, safetensors and tokenizer files (never pickles).
+_SNAPSHOT_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]
 _HUB_ID = re.compile(r"[A-Za-z0-9_][\w.-]*(/[\w.-]+)?")
+SOURCES = ("gguf", "directory", "packaged", "hub")
+
+
+def model_source(name_or_path: str) -> str:
+  """The kind of model `name_or_path` names, as `load_model` reads it: one of SOURCES.
+
+  "gguf": an existing .gguf file; "directory": a local directory with a config.json; "packaged": a name in
+  `xsim.models.assets.MODELS` (fetched into the cache on first use); "hub": anything shaped like a Hugging Face
+  hub id ("gpt2", "org/name"), which only loading can prove exists. Raises FileNotFoundError (as load_model
+  would) for a missing .gguf file, a directory without config.json, or a path that is none of these.
+  """
+  from xsim.models import assets
+  path = os.path.expanduser(str(name_or_path))
+  if path.endswith(".gguf"):
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"GGUF file {path!r} does not exist.")
+    return "gguf"
+  if os.path.isdir(path):
+    if not os.path.exists(os.path.join(path, "config.json")):
+      raise FileNotFoundError(f"{path} has no config.json; pass a Hugging Face model directory "
+                              "(as written by save_pretrained) or a .gguf file.")
+    return "directory"
+  if path in assets.MODELS:
+    return "packaged"
+  if not _HUB_ID.fullmatch(path):
+    raise FileNotFoundError(f"No model directory or GGUF file at {path!r} (and it is not a packaged model "
+                            f"{sorted(assets.MODELS)} or a hub id 'org/name').")
+  return "hub"
+
+
+def read_config(name_or_path: str, *, revision: Optional[str] = None) -> ModelConfig:
+  """The ModelConfig `load_model(name_or_path)` would build, without reading any weights.
+
+  Reads config.json (a directory, or a hub id's, fetching that file alone), or a GGUF file's header (a .gguf
+  path, or a packaged name, whose file is fetched into the cache first if absent, as load_model would). Raises
+  load_model's errors: unknown architecture, unsupported config attribute, hub unreachable, missing path.
+  """
+  kind = model_source(name_or_path)
+  path = os.path.expanduser(str(name_or_path))
+  if kind in ("gguf", "packaged"):
+    from xsim.models import gguf
+    hf_config = gguf.read_gguf_config(_gguf_path(path, kind))
+  else:
+    from transformers import AutoConfig  # heavy import, only when needed
+    directory = path if kind == "directory" else _download(path, revision, ["config.json"])
+    hf_config = AutoConfig.from_pretrained(directory, trust_remote_code=False)
+  return family_module(hf_config).config_from_hf(hf_config)
 
 
 def load_model(name_or_path: str, dtype="float32", *, load_tokenizer: bool = True, allow_pickle: bool = False,
@@ -19,21 +73,25 @@ def load_model(name_or_path: str, dtype="float32", *, load_tokenizer: bool = Tru
   """Loads a causal LM as an xsim Model.
 
   name_or_path: a local HF directory (config.json + safetensors), a `.gguf` file, a packaged offline model name
-    (see `xsim.models.assets`, e.g. "smollm2-135m"), or a HF hub id (needs network or a filled HF cache).
+    (see `xsim.models.assets`, e.g. "smollm2-135m"), or a HF hub id (needs network or a filled HF cache); see
+    `model_source`.
   dtype: "float32", "bfloat16" or "float16" (Gemma overflows in float16: use bfloat16 or float32).
   allow_pickle: read `.bin` PyTorch pickles when no safetensors exist. Off by default: unpickling runs code.
+
+  Weights are converted and placed one tensor at a time: peak memory is about the parameters' bytes in `dtype`
+  (plus one tensor), not several copies of them.
   """
+  kind = model_source(name_or_path)
   path = os.path.expanduser(str(name_or_path))
-  if path.endswith(".gguf"):
-    return _load_gguf(path, dtype, load_tokenizer)
-  if os.path.isdir(path):
-    return _load_directory(path, dtype, load_tokenizer, allow_pickle, name=path)
+  if kind in ("gguf", "packaged"):
+    return _load_gguf(_gguf_path(path, kind), dtype, load_tokenizer)
+  directory = path if kind == "directory" else _download(path, revision, _SNAPSHOT_FILES)
+  return _load_directory(directory, dtype, load_tokenizer, allow_pickle, name=path)
+
+
+def _gguf_path(path: str, kind: str) -> str:
   from xsim.models import assets
-  if path in assets.MODELS:
-    return _load_gguf(str(assets.fetch_model(path)), dtype, load_tokenizer)
-  if not _HUB_ID.fullmatch(path):
-    raise FileNotFoundError(f"No model directory or GGUF file at {path!r} (and it is not a hub id 'org/name').")
-  return _load_directory(_download(path, revision), dtype, load_tokenizer, allow_pickle, name=path)
+  return str(assets.fetch_model(path)) if kind == "packaged" else path
 
 
 def _warn_dtype(model: Model) -> None:
@@ -43,9 +101,6 @@ def _warn_dtype(model: Model) -> None:
 
 def _load_directory(directory: str, dtype, load_tokenizer: bool, allow_pickle: bool, name: str) -> Model:
   from transformers import AutoConfig  # heavy import, only when loading
-  if not os.path.exists(os.path.join(directory, "config.json")):
-    raise FileNotFoundError(f"{directory} has no config.json; pass a Hugging Face model directory "
-                            "(as written by save_pretrained) or a .gguf file.")
   hf_config = AutoConfig.from_pretrained(directory, trust_remote_code=False)
   family_module(hf_config)  # unknown architectures fail before any weights are read
   files = checkpoint_files(directory)
@@ -84,8 +139,6 @@ def _tokenizer(directory: str):
 
 
 def _load_gguf(path: str, dtype, load_tokenizer: bool) -> Model:
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"GGUF file {path!r} does not exist.")
   from xsim.models import gguf
   checkpoint = gguf.read_gguf(path)
   tokenizer = gguf.build_tokenizer(checkpoint.tokenizer_source) if load_tokenizer else None
@@ -94,13 +147,12 @@ def _load_gguf(path: str, dtype, load_tokenizer: bool) -> Model:
   return model
 
 
-def _download(repo_id: str, revision: Optional[str]) -> str:
-  """A hub id -> local snapshot directory (safetensors, config and tokenizer files only)."""
+
+def _download(repo_id: str, revision: Optional[str], allow_patterns: list[str]) -> str:
+  """A hub id -> local snapshot directory holding the files that match `allow_patterns`."""
   import huggingface_hub
   try:
-    return huggingface_hub.snapshot_download(
-        repo_id, revision=revision,
-        allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"])
+    return huggingface_hub.snapshot_download(repo_id, revision=revision, allow_patterns=allow_patterns)
   except Exception as e:  # offline, unknown repo, gated repo: all end here with the same advice
     raise OSError(f"Could not fetch {repo_id!r} from the Hugging Face hub ({type(e).__name__}: {e}). Offline? "
                   "Pass a local directory instead (download it elsewhere with `huggingface-cli download "

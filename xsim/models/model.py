@@ -100,19 +100,16 @@ def init_params(config: ModelConfig, dtype=jnp.float32, seed: int = 0) -> dict:
 
 
 def from_hf_tensors(hf_config: Any, tensors, dtype, tokenizer=None, name: str = "") -> Model:
-  """Builds a Model from a transformers config and a mapping HF tensor name -> array."""
+  """Builds a Model from a transformers config and a mapping HF tensor name -> array.
+
+  Parameters are converted and placed on the default device one at a time (see `convert_checkpoint`): on CPU
+  the placed arrays alias the converted ones, so the peak is about the parameters' size plus one tensor.
+  """
   family = family_module(hf_config)
   config = family.config_from_hf(hf_config)
   dtype = resolve_dtype(dtype)
   top, per_layer = family.tensor_specs(config)
-  params = convert_checkpoint(config, tensors, top, per_layer, param_shapes(config, dtype), np.dtype(dtype))
-  params = jax.tree_util.tree_map(jnp.asarray, {"params": params})
-  return Model(config=config, params=params, tokenizer=tokenizer, dtype=dtype, name=name, hf_config=hf_config)
-
-
-def from_hf_config(hf_config: Any, dtype="float32", seed: int = 0, tokenizer=None) -> Model:
-  """A randomly initialised Model of the architecture a transformers config describes (for benchmarks)."""
-  config = family_module(hf_config).config_from_hf(hf_config)
-  dtype = resolve_dtype(dtype)
-  return Model(config=config, params=init_params(config, dtype, seed), tokenizer=tokenizer, dtype=dtype,
-               name=f"random:{hf_config.model_type}", hf_config=hf_config)
+  params = convert_checkpoint(config, tensors, top, per_layer, param_shapes(config, dtype), np.dtype(dtype),
+                              place=jax.device_put)
+  return Model(config=config, params={"params": params}, tokenizer=tokenizer, dtype=dtype, name=name,
+               hf_config=hf_config)
