@@ -6,7 +6,7 @@ import pytest
 
 from xsim.models.layers import blockwise_attention
 
-B, S, K, G, E = 3, 29, 2, 3, 8  # 29 tokens: blocks of 4 or 8 leave a padded tail
+B, S, K, G, E = 3, 29, 2, 3, 8
 LENGTHS = [29, 17, 1]
 
 
@@ -39,7 +39,7 @@ def _dense(q, k, v, key_mask, scale, softcap, window):
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
-@pytest.mark.parametrize("block_size", [4, 8, 512])
+@pytest.mark.parametrize("block_size", [4, None])  # 8 blocks (3 padded keys), or one
 @pytest.mark.parametrize("softcap,window", [(None, None), (2.0, 5), (None, 9)])
 def test_matches_dense_softmax(side, block_size, softcap, window):
   q, k, v, key_mask = _inputs(side)

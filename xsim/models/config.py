@@ -41,8 +41,9 @@ class ModelConfig:
     tie_embeddings: the output head reuses the embedding matrix.
     max_position_embeddings: the longest input the model was trained for (HF max_position_embeddings, GGUF
       context_length), or None if unknown. Longer inputs run, but out of the model's training distribution.
-    attention_block_size: queries and keys per block of the blockwise attention (an execution choice: the
-      result is the same up to rounding). Attention memory per layer is about batch x heads x block^2 floats.
+    attention_block_size: queries and keys per block of the blockwise attention, or None for the platform's
+      default (see `layers.blockwise_attention`). An execution choice: results agree up to rounding. Attention
+      memory per layer is about batch x heads x block^2 floats.
   """
   family: str
   num_layers: int
@@ -75,7 +76,7 @@ class ModelConfig:
   embed_scale: Optional[float] = None
   tie_embeddings: bool = False
   max_position_embeddings: Optional[int] = None
-  attention_block_size: int = 512
+  attention_block_size: Optional[int] = None
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
@@ -86,7 +87,7 @@ class ModelConfig:
       raise ValueError("Some layers are sliding-window layers but sliding_window is not set.")
     if 2 * len(self.rope_inv_freq) != self.rotary_dim or self.rotary_dim > self.head_dim:
       raise ValueError(f"rotary_dim={self.rotary_dim} must be 2 * len(rope_inv_freq) and <= head_dim.")
-    if self.attention_block_size < 1:
+    if self.attention_block_size is not None and self.attention_block_size < 1:
       raise ValueError(f"attention_block_size={self.attention_block_size} must be positive.")
     for name, allowed in (("norm", ("rms", "layer")), ("mlp", ("gated", "plain")),
                           ("activation", ("silu", "gelu", "gelu_tanh"))):

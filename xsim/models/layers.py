@@ -19,6 +19,8 @@ _ACTIVATIONS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
     "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
 }
+# Blockwise attention: small blocks stay in a CPU core's cache; accelerators want fewer, larger steps.
+DEFAULT_BLOCK_SIZE = {"cpu": 128, "gpu": 512, "tpu": 512}
 # HF checkpoints initialise weights from N(0, 0.02); random-init baselines use the same scale.
 kernel_init = nn.initializers.normal(stddev=0.02)
 
@@ -84,22 +86,23 @@ class Attention(nn.Module):
 
 def blockwise_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, key_mask: jnp.ndarray, *, scale: float,
                         softcap: Optional[float] = None, window: Optional[jnp.ndarray] = None,
-                        block_size: int = 512, precision: Any = None) -> jnp.ndarray:
+                        block_size: Optional[int] = None, precision: Any = None) -> jnp.ndarray:
   """Causal softmax(scale * q.k) v, one block of queries against one block of keys at a time.
 
   The online softmax of FlashAttention (Dao et al. 2022) carries each query row's running max, sum and output
-  over key blocks, so memory is linear in sequence length; key blocks wholly in the future (or wholly before a
-  sliding window) are skipped. Scores and softmax are float32; the result equals the dense softmax up to
-  rounding. Causality and windows use sequence indices, so either padding side works.
+  over key blocks, so memory is linear in sequence length. Key blocks wholly in the future (or wholly before a
+  sliding window) are skipped, and blocks whose every pair is visible skip the mask. Scores and softmax are
+  float32; the result equals the dense softmax up to rounding. Causality and windows use sequence indices, so
+  either padding side works.
 
   q: [B, S, K, G, E] (G query heads share key/value head K); k, v: [B, S, K, E]; key_mask: [B, S] bool, False
   for pads, which are never keys. softcap: Gemma 2's cap * tanh(scores / cap), before masking. window: [] int
   or None: key t is visible to query s if s - t < window. block_size: queries and keys per block (the whole
-  sequence when shorter). Query rows with no visible key (left-padding queries) return zeros.
-  Returns [B, S, K, G, E] in v's dtype.
+  sequence when shorter), None for DEFAULT_BLOCK_SIZE of the default backend. Query rows with no visible key
+  (left-padding queries) return zeros. Returns [B, S, K, G, E] in v's dtype.
   """
   batch, seq, heads, groups, dim = q.shape
-  block = min(block_size, seq)
+  block = min(block_size or DEFAULT_BLOCK_SIZE.get(jax.default_backend(), 512), seq)
   num_blocks = -(-seq // block)
   pad = num_blocks * block - seq  # the padded tail is masked out as keys and sliced off as queries
 
@@ -109,44 +112,54 @@ def blockwise_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, key_mask
     return jnp.moveaxis(jnp.moveaxis(x, 1, 0), 2, seq_axis + 1)
 
   q_blocks = blocks(q, 3)  # [n, B, K, G, block, E]
-  k_blocks, v_blocks = blocks(k, 2), blocks(v, 2)  # [n, B, K, block, E]
+  # v gets a column of ones, so the same matmul that sums probabilities times values sums the probabilities
+  # (the softmax denominator): one pass less over each block's scores.
+  k_blocks, v_blocks = blocks(k, 2), blocks(jnp.concatenate([v, jnp.ones_like(v[..., :1])], -1), 2)
   mask_blocks = blocks(key_mask, 1)  # [n, B, block]
   offsets = jnp.arange(block)
   lowest = jnp.finfo(jnp.float32).min
 
-  def attend(carry, i, q_i, j):
-    """Folds key block j into query block i's running (max, sum, output)."""
-    row_max, row_sum, acc = carry
-    scores = jnp.einsum("bkgse,bkte->bkgst", q_i, k_blocks[j], precision=precision).astype(jnp.float32) * scale
-    if softcap is not None:
-      scores = softcap * jnp.tanh(scores / softcap)
-    distance = (i - j) * block + offsets[:, None] - offsets[None, :]  # query index - key index, [block, block]
-    visible = distance >= 0
-    if window is not None:
-      visible &= distance < window
-    visible = visible[None] & mask_blocks[j][:, None, :]  # [B, S_block, T_block]
-    scores = jnp.where(visible[:, None, None], scores, lowest)
-    new_max = jnp.maximum(row_max, scores.max(-1))
-    # Zeroing masked terms (not only filling their scores) keeps rows that have seen no key yet at sum 0.
-    probs = jnp.where(visible[:, None, None], jnp.exp(scores - new_max[..., None]), 0.0)
-    rescale = jnp.exp(row_max - new_max)
+  def logits(dots):
+    """Scaled (and soft-capped) scores: monotonic in q.k, so the row max can be taken before this."""
+    dots = dots * scale
+    return dots if softcap is None else softcap * jnp.tanh(dots / softcap)
+
+  def attend(carry, i, q_i, j, masked: bool):
+    """Folds key block j into query block i's running (max, output and sum); masked=False: every pair visible."""
+    row_max, acc = carry
+    dots = jnp.einsum("bkgse,bkte->bkgst", q_i, k_blocks[j], precision=precision,
+                      preferred_element_type=jnp.float32)
+    if masked:
+      distance = (i - j) * block + offsets[:, None] - offsets[None, :]  # query index - key index
+      visible = distance >= 0
+      if window is not None:
+        visible &= distance < window
+      visible = (visible[None] & mask_blocks[j][:, None, :])[:, None, None]  # [B, 1, 1, S_block, T_block]
+      dots = jnp.where(visible, dots, -jnp.inf)
+    # A row with no visible key yet keeps the finite `lowest` as its max, never -inf - -inf = NaN.
+    new_max = jnp.maximum(row_max, logits(dots.max(-1)))
+    probs = jnp.exp(logits(dots) - new_max[..., None])
+    if masked:  # masked terms are exactly 0 (soft-capping maps -inf to -cap, not -inf)
+      probs = jnp.where(visible, probs, 0.0)
     values = jnp.einsum("bkgst,bkte->bkgse", probs.astype(v.dtype), v_blocks[j], precision=precision,
                         preferred_element_type=jnp.float32)
-    return new_max, row_sum * rescale + probs.sum(-1), acc * rescale[..., None] + values
+    return new_max, acc * jnp.exp(row_max - new_max)[..., None] + values
 
   def query_block(args):
     i, q_i = args
-    init = (jnp.full((batch, heads, groups, block), lowest), jnp.zeros((batch, heads, groups, block)),
-            jnp.zeros((batch, heads, groups, block, dim)))
+    init = (jnp.full((batch, heads, groups, block), lowest), jnp.zeros((batch, heads, groups, block, dim + 1)))
 
     def step(carry, j):
-      needed = j <= i
-      if window is not None:  # the block's closest query-key pair is (i - j - 1) * block + 1 apart
+      needed, unmasked = j <= i, (j < i) & mask_blocks[j].all()
+      if window is not None:  # query-key distances in the block: (i - j - 1) * block + 1 .. (i - j + 1) * block - 1
         needed &= (i - j - 1) * block + 1 < window
-      return jax.lax.cond(needed, lambda c: attend(c, i, q_i, j), lambda c: c, carry), None
+        unmasked &= (i - j + 1) * block - 1 < window
+      branches = (lambda c: c, lambda c: attend(c, i, q_i, j, False), lambda c: attend(c, i, q_i, j, True))
+      return jax.lax.switch(jnp.where(needed, jnp.where(unmasked, 1, 2), 0), branches, carry), None
 
-    (_, row_sum, acc), _ = jax.lax.scan(step, init, jnp.arange(num_blocks))
-    return (acc / jnp.where(row_sum > 0, row_sum, 1.0)[..., None]).astype(v.dtype)
+    (_, acc), _ = jax.lax.scan(step, init, jnp.arange(num_blocks))
+    values, row_sum = acc[..., :dim], acc[..., dim:]
+    return (values / jnp.where(row_sum > 0, row_sum, 1.0)).astype(v.dtype)
 
   out = jax.lax.map(query_block, (jnp.arange(num_blocks), q_blocks))  # [n, B, K, G, block, E]
   out = jnp.moveaxis(out, 4, 1).reshape(num_blocks * block, batch, heads, groups, dim)
