@@ -134,13 +134,23 @@ def store_dir(workdir: str, tag: str, *identity) -> str:
 def open_or_extract(path: str, get_model, texts: Sequence[str], settings: ExtractionSettings, mesh,
                     num_layers: int, distribute: bool = True, progress: bool = True, random_seed=None):
   """The complete store at `path`, or the activations of get_model() (its random-init copy when random_seed is
-  set) on texts, extracted into it."""
+  set) on texts, extracted into it. A complete store is read whole once to check every chunk; a damaged one is
+  named in the log, deleted and extracted again (by a single process; under jax.distributed the error is raised,
+  since the other processes may be reading it)."""
+  import shutil
+
+  import jax
   from xsim import activations as xa
   if os.path.exists(os.path.join(path, "manifest.json")):
     try:
-      return xa.load_store(path)
-    except ValueError:  # not complete yet: extract (and resume) below
+      return xa.load_store(path, read_all=True)
+    except xa.IncompleteStore:  # extract (and resume) below
       pass
+    except xa.CorruptStore as e:
+      if jax.process_count() > 1:
+        raise
+      logging.warning("%s Deleting it and extracting again.", e)
+      shutil.rmtree(path)
   model = get_model()
   if random_seed is not None:
     name = model.name

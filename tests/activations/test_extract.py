@@ -207,3 +207,52 @@ def test_undistributed_extraction_does_every_shard_itself(models, tmp_path, monk
   acts = xa.extract_activations(models["right"], TEXTS, shard_size=3, distribute=False, store_dir=str(tmp_path),
                                 progress=False)
   assert sorted(set(acts.index["text"])) == list(range(len(TEXTS)))
+
+
+def test_a_damaged_store_is_named_deleted_and_extracted_again(models, tmp_path, caplog):
+  """Through the runner's open_or_extract: a flipped, truncated or deleted chunk is a named error, never a number,
+  and the store is extracted again to exactly the original values."""
+  from experiments.extraction import ExtractionSettings, open_or_extract
+  from tests.activations.test_store import _damage
+  model = models["right"]
+  settings = ExtractionSettings(pooling="words", layers="all", batch_size=4, max_tokens=1024, keep_bos=False,
+                                site="residual")
+  path = str(tmp_path / "store")
+  loads = []
+
+  def get_model():
+    loads.append(1)
+    return model
+
+  extract = lambda: open_or_extract(path, get_model, TEXTS, settings, None, model.config.num_layers, progress=False)
+  original = extract()
+  values = np.asarray(original.array)
+  np.testing.assert_array_equal(extract().index, original.index)
+  assert len(loads) == 1  # a complete store is reopened without loading the model
+  chunk = os.path.join("acts", "00000", "c", "2", "0", "0")
+  for n, how in enumerate(["flip", "truncate", "delete"]):
+    _damage(os.path.join(path, chunk), how)
+    with pytest.raises(xa.CorruptStore, match=f"{chunk}.*{model.name}.*delete {path} and rerun"):
+      np.asarray(xa.load_store(path).array)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+      again = extract()
+    assert len(loads) == n + 2  # the model was loaded to extract again
+    assert any(chunk in r.getMessage() and "extracting again" in r.getMessage() for r in caplog.records)
+    np.testing.assert_array_equal(np.asarray(again.array), values)
+    np.testing.assert_array_equal(again.index, original.index)
+    assert again.stats == original.stats
+
+
+def test_half_precision_store(models, tmp_path):
+  model = models["right"]
+  full = xa.extract_activations(model, TEXTS, pooling="words", store_dir=str(tmp_path / "f32"), progress=False)
+  half = xa.extract_activations(model, TEXTS, pooling="words", store_dtype="bfloat16",
+                                store_dir=str(tmp_path / "bf16"), progress=False)
+  assert half.array.dtype.name == "bfloat16"
+  np.testing.assert_array_equal(np.asarray(half.array, np.float32),
+                                np.asarray(full.array).astype(half.array.dtype).astype(np.float32))
+  assert half.stats["layers"][-1]["max_abs"] == pytest.approx(
+      float(np.abs(np.asarray(half.array, np.float64)[-1]).max()), rel=1e-12)
+  with pytest.raises(ValueError, match="store_dtype"):
+    xa.extract_activations(model, TEXTS, store_dtype="int8")

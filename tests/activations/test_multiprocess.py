@@ -15,7 +15,7 @@ def test_two_processes_equal_one(tmp_path):
                                store_dir=str(tmp_path / "one"), progress=False)
   code = launch(["-m", "tests.activations.multiprocess_worker", model_dir, str(tmp_path / "two")], 2, timeout_s=600)
   assert code == 0
-  two_array = np.load(tmp_path / "two" / "activations.npy")
-  two_index = np.load(tmp_path / "two" / "index.npy")
-  np.testing.assert_allclose(two_array, np.asarray(one.array), atol=1e-6)
-  np.testing.assert_array_equal(two_index, one.index)
+  two = xa.load_store(str(tmp_path / "two"), read_all=True)
+  np.testing.assert_allclose(np.asarray(two.array), np.asarray(one.array), atol=1e-6)
+  np.testing.assert_array_equal(two.index, one.index)
+  assert two.stats == one.stats

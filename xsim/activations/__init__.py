@@ -2,4 +2,5 @@
 from xsim.activations.extract import SITES, extract_activations, model_fingerprint
 from xsim.activations.rows import POOLINGS, relative_depth_layers
 from xsim.activations.sharding import make_mesh
-from xsim.activations.store import Activations, ActivationStore, load_store, paired_rows
+from xsim.activations.store import (Activations, ActivationStore, CorruptStore, IncompleteStore, StoredArray,
+                                    load_store, paired_rows)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
-import json
 import logging
 import os
 import tempfile
@@ -27,6 +26,7 @@ from xsim.data.text import text_hash
 from xsim.models.model import Model
 
 SITES = ("residual", "attn", "mlp", "final_norm")
+STORE_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def model_fingerprint(model: Model) -> str:
@@ -140,12 +140,15 @@ def extract_activations(model: Model, texts: Sequence[str], pooling: str = "last
   "attn" / "mlp" (block outputs, layers 1..L) or "final_norm". mesh: a (data, model) Mesh from
   `xsim.activations.make_mesh`; batch_size must be a multiple of its data axis. With jax.distributed initialised,
   each process extracts every process_count-th shard of texts into the shared store_dir and all return the same
-  store. store_dir: where shards are written (a temporary directory if None); a rerun resumes.
+  store. store_dir: where shards are written (a temporary directory if None); a rerun resumes. store_dtype: the
+  dtype rows are stored in (one of STORE_DTYPES; the statistics describe the stored values).
   """
   if pooling not in POOLINGS:
     raise ValueError(f"pooling={pooling!r} is not one of {POOLINGS}.")
   if site not in SITES:
     raise ValueError(f"site={site!r} is not one of {SITES}.")
+  if store_dtype not in STORE_DTYPES:
+    raise ValueError(f"store_dtype={store_dtype!r} is not one of {STORE_DTYPES}.")
   if on_overflow not in ("error", "skip"):
     raise ValueError(f"on_overflow={on_overflow!r} must be 'error' or 'skip'.")
   if model.tokenizer is None:
@@ -187,19 +190,21 @@ def extract_activations(model: Model, texts: Sequence[str], pooling: str = "last
     for n, k in enumerate(todo):
       items = upcoming.result()
       upcoming = pool.submit(prepare, todo[n + 1]) if n + 1 < len(todo) else None
-      acts, index = _run_shard(fn, params, items, batch_size, pad, left_pad, min_seq, bar, store_dtype)
+      acts, index = _run_shard(fn, params, items, batch_size, pad, left_pad, min_seq, bar, store_dtype,
+                               (len(layer_list), 0, model.config.hidden_size))
       _check_finite(acts, index, layer_list, model.name)
       store.write_shard(k, acts, index, shard_stats(acts))
   if bar is not None:
     bar.close()
   _wait_for_shards(store, num_shards)
   if process == 0 and not store.complete:
-    store.consolidate(num_shards)
+    store.finish(num_shards)
   return _wait_complete(store)
 
 
-def _run_shard(fn, params, items, batch_size, pad, left_pad, min_seq, bar, store_dtype):
-  """Runs one shard's texts (sorted by length into batches) -> acts [layers, rows, D] in text order, index."""
+def _run_shard(fn, params, items, batch_size, pad, left_pad, min_seq, bar, store_dtype, empty_shape):
+  """Runs one shard's texts (sorted by length into batches) -> acts [layers, rows, D] in text order (empty_shape
+  when no text gave a row), index."""
   order = sorted(range(len(items)), key=lambda i: len(items[i][1]))
   batches = [[items[i] for i in order[s:s + batch_size]] for s in range(0, len(order), batch_size)]
   pieces, pending = [], None
@@ -217,7 +222,7 @@ def _run_shard(fn, params, items, batch_size, pad, left_pad, min_seq, bar, store
   if pending is not None:
     pieces.append(_collect(*pending))
   if not pieces:
-    return np.zeros((0, 0, 0), store_dtype), np.zeros(0, INDEX_DTYPE)
+    return np.zeros(empty_shape, store_dtype), np.zeros(0, INDEX_DTYPE)
   acts = np.concatenate([p[0] for p in pieces], axis=1)
   index = np.concatenate([p[1] for p in pieces])
   order = np.lexsort((index["token"], index["word"], index["text"]))
@@ -251,13 +256,11 @@ def _wait_for_shards(store: ActivationStore, num_shards: int, timeout_s: float =
 
 def _wait_complete(store: ActivationStore, timeout_s: float = 3600) -> Activations:
   deadline = time.time() + timeout_s
-  manifest = os.path.join(store.path, "manifest.json")
   while not store.complete:
-    with open(manifest) as f:
-      store.manifest = json.load(f)
+    store.reload()
     if not store.complete:
       if time.time() > deadline:
-        raise TimeoutError(f"{store.path} was not consolidated by process 0.")
+        raise TimeoutError(f"{store.path} was not completed by process 0.")
       time.sleep(0.5)
   return store.load()
 

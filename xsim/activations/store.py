@@ -1,61 +1,247 @@
-"""On-disk activation store: shards written atomically as they are produced, a manifest that keys the store to
-its model and texts, resume by skipping finished shards, and a memory-mapped consolidated array at the end.
+"""On-disk activation store: every file carries a checksum recorded when it is written and checked when it is read,
+each process writes its shards' rows in place, and a rerun resumes by skipping finished shards.
 
 Layout of a store directory:
-  manifest.json               what the store holds (model, texts hash, pooling, layers, ...) and "complete"
-  shards/NNNNN.{acts,index}.npy, shards/NNNNN.stats.npz   one per block of texts, written by whoever made it
-  activations.npy [layers, rows, hidden], index.npy [rows], stats.json    after all shards exist
+  manifest.json            what the store holds (model, texts hash, pooling, layers, ...), progress, the SHA-256 of
+                           each file below that is not a chunk, and its own SHA-256
+  acts/NNNNN/              zarr v3 array [layers, rows, hidden] (store_dtype) of the rows of shard NNNNN, one chunk
+                           per layer and block of rows, each chunk ending in its CRC32C (tensorstore checks it on
+                           every read; a missing chunk is an error, never zeros)
+  shards/NNNNN.index.npy, shards/NNNNN.stats.npz, shards/NNNNN.json
+                           the shard's row index, its streaming statistics and its record (row count, SHA-256s),
+                           written last: a shard with a record is finished
+  index.npy [rows], stats.json    written once every shard is finished
+The store's array is the shards' arrays side by side along rows: nothing is copied when the store completes.
 """
 from __future__ import annotations
 
 import dataclasses
+import errno
+import hashlib
+import io
 import json
 import os
+import re
 import tempfile
-from typing import Any
+from typing import Any, Callable, Optional
 
+import ml_dtypes  # noqa: F401  registers bfloat16 with NumPy, so store_dtype="bfloat16" names a NumPy dtype
 import numpy as np
+import tensorstore as ts
 
 from xsim.activations.rows import INDEX_DTYPE
 
-MANIFEST_VERSION = 1
-_PROGRESS_KEYS = ("complete", "num_rows")  # written as the store fills; not part of its identity
+MANIFEST_VERSION = 2  # 1: consolidated activations.npy without checksums (refused: delete and re-extract)
+_PROGRESS_KEYS = ("complete", "num_rows", "shard_rows", "files", "sha256")  # not part of a store's identity
+_CHUNK_BYTES = 4 << 20  # rows per chunk: one layer's rows up to ~4 MiB, so one layer or a few rows read little
+_CHECK_BYTES = 256 << 20  # read_all reads at most this much at a time
+
+_WRITE_FIXES = {
+    errno.ENOSPC: "the disk is full: free space there or choose a --workdir on another disk",
+    errno.EDQUOT: "the disk quota is used up: free space there or choose a --workdir on another disk",
+    errno.EFBIG: "the file is over the process's file-size limit: raise it (`ulimit -f unlimited`)",
+    errno.EROFS: "the file system is read-only: choose a writable --workdir",
+    errno.EACCES: "permission denied: choose a writable --workdir",
+    errno.EPERM: "permission denied: choose a writable --workdir",
+}
 
 
-def atomic_write(path: str, write) -> None:
-  """Calls write(tmp_path), then renames tmp onto path, so readers never see a partial file."""
-  directory = os.path.dirname(path) or "."
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-  os.close(fd)
+class CorruptStore(ValueError):
+  """A store that cannot be trusted: a file or chunk that is missing, truncated or does not match its checksum, or
+  a store in an older format. The message names the store, the file, the model and the fix."""
+
+
+class IncompleteStore(ValueError):
+  """A store whose extraction has not finished (rerunning the extraction resumes it)."""
+
+
+class WriteError(OSError):
+  """A file could not be written (disk full, quota, file-size limit, read-only or not permitted); the message
+  names the file and the fix. errno is the original one."""
+
+
+def _write_error(path: str, code: Optional[int], detail: str) -> WriteError:
+  fix = _WRITE_FIXES.get(code, "check free space (df), the file-size limit (ulimit -f) and that --workdir is "
+                               "writable")
+  message = f"Could not write {path}: {detail}; {fix}."
+  return WriteError(code, message) if code is not None else WriteError(message)
+
+
+def atomic_write(path: str, write: Callable[[str], Any]) -> None:
+  """Calls write(tmp_path), then renames tmp onto path, so readers never see a partial file. A write that fails
+  for lack of space, quota, file-size limit or permission (or an OSError without errno, as NumPy's tofile raises)
+  raises WriteError naming `path` and the fix; the temporary file is removed whatever happens."""
+  tmp = None
   try:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix=os.path.basename(path))
+    os.close(fd)
     write(tmp)
     os.replace(tmp, path)
+  except WriteError:
+    raise
+  except OSError as e:
+    if e.errno in _WRITE_FIXES or e.errno is None:
+      raise _write_error(path, e.errno, e.strerror or str(e)) from e
+    raise
   finally:
-    if os.path.exists(tmp):
+    if tmp is not None and os.path.exists(tmp):
       os.remove(tmp)
 
 
-def _save_npy(path: str, array: np.ndarray) -> None:
+def _sha256(data: bytes) -> str:
+  return hashlib.sha256(data).hexdigest()
+
+
+def _write_bytes(path: str, data: bytes) -> str:
+  """Writes data atomically (synced to disk before the rename) and returns its SHA-256."""
   def write(tmp):
     with open(tmp, "wb") as f:
-      np.save(f, array)
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
   atomic_write(path, write)
+  return _sha256(data)
 
 
-def _save_json(path: str, obj: Any) -> None:
-  def write(tmp):
-    with open(tmp, "w") as f:
-      json.dump(obj, f, indent=1, sort_keys=True)
-  atomic_write(path, write)
+def _npy_bytes(array: np.ndarray) -> bytes:
+  buffer = io.BytesIO()
+  np.save(buffer, array)
+  return buffer.getvalue()
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  return buffer.getvalue()
+
+
+def _manifest_sha256(manifest: dict) -> str:
+  return _sha256(json.dumps({k: v for k, v in manifest.items() if k != "sha256"}, sort_keys=True).encode())
+
+
+def _corrupt(path: str, what: str, manifest: Optional[dict]) -> CorruptStore:
+  model = (manifest or {}).get("model", "an unknown model")
+  return CorruptStore(f"Activation store {path} cannot be used: {what}. It holds activations of {model} written by "
+                      f"xsim.extract_activations; delete {path} and rerun: it is re-extracted.")
+
+
+def _read_manifest(path: str) -> dict:
+  try:
+    with open(os.path.join(path, "manifest.json"), "rb") as f:
+      manifest = json.loads(f.read())
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise _corrupt(path, f"manifest.json is unreadable ({e})", None) from e
+  if not isinstance(manifest, dict):
+    raise _corrupt(path, "manifest.json is not a store manifest", None)
+  if manifest.get("version") != MANIFEST_VERSION:
+    raise _corrupt(path, f"it is in store format {manifest.get('version')}, which this xsim no longer reads (it "
+                         f"reads format {MANIFEST_VERSION}, arrays with checksums)", manifest)
+  if manifest.get("sha256") != _manifest_sha256(manifest):
+    raise _corrupt(path, "manifest.json does not match its SHA-256", manifest)
+  return manifest
+
+
+# Tensorstore's status codes for a chunk that does not match its CRC32C, is cut short, or is missing.
+_DAMAGE_CODES = ("DATA_LOSS", "FAILED_PRECONDITION", "NOT_FOUND")
+
+
+def _tensorstore_error(e: Exception) -> str:
+  return str(e).split(" [tensorstore_spec=")[0]  # the spec that follows repeats every option
+
+
+def _array_spec(path: str) -> dict:
+  return {"driver": "zarr3", "kvstore": {"driver": "file", "path": path}}
+
+
+class StoredArray:
+  """A lazy [layers, rows, hidden] view of a store's shard arrays. Indexing (ints, slices, and at most one 1-D int
+  or boolean array, with NumPy's semantics) reads only the chunks it touches, checks each against its CRC32C and
+  returns a NumPy array; np.asarray(array, dtype) reads it all. A damaged chunk raises CorruptStore."""
+
+  ndim = 3
+
+  def __init__(self, parts: list, empty_shape: tuple[int, int, int], dtype: np.dtype,
+               corrupt: Callable[[str], Exception]):
+    """parts: the shards' tensorstores [layers, rows_k, hidden] (none: an empty array of empty_shape, dtype);
+    corrupt(message) -> the exception for a failed read."""
+    self._parts = parts
+    self._corrupt = corrupt
+    if not parts:
+      self._data = ts.array(np.zeros(empty_shape, dtype))
+    else:
+      self._data = parts[0] if len(parts) == 1 else ts.concat(parts, axis=1)
+    self.shape = tuple(int(n) for n in self._data.shape)
+    self.dtype = np.dtype(self._data.dtype.numpy_dtype)
+
+  def __len__(self) -> int:
+    return self.shape[0]
+
+  def __repr__(self) -> str:
+    return f"StoredArray(shape={self.shape}, dtype={self.dtype})"
+
+  def _read(self, view) -> np.ndarray:
+    try:
+      return view.read().result()
+    except ValueError as e:
+      if str(e).startswith(_DAMAGE_CODES):
+        raise self._corrupt(_tensorstore_error(e)) from e
+      raise
+
+  def __getitem__(self, key) -> np.ndarray:
+    key = key if isinstance(key, tuple) else (key,)
+    ellipsis = [i for i, k in enumerate(key) if k is Ellipsis]
+    if ellipsis:
+      i = ellipsis[0]
+      key = key[:i] + (slice(None),) * (self.ndim - len(key) + 1) + key[i + 1:]
+    if len(key) > self.ndim:
+      raise IndexError(f"too many indices for a stored array of shape {self.shape}")
+    keys = tuple(_axis_key(k, n) for k, n in zip(key + (slice(None),) * (self.ndim - len(key)), self.shape))
+    if sum(isinstance(k, np.ndarray) for k in keys) > 1:
+      raise IndexError("Index a stored array with one index array at a time (e.g. array[:, rows]); NumPy would "
+                       "pair several index arrays elementwise.")
+    if not any(isinstance(k, np.ndarray) for k in keys):
+      return self._read(self._data[keys])
+    # Ints as one-element ranges, so the outer read keeps every axis; NumPy then drops and orders axes as it would.
+    out = self._read(self._data.oindex[tuple(slice(k, k + 1) if isinstance(k, int) else k for k in keys)])
+    if not any(isinstance(k, int) for k in keys):
+      return out
+    return out[tuple(0 if isinstance(k, int) else np.arange(len(k)) if isinstance(k, np.ndarray) else slice(None)
+                     for k in keys)]
+
+  def __array__(self, dtype=None, copy=None) -> np.ndarray:
+    if dtype is None or np.dtype(dtype) == self.dtype:
+      return self[...]
+    return self._read(ts.cast(self._data, np.dtype(dtype)))  # converted chunk by chunk, no stored-dtype copy
+
+  def check(self) -> None:
+    """Reads every chunk once (each checked against its CRC32C), a few layers of one shard at a time."""
+    for part in self._parts:
+      step = max(1, _CHECK_BYTES // max(1, part.shape[1] * part.shape[2] * self.dtype.itemsize))
+      for layer in range(0, part.shape[0], step):
+        self._read(part[layer:min(layer + step, part.shape[0])])  # tensorstore refuses slices past the end
+
+
+def _axis_key(key, n: int):
+  """One axis of a NumPy index -> an int, a unit-step slice or a 1-D int64 array, all within [0, n)."""
+  if isinstance(key, slice):
+    r = range(n)[key]
+    return slice(r.start, r.start + len(r)) if r.step == 1 else np.asarray(r, np.int64)
+  if isinstance(key, (int, np.integer)):
+    return range(n)[key]  # IndexError past either end, negative from the end, like NumPy
+  index = np.arange(n)[np.asarray(key)]  # int or boolean arrays
+  if index.ndim != 1:
+    raise IndexError(f"Index a stored array with 1-D index arrays (got {index.ndim}-D).")
+  return index
 
 
 @dataclasses.dataclass
 class Activations:
-  """Extracted activations. array: [num_layers, num_rows, hidden] (memory-mapped from the store);
-  index: [num_rows] records (text, word, token, char_start, char_end, valid) saying what each row is;
-  layers: hidden-state index of each array layer; stats: per-layer activation statistics."""
-  array: np.ndarray
+  """Extracted activations. array: [num_layers, num_rows, hidden], read lazily from the store (a StoredArray:
+  `array[:, rows]` and `np.asarray(array, np.float32)` give NumPy arrays); index: [num_rows] records (text, word,
+  token, char_start, char_end, valid) saying what each row is; layers: hidden-state index of each array layer;
+  stats: per-layer activation statistics."""
+  array: StoredArray
   index: np.ndarray
   layers: list[int]
   manifest: dict
@@ -73,10 +259,8 @@ class ActivationStore:
   def __init__(self, path: str, identity: dict):
     self.path = path
     self.identity = dict(identity, version=MANIFEST_VERSION)
-    manifest_path = os.path.join(path, "manifest.json")
-    if os.path.exists(manifest_path):
-      with open(manifest_path) as f:
-        existing = json.load(f)
+    if os.path.exists(os.path.join(path, "manifest.json")):
+      existing = _read_manifest(path)
       differing = sorted(k for k in set(existing) | set(self.identity)
                          if k not in _PROGRESS_KEYS and existing.get(k) != self.identity.get(k))
       if differing:
@@ -86,69 +270,142 @@ class ActivationStore:
       self.manifest = existing
     else:
       self.manifest = dict(self.identity, complete=False)
-      _save_json(manifest_path, self.manifest)
+      self._save_manifest()
 
   @property
   def complete(self) -> bool:
     return bool(self.manifest.get("complete"))
 
-  def _shard(self, k: int, kind: str) -> str:
-    return os.path.join(self.path, "shards", f"{k:05d}.{kind}")
+  def reload(self) -> None:
+    """Rereads the manifest (another process may have completed the store)."""
+    self.manifest = _read_manifest(self.path)
+
+  def _save_manifest(self) -> None:
+    self.manifest = dict(self.manifest, sha256=_manifest_sha256(self.manifest))
+    _write_bytes(os.path.join(self.path, "manifest.json"), json.dumps(self.manifest, indent=1, sort_keys=True).encode())
+
+  def _corrupt(self, what: str) -> CorruptStore:
+    return _corrupt(self.path, what, self.manifest)
+
+  def _read_checked(self, name: str, sha256: str) -> bytes:
+    """The bytes of file `name` (relative to the store), which must match sha256."""
+    try:
+      with open(os.path.join(self.path, name), "rb") as f:
+        data = f.read()
+    except FileNotFoundError as e:
+      raise self._corrupt(f"{name} is missing") from e
+    if _sha256(data) != sha256:
+      raise self._corrupt(f"{name} does not match its SHA-256 ({len(data)} bytes)")
+    return data
+
+  @staticmethod
+  def _shard(k: int, kind: str) -> str:
+    return f"shards/{k:05d}.{kind}"
+
+  @staticmethod
+  def _array(k: int) -> str:
+    return f"acts/{k:05d}"
 
   def has_shard(self, k: int) -> bool:
-    # The stats file is written last, so its presence means the whole shard is there.
-    return os.path.exists(self._shard(k, "stats.npz"))
+    return os.path.exists(os.path.join(self.path, self._shard(k, "json")))
 
   def write_shard(self, k: int, acts: np.ndarray, index: np.ndarray, stats: dict[str, np.ndarray]) -> None:
-    """acts: [layers, rows, hidden]; index: [rows] INDEX_DTYPE; stats: streaming sums (see `shard_stats`)."""
-    _save_npy(self._shard(k, "acts.npy"), acts)
-    _save_npy(self._shard(k, "index.npy"), index)
+    """acts: [layers, rows, hidden], stored in its dtype; index: [rows] INDEX_DTYPE; stats: streaming sums (see
+    `shard_stats`). The shard's record is written last, after its array, index and statistics."""
+    files = {}
+    if acts.shape[1]:
+      files["zarr.json"] = self._write_array(self._array(k), acts)
+    files["index.npy"] = _write_bytes(os.path.join(self.path, self._shard(k, "index.npy")), _npy_bytes(index))
+    files["stats.npz"] = _write_bytes(os.path.join(self.path, self._shard(k, "stats.npz")), _npz_bytes(stats))
+    record = {"rows": int(acts.shape[1]), "files": files}
+    _write_bytes(os.path.join(self.path, self._shard(k, "json")), json.dumps(record, sort_keys=True).encode())
 
-    def write(tmp):
-      with open(tmp, "wb") as f:
-        np.savez(f, **stats)
-    atomic_write(self._shard(k, "stats.npz"), write)
+  def _write_array(self, name: str, acts: np.ndarray) -> str:
+    """Writes acts as a zarr v3 array with a CRC32C per chunk; returns the SHA-256 of its metadata (zarr.json)."""
+    path = os.path.join(self.path, name)
+    layers, rows, hidden = acts.shape
+    chunk = [1, int(np.clip(_CHUNK_BYTES // (hidden * acts.dtype.itemsize), 1, rows)), hidden]
+    metadata = {"shape": list(acts.shape), "data_type": acts.dtype.name, "fill_value": 0,
+                "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": chunk}},
+                "chunk_key_encoding": {"name": "default"},
+                "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]}
+    try:
+      # Chunks of zeros are written too: a read treats a missing chunk as damage, not as zeros.
+      array = ts.open(dict(_array_spec(path), metadata=metadata, create=True, delete_existing=True,
+                           store_data_equal_to_fill_value=True)).result()
+      array.write(acts).result()
+    except ValueError as e:
+      code = re.search(r"os_error_code='(\d+)'", str(e))
+      if code and int(code.group(1)) in _WRITE_FIXES:
+        raise _write_error(path, int(code.group(1)), _tensorstore_error(e)) from e
+      raise
+    with open(os.path.join(path, "zarr.json"), "rb") as f:
+      return _sha256(f.read())
 
-  def consolidate(self, num_shards: int) -> None:
-    """Concatenates all shards into activations.npy / index.npy, one shard in memory at a time."""
-    indices = [np.load(self._shard(k, "index.npy")) for k in range(num_shards)]
-    first = np.load(self._shard(0, "acts.npy"), mmap_mode="r")
-    total = sum(len(ix) for ix in indices)
-    final = os.path.join(self.path, "activations.npy")
+  def _shard_record(self, k: int) -> dict:
+    try:
+      with open(os.path.join(self.path, self._shard(k, "json")), "rb") as f:
+        return json.loads(f.read())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+      raise self._corrupt(f"{self._shard(k, 'json')} is unreadable ({e})") from e
 
-    def write(tmp):
-      out = np.lib.format.open_memmap(tmp, mode="w+", dtype=first.dtype, shape=(first.shape[0], total, first.shape[2]))
-      offset = 0
-      for k, ix in enumerate(indices):
-        out[:, offset:offset + len(ix)] = np.load(self._shard(k, "acts.npy"), mmap_mode="r")
-        offset += len(ix)
-      out.flush()
-      del out
-    atomic_write(final, write)
-    _save_npy(os.path.join(self.path, "index.npy"), np.concatenate(indices) if indices else np.zeros(0, INDEX_DTYPE))
-    stats = [dict(np.load(self._shard(k, "stats.npz"))) for k in range(num_shards)]
-    _save_json(os.path.join(self.path, "stats.json"), summarize_stats(stats, self.identity["layers"]))
-    self.manifest = dict(self.manifest, complete=True, num_rows=int(total))
-    _save_json(os.path.join(self.path, "manifest.json"), self.manifest)
+  def finish(self, num_shards: int) -> None:
+    """Writes the store's index and statistics from the finished shards and marks it complete."""
+    records = [self._shard_record(k) for k in range(num_shards)]
+    indices, stats = [], []
+    for k, record in enumerate(records):
+      index = np.load(io.BytesIO(self._read_checked(self._shard(k, "index.npy"), record["files"]["index.npy"])))
+      if len(index) != record["rows"]:
+        raise self._corrupt(f"{self._shard(k, 'json')} records {record['rows']} rows but its index has {len(index)}")
+      indices.append(index)
+      stats.append(dict(np.load(io.BytesIO(self._read_checked(self._shard(k, "stats.npz"),
+                                                               record["files"]["stats.npz"])))))
+    index = np.concatenate(indices) if indices else np.zeros(0, INDEX_DTYPE)
+    summary = json.dumps(summarize_stats(stats, self.identity["layers"]), indent=1, sort_keys=True).encode()
+    files = {f"{self._array(k)}/zarr.json": r["files"]["zarr.json"] for k, r in enumerate(records) if r["rows"]}
+    files["index.npy"] = _write_bytes(os.path.join(self.path, "index.npy"), _npy_bytes(index))
+    files["stats.json"] = _write_bytes(os.path.join(self.path, "stats.json"), summary)
+    self.manifest = dict(self.manifest, complete=True, num_rows=len(index), shard_rows=[r["rows"] for r in records],
+                         files=files)
+    self._save_manifest()
 
-  def load(self) -> Activations:
+  def load(self, read_all: bool = False) -> Activations:
+    """The store's activations, its metadata, index and statistics checked against their SHA-256s; every chunk
+    is checked (CRC32C) when it is read, and read_all=True reads every chunk now, so damage anywhere is found
+    here rather than at first use. Raises CorruptStore naming what is damaged."""
     if not self.complete:
-      raise ValueError(f"The activation store {self.path} is not complete; rerun the extraction to finish it.")
-    with open(os.path.join(self.path, "stats.json")) as f:
-      stats = json.load(f)
-    return Activations(array=np.load(os.path.join(self.path, "activations.npy"), mmap_mode="r"),
-                       index=np.load(os.path.join(self.path, "index.npy")), layers=list(self.identity["layers"]),
-                       manifest=self.manifest, stats=stats, path=self.path)
+      raise IncompleteStore(f"The activation store {self.path} is not complete; rerun the extraction to finish it.")
+    files = self.manifest["files"]
+    index = np.load(io.BytesIO(self._read_checked("index.npy", files["index.npy"])))
+    stats = json.loads(self._read_checked("stats.json", files["stats.json"]))
+    parts = []
+    for k, rows in enumerate(self.manifest["shard_rows"]):
+      if rows:
+        name = self._array(k)
+        self._read_checked(f"{name}/zarr.json", files[f"{name}/zarr.json"])
+        try:
+          parts.append(ts.open(dict(_array_spec(os.path.join(self.path, name)), open=True,
+                                    fill_missing_data_reads=False)).result())
+        except ValueError as e:
+          if str(e).startswith(_DAMAGE_CODES):
+            raise self._corrupt(_tensorstore_error(e)) from e
+          raise
+    layers = list(self.identity["layers"])
+    empty = (len(layers), 0, self.identity.get("hidden_size", 0))
+    array = StoredArray(parts, empty, np.dtype(self.identity.get("store_dtype", "float32")), self._corrupt)
+    if array.shape[1] != len(index):
+      raise self._corrupt(f"its arrays hold {array.shape[1]} rows but index.npy has {len(index)}")
+    if read_all:
+      array.check()
+    return Activations(array=array, index=index, layers=layers, manifest=self.manifest, stats=stats, path=self.path)
 
 
-def load_store(path: str) -> Activations:
-  """Opens a complete store directory written by extract_activations."""
-  manifest_path = os.path.join(path, "manifest.json")
-  if not os.path.exists(manifest_path):
+def load_store(path: str, read_all: bool = False) -> Activations:
+  """Opens a complete store directory written by extract_activations (see ActivationStore.load for read_all)."""
+  if not os.path.exists(os.path.join(path, "manifest.json")):
     raise FileNotFoundError(f"{path} is not an activation store (no manifest.json).")
-  with open(manifest_path) as f:
-    manifest = json.load(f)
-  return ActivationStore(path, {k: v for k, v in manifest.items() if k not in _PROGRESS_KEYS}).load()
+  manifest = _read_manifest(path)
+  return ActivationStore(path, {k: v for k, v in manifest.items() if k not in _PROGRESS_KEYS}).load(read_all)
 
 
 def shard_stats(acts: np.ndarray) -> dict[str, np.ndarray]:
