@@ -1,6 +1,8 @@
 """Probes against NumPy float64 Newton solvers, and the probe-transfer table."""
+import jax
 import numpy as np
 import pytest
+from jax.sharding import Mesh
 
 from xsim import transfer
 
@@ -170,3 +172,31 @@ def test_probe_inputs_are_checked():
     transfer.fit_token_probes(features, np.arange(40) % 7)
   with pytest.raises(ValueError, match="single class"):
     transfer.fit_logistic_probes(features, np.zeros(40, int))
+
+
+@pytest.fixture(scope="module", name="mesh")
+def _mesh():
+  return Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("a", "b"))  # every mesh axis splits the work
+
+
+def test_probes_sharded_over_eight_devices_equal_one_device(task, target_probe, mesh):
+  sharded = transfer.fit_logistic_probes(task[1], task[2], penalties=PENALTIES, mesh=mesh)  # 2 layers padded to 8
+  np.testing.assert_allclose(sharded.weights, target_probe.weights, atol=1e-6)
+  np.testing.assert_allclose(sharded.bias, target_probe.bias, atol=1e-6)
+  np.testing.assert_array_equal(sharded.penalty, target_probe.penalty)
+  np.testing.assert_array_equal(sharded.test_hits[1], target_probe.test_hits[1])
+
+
+def test_probe_transfer_sharded_over_eight_devices_equals_one_device(task, target_probe, mesh):
+  source, _, labels, rotation = task
+  source_probe = transfer.fit_logistic_probes(source, labels, penalties=PENALTIES)
+  rng = np.random.default_rng(5)
+  generic_target = rng.normal(size=(2, 1000, 6))
+  generic_source = generic_target @ rotation + 0.05 * rng.normal(size=generic_target.shape)
+  maps = transfer.fit_linear_maps(generic_source.astype(np.float32), generic_target.astype(np.float32),
+                                  method="ridge", pairs=[(0, 0), (0, 1), (1, 1)])  # 2 and 1 pairs per source
+  one = transfer.probe_transfer(maps, target_probe, source_probe, source, labels, num_resamples=100)
+  eight = transfer.probe_transfer(maps, target_probe, source_probe, source, labels, num_resamples=100, mesh=mesh)
+  np.testing.assert_array_equal(eight.mapped, one.mapped)  # NaN where no map was fit: (1, 0)
+  np.testing.assert_array_equal(eight.mapped_ci, one.mapped_ci)
+  assert np.isnan(one.mapped[1, 0]) and np.isfinite(one.mapped[0, 1])

@@ -10,15 +10,16 @@ probe-transfer table), metrics (R^2, patching scores, bootstrap CIs), checkpoint
 """
 from xsim.transfer.controls import fit_shuffled_maps, mean_predictor_r2
 from xsim.transfer.maps import LinearMapFit, fit_linear_maps
-from xsim.transfer.metrics import (bootstrap_ci, kl_divergence, patching_scores, r2_score, top1_agreement,
-                                   topk_accuracy)
+from xsim.transfer.metrics import (bootstrap_mean_ci, kl_divergence, patching_scores, r2_score,
+                                   top1_agreement, topk_accuracy)
 from xsim.transfer.probes import (ProbeFit, ProbeTransfer, fit_logistic_probes, fit_token_probes,
                                   probe_transfer)
 from xsim.transfer.ridge import ridge_path, ridge_weights
 from xsim.transfer.splits import Split, make_split
 
 __all__ = [
-    "LinearMapFit", "ProbeFit", "ProbeTransfer", "Split", "bootstrap_ci", "fit_linear_maps", "fit_logistic_probes",
-    "fit_shuffled_maps", "fit_token_probes", "kl_divergence", "make_split", "mean_predictor_r2", "patching_scores",
-    "probe_transfer", "r2_score", "ridge_path", "ridge_weights", "top1_agreement", "topk_accuracy",
+    "LinearMapFit", "ProbeFit", "ProbeTransfer", "Split", "bootstrap_mean_ci", "fit_linear_maps",
+    "fit_logistic_probes", "fit_shuffled_maps", "fit_token_probes", "kl_divergence", "make_split",
+    "mean_predictor_r2", "patching_scores", "probe_transfer", "r2_score", "ridge_path", "ridge_weights",
+    "top1_agreement", "topk_accuracy",
 ]

@@ -108,24 +108,26 @@ def patching_scores(clean_logits, patched_logits, next_tokens, mask=None):
   return {name: jnp.sum(value * weights) for name, value in per_position.items()}
 
 
-def bootstrap_ci(values, *, num_resamples: int = 1000, confidence: float = 0.95, seed: int = 0):
+def bootstrap_mean_ci(values, *, num_resamples: int = 1000, level: float = 0.95, seed: int = 0):
   """Percentile bootstrap confidence interval of the mean over the last axis (the rows).
 
-  Every entry of the leading axes is resampled with the same row draws, so intervals of scores taken on the
-  same rows (a map, its ceiling, its baseline) are paired. A resample's mean is counts . values / m with counts
-  the multiplicity of each row in the draw, so the resamples cost one [..., m] x [m, R] matmul.
+  Unlike xsim.similarity.bootstrap_ci (any measure of two arrays, a JAX key, a tuple of bounds), this takes
+  per-row scores, whose resampled means need no recomputation: a resample's mean is counts . values / m with
+  counts the multiplicity of each row in the draw, so all resamples cost one [..., m] x [m, R] matmul. Every
+  entry of the leading axes is resampled with the same row draws, so intervals of scores taken on the same rows
+  (a map, its ceiling, its baseline) are paired.
 
   Args:
     values: [..., m] per-row scores (e.g. 0/1 hits).
     num_resamples: R, number of bootstrap resamples.
-    confidence: coverage of the interval, in (0, 1).
+    level: coverage of the interval, in (0, 1).
     seed: seeds the row draws.
 
   Returns:
     [..., 2] lower and upper bounds.
   """
-  if not 0.0 < confidence < 1.0:
-    raise ValueError(f"confidence={confidence} must lie in (0, 1).")
+  if not 0.0 < level < 1.0:
+    raise ValueError(f"level={level} must lie in (0, 1), e.g. 0.95.")
   if num_resamples < 2:
     raise ValueError(f"num_resamples={num_resamples} must be at least 2.")
   values = jnp.asarray(values, jnp.float32)
@@ -135,5 +137,5 @@ def bootstrap_ci(values, *, num_resamples: int = 1000, confidence: float = 0.95,
   counts = np.bincount((draws + offsets).ravel(), minlength=num_resamples * num_rows).reshape(draws.shape)
   means = jnp.einsum("...m,rm->...r", values, jnp.asarray(counts, jnp.float32),
                      precision=jax.lax.Precision.HIGHEST) / num_rows
-  tail = (1.0 - confidence) / 2.0
+  tail = (1.0 - level) / 2.0
   return jnp.moveaxis(jnp.quantile(means, jnp.array([tail, 1.0 - tail]), axis=-1), 0, -1)

@@ -5,12 +5,14 @@ K most frequent next-token ids, scored top-1 and top-5. Each (layer, penalty) pr
   mean cross-entropy + penalty / 2 * |W|_F^2   (bias unpenalized)
 with optax's L-BFGS, vmapped over penalties and layers; the penalty is chosen per layer by validation
 log-loss. Features are standardized with training-row statistics, so the rows are split as for the maps.
+With a mesh, probe training splits the layers over all its devices and the probe-transfer table the layer pairs
+(padding repeats real work and is cut off); XLA partitions the vmapped solvers along them.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Sequence
+from typing import Optional, Sequence
 
 import chex
 import jax
@@ -18,8 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.lax import Precision
+from jax.sharding import Mesh, PartitionSpec
 
-from xsim.transfer import maps, metrics, splits
+from xsim.similarity import sharding
+from xsim.transfer import maps, metrics, splits, train
 
 DEFAULT_PENALTIES = (1e-4, 1e-3, 1e-2, 1e-1)
 
@@ -62,7 +66,7 @@ class ProbeFit:
 
 def fit_logistic_probes(features, labels, *, penalties: Sequence[float] = DEFAULT_PENALTIES,
                         val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0,
-                        max_iters: int = 500, tolerance: float = 1e-5) -> ProbeFit:
+                        max_iters: int = 500, tolerance: float = 1e-5, mesh: Optional[Mesh] = None) -> ProbeFit:
   """Binary logistic-regression probes for every layer.
 
   Args:
@@ -71,6 +75,7 @@ def fit_logistic_probes(features, labels, *, penalties: Sequence[float] = DEFAUL
     penalties: L2 grid (see module docstring), chosen per layer on the validation rows.
     val_fraction, test_fraction, seed: the row split (splits.make_split).
     max_iters: L-BFGS iteration cap; tolerance: stop once the gradient norm falls below it.
+    mesh: split the layers over all devices of this mesh (same probes as on one device).
 
   Returns:
     ProbeFit with classes [0, 1] and test hits for k = 1.
@@ -82,13 +87,13 @@ def fit_logistic_probes(features, labels, *, penalties: Sequence[float] = DEFAUL
                      f"with values {np.unique(labels)[:5]}.")
   split = splits.make_split(features.shape[1], val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
   return _fit(features, labels.astype(np.int64), np.array([0, 1]), 1, split, penalties, (1,), max_iters,
-              tolerance)
+              tolerance, mesh)
 
 
 def fit_token_probes(features, token_ids, *, num_classes: int = 500,
                      penalties: Sequence[float] = DEFAULT_PENALTIES, val_fraction: float = 0.2,
                      test_fraction: float = 0.2, seed: int = 0, max_iters: int = 500,
-                     tolerance: float = 1e-5) -> ProbeFit:
+                     tolerance: float = 1e-5, mesh: Optional[Mesh] = None) -> ProbeFit:
   """The published protocol's token probe: softmax regression over the `num_classes` most frequent token ids.
 
   The classes are the most frequent ids among the training rows (ties to the smaller id); rows whose token is
@@ -116,7 +121,7 @@ def fit_token_probes(features, token_ids, *, num_classes: int = 500,
   classes = np.sort(ids[np.lexsort((ids, -counts))[:num_classes]])
   split = split.keep(np.isin(token_ids, classes))
   return _fit(features, np.searchsorted(classes, token_ids), classes, num_classes, split, penalties, (1, 5),
-              max_iters, tolerance)
+              max_iters, tolerance, mesh)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,8 +140,8 @@ class ProbeTransfer:
 
 
 def probe_transfer(map_fit: maps.LinearMapFit, target_probe: ProbeFit, source_probe: ProbeFit, source_features,
-                   labels, *, k: int = 1, num_resamples: int = 1000, confidence: float = 0.95,
-                   seed: int = 0) -> ProbeTransfer:
+                   labels, *, k: int = 1, num_resamples: int = 1000, level: float = 0.95, seed: int = 0,
+                   mesh: Optional[Mesh] = None) -> ProbeTransfer:
   """Scores frozen maps on a task: the target's probe applied to mapped source activations, per layer pair.
 
   The maps are fit on other (generic) rows and kept frozen; fitting them on the task rows leaks the labels
@@ -149,7 +154,8 @@ def probe_transfer(map_fit: maps.LinearMapFit, target_probe: ProbeFit, source_pr
     source_features: [La, n, da] the source model's task activations (the rows the probes were fit on).
     labels: [n] task labels (0/1, or token ids for token probes).
     k: top-k accuracy (1 for binary probes).
-    num_resamples, confidence, seed: bootstrap settings (metrics.bootstrap_ci).
+    num_resamples, level, seed: bootstrap settings (metrics.bootstrap_mean_ci).
+    mesh: split the layer pairs of each source layer over all devices of this mesh.
 
   Returns:
     ProbeTransfer.
@@ -164,12 +170,15 @@ def probe_transfer(map_fit: maps.LinearMapFit, target_probe: ProbeFit, source_pr
       target_probe.mean.shape[1] != map_fit.target_mean.shape[1]):
     raise ValueError("map_fit's dimensions do not match source_features / target_probe; pass the maps from this "
                      "source model to this target model.")
+  if map_fit.params is None:
+    raise ValueError("map_fit was made with keep_maps=False; refit with keep_maps=True (with the same "
+                     "checkpoint_dir it reads the maps back instead of refitting).")
   test = target_probe.split.test
   num_source, num_target = map_fit.r2.shape
-  mapped = np.full((num_source, num_target, len(test)), np.nan, np.float32)
   test_labels = np.asarray(labels)[test]
-  for i, j in map_fit.pairs:
-    mapped[i, j] = target_probe.hits(j, map_fit.predict(i, j, source_features[i][test]), test_labels, k)
+  mapped = np.full((num_source, num_target, len(test)), np.nan, np.float32)
+  mapped[map_fit.pairs[:, 0], map_fit.pairs[:, 1]] = _mapped_hits(
+      map_fit, target_probe, source_features, test, target_probe.class_index(test_labels), k, mesh)
   train_labels = target_probe.class_index(np.asarray(labels)[target_probe.split.train])
   # Top-k of a constant predictor: the k most frequent training classes (ties to the smaller class).
   counts = np.bincount(train_labels, minlength=len(target_probe.classes))
@@ -177,7 +186,7 @@ def probe_transfer(map_fit: maps.LinearMapFit, target_probe: ProbeFit, source_pr
   majority = np.isin(target_probe.class_index(test_labels), frequent).astype(np.float32)
 
   def scored(hits):
-    ci = metrics.bootstrap_ci(hits, num_resamples=num_resamples, confidence=confidence, seed=seed)
+    ci = metrics.bootstrap_mean_ci(hits, num_resamples=num_resamples, level=level, seed=seed)
     return hits.mean(axis=-1), np.asarray(ci)
 
   mapped_acc, mapped_ci = scored(mapped)
@@ -187,6 +196,57 @@ def probe_transfer(map_fit: maps.LinearMapFit, target_probe: ProbeFit, source_pr
   return ProbeTransfer(mapped=mapped_acc, mapped_ci=mapped_ci, target=target_acc, target_ci=target_ci,
                        source=source_acc, source_ci=source_ci, majority=float(majority_acc),
                        majority_ci=majority_ci, chance=k / len(target_probe.classes), k=k)
+
+
+def _mapped_hits(map_fit: maps.LinearMapFit, probe: ProbeFit, source_features, rows, test_classes, k: int,
+                 mesh: Optional[Mesh]) -> np.ndarray:
+  """[P, m] top-k hits of target probe j on source layer i's rows mapped to target layer j, for every fit pair
+  (i, j) in the order of map_fit.pairs. One call per source layer, its pairs padded to the widest source layer's
+  count (by repeating its own pairs) so one compiled function serves every source layer."""
+  pairs = map_fit.pairs
+  width = np.bincount(pairs[:, 0]).max()
+  leaves, treedef = jax.tree_util.tree_flatten(map_fit.params)
+  hits = np.empty((len(pairs), len(rows)), np.float32)
+  for i in np.unique(pairs[:, 0]):
+    real = np.flatnonzero(pairs[:, 0] == i)
+    padded = np.resize(real, width)
+    targets = pairs[padded, 1]
+    per_pair = [leaf[padded] for leaf in leaves] + [
+        a[targets] for a in (map_fit.target_mean, map_fit.target_std, probe.weights, probe.bias, probe.mean,
+                             probe.std)]
+    shared = (np.asarray(source_features[i])[rows], map_fit.source_mean[i], map_fit.source_std[i],
+              test_classes)
+    hits[real] = np.asarray(_pair_hits(per_pair, shared, treedef, k, mesh))[:len(real)]
+  return hits
+
+
+@functools.partial(jax.jit, static_argnames=("treedef", "k", "mesh"))
+def _pair_hits(per_pair, shared, treedef, k, mesh):
+  """Hits of a batch of pairs that share one source layer.
+
+  per_pair: the map's parameter leaves [G, ...], then target_mean, target_std [G, db], probe weights [G, db, c],
+  bias [G, c], probe mean, std [G, db]; shared: source rows [m, da], their mean and std [da], classes [m].
+  -> [G, m].
+  """
+  x, x_mean, x_std, classes = shared
+  z = splits.standardize(x, x_mean, x_std)
+
+  def one(*pair):
+    params = jax.tree_util.tree_unflatten(treedef, pair[:treedef.num_leaves])
+    y_mean, y_std, weights, bias, probe_mean, probe_std = pair[treedef.num_leaves:]
+    mapped = train.apply_map(params, z) * y_std + y_mean
+    return _hits(_outputs(weights, bias, splits.standardize(mapped, probe_mean, probe_std)), classes, k)
+
+  if mesh is not None:
+    per_pair = _split(mesh, *per_pair)
+  return jax.vmap(one)(*per_pair)
+
+
+def _split(mesh: Mesh, *arrays):
+  """Lays each array out over all devices of the mesh along its leading axis, padded to a multiple of the
+  device count by repeating its last entry (real work, cut off by the caller)."""
+  spec = PartitionSpec(sharding.axes(mesh))
+  return [sharding.place(sharding.pad_rows(a, mesh.size), mesh, spec) for a in arrays]
 
 
 def _outputs(weights, bias, x):
@@ -237,14 +297,17 @@ def _lbfgs(x, labels, penalty, num_outputs: int, max_iters: int, tolerance: floa
   return jax.lax.while_loop(cond, body, init)[0]
 
 
-@functools.partial(jax.jit, static_argnames=("num_outputs", "max_iters", "tolerance"))
+@functools.partial(jax.jit, static_argnames=("num_outputs", "max_iters", "tolerance", "mesh"))
 def _train(features, mean, std, labels, train_rows, val_rows, test_rows, penalties, num_outputs, max_iters,
-           tolerance):
+           tolerance, mesh):
   """Probes for every layer and penalty; keeps per layer the penalty with the lowest validation loss.
 
   Returns:
     (params with leaves [L, ...], penalty [L], test logits [L, m_test, c]).
   """
+  num_layers = features.shape[0]
+  if mesh is not None:
+    features, mean, std = _split(mesh, features, mean, std)
   x_train, x_val, x_test = (splits.standardize(features[:, rows], mean, std)
                             for rows in (train_rows, val_rows, test_rows))
   fit = functools.partial(_lbfgs, num_outputs=num_outputs, max_iters=max_iters, tolerance=tolerance)
@@ -253,10 +316,11 @@ def _train(features, mean, std, labels, train_rows, val_rows, test_rows, penalti
   chosen = jnp.argmin(val_loss, axis=1)
   params = jax.tree_util.tree_map(lambda leaf: leaf[jnp.arange(leaf.shape[0]), chosen], params)
   test_logits = jax.vmap(_outputs)(params["weights"], params["bias"], x_test)
-  return params, penalties[chosen], test_logits
+  return jax.tree_util.tree_map(lambda a: a[:num_layers], (params, penalties[chosen], test_logits))
 
 
-def _fit(features, class_index, classes, num_outputs, split, penalties, ks, max_iters, tolerance) -> ProbeFit:
+def _fit(features, class_index, classes, num_outputs, split, penalties, ks, max_iters, tolerance,
+         mesh) -> ProbeFit:
   """Shared body of the binary (num_outputs = 1) and token probes; class_index: [n] class of each row (rows
   outside `split` are never read); ks: the top-k hits to record."""
   penalties = tuple(float(p) for p in penalties)
@@ -267,7 +331,7 @@ def _fit(features, class_index, classes, num_outputs, split, penalties, ks, max_
   mean, std = splits.layer_moments(features, split.train, "features")
   params, penalty, test_logits = _train(jnp.asarray(features), mean, std, jnp.asarray(class_index), split.train,
                                         split.val, split.test, jnp.asarray(penalties, jnp.float32),
-                                        num_outputs, max_iters, tolerance)
+                                        num_outputs, max_iters, tolerance, mesh)
   test_labels = jnp.asarray(class_index[split.test])
   return ProbeFit(classes=classes, weights=np.asarray(params["weights"]), bias=np.asarray(params["bias"]),
                   mean=mean, std=std, penalty=np.asarray(penalty), split=split,
