@@ -75,12 +75,17 @@ def _raw_features(rng, n, da, db=5):
   return x.astype(np.float32), y.astype(np.float32)
 
 
-def _float32_path(x_train, y_train, x_val, y_val, lambdas):
-  """The ridge path as maps.py runs it: float32 rows centred with the (float64) training mean, then exactly."""
+def _float32_rows(x_train, y_train, x_val, y_val):
+  """The rows ridge.py gets from maps.py: float32, centred with the (float64) training mean, training rows then
+  centred exactly; one target layer."""
   x_mean, y_mean = x_train.astype(np.float64).mean(axis=0), y_train.astype(np.float64).mean(axis=0)
   centre = lambda a, mean: (a - mean.astype(np.float32)).astype(np.float32)
-  return ridge.ridge_path(splits.centered_rows(centre(x_train, x_mean)), splits.centered_rows(centre(y_train, y_mean))[None],
-                          centre(x_val, x_mean), centre(y_val, y_mean)[None], lambdas)
+  return (splits.centered_rows(centre(x_train, x_mean)), splits.centered_rows(centre(y_train, y_mean))[None],
+          centre(x_val, x_mean), centre(y_val, y_mean)[None])
+
+
+def _float32_path(x_train, y_train, x_val, y_val, lambdas):
+  return ridge.ridge_path(*_float32_rows(x_train, y_train, x_val, y_val), lambdas)
 
 
 def _centred64(*arrays):
@@ -142,11 +147,7 @@ def test_fit_ridge_on_raw_features_picks_the_float64_penalty():
     # 5e-5), so a best penalty that beats the runner-up by 5% is found by float32 and float64 alike.
     assert np.sort(errors)[1] > 1.05 * errors.min()
     best = int(np.argmin(errors))
-    centre = lambda a, rows: (a - rows.astype(np.float64).mean(axis=0)).astype(np.float32)
-    weight, chosen = ridge.fit_ridge(splits.centered_rows(centre(parts[0], parts[0])),
-                                     splits.centered_rows(centre(parts[1], parts[1]))[None],
-                                     centre(parts[2], parts[0]), centre(parts[3], parts[1])[None], penalties,
-                                     num_rows=n)
+    weight, chosen = ridge.fit_ridge(*_float32_rows(*parts), penalties, num_rows=n)
     assert float(chosen[0]) == pytest.approx(penalties[best])
     expected = solve(penalties[best])
     assert np.linalg.norm(np.asarray(weight[0], np.float64).T - expected) / np.linalg.norm(expected) < 1e-4
