@@ -169,28 +169,29 @@ def hsic_from_sums(s: GramSums, diag_x, diag_y, shift_x, shift_y, n: int, debias
       yy=hsic(s.self_y, jnp.sum(s.rows_y**2, -1), jnp.sum(diag_y**2, -1), t_y, t_y, shift_y, shift_y))
 
 
+def _tile_sums(tile, xs, ys, shift_x, shift_y, n: int, side: int) -> GramSums:
+  """One tile's share of GramSums: the tile of K^_a of every x layer and L^_b of every y layer, built once;
+  every pair's share of the products is one matmul of the flattened tiles."""
+  k = shifted_tile(xs, tile, shift_x, n, side)
+  l = shifted_tile(ys, tile, shift_y, n, side)
+  w = tile[2].astype(xs.dtype)
+  return GramSums(
+      cross=w * jnp.einsum("aij,bij->ab", k, l, precision=HIGHEST),
+      self_x=w * jnp.sum(k * k, (1, 2)), self_y=w * jnp.sum(l * l, (1, 2)),
+      rows_x=add_tile_rows(jnp.zeros(xs.shape[:2], xs.dtype), tile, k, side),
+      rows_y=add_tile_rows(jnp.zeros(ys.shape[:2], ys.dtype), tile, l, side))
+
+
 def _gram_sums(tiles, xs, ys, shift_x, shift_y, n: int, side: int, axes) -> GramSums:
-  """tiles: [T, 3] (see gram_tiles), xs: [La, size, da], ys: [Lb, size, db] centered -> GramSums.
+  """tiles: [T, 3] (see gram_tiles), xs: [La, size, da], ys: [Lb, size, db] -> GramSums, tile by tile.
 
-  Each step builds the tile of K^_a of every x layer and L^_b of every y layer once; every pair's share of
-  the products is then one matmul of the flattened tiles. With `axes`, partial sums are added across the
-  devices that split the tiles.
+  The first tile's sums start the scan's carry (so the carry varies over the same mesh axes as every step
+  inside shard_map, ours or a caller's). With `axes`, partial sums are added across the devices that split
+  the tiles.
   """
-  def step(acc, tile):
-    k = shifted_tile(xs, tile, shift_x, n, side)
-    l = shifted_tile(ys, tile, shift_y, n, side)
-    w = tile[2].astype(xs.dtype)
-    return GramSums(
-        cross=acc.cross + w * jnp.einsum("aij,bij->ab", k, l, precision=HIGHEST),
-        self_x=acc.self_x + w * jnp.sum(k * k, (1, 2)), self_y=acc.self_y + w * jnp.sum(l * l, (1, 2)),
-        rows_x=add_tile_rows(acc.rows_x, tile, k, side), rows_y=add_tile_rows(acc.rows_y, tile, l, side)), None
-
-  (la, size, _), lb = xs.shape, ys.shape[0]
-  zeros = lambda *shape: jnp.zeros(shape, xs.dtype)
-  init = GramSums(zeros(la, lb), zeros(la), zeros(lb), zeros(la, size), zeros(lb, size))
-  if axes:  # each device sums its own tiles
-    init = jax.tree.map(lambda z: jax.lax.pcast(z, axes, to="varying"), init)
-  out = jax.lax.scan(step, init, tiles)[0]
+  sums = functools.partial(_tile_sums, xs=xs, ys=ys, shift_x=shift_x, shift_y=shift_y, n=n, side=side)
+  step = lambda acc, tile: (jax.tree.map(jnp.add, acc, sums(tile)), None)
+  out = jax.lax.scan(step, sums(tiles[0]), tiles[1:])[0]
   return jax.lax.psum(out, axes) if axes else out
 
 
