@@ -156,6 +156,7 @@ def run_xsim(args: argparse.Namespace, texts: list[str]) -> dict:
   import xsim
   from experiments.benchmarks.forward import CompileTimer
   from xsim.activations.rows import tokenize
+  from xsim.models.layers import default_block_size
   # extract_activations jits its forward afresh per call; the timed calls reuse the first call's executable.
   jax.config.update("jax_compilation_cache_dir", os.path.join(args.workdir, "jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
@@ -178,7 +179,7 @@ def run_xsim(args: argparse.Namespace, texts: list[str]) -> dict:
   result = _timed_calls(extract, args.repeats)
   result.update(shape=list(result.pop("result")), compile=compile_seconds,
                 tokens=sum(len(tokenize(model.tokenizer, t).ids) for t in texts),
-                block=model.config.attention_block_size, loaded_rss_mib=loaded["rss_mib"])
+                block=model.config.attention_block_size or default_block_size(), loaded_rss_mib=loaded["rss_mib"])
   if args.platform == "gpu":
     result["device_peak_mib"] = jax.devices()[0].memory_stats()["peak_bytes_in_use"] / 2**20
   return result

@@ -96,13 +96,13 @@ def blockwise_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, key_mask
   either padding side works.
 
   q: [B, S, K, G, E] (G query heads share key/value head K); k, v: [B, S, K, E]; key_mask: [B, S] bool, False
-  for pads, which are never keys. softcap: Gemma 2's cap * tanh(scores / cap), before masking. window: [] int
-  or None: key t is visible to query s if s - t < window. block_size: queries and keys per block (the whole
-  sequence when shorter), None for DEFAULT_BLOCK_SIZE of the default backend. Query rows with no visible key
+  for pads, which are never keys. scale: > 0. softcap: Gemma 2's cap * tanh(scores / cap), before masking.
+  window: [] int or None: key t is visible to query s if s - t < window. block_size: queries and keys per
+  block (the whole sequence when shorter), None for `default_block_size()`. Query rows with no visible key
   (left-padding queries) return zeros. Returns [B, S, K, G, E] in v's dtype.
   """
   batch, seq, heads, groups, dim = q.shape
-  block = min(block_size or DEFAULT_BLOCK_SIZE.get(jax.default_backend(), 512), seq)
+  block = min(block_size or default_block_size(), seq)
   num_blocks = -(-seq // block)
   pad = num_blocks * block - seq  # the padded tail is masked out as keys and sliced off as queries
 
@@ -164,6 +164,11 @@ def blockwise_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, key_mask
   out = jax.lax.map(query_block, (jnp.arange(num_blocks), q_blocks))  # [n, B, K, G, block, E]
   out = jnp.moveaxis(out, 4, 1).reshape(num_blocks * block, batch, heads, groups, dim)
   return jnp.moveaxis(out, 0, 1)[:, :seq]
+
+
+def default_block_size() -> int:
+  """The attention block of the default backend (DEFAULT_BLOCK_SIZE; 512 for other platforms)."""
+  return DEFAULT_BLOCK_SIZE.get(jax.default_backend(), 512)
 
 
 class MLP(nn.Module):
