@@ -240,6 +240,26 @@ def environment() -> dict:
           "devices": [str(d) for d in jax.devices()], "processes": jax.process_count()}
 
 
+def compare(first, second, compute, workdir: str, process: int, num_processes: int) -> dict:
+  """Runs this process's share of both phases (waiting for every process after each) and records its work.
+
+  -> on process 0, {"planned": units, "computed": {process: {"assigned", "computed"}}} once every process has
+  recorded its work; {} elsewhere.
+  """
+  computed = 0
+  for phase in (first, second):
+    computed += units.run(phase, compute, workdir, process, num_processes)
+    units.wait(phase, workdir, num_processes)
+  record = lambda p: os.path.join(workdir, "cache", "work", f"process-{p}.json")
+  assigned = len(units.assigned(first, process, num_processes)) + len(units.assigned(second, process, num_processes))
+  cache.write(record(process), {"computed": computed, "assigned": assigned}, producer=f"process {process}")
+  if process != 0:
+    return {}
+  units.wait_for_files([record(p) for p in range(num_processes)], workdir, num_processes)
+  return {"planned": len(first) + len(second),
+          "computed": {str(p): cache.read(record(p)) for p in range(num_processes)}}
+
+
 def run(cfg, workdir: str, lock_wait_s: float = 0.0) -> dict:
   """Runs the whole study; returns the summary written to workdir/summary.json (process 0; {} elsewhere)."""
   from xsim import activations as xa
@@ -272,20 +292,10 @@ def run(cfg, workdir: str, lock_wait_s: float = 0.0) -> dict:
         samples[b] = cache.cached(path, lambda: next_token.compute_samples(models.get(b), texts, s.next_token),
                                   producer=f"next-token samples of {b}")
     first, second = plan_units(s, pairs, stores, workdir)
-    compute = Computer(s, stores, tasks, texts, workdir, mesh, models, samples)
-    work = {"planned": len(first) + len(second), "computed": {}}
-    computed = 0
-    for phase in (first, second):
-      computed += units.run(phase, compute, workdir, process, num_processes)
-      units.wait(phase, workdir, num_processes)
-    cache.write(os.path.join(workdir, "cache", "work", f"process-{process}.json"),
-                {"computed": computed, "assigned": len(units.assigned(first, process, num_processes)) +
-                 len(units.assigned(second, process, num_processes))}, producer=f"process {process}")
+    work = compare(first, second, Computer(s, stores, tasks, texts, workdir, mesh, models, samples), workdir,
+                   process, num_processes)
     if process != 0:
       return {}
-    for p in range(num_processes):
-      work["computed"][str(p)] = cache.read(os.path.join(workdir, "cache", "work", f"process-{p}.json")) if \
-          os.path.exists(os.path.join(workdir, "cache", "work", f"process-{p}.json")) else None
     summary = assemble(s, pairs, stores, first, second, workdir, len(texts), work)
     results.write_json(os.path.join(workdir, "config.json"), cfg.to_dict())
     from experiments import report

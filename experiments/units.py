@@ -9,7 +9,6 @@ entries, so results do not depend on which process computed what. Process 0 alon
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import Callable, Optional, Sequence
@@ -82,19 +81,24 @@ def run(units: Sequence[Unit], compute: Callable[[Unit], object], workdir: str, 
   return computed
 
 
-def wait(units: Sequence[Unit], workdir: str, num_processes: int, timeout_s: float = 24 * 3600,
-         poll_s: float = 1.0) -> None:
+def wait(units: Sequence[Unit], workdir: str, num_processes: int, timeout_s: float = 24 * 3600) -> None:
   """Returns once every unit's entry is there; raises if another process recorded a failure, or on timeout."""
+  wait_for_files([u.path for u in units], workdir, num_processes, timeout_s, [u.label for u in units])
+
+
+def wait_for_files(paths: Sequence[str], workdir: str, num_processes: int, timeout_s: float = 24 * 3600,
+                   labels: Optional[Sequence[str]] = None, poll_s: float = 1.0) -> None:
+  """Returns once every path holds a verified entry; raises if a process recorded a failure, or on timeout."""
   deadline = time.time() + timeout_s
-  pending = list(units)
+  pending = list(zip(paths, labels or paths))
   while True:
-    pending = [u for u in pending if not cache.valid(u.path)]
+    pending = [(p, label) for p, label in pending if not cache.valid(p)]
     if not pending:
       return
     for p in range(num_processes):
       if os.path.exists(failure_path(workdir, p)):
-        failure = json.load(open(failure_path(workdir, p)))["payload"]
+        failure = cache.read(failure_path(workdir, p))
         raise RuntimeError(f"process {p} failed on {failure['unit']}: {failure['error']}")
     if time.time() > deadline:
-      raise TimeoutError(f"{len(pending)} units never appeared (first: {pending[0].label}); did a process die?")
+      raise TimeoutError(f"{len(pending)} results never appeared (first: {pending[0][1]}); did a process die?")
     time.sleep(poll_s)
