@@ -13,8 +13,10 @@ Workloads, on the same random float32 activations (target layer j is a noisy lin
                        of batching pairs from that of the statistics).
          Early stopping is off (patience above the number of evaluations) so every run takes every step.
          xsim's executed matmul FLOP/s is compared with plain float32 matmuls at HIGHEST precision.
-  ridge: `fit_linear_maps(method="ridge")` (one eigendecomposition per source layer, --lambdas penalties from
-         it) vs a per-pair jitted ridge solving (X'X + lambda I) W = X'Y for each lambda, and vs the optax loop.
+  ridge: `fit_linear_maps(method="ridge")` (one SVD per source layer, --lambdas penalties from it) vs a
+         per-pair jitted ridge solving (X'X + lambda I) W = X'Y for each lambda, and vs the optax loop.
+Accuracy: xsim's float32 ridge map on raw-activation-like features (scales log-spaced over 1e-2..1e2, four
+massive dimensions at 1e3; the published untuned penalty 1e-4 / 3000 per row) against float64 NumPy.
 Timing is per source layer, each workload right after the others, best of --rounds, so a busy machine slows all
 sides alike; the loops run on --loop_targets target layers per source layer and are extrapolated (printed).
 """
@@ -147,6 +149,28 @@ def ridge_pair_direct(x_train, y_train, x_val, y_val, x_test, y_test, lambdas):
   return transfer.r2_score(y_test, jnp.einsum("na,ab->nb", x_test, w, precision=Precision.HIGHEST))
 
 
+def raw_feature_accuracy(n: int, d: int, seed: int) -> tuple[float, float, float]:
+  """-> (condition number of the centred training rows, relative error of the weights, of the test-row
+  predictions) of xsim's float32 ridge map against float64 NumPy, on one raw-activation-like layer pair."""
+  rng = np.random.default_rng(seed)
+  scales = np.logspace(-2, 2, d)
+  scales[rng.choice(d, 4, replace=False)] = 1e3
+  x = ((rng.standard_normal((n, d)) + 3.0 * rng.standard_normal(d)) * scales).astype(np.float32)
+  mix = rng.standard_normal((d, d)) / scales[:, None] / np.sqrt(d)  # every dimension matters to the target
+  y = (x @ mix + 0.3 * rng.standard_normal((n, d))).astype(np.float32)
+  penalty = 1e-4 / 3000
+  fit = transfer.fit_linear_maps(x[None], y[None], method="ridge", penalties=[penalty], standardize=False,
+                                 seed=seed)
+  x64, y64 = x.astype(np.float64), y.astype(np.float64)
+  x_mean = x64[fit.split.train].mean(axis=0)
+  xc, yc = x64[fit.split.train] - x_mean, y64[fit.split.train] - y64[fit.split.train].mean(axis=0)
+  expected = np.linalg.solve(xc.T @ xc + penalty * len(xc) * np.eye(d), xc.T @ yc)
+  weight = fit.params["weight"][0].T.astype(np.float64)
+  test = x64[fit.split.test] - x_mean
+  relative = lambda a, b: float(np.linalg.norm(a - b) / np.linalg.norm(b))
+  return float(np.linalg.cond(xc)), relative(weight, expected), relative(test @ weight, test @ expected)
+
+
 def main(argv=None):
   a = parse_args(argv)
   L, n, d = a.layers, a.n, a.d
@@ -242,6 +266,10 @@ def main(argv=None):
   direct_r2 = results["loop, direct ridge", layer]
   print(f"held-out R^2 of planted pair ({layer}, {layer}): optax {optax_r2:.4f}, ridge {ridge_r2[layer]:.4f}; "
         f"ridge path vs direct solves: max |R^2 diff| {np.max(np.abs(ridge_r2[loop_targets] - direct_r2)):.1e}")
+
+  kappa, weight_error, prediction_error = raw_feature_accuracy(n, d, a.seed)
+  print(f"float32 vs float64 ridge map on raw features (kappa {kappa:.0e}, penalty 1e-4 / 3000 per row): relative "
+        f"error {weight_error:.1e} in the weights, {prediction_error:.1e} in the test predictions")
 
   pairs_out = [(f"xsim optax, chunk {c}", alt) for c in chunk_sizes
                for alt in ("loop, rows step", "loop, statistics step")]
