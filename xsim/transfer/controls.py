@@ -18,7 +18,7 @@ def fit_shuffled_maps(source, target, *, seed: int = 0, **fit_options) -> maps.L
   Args:
     source: [La, n, da]; target: [Lb, n, db].
     seed: seeds the split and the fit, as for the real maps; the row permutation is drawn from it too.
-    **fit_options: any other fit_linear_maps argument.
+    **fit_options: any other fit_linear_maps argument (mesh= shards the fit as for the real maps).
 
   Returns:
     LinearMapFit of the shuffled pairing.
@@ -36,7 +36,8 @@ def mean_predictor_r2(target, *, val_fraction: float = 0.2, test_fraction: float
     val_fraction, test_fraction, seed: as for fit_linear_maps, so the test rows are the same.
 
   Returns:
-    [Lb] R^2, at most 0 (the test rows' own mean would score exactly 0).
+    [Lb] R^2, at most 0 (the test rows' own mean would score exactly 0). One pass over the test rows, so it
+    takes no mesh.
   """
   splits.check_layers(target, "target")
   split = splits.make_split(target.shape[1], val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
