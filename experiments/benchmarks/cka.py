@@ -2,6 +2,7 @@
 
   python -m experiments.benchmarks.cka                      # La = Lb = 24, n = 4,096, d = 1,024 / 2,048
   python -m experiments.benchmarks.cka --n 1024 --layers 12 # quicker
+  python -m experiments.benchmarks.cka --devices 8          # also grid and null split over 8 forced CPU devices
 
 Workloads, on the same float32 arrays (random, with a shared latent so CKA is clearly positive: pytorch-cka
 clamps to [0, 1]):
@@ -13,11 +14,14 @@ clamps to [0, 1]):
   null: xsim `cka_matrix_null` (--permutations of the whole grid) vs calibrated-similarity's
         `calibrate_layers` with pytorch-cka as the pair measure, timed on a --peer_layers square sub-grid
         with one permutation and extrapolated per pair evaluation.
+  mesh: with --devices D > 1, `cka_matrix` and `cka_matrix_null` with `mesh=` (Gram tiles, layers and
+        permutations split over D forced CPU devices, which share the host's cores) vs one device.
 Peers are benchmark-only (`pip install pytorch-cka==1.1.3 calibrated-similarity==0.1.1`).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import jax
@@ -25,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from xsim import similarity as sim
+from xsim.activations.sharding import make_mesh
 from xsim.similarity.cka import gram_tiles
 
 
@@ -41,20 +46,29 @@ def parse_args(argv=None):
   p.add_argument("--repeats", type=int, default=2, help="interleaved timing rounds; each contender keeps its best")
   p.add_argument("--skip_peers", action="store_true", help="time xsim and the loop only")
   p.add_argument("--skip_null", action="store_true", help="skip the permutation-null workload")
+  p.add_argument("--devices", type=int, default=1, help="forced CPU devices; > 1 also times the mesh= paths")
   p.add_argument("--seed", type=int, default=0)
   return p.parse_args(argv)
 
 
-def make_data(layers: int, n: int, dx: int, dy: int, seed: int):
-  """-> xs [L, n, dx], ys [L, n, dy] float32 sharing a 32-dim latent (CKA well above 0)."""
+def make_data(layers: int, n: int, dx: int, dy: int, seed: int, layers_y: int | None = None):
+  """-> xs [L, n, dx], ys [Ly, n, dy] (Ly = layers_y or L) float32 sharing a 32-dim latent (CKA well above 0)."""
   rng = np.random.default_rng(seed)
   z = rng.standard_normal((n, 32), dtype=np.float32)
-  def model(d):
-    out = rng.standard_normal((layers, n, d), dtype=np.float32)
+  def model(count, d):
+    out = rng.standard_normal((count, n, d), dtype=np.float32)
     for layer in out:
       layer += z @ rng.standard_normal((32, d), dtype=np.float32)
     return out
-  return model(dx), model(dy)
+  return model(layers, dx), model(layers_y or layers, dy)
+
+
+def force_cpu_devices(count: int):
+  """Makes the host CPU count as `count` XLA devices; call before JAX's first computation (backends read
+  XLA_FLAGS once)."""
+  if count > 1:
+    flags = os.environ.get("XLA_FLAGS", "")
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
 
 
 def best_time(fn, repeats: int, warm_up: bool = True):
@@ -94,10 +108,12 @@ def executed_flops(layers: int, n: int, dx: int, dy: int, chunk: int) -> float:
 
 def main(argv=None):
   a = parse_args(argv)
+  force_cpu_devices(a.devices)  # before JAX's first computation
+  mesh = make_mesh(a.devices, 1) if a.devices > 1 else None
   L, n = a.layers, a.n
   xs_np, ys_np = make_data(L, n, a.dx, a.dy, a.seed)
   xs, ys = jnp.asarray(xs_np), jnp.asarray(ys_np)
-  print(f"devices: {jax.devices()}; La = Lb = {L}, n = {n}, dx = {a.dx}, dy = {a.dy}, float32, debiased")
+  print(f"devices: {len(jax.devices())} x {jax.devices()[0].platform}; La = Lb = {L}, n = {n}, dx = {a.dx}, dy = {a.dy}, float32, debiased")
   rows = []  # (workload, xsim seconds, alternative name, alternative seconds, note)
 
   # Grid. The machine's load drifts, so the contenders run in interleaved rounds and each keeps its best.
@@ -113,6 +129,9 @@ def main(argv=None):
       "loop": lambda: [loop_pair(xs_np[i], ys_np[j]) for i, j in pairs],
       "matmul": lambda: mm(mm_in).block_until_ready(),
   }
+  if mesh is not None:
+    grid_mesh = compiled(lambda p, q: sim.cka_matrix(p, q, debiased=True, chunk_size=a.chunk, mesh=mesh), xs, ys)
+    contenders["mesh"] = lambda: np.asarray(grid_mesh(xs, ys))
   if not a.skip_peers:
     import torch
     from cka import cka_from_features  # pytorch-cka
@@ -134,6 +153,9 @@ def main(argv=None):
     positive = peer > 0.05  # it clamps to [0, 1]: compare values only where CKA is clearly positive
     rows.append(("grid", t_xsim, "pytorch-cka 1.1.3", best["pytorch-cka"],
                  f"max |diff| {np.abs(peer - got)[positive].max():.1e} on {positive.sum()} pairs > 0.05"))
+  if mesh is not None:
+    rows.append((f"grid, mesh {a.devices}x1", best["mesh"], "xsim, 1 device", t_xsim,
+                 f"max |diff| {np.abs(out['mesh'] - got).max():.1e}"))
 
   # Throughput against the plain matmul of a Gram's shape, timed in the same rounds.
   rate_mm = 2.0 * n * n * side / best["matmul"]
@@ -162,6 +184,12 @@ def main(argv=None):
     t_null, null = best_time(lambda: null_fn(xs, ys).block_until_ready(), 1, warm_up=False)
     p_max = float(sim.p_value(got.max(), np.asarray(null).max((1, 2))))
     print(f"xsim null: {a.permutations} permutations in {t_null:.2f} s; p-value of the max pair {p_max:.4f}")
+    if mesh is not None:
+      null_mesh = compiled(lambda p, q: sim.cka_matrix_null(
+          p, q, key=key, num_permutations=a.permutations, chunk_size=a.chunk, mesh=mesh), xs, ys)
+      t_mesh, null_m = best_time(lambda: null_mesh(xs, ys).block_until_ready(), 1, warm_up=False)
+      rows.append((f"null, mesh {a.devices}x1", t_mesh, "xsim null, 1 device", t_null,
+                   f"max |diff| {np.abs(np.asarray(null_m) - np.asarray(null)).max():.1e}"))
     if not a.skip_peers:
       from calibrated_similarity import calibrate_layers
       s = min(a.peer_layers, L)

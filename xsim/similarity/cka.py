@@ -8,14 +8,15 @@ Linear CKA of every layer pair follows from linear HSIC of each pair and of each
   features: tr(K_a L_b) = |X_a' Y_b|_F^2, one x layer against all y layers at a time (memory: Lb * da * db).
 Float32 numerics. When d >> n the diagonal of a centered Gram (about d) dwarfs its other entries (about
 sqrt(d)), and tr(KL) - d_K.d_L cancels most digits. The gram path never forms that difference: its tiles
-hold K^ = K + c off the diagonal and 0 on it, with c = tr K / (n(n-1)) so that the entries average 0. The
-debiased estimator (Song et al. 2012) reads only off-diagonal entries and is unchanged by a constant added
-to all of them, and its row sums K^1 come from the same tiles, so no term of order d^2 cancels: within
-about 1e-6 of float64 down to n = 4 with d = 2,000 (tests/similarity/test_cka_numerics.py). The features
-path cannot separate the diagonal from |X'Y|_F^2 and loses about log10(d/n) digits of debiased HSIC;
-`choose_method` takes it only when n > L d, where that loss is nil.
+hold K^ = K + c off the diagonal and 0 on it, c minus the mean off-diagonal entry. The debiased estimator
+(Song et al. 2012) reads only off-diagonal entries and is unchanged by a constant added to all of them (or
+by a shift of the features, see gram_features), and its row sums K^1 come from the same tiles, so no term
+of order d^2 cancels: within 2e-6 of float64 down to n = 4 with d = 2,000 (tests/similarity/
+test_cka_numerics.py; 1e-3 before). The features path cannot separate the diagonal from |X'Y|_F^2: its
+debiased error grows like rounding x d / n (4e-6 at n = 64, d = 2,000; 1e-4 and more at n <= 8);
+choose_method takes it only when n > L d, where that loss is nil.
 Nothing is clamped to [0, 1]: debiased CKA of independent data is slightly negative half the time, and the
-null distributions in stats.py need that sign.
+permutation nulls (cka_null.py, grid.py) need that sign.
 """
 from __future__ import annotations
 
@@ -85,9 +86,12 @@ def gram_tiles(n: int, tile: int, devices: int = 1):
   """-> (tiles [T, 3] int32 rows (row block, column block, weight), padded n, tile side).
 
   Grams are symmetric, so only tiles on or above the diagonal are built; an off-diagonal tile stands for its
-  mirror too (weight 2). Weight-0 tiles pad T to a multiple of `devices`.
+  mirror too (weight 2). Tiles shrink below `tile` until there are at least `devices` of them (so that no
+  device only computes padding), and weight-0 tiles pad T to a multiple of `devices`.
   """
   blocks = -(-n // min(tile, n))
+  while blocks * (blocks + 1) // 2 < devices and blocks < n:
+    blocks += 1
   side = -(-n // blocks)
   pairs = [(i, j, 1 if i == j else 2) for i in range(blocks) for j in range(i, blocks)]
   pairs += [(0, 0, 0)] * (-len(pairs) % devices)
