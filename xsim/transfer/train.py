@@ -185,8 +185,8 @@ def model_step(settings: TrainSettings, params: dict, opt_state, batch, penalty)
   return optax.apply_updates(params, updates), opt_state
 
 
-def _masked(keep_old, old, new):
-  """Per-model select over pytrees whose leaves lead with the model axes of keep_old: [T, G]."""
+def masked(keep_old, old, new):
+  """Per-model select over pytrees whose leaves lead with the model axes of keep_old (e.g. [T, G] or [T])."""
 
   def pick(o, n):
     return jnp.where(keep_old.reshape(keep_old.shape + (1,) * (n.ndim - keep_old.ndim)), o, n)
@@ -234,7 +234,7 @@ def fit_sgd(settings: TrainSettings, x_train, y_train, x_val, y_val, penalties):
     val = val_all(state["params"], x_val, y_val)
     better = val < state["best_val"]
     bad = jnp.where(better, 0, state["bad"] + 1)
-    return dict(state, best_params=_masked(~better, state["best_params"], state["params"]),
+    return dict(state, best_params=masked(~better, state["best_params"], state["params"]),
                 best_val=jnp.where(better, val, state["best_val"]),
                 best_step=jnp.where(better, state["step"], state["best_step"]), bad=bad,
                 done=state["done"] | (bad >= settings.patience))
@@ -243,7 +243,7 @@ def fit_sgd(settings: TrainSettings, x_train, y_train, x_val, y_val, penalties):
     new_params, new_opt = step_all(state["params"], state["opt_state"], batch_of(schedule[state["step"]]),
                                    penalties)
     # A stopped model keeps its parameters; its optimizer state is never read again, so it is not masked.
-    state = dict(state, step=state["step"] + 1, params=_masked(state["done"], state["params"], new_params),
+    state = dict(state, step=state["step"] + 1, params=masked(state["done"], state["params"], new_params),
                  opt_state=new_opt)
     due = (state["step"] % settings.eval_every == 0) | (state["step"] == settings.steps)
     return jax.lax.cond(due, evaluate, lambda s: s, state)
