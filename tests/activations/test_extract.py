@@ -130,9 +130,10 @@ def test_overflow_is_an_error_or_a_logged_skip(models, tmp_path):
   texts = TEXTS[:3] + [long_text]
   with pytest.raises(ValueError, match="max_tokens=60"):
     xa.extract_activations(model, texts, max_tokens=60, store_dir=str(tmp_path / "e"), progress=False)
-  acts = xa.extract_activations(model, texts, max_tokens=60, on_overflow="skip", store_dir=str(tmp_path / "s"),
-                                progress=False)
+  acts = xa.extract_activations(model, texts + [long_text], max_tokens=60, on_overflow="skip", shard_size=2,
+                                store_dir=str(tmp_path / "s"), progress=False)  # the last shard gives no row
   assert sorted(set(acts.index["text"])) == [0, 1, 2]
+  assert acts.stats["num_rows"] == acts.num_rows == np.asarray(acts.array).shape[1]
 
 
 def test_texts_past_the_context_are_named_in_one_warning(models, tmp_path, caplog):

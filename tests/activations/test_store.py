@@ -161,7 +161,8 @@ def test_an_unfinished_shard_is_written_again(tmp_path):
   store = ActivationStore(str(tmp_path), _identity())
   acts = x[:, :SHARD_ROWS[0]]
   store.write_shard(0, acts, index[:SHARD_ROWS[0]], shard_stats(acts))
-  store._write_array(store._array(2), np.full((len(LAYERS), 5, HIDDEN), 7, np.float32))  # killed before its record
+  for k, rows in ((2, 5), (3, SHARD_ROWS[3])):  # killed before their records, one with another row count
+    store._write_array(store._array(k), np.full((len(LAYERS), rows, HIDDEN), 7, np.float32))
   with pytest.raises(IncompleteStore, match="not complete"):
     load_store(str(tmp_path))
   resumed = ActivationStore(str(tmp_path), _identity())

@@ -329,10 +329,16 @@ class ActivationStore:
                 "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": chunk}},
                 "chunk_key_encoding": {"name": "default"},
                 "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]}
+    # Chunks of zeros are written too: a read treats a missing chunk as damage, not as zeros.
+    spec = dict(_array_spec(path), metadata=metadata, store_data_equal_to_fill_value=True)
     try:
-      # Chunks of zeros are written too: a read treats a missing chunk as damage, not as zeros.
-      array = ts.open(dict(_array_spec(path), metadata=metadata, create=True, delete_existing=True,
-                           store_data_equal_to_fill_value=True)).result()
+      try:  # an existing array (an interrupted write, or another process writing the same shard) is opened and
+        # every chunk rewritten, each atomically, so a reader never sees a partial chunk
+        array = ts.open(dict(spec, create=True, open=True)).result()
+      except ValueError as e:
+        if not str(e).startswith("FAILED_PRECONDITION"):
+          raise
+        array = ts.open(dict(spec, create=True, delete_existing=True)).result()  # a leftover of another shape
       array.write(acts).result()
     except ValueError as e:
       code = re.search(r"os_error_code='(\d+)'", str(e))
