@@ -113,7 +113,8 @@ def main(argv=None):
   L, n = a.layers, a.n
   xs_np, ys_np = make_data(L, n, a.dx, a.dy, a.seed)
   xs, ys = jnp.asarray(xs_np), jnp.asarray(ys_np)
-  print(f"devices: {len(jax.devices())} x {jax.devices()[0].platform}; La = Lb = {L}, n = {n}, dx = {a.dx}, dy = {a.dy}, float32, debiased")
+  print(f"devices: {len(jax.devices())} x {jax.devices()[0].platform}; La = Lb = {L}, n = {n}, dx = {a.dx}, "
+        f"dy = {a.dy}, float32, debiased")
   rows = []  # (workload, xsim seconds, alternative name, alternative seconds, note)
 
   # Grid. The machine's load drifts, so the contenders run in interleaved rounds and each keeps its best.

@@ -35,6 +35,7 @@ from xsim.similarity.preprocess import Preprocess, as_preprocess, preprocess as 
 METHODS = ("auto", "gram", "features")
 KERNELS = ("linear", "rbf")
 
+
 class LinearHsic(NamedTuple):
   """Linear HSIC (biased or debiased) of every layer pair, xy [La, Lb], and of each layer with itself,
   xx [La] and yy [Lb]."""
@@ -61,9 +62,9 @@ def gram_hsic(cross, rows_dot, diag_dot, t_k, t_l, c_k, c_l, n: int, debiased: b
   """HSIC of centered Grams K, L from sums over K^ = (K + c_k)(11' - I) and L^ (any constants c_k, c_l):
   cross = sum K^ o L^, rows_dot = (K^1).(L^1), t = 1'K^1, diag_dot = diag K . diag L.
 
-  Debiased: Song et al.'s estimator of the off-diagonal entries, [cross - 2/(n-2) rows_dot + t_k t_l /
-  ((n-1)(n-2))] / (n(n-3)), exactly as for K~ itself (it is invariant to a constant added to every
-  off-diagonal entry). Biased: tr(KL) / (n-1)^2 with the shifts taken back out of the off-diagonal sum.
+  Debiased: Song et al.'s estimator, which reads only off-diagonal entries and is invariant to a constant
+  added to all of them: [cross - 2/(n-2) rows_dot + t_k t_l / ((n-1)(n-2))] / (n(n-3)), as for K itself.
+  Biased: tr(KL) / (n-1)^2 with the shifts taken back out of the off-diagonal sum.
   """
   if debiased:
     return (cross - 2.0 / (n - 2) * rows_dot + t_k * t_l / ((n - 1) * (n - 2))) / (n * (n - 3))
@@ -131,7 +132,8 @@ def gram_shift(x, n: int):
 
 
 def shifted_tile(x, tile, shift, n: int, side: int):
-  """x: [L, size, d] centered, tile: (I, J, weight), shift: [L] -> [L, side, side] block (I, J) of
+  """x: [L, size, d] (gram_features; rows beyond n zero), tile: (I, J, weight), shift: [L] -> [L, side, side]
+  block (I, J) of
   K^ = (K + shift)(11' - I): zero on the diagonal of K and on the padding rows and columns beyond n."""
   rows = lambda b: jax.lax.dynamic_slice_in_dim(x, tile[b] * side, side, axis=1)
   gram = jnp.einsum("aid,ajd->aij", rows(0), rows(1), precision=HIGHEST)

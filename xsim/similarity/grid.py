@@ -6,8 +6,8 @@ cka.py's all-pairs statistics; every other measure splits into a per-layer summa
 (La + Lb of them, not 2 La Lb), and a pair step over all pairs: mutual k-NN and RSA are one matmul of the
 flattened summaries, CKNNA, Procrustes and SVCCA a map over the x layers, each against all y layers at once.
 With a mesh, the layers (CKA: the Gram tiles) are split over its devices; the nulls and intervals split
-their resamples. Summaries stay in memory for the whole grid: (La + Lb) n^2 floats for the neighbour
-measures and RSA, (La + Lb) n min(n, d) for Procrustes and SVCCA, on every device.
+their resamples. Summaries stay in memory for the whole grid: (La + Lb) n^2 floats for mutual k-NN and RSA,
+twice that for CKNNA, (La + Lb) n min(n, d) for Procrustes and SVCCA, on every device.
 """
 from __future__ import annotations
 
@@ -36,6 +36,9 @@ OPTIONS = {
     "svcca": dict(keep=0.99, dims=None),
     "rsa": dict(rdm="correlation", compare="spearman"),
 }
+# Plain Python values, so equal settings hash alike (one compilation) whatever numeric types they came in.
+_AS = {"chunk_size": int, "k": int, "debiased": bool, "keep": float, "dims": lambda v: None if v is None else int(v),
+       "method": str, "rdm": str, "compare": str}
 
 
 class LayerMeasure(NamedTuple):
@@ -116,7 +119,7 @@ def grid_measure(measure: str, *, preprocess: str | Preprocess = "none", **optio
   unknown = sorted(set(options) - set(allowed))
   if unknown:
     raise ValueError(f"{measure} takes options {sorted(allowed)}, not {unknown}.")
-  o = {**allowed, **options}
+  o = {key: _AS[key](value) for key, value in {**allowed, **options}.items()}
   if measure in ("cka", "cka_debiased") and o["chunk_size"] < 1:
     raise ValueError(f"chunk_size={o['chunk_size']} must be a positive Gram tile side, e.g. 512.")
   if measure == "svcca":
@@ -209,7 +212,8 @@ def grid_null_max(measure: str, xs, ys, *, key: jax.Array, num_permutations: int
   caller passes, e.g. those scored).
 
   The same numbers as permutation_null(grid_measure(...), key=key).max((1, 2)), much faster: every layer's
-  summary (CKA: Gram) is built once and each permutation only reorders y's. `mesh` splits the summaries
+  summary (CKA: Gram, by cka_matrix_null whatever `method`) is built once and each permutation only reorders
+  y's. `mesh` splits the summaries
   (by layer) and the permutations over all its devices; batch_size vmaps that many permutations at a time
   (None: one at a time, fastest on CPU).
   """
