@@ -457,7 +457,7 @@ def test_chunked_dequantization_equals_whole_tensor(tmp_path, monkeypatch):
   monkeypatch.setattr(xsim_gguf, "_CHUNK_BYTES", 1)
   header = xsim_gguf._read_header(path)
   for name, info in header.tensors.items():
-    np.testing.assert_array_equal(xsim_gguf._dequantize(str(path), info), whole[name].reshape(info.shape),
+    np.testing.assert_array_equal(xsim_gguf._dequantize(str(path), info, np.float32), whole[name].reshape(info.shape),
                                   err_msg=name)
 
 

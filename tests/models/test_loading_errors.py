@@ -14,6 +14,7 @@ import transformers
 import xsim
 from tests.models.hf_tiny import make_checkpoint
 from tests.models.test_gguf import tiny_llama
+from xsim.models import gguf as xsim_gguf
 from xsim.models import model as model_lib
 from xsim.models.convert import convert_checkpoint
 from xsim.models.safetensors_io import SafetensorsCheckpoint
@@ -147,14 +148,19 @@ def test_misshaped_tensor_names_file_tensor_and_both_shapes(tmp_path, monkeypatc
 # Bounded memory: parameters are built and placed one at a time, in the target dtype, aligned for aliasing.
 
 
-def test_parameters_are_built_and_placed_one_at_a_time(tmp_path):
+def _llama_parts(tmp_path):
+  """A tiny llama checkpoint's ModelConfig, name table (top, per-layer) and lazy tensors."""
   make_checkpoint("llama", tmp_path)
   hf_config = transformers.AutoConfig.from_pretrained(tmp_path)
   family = model_lib.family_module(hf_config)
   config = family.config_from_hf(hf_config)
   top, per_layer = family.tensor_specs(config)
+  return config, top, per_layer, SafetensorsCheckpoint([str(tmp_path / "model.safetensors")])
+
+
+def test_parameters_are_built_and_placed_one_at_a_time(tmp_path):
+  config, top, per_layer, tensors = _llama_parts(tmp_path)
   expected = model_lib.param_shapes(config, jnp.bfloat16)
-  tensors = SafetensorsCheckpoint([str(tmp_path / "model.safetensors")])
   alive = []  # weak references to every host array handed to `place`
 
   def place(host):
@@ -170,18 +176,41 @@ def test_parameters_are_built_and_placed_one_at_a_time(tmp_path):
   assert flat == {path: ("placed", shape) for path, shape in expected.items()}
 
 
-def test_cpu_params_alias_the_converted_arrays(tmp_path):
-  """On CPU, jax.device_put keeps the aligned host array as the device buffer (no second copy of the weights)."""
-  make_checkpoint("llama", tmp_path)
-  host = {}
-  real_place = jax.device_put
+def test_name_table_must_match_the_module(tmp_path):
+  config, top, per_layer, tensors = _llama_parts(tmp_path)
+  expected = model_lib.param_shapes(config)
+  extra = {**top, ("final_norm", "bias"): top[("final_norm", "scale")]}
+  with pytest.raises(ValueError, match=r"mapped to parameters the module does not have: \['final_norm/bias'\]"):
+    convert_checkpoint(config, tensors, extra, per_layer, expected, np.float32)
+  del top[("embed",)]
+  with pytest.raises(ValueError, match=r"No weights mapped for parameters \['embed'\]"):
+    convert_checkpoint(config, tensors, top, per_layer, expected, np.float32)
+
+
+@pytest.mark.parametrize("source", ["safetensors", "gguf"])
+def test_cpu_params_alias_the_converted_arrays(tmp_path, monkeypatch, source):
+  """On CPU, jax.device_put keeps each aligned host array as the device buffer (no second copy of the weights);
+  a GGUF file's embedding is the dequantized array itself (no copy to convert it either)."""
+  if source == "gguf":
+    _, _, path = tiny_llama(tmp_path, tied=False)
+  else:
+    make_checkpoint("llama", tmp_path)
+    path = tmp_path
+  placed, dequantized = set(), set()
+  real_place, real_dequantize = jax.device_put, xsim_gguf._dequantize
 
   def recording_place(x):
-    host[x.ctypes.data] = x.shape
+    placed.add(x.ctypes.data)
     return real_place(x)
 
-  with pytest.MonkeyPatch.context() as m:
-    m.setattr(model_lib.jax, "device_put", recording_place)
-    model = xsim.load_model(str(tmp_path), load_tokenizer=False)
-  leaves = jax.tree_util.tree_leaves(model.params)
-  assert {leaf.unsafe_buffer_pointer() for leaf in leaves} == set(host)
+  def recording_dequantize(path, info, dtype):
+    w = real_dequantize(path, info, dtype)
+    dequantized.add(w.ctypes.data)
+    return w
+
+  monkeypatch.setattr(model_lib.jax, "device_put", recording_place)
+  monkeypatch.setattr(xsim_gguf, "_dequantize", recording_dequantize)
+  model = xsim.load_model(str(path), load_tokenizer=False)
+  assert {leaf.unsafe_buffer_pointer() for leaf in jax.tree_util.tree_leaves(model.params)} == placed
+  if source == "gguf":
+    assert model.params["params"]["embed"].unsafe_buffer_pointer() in dequantized

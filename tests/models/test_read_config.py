@@ -13,7 +13,7 @@ from xsim.models.safetensors_io import SafetensorsCheckpoint
 def _no_weights(monkeypatch):
   """Any read of tensor data fails the test."""
   monkeypatch.setattr(SafetensorsCheckpoint, "__getitem__", lambda self, name: pytest.fail(f"read {name}"))
-  monkeypatch.setattr(gguf, "_dequantize", lambda path, info: pytest.fail(f"dequantized {info.name}"))
+  monkeypatch.setattr(gguf, "_dequantize", lambda path, info, dtype: pytest.fail(f"dequantized {info.name}"))
 
 
 @pytest.mark.parametrize("variant", ["llama_tied_bias", "gemma3", "pythia"])

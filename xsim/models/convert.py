@@ -74,7 +74,8 @@ def convert_checkpoint(config: ModelConfig, tensors: Mapping[str, np.ndarray], t
   """Builds the parameter tree (what goes under "params") from HF `tensors`, one parameter at a time.
 
   tensors: HF tensor name -> array, read lazily if the mapping is. If it has `shape(name)` (and `file(name)`)
-    methods, as SafetensorsCheckpoint and GGUFTensors do, every shape is checked before any data is read.
+    methods, as SafetensorsCheckpoint and GGUFTensors do, every shape is checked before any data is read. If its
+    `fresh_arrays` is true (GGUFTensors), each access returns a new array nobody else holds, which may be kept.
   top/per_layer: parameter path -> TensorSpec; per-layer parameters get a leading layer axis.
   expected_shapes: path -> shape from `jax.eval_shape` of the module's init, to check every tensor.
   place: called on each finished parameter, a 64-byte-aligned host array in `dtype` (e.g. `jax.device_put`,
@@ -84,8 +85,10 @@ def convert_checkpoint(config: ModelConfig, tensors: Mapping[str, np.ndarray], t
   leaves = {path: (spec, False) for path, spec in top.items()}
   leaves.update({("layers", "block") + path: (spec, True) for path, spec in per_layer.items()})
   unmapped = sorted("/".join(p) for p in expected_shapes if p not in leaves)
-  if unmapped:
-    raise ValueError(f"No weights mapped for parameters {unmapped}: the {config.family} name table is incomplete.")
+  unknown = sorted("/".join(p) for p in leaves if p not in expected_shapes)
+  if unmapped or unknown:
+    raise ValueError(f"No weights mapped for parameters {unmapped}, and weights mapped to parameters the module does "
+                     f"not have: {unknown}; the {config.family} name table does not match the architecture.")
   sources = {path: [spec.name.format(i=i) for i in range(config.num_layers)] if stacked else [spec.name]
              for path, (spec, stacked) in leaves.items()}
   _check_names(config, tensors, sources)
@@ -93,13 +96,28 @@ def convert_checkpoint(config: ModelConfig, tensors: Mapping[str, np.ndarray], t
 
   params: dict = {}
   for path, (spec, stacked) in leaves.items():
-    out = _empty_aligned(expected_shapes[path], dtype)
-    for i, name in enumerate(sources[path]):
-      # Assignment casts to `dtype` as `astype` would, without a full-size temporary of the source dtype.
-      out[i if stacked else ...] = spec.transform(np.asarray(tensors[name]), config)
+    if stacked:
+      out = empty_aligned(expected_shapes[path], dtype)
+      for i, name in enumerate(sources[path]):
+        # Assignment casts to `dtype` as `astype` would, without a full-size temporary of the source dtype.
+        out[i] = spec.transform(np.asarray(tensors[name]), config)
+    else:
+      out = _top_level(tensors, spec, sources[path][0], config, dtype)
     _set(params, path, place(out))
     del out
   return params
+
+
+def _top_level(tensors: Mapping, spec: TensorSpec, name: str, config: ModelConfig, dtype) -> np.ndarray:
+  """A parameter without a layer axis, aligned and in `dtype`: the array read itself when the mapping hands
+  out new arrays (`fresh_arrays`) that already are (a large embedding is then never held twice)."""
+  w = spec.transform(np.asarray(tensors[name]), config)
+  if (getattr(tensors, "fresh_arrays", False) and w.dtype == dtype and w.flags.c_contiguous and w.flags.writeable
+      and w.ctypes.data % _ALIGN == 0):
+    return w
+  out = empty_aligned(w.shape, dtype)
+  out[...] = w
+  return out
 
 
 def _check_names(config: ModelConfig, tensors: Mapping, sources: dict[tuple, list[str]]) -> None:
@@ -165,7 +183,7 @@ def _where(tensors: Mapping, name) -> str:
   return tensors.file(name)
 
 
-def _empty_aligned(shape: tuple, dtype) -> np.ndarray:
+def empty_aligned(shape: tuple, dtype) -> np.ndarray:
   """np.empty(shape, dtype) whose data starts at a multiple of _ALIGN bytes."""
   dtype = np.dtype(dtype)
   nbytes = math.prod(shape) * dtype.itemsize

@@ -31,13 +31,15 @@ import re
 import struct
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 import ml_dtypes
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 from gguf.quants import dequantize
 from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
+
+from xsim.models.convert import empty_aligned
 
 _FLOAT_DTYPES = tuple(np.dtype(t) for t in (np.float16, np.float32, np.float64, ml_dtypes.bfloat16))
 _TENSOR_NAME = re.compile(r"(?:blk\.(?P<layer>\d+)\.)?(?P<stem>\w+)\.(?P<kind>weight|bias)")
@@ -100,18 +102,19 @@ class _Family:
     top: GGUF tensor stem outside the blocks -> HF module name.
     block: GGUF stem inside `blk.{i}` -> HF module name under `block_prefix.{i}`.
     block_prefix: "model.layers" or "gpt_neox.layers".
-    fix: (gguf name, float32 array in HF shape, config) -> the array as HF stores it.
+    fix: (gguf name, float32 array in HF shape, config) -> the array as HF stores it, for the tensors whose
+      GGUF names fully match the regex `fixed`; the others are stored as HF stores them.
   """
   model_type: str
   config_keys: dict[str, str]
   top: dict[str, str]
   block: dict[str, str]
   block_prefix: str
-  fix: Fix
+  fix: Optional[Fix] = None
+  fixed: str = ""
 
-
-def _no_fix(name: str, w: np.ndarray, config: PretrainedConfig) -> np.ndarray:
-  return w
+  def fixes(self, name: str) -> bool:
+    return self.fix is not None and re.fullmatch(self.fixed, name) is not None
 
 
 def _unpermute_llama_qk(name: str, w: np.ndarray, config: PretrainedConfig) -> np.ndarray:
@@ -121,10 +124,7 @@ def _unpermute_llama_qk(name: str, w: np.ndarray, config: PretrainedConfig) -> n
   therefore reorders each head's rows from [first half | second half] to [h0, s0, h1, s1, ...]
   (`LlamaModel.permute`, with the KV head count for k). transformers' GGUF loader undoes it the same way.
   """
-  stem = _TENSOR_NAME.fullmatch(name)["stem"]
-  if stem not in ("attn_q", "attn_k"):
-    return w
-  heads = config.num_attention_heads if stem == "attn_q" else config.num_key_value_heads
+  heads = config.num_attention_heads if ".attn_q." in name else config.num_key_value_heads
   rows = w.shape[0]
   # stored [head, pair j, half] -> HF [head, half, pair j]
   return w.reshape(heads, rows // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
@@ -135,13 +135,11 @@ def _unshift_gemma_norm(name: str, w: np.ndarray, config: PretrainedConfig) -> n
 
   transformers subtracts it for gemma2/gemma3 files too, but not for gemma (1), whose GGUF it cannot load.
   """
-  return w - np.float32(1.0) if name.endswith("norm.weight") else w
+  return w - np.float32(1.0)
 
 
 def _regroup_neox_qkv(name: str, w: np.ndarray, config: PretrainedConfig) -> np.ndarray:
   """llama.cpp stores GPT-NeoX's fused qkv as [q heads | k heads | v heads]; HF interleaves per head [q k v]."""
-  if _TENSOR_NAME.fullmatch(name)["stem"] != "attn_qkv":
-    return w
   heads = config.num_attention_heads
   return w.reshape(3, heads, -1, *w.shape[1:]).swapaxes(0, 1).reshape(w.shape)
 
@@ -166,24 +164,26 @@ _GEMMA2_BLOCK = {
     "post_ffw_norm": "post_feedforward_layernorm",
 }
 
+_GEMMA_NORMS = r".*norm\.weight"
 _FAMILIES = {
     # transformers reads llama's head_dim from the rotary width, which equals it for every Llama.
     "llama": _Family("llama", {**_DECODER_KEYS, "rope.dimension_count": "head_dim"}, _DECODER_TOP,
-                     _DECODER_BLOCK, "model.layers", _unpermute_llama_qk),
-    "qwen2": _Family("qwen2", _DECODER_KEYS, _DECODER_TOP, _DECODER_BLOCK, "model.layers", _no_fix),
+                     _DECODER_BLOCK, "model.layers", _unpermute_llama_qk, r"blk\.\d+\.attn_[qk]\.(weight|bias)"),
+    "qwen2": _Family("qwen2", _DECODER_KEYS, _DECODER_TOP, _DECODER_BLOCK, "model.layers"),
     # transformers leaves qwen3's head_dim at the class default (128, true of every released Qwen3).
-    "qwen3": _Family("qwen3", _GEMMA_KEYS, _DECODER_TOP, _DECODER_BLOCK, "model.layers", _no_fix),
-    "gemma": _Family("gemma", _GEMMA_KEYS, _DECODER_TOP, _DECODER_BLOCK, "model.layers", _unshift_gemma_norm),
+    "qwen3": _Family("qwen3", _GEMMA_KEYS, _DECODER_TOP, _DECODER_BLOCK, "model.layers"),
+    "gemma": _Family("gemma", _GEMMA_KEYS, _DECODER_TOP, _DECODER_BLOCK, "model.layers", _unshift_gemma_norm,
+                     _GEMMA_NORMS),
     # transformers ignores the soft-capping keys (its class defaults equal the released Gemma 2 values).
     "gemma2": _Family(
         "gemma2", {**_GEMMA_KEYS, "attention.sliding_window": "sliding_window",
                    "attn_logit_softcapping": "attn_logit_softcapping",
                    "final_logit_softcapping": "final_logit_softcapping"},
-        _DECODER_TOP, _GEMMA2_BLOCK, "model.layers", _unshift_gemma_norm),
+        _DECODER_TOP, _GEMMA2_BLOCK, "model.layers", _unshift_gemma_norm, _GEMMA_NORMS),
     "gemma3": _Family(
         "gemma3_text", {**_GEMMA_KEYS, "attention.sliding_window": "sliding_window",
                         "final_logit_softcapping": "final_logit_softcapping"},
-        _DECODER_TOP, _GEMMA2_BLOCK, "model.layers", _unshift_gemma_norm),
+        _DECODER_TOP, _GEMMA2_BLOCK, "model.layers", _unshift_gemma_norm, _GEMMA_NORMS),
     "gptneox": _Family(
         "gpt_neox", {"context_length": "max_position_embeddings", "block_count": "num_hidden_layers",
                      "feed_forward_length": "intermediate_size", "embedding_length": "hidden_size",
@@ -193,7 +193,7 @@ _FAMILIES = {
         {"token_embd": "gpt_neox.embed_in", "output_norm": "gpt_neox.final_layer_norm", "output": "embed_out"},
         {"attn_norm": "input_layernorm", "attn_qkv": "attention.query_key_value", "attn_output": "attention.dense",
          "ffn_norm": "post_attention_layernorm", "ffn_up": "mlp.dense_h_to_4h", "ffn_down": "mlp.dense_4h_to_h"},
-        "gpt_neox.layers", _regroup_neox_qkv),
+        "gpt_neox.layers", _regroup_neox_qkv, r"blk\.\d+\.attn_qkv\.(weight|bias)"),
 }
 SUPPORTED_ARCHITECTURES = tuple(_FAMILIES)
 
@@ -211,6 +211,8 @@ class GGUFTensors(Mapping):
   `dict(tensors)` materializes the whole state dict. `shape(name)` and `file(name)` read no data.
   """
 
+  fresh_arrays = True  # every access returns a new array (see convert_checkpoint)
+
   def __init__(self, path: str, tensors: dict[str, "_TensorInfo"], family: _Family, config: PretrainedConfig,
                dtype: np.dtype):
     self._path, self._tensors = path, tensors
@@ -218,8 +220,10 @@ class GGUFTensors(Mapping):
 
   def __getitem__(self, name: str) -> np.ndarray:
     info = self._tensors[name]
-    # float32 (what gguf.quants.dequantize returns) until llama.cpp's changes are undone, then `dtype`.
-    w = self._family.fix(info.name, _dequantize(self._path, info), self._config)
+    if not self._family.fixes(info.name):  # dequantized straight into `dtype`, chunk by chunk
+      return _dequantize(self._path, info, self._dtype)
+    # llama.cpp's changes are undone in float32 (what gguf.quants.dequantize returns), then cast to `dtype`.
+    w = self._family.fix(info.name, _dequantize(self._path, info, np.float32), self._config)
     return w.astype(self._dtype, copy=False)  # w is a fresh array, never a view of the file
 
   def __contains__(self, name) -> bool:  # Mapping's default would read the tensor
@@ -241,9 +245,9 @@ class GGUFTensors(Mapping):
 def read_gguf(path: str | os.PathLike, dtype: Any = np.float32) -> GGUFCheckpoint:
   """Read a GGUF file's metadata into an HF config and tokenizer source, and its tensors as a lazy state dict.
 
-  Each tensor is dequantized when accessed (float32, as `gguf.quants.dequantize` returns it), llama.cpp's value
-  changes are undone in float32, and only then is it cast to `dtype`; float32 results equal transformers' GGUF
-  loading bit for bit.
+  Each tensor is dequantized when accessed (float32, as `gguf.quants.dequantize` returns it) and cast to `dtype`:
+  chunk by chunk, or, for the tensors llama.cpp changed, after undoing the change in float32. float32 results
+  equal transformers' GGUF loading bit for bit.
 
   Args:
     path: a .gguf file of one of `SUPPORTED_ARCHITECTURES`.
@@ -406,9 +410,13 @@ def _read_header(path: str | os.PathLike) -> _Header:
   return _Header(meta, tensors)
 
 
-def _dequantize(path: str, info: _TensorInfo) -> np.ndarray:
-  """The tensor as float32 [info.shape], read and dequantized in chunks of rows (ggml blocks never span rows)."""
-  out = np.empty(info.shape, np.float32)
+def _dequantize(path: str, info: _TensorInfo, dtype) -> np.ndarray:
+  """The tensor as `dtype` [info.shape], read, dequantized (float32) and cast in chunks of rows (ggml blocks never
+  span rows), so no full-size float32 temporary exists for another dtype.
+
+  64-byte aligned, so a converter can hand it to JAX, which then aliases it on CPU instead of copying.
+  """
+  out = empty_aligned(info.shape, dtype)
   rows = out.reshape(-1, info.shape[-1])
   row_bytes = info.nbytes // len(rows)
   step = max(1, _CHUNK_BYTES // (4 * info.shape[-1]))

@@ -140,7 +140,7 @@ def _tokenizer(directory: str):
 
 def _load_gguf(path: str, dtype, load_tokenizer: bool) -> Model:
   from xsim.models import gguf
-  checkpoint = gguf.read_gguf(path)
+  checkpoint = gguf.read_gguf(path, resolve_dtype(dtype))  # tensors come in `dtype`: no float32 copy is kept
   tokenizer = gguf.build_tokenizer(checkpoint.tokenizer_source) if load_tokenizer else None
   model = from_hf_tensors(checkpoint.config, checkpoint.state_dict, dtype, tokenizer=tokenizer, name=path)
   _warn_dtype(model)
