@@ -101,11 +101,12 @@ def compute(data: PairData, samples_payload: dict, maps_settings: transfer_step.
     x_target = _prefix_activations(where(pair.b), lambda: models.get(pair.b), samples.prefixes,
                                    [data.layers_b[j] for j in ib], extraction)
     labels = samples.next_tokens
-    fit_probes = lambda x: transfer.fit_token_probes(x, labels, num_classes=settings.probe_classes, seed=seed)
+    fit_probes = lambda x: transfer.fit_token_probes(x, labels, num_classes=settings.probe_classes, seed=seed,
+                                                     mesh=mesh)
     target_probe, source_probe = fit_probes(x_target), fit_probes(x_source)
     maps = (fit.select(ia, ib), shuffled.select(ia, ib))
     out["token_probes"] = {str(k): transfer_step.probe_scores(*maps, target_probe, source_probe, x_source, labels,
-                                                              seed, k=k) for k in TOP_K}
+                                                              seed, k=k, mesh=mesh) for k in TOP_K}
   target = models.get(pair.b)
   patch = samples.take(np.flatnonzero(samples.text_index < settings.num_samples))
   rows, clean = [], patching.clean_logits(target, patch)

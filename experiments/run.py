@@ -80,7 +80,7 @@ def plan_units(s: Study, pairs, stores, workdir: str) -> tuple[list, list]:
                 "similarity", pair, seed if seeded else None, measure=measure, preprocess=prep, rows=rows,
                 path=units.entry_path(workdir, "similarity", (pair.a, pair.b, measure, prep, f"{rows[0]}-{rows[1]}"),
                                       *identity, measure, prep, settings, rows, seed if seeded else None)))
-      maps_identity = (*identity, s.transfer.fit_options(seed))
+      maps_identity = (*identity, s.transfer.fit_options(seed), transfer_step.SOLVERS_VERSION)
       first.append(units.Unit("maps", pair, seed, path=units.entry_path(
           workdir, "maps", (pair.a, pair.b, str(seed)), *maps_identity)))
       if pair.is_random:
@@ -114,7 +114,7 @@ class Computer:
     s, seed = self.s, unit.seed if unit.seed is not None else self.s.seeds[0]
     data = self.data(unit.pair, seed)
     if unit.kind == "similarity":
-      return similarity_step.compute(data, unit.measure, unit.preprocess, seed, unit.rows, s.similarity)
+      return similarity_step.compute(data, unit.measure, unit.preprocess, seed, unit.rows, s.similarity, self.mesh)
     if unit.kind == "maps":
       return transfer_step.compute_maps(data, s.transfer, seed, self.workdir, self.mesh)
     if unit.kind == "probes":

@@ -17,7 +17,8 @@ import numpy as np
 from experiments.extraction import PairData
 from xsim import layer_select
 
-MEASURES = ("cka", "cka_debiased", "mutual_knn")
+from xsim.similarity.grid import GRID_MEASURES as MEASURES
+
 # Measures whose permutation null and subsampling CI of the max are computed.
 WITH_STATISTICS = ("cka", "cka_debiased")
 
@@ -43,18 +44,22 @@ class Settings:
     resamples of the statistics and a random baseline's weights."""
     if measure in WITH_STATISTICS:
       return [self.permutations, self.ci_resamples, self.min_layer], True
-    return [self.knn_k], random_pair
+    return [self.knn_k] if measure in ("mutual_knn", "cknna") else [], random_pair
 
 
-def grid(measure: str, prep: str, xs, ys, knn_k: int) -> np.ndarray:
+def _options(measure: str, settings: Settings) -> dict:
+  return {"k": settings.knn_k} if measure in ("mutual_knn", "cknna") else {}
+
+
+def grid(measure: str, prep: str, xs, ys, settings: Settings, mesh=None) -> np.ndarray:
   """xs: [La, n, da], ys: [Lb, n, db] -> [La, Lb] float64 values of `measure` for every layer pair."""
   from xsim import similarity as sim
-  if measure in ("cka", "cka_debiased"):
-    return np.asarray(sim.cka_matrix(xs, ys, debiased=measure == "cka_debiased", preprocess=prep), np.float64)
-  return np.asarray([[float(sim.mutual_knn(x, y, k=knn_k, preprocess=prep)) for y in ys] for x in xs], np.float64)
+  return np.asarray(sim.similarity_grid(measure, xs, ys, preprocess=prep, mesh=mesh, **_options(measure, settings)),
+                    np.float64)
 
 
-def compute(data: PairData, measure: str, prep: str, seed: int, rows: tuple[int, int], settings: Settings) -> dict:
+def compute(data: PairData, measure: str, prep: str, seed: int, rows: tuple[int, int], settings: Settings,
+            mesh=None) -> dict:
   """{"matrix": [stop - start, Lb] values, "null_max": [P] or None, "subsample_max": [R] or None}.
 
   null_max / subsample_max are maxima over the chunk's scored layer pairs (None when the measure has no
@@ -63,7 +68,7 @@ def compute(data: PairData, measure: str, prep: str, seed: int, rows: tuple[int,
   from xsim import similarity as sim
   start, stop = rows
   xs = data.xs[start:stop]
-  out = {"matrix": grid(measure, prep, xs, data.ys, settings.knn_k).tolist(), "null_max": None,
+  out = {"matrix": grid(measure, prep, xs, data.ys, settings, mesh).tolist(), "null_max": None,
          "subsample_max": None}
   if measure not in WITH_STATISTICS:
     return out
@@ -72,14 +77,11 @@ def compute(data: PairData, measure: str, prep: str, seed: int, rows: tuple[int,
   if not len(ia):
     out.update(null_max=[-np.inf] * settings.permutations, subsample_max=[-np.inf] * settings.ci_resamples)
     return out
-  debiased = measure == "cka_debiased"
   xs, ys = xs[ia], data.ys[ib]
   key = jax.random.PRNGKey(seed)
-  null = np.asarray(sim.cka_matrix_null(xs, ys, key=key, num_permutations=settings.permutations, debiased=debiased,
-                                        preprocess=prep))
-  grid_max = lambda x, y: sim.cka_matrix(x, y, debiased=debiased, preprocess=prep).max()
-  samples = sim.subsample(grid_max, xs, ys, key=jax.random.fold_in(key, 1), num_resamples=settings.ci_resamples,
-                          batch_size=8)
-  out.update(null_max=null.reshape(len(null), -1).max(1).astype(np.float64).tolist(),
-             subsample_max=np.asarray(samples, np.float64).tolist())
+  options = dict(preprocess=prep, mesh=mesh, **_options(measure, settings))
+  null = sim.grid_null_max(measure, xs, ys, key=key, num_permutations=settings.permutations, **options)
+  samples = sim.grid_subsample_max(measure, xs, ys, key=jax.random.fold_in(key, 1),
+                                   num_resamples=settings.ci_resamples, batch_size=8, **options)
+  out.update(null_max=np.asarray(null, np.float64).tolist(), subsample_max=np.asarray(samples, np.float64).tolist())
   return out

@@ -36,9 +36,14 @@ class Settings:
                 standardize=self.standardize, penalties=None if self.penalties is None else list(self.penalties))
 
 
+# Part of every maps key: bump it when a solver's numbers change (2: ridge from the SVD of exactly centred rows).
+SOLVERS_VERSION = 2
+
+
 def maps_key(data: PairData, settings: Settings, seed: int) -> str:
-  """What a pair's maps depend on: its activations and the fit's options (not next-token or probe settings)."""
-  return cache.key(*data.identity, settings.fit_options(seed))
+  """What a pair's maps depend on: its activations, the fit's options (not next-token or probe settings) and the
+  solvers' version."""
+  return cache.key(*data.identity, settings.fit_options(seed), SOLVERS_VERSION)
 
 
 def fit_maps(data: PairData, settings: Settings, seed: int, workdir: str, mesh=None):
@@ -62,12 +67,13 @@ def compute_maps(data: PairData, settings: Settings, seed: int, workdir: str, me
           "r2_mean": np.asarray(mean_r2, np.float64).tolist()}
 
 
-def probe_scores(maps, shuffled, target_probe, source_probe, source_features, labels, seed: int, k: int = 1) -> dict:
+def probe_scores(maps, shuffled, target_probe, source_probe, source_features, labels, seed: int, k: int = 1,
+                 mesh=None) -> dict:
   """The probe transfer of the maps and of the shuffled-pair maps, as table columns per layer-pair position:
   {"mapped", "mapped_lo", "mapped_hi", "shuffled": [La, Lb], "target": [Lb], "source": [La], "majority": []}."""
   from xsim import transfer
   scores, floor = (transfer.probe_transfer(m, target_probe, source_probe, source_features, labels, k=k, seed=seed,
-                                           num_resamples=200) for m in (maps, shuffled))
+                                           num_resamples=200, mesh=mesh) for m in (maps, shuffled))
   as_list = lambda a: np.asarray(a, np.float64).tolist()
   return {"mapped": as_list(scores.mapped), "mapped_lo": as_list(scores.mapped_ci[..., 0]),
           "mapped_hi": as_list(scores.mapped_ci[..., 1]), "shuffled": as_list(floor.mapped),
@@ -81,6 +87,6 @@ def compute_task_probes(data: PairData, settings: Settings, seed: int, workdir: 
   fit, shuffled = fit_maps(data, settings, seed, workdir, mesh)
   fs, ft, rows = paired_arrays(store_a, store_b)
   labels = np.asarray(task.labels)[store_a.index["text"][rows]]
-  target_probe = transfer.fit_logistic_probes(ft, labels, seed=seed)
-  source_probe = transfer.fit_logistic_probes(fs, labels, seed=seed)
-  return probe_scores(fit, shuffled, target_probe, source_probe, fs, labels, seed)
+  target_probe = transfer.fit_logistic_probes(ft, labels, seed=seed, mesh=mesh)
+  source_probe = transfer.fit_logistic_probes(fs, labels, seed=seed, mesh=mesh)
+  return probe_scores(fit, shuffled, target_probe, source_probe, fs, labels, seed, mesh=mesh)

@@ -61,6 +61,9 @@ def _try_create(path: str, info: dict) -> bool:
     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
   except FileExistsError:
     return False
+  except OSError as e:
+    raise OSError(e.errno, f"Cannot write the lock {path} ({e.strerror}): the workdir must be writable; pass a "
+                           "writable --workdir (or free space on its disk).") from e
   with os.fdopen(fd, "w") as f:
     json.dump(info, f)
   return True
@@ -72,7 +75,10 @@ def lock(workdir: str, run_id: str, process: int, wait_s: float = 0.0, join_s: f
 
   Raises LockHeld naming the holder when another run holds it (after wait_s seconds of waiting).
   """
-  os.makedirs(workdir, exist_ok=True)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise OSError(e.errno, f"Cannot create the workdir {workdir} ({e.strerror}); pass a writable --workdir.") from e
   path = os.path.join(workdir, LOCK_NAME)
   info = {"host": socket.gethostname(), "pid": os.getpid(), "run_id": run_id,
           "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
