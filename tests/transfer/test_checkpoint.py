@@ -1,5 +1,7 @@
-"""Per-chunk orbax checkpoints: a rerun reads finished chunks back and refits only the missing ones."""
+"""Per-chunk checkpoints: a rerun reads finished chunks back, refits missing or damaged ones, and equals a fresh fit."""
 import json
+import logging
+import os
 import shutil
 
 import numpy as np
@@ -9,9 +11,11 @@ from xsim import transfer
 from xsim.transfer import checkpoint
 
 OPTIONS = dict(method="adam", steps=60, batch_size=64, eval_every=20, patience=2, chunk_size=2)
+# 2 source layers x (2 + 1) targets = 4 chunks; chunk 2 = source layer 1, targets 0 and 1.
+CHUNK2_PAIRS = [[1, 0], [1, 1]]
 
 
-@pytest.fixture(name="data")
+@pytest.fixture(scope="module", name="data")
 def _data():
   rng = np.random.default_rng(0)
   source = rng.normal(size=(2, 300, 5)).astype(np.float32)
@@ -19,34 +23,102 @@ def _data():
   return source, target.astype(np.float32)
 
 
+@pytest.fixture(scope="module", name="fresh")
+def _fresh(data, tmp_path_factory):
+  """A fit from scratch and the checkpoint directory it wrote (copy it before changing it)."""
+  directory = tmp_path_factory.mktemp("fresh")
+  fit = transfer.fit_linear_maps(*data, checkpoint_dir=str(directory), **OPTIONS)
+  assert fit.restored_chunks == ()
+  return fit, directory
+
+
 def _assert_same(a, b):
   np.testing.assert_array_equal(a.r2, b.r2)
   np.testing.assert_array_equal(a.best_step, b.best_step)
   np.testing.assert_array_equal(a.penalty, b.penalty)
+  assert a.params.keys() == b.params.keys()
   for name in a.params:
+    assert a.params[name].dtype == b.params[name].dtype
     np.testing.assert_array_equal(a.params[name], b.params[name])
 
 
-def test_rerun_resumes_finished_chunks_with_identical_results(data, tmp_path):
-  source, target = data
-  fresh = transfer.fit_linear_maps(source, target, checkpoint_dir=str(tmp_path), **OPTIONS)
-  assert fresh.restored_chunks == ()  # 2 source layers x (2 + 1) targets = 4 chunks, all fit
-  resumed = transfer.fit_linear_maps(source, target, checkpoint_dir=str(tmp_path), **OPTIONS)
+def _copy(directory, tmp_path):
+  return shutil.copytree(directory, tmp_path / "maps")
+
+
+def test_rerun_resumes_finished_chunks_with_identical_results(data, fresh, tmp_path):
+  fit, directory = fresh
+  directory = _copy(directory, tmp_path)
+  resumed = transfer.fit_linear_maps(*data, checkpoint_dir=str(directory), **OPTIONS)
   assert resumed.restored_chunks == (0, 1, 2, 3)
-  _assert_same(fresh, resumed)
+  _assert_same(fit, resumed)
 
   # An interrupted run: chunk 2 never finished. Chunk 1 is marked so reading it back (not refitting) shows.
-  shutil.rmtree(tmp_path / "chunk_00002")
-  store = checkpoint.ChunkStore(str(tmp_path), _stored_settings(tmp_path))
-  marked = store.load(1)
+  os.remove(directory / "chunk_00002.json")
+  store = checkpoint.ChunkStore(str(directory), _stored_settings(directory))
+  marked = store.load(1, [[0, 2]])
   marked["r2"] = np.full_like(marked["r2"], -7.0)
-  shutil.rmtree(tmp_path / "chunk_00001")
-  store.save(1, marked)
-  partial = transfer.fit_linear_maps(source, target, checkpoint_dir=str(tmp_path), **OPTIONS)
+  store.save(1, [[0, 2]], marked)
+  partial = transfer.fit_linear_maps(*data, checkpoint_dir=str(directory), **OPTIONS)
   assert partial.restored_chunks == (0, 1, 3)
   assert partial.r2[0, 2] == -7.0  # chunk 1 = source layer 0, target layer 2
-  np.testing.assert_array_equal(partial.r2[1], fresh.r2[1])  # chunk 2 refit identically
-  np.testing.assert_array_equal(partial.params["weight"][3:], fresh.params["weight"][3:])
+  np.testing.assert_array_equal(partial.r2[1], fit.r2[1])  # chunk 2 refit identically
+  np.testing.assert_array_equal(partial.params["weight"][3:], fit.params["weight"][3:])
+
+
+def _flip(path, where):
+  data = bytearray(path.read_bytes())
+  position = {"start": 0, "middle": len(data) // 2, "end": len(data) - 1}[where]
+  data[position] ^= 0x5A
+  path.write_bytes(bytes(data))
+
+
+DAMAGE = {
+    "npz start flipped (zip header)": lambda d: _flip(d / "chunk_00002.npz", "start"),
+    "npz middle flipped (array data)": lambda d: _flip(d / "chunk_00002.npz", "middle"),
+    "npz end flipped (zip directory)": lambda d: _flip(d / "chunk_00002.npz", "end"),
+    "npz truncated": lambda d: os.truncate(d / "chunk_00002.npz", os.path.getsize(d / "chunk_00002.npz") // 2),
+    "npz deleted": lambda d: os.remove(d / "chunk_00002.npz"),
+    "record flipped": lambda d: _flip(d / "chunk_00002.json", "middle"),
+    "record truncated": lambda d: os.truncate(d / "chunk_00002.json", 10),
+    "record of other pairs": lambda d: (d / "chunk_00002.json").write_text(
+        json.dumps(dict(json.loads((d / "chunk_00002.json").read_text()), pairs=[[1, 2]]))),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_damaged_chunk_is_named_deleted_and_refit_identically(data, fresh, tmp_path, caplog, damage):
+  fit, directory = fresh
+  directory = _copy(directory, tmp_path)
+  DAMAGE[damage](directory)
+  with caplog.at_level(logging.WARNING):
+    refit = transfer.fit_linear_maps(*data, checkpoint_dir=str(directory), **OPTIONS)
+  assert refit.restored_chunks == (0, 1, 3)
+  _assert_same(fit, refit)
+  warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert len(warnings) == 1, warnings
+  assert str(directory) in warnings[0] and "chunk 2 " in warnings[0]
+  assert "method adam" in warnings[0] and str(CHUNK2_PAIRS) in warnings[0]
+  # The refit chunk was saved again, verified: a third run reads every chunk back.
+  caplog.clear()
+  again = transfer.fit_linear_maps(*data, checkpoint_dir=str(directory), **OPTIONS)
+  assert again.restored_chunks == (0, 1, 2, 3) and not caplog.records
+  _assert_same(fit, again)
+
+
+def test_save_killed_midway_does_not_break_the_next_save(data, fresh, tmp_path, caplog):
+  """kill -9 during a save leaves a temporary file, or the arrays without their record; neither is read and
+  the next run saves the chunk over them."""
+  fit, directory = fresh
+  directory = _copy(directory, tmp_path)
+  os.remove(directory / "chunk_00002.json")
+  _flip(directory / "chunk_00002.npz", "middle")  # arrays renamed into place, killed before the record
+  (directory / ".tmp-kq3z_chunk_00002.npz").write_bytes(b"PK\x03\x04partial")  # killed while writing
+  with caplog.at_level(logging.WARNING):
+    resumed = transfer.fit_linear_maps(*data, checkpoint_dir=str(directory), **OPTIONS)
+  assert resumed.restored_chunks == (0, 1, 3) and not caplog.records  # an unfinished chunk is no damage
+  _assert_same(fit, resumed)
+  assert transfer.fit_linear_maps(*data, checkpoint_dir=str(directory), **OPTIONS).restored_chunks == (0, 1, 2, 3)
 
 
 def test_checkpoint_dir_of_other_settings_is_refused(data, tmp_path):
@@ -57,6 +129,9 @@ def test_checkpoint_dir_of_other_settings_is_refused(data, tmp_path):
                              chunk_size=3)
   with pytest.raises(ValueError, match="other settings .*data"):
     transfer.fit_linear_maps(source, target * 2, method="ridge", checkpoint_dir=str(tmp_path), chunk_size=3)
+  (tmp_path / "settings.json").write_text("{\"method\": ")
+  with pytest.raises(ValueError, match="settings.json is unreadable.*delete the directory"):
+    transfer.fit_linear_maps(source, target, method="ridge", checkpoint_dir=str(tmp_path), chunk_size=3)
 
 
 def _stored_settings(directory):

@@ -6,7 +6,7 @@
 
 Modules: splits (row split, standardization), ridge / procrustes / train (the three ways to fit a chunk of
 pairs), maps (the sweep driver), controls (shuffled-pair and mean floors), probes (logistic and token probes,
-probe-transfer table), metrics (R^2, patching scores, bootstrap CIs), checkpoint (per-chunk orbax checkpoints).
+probe-transfer table), metrics (R^2, patching scores, bootstrap CIs), checkpoint (verified per-chunk checkpoints).
 """
 from xsim.transfer.controls import fit_shuffled_maps, mean_predictor_r2
 from xsim.transfer.maps import LinearMapFit, fit_linear_maps

@@ -121,7 +121,8 @@ def fit_linear_maps(source, target, *, method: str = "adam", pairs: Union[str, S
     chunk_size: target layers fit together per chunk; None for all targets of a source layer. With a mesh it
       must be a multiple of the mesh size.
     mesh: shard each chunk's target axis over all devices of this mesh.
-    checkpoint_dir: save each finished chunk here and, on a rerun, read finished chunks back.
+    checkpoint_dir: save each finished chunk here and, on a rerun, read finished chunks back (checked against
+      their SHA-256; a damaged chunk is logged and fit again).
     keep_maps: keep the parameters in the result (needed by `predict`); False keeps only scores.
     standardize: scale inputs and targets to unit training-row std (default). False only centres them, which
       with a fixed tiny penalty reproduces the published study's untuned ridge on raw activations.
@@ -162,8 +163,9 @@ def fit_linear_maps(source, target, *, method: str = "adam", pairs: Union[str, S
   fit_chunk = _chunk_function(method, settings, penalties, mesh)
   results, restored = [], []
   for index, (layer, rows) in enumerate(_plan_chunks(pairs, chunk_size)):
-    if store is not None and store.has(index):
-      results.append(store.load(index))
+    result = None if store is None else store.load(index, pairs[rows])
+    if result is not None:
+      results.append(result)
       restored.append(index)
       continue
     targets = np.resize(pairs[rows, 1], chunk_size)  # padding repeats real targets; dropped below
@@ -172,7 +174,7 @@ def fit_linear_maps(source, target, *, method: str = "adam", pairs: Union[str, S
                     split.test)
     result = jax.tree_util.tree_map(lambda a: np.asarray(a)[:len(rows)], out)
     if store is not None:
-      store.save(index, result)
+      store.save(index, pairs[rows], result)
     results.append(result)
 
   merged = jax.tree_util.tree_map(lambda *parts: np.concatenate(parts), *results)
