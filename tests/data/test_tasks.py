@@ -1,4 +1,4 @@
-"""Tests for the probe tasks: Task, subsample, the offline statement tasks, the HF task loaders, load_task."""
+"""Tests for the probe tasks: Task, sample_examples, the offline statement tasks, the HF task loaders, load_task."""
 import collections
 import re
 import sys
@@ -10,7 +10,7 @@ import pytest
 from xsim.data import statements
 from xsim.data.sources import DataUnavailableError
 from xsim.data.statements import load_countries, names_overlap, number_to_words
-from xsim.data.task import Task, subsample
+from xsim.data.task import Task, sample_examples
 from xsim.data.tasks import OFFLINE_TASKS, TASKS, load_task
 from tests.data.fakes import FakeDataset
 
@@ -39,7 +39,7 @@ def _parse(text, templates):
   raise AssertionError(f"{text!r} matches no template")
 
 
-# --- Task and subsample -----------------------------------------------------------------------------
+# --- Task and sample_examples -----------------------------------------------------------------------
 
 
 def test_task_validates_its_fields():
@@ -57,21 +57,21 @@ def test_task_validates_its_fields():
     Task("ab", [0, 1], "t", "d")
 
 
-def test_subsample_balances_and_keeps_pairs():
+def test_sample_examples_balances_and_keeps_pairs():
   texts = [f"text {i}" for i in range(100)]
   labels = (np.arange(100) % 5 == 0).astype(int)  # 20 positives, 80 negatives
   truth = dict(zip(texts, labels))
   for num in (10, 11, None):
-    out_texts, out_labels = subsample(texts, labels, num, seed=0)
+    out_texts, out_labels = sample_examples(texts, labels, num, seed=0)
     counts = np.bincount(out_labels, minlength=2)
     assert abs(counts[0] - counts[1]) <= 1
     assert len(out_texts) == (40 if num is None else num) == len(set(out_texts))
     assert [truth[t] for t in out_texts] == list(out_labels)
-  assert subsample(texts, labels, 10, seed=0)[0] == subsample(texts, labels, 10, seed=0)[0]
-  assert subsample(texts, labels, 10, seed=0)[0] != subsample(texts, labels, 10, seed=1)[0]
+  assert sample_examples(texts, labels, 10, seed=0)[0] == sample_examples(texts, labels, 10, seed=0)[0]
+  assert sample_examples(texts, labels, 10, seed=0)[0] != sample_examples(texts, labels, 10, seed=1)[0]
   with pytest.raises(ValueError, match="at most 40"):
-    subsample(texts, labels, 41, seed=0)
-  out_texts, out_labels = subsample(texts, labels, None, seed=0, balance=False)
+    sample_examples(texts, labels, 41, seed=0)
+  out_texts, out_labels = sample_examples(texts, labels, None, seed=0, balance=False)
   assert sorted(out_texts) == sorted(texts) and out_labels.sum() == 20
 
 

@@ -5,6 +5,6 @@ from xsim.data.sources import (DataUnavailableError, load_hf_dataset, load_hf_te
 from xsim.data.statements import (capitals_task, cities_task, comparison_task, load_countries,
                                   number_to_words)
 from xsim.data.hf_tasks import ag_news_sports_task, sst2_task, toxigen_task
-from xsim.data.task import Task, subsample
+from xsim.data.task import Task, sample_examples
 from xsim.data.tasks import OFFLINE_TASKS, TASKS, load_task
 from xsim.data.text import cut_text, next_word_split, normalize_whitespace, text_hash, word_spans

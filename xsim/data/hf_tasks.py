@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from xsim.data.sources import hf_column, load_hf_dataset
-from xsim.data.task import Task, subsample
+from xsim.data.task import Task, sample_examples
 
 SST2_SOURCES = {"stanfordnlp/sst2": ("stanfordnlp/sst2", None), "glue": ("nyu-mll/glue", "sst2")}
 AG_NEWS = "fancyzhx/ag_news"
@@ -41,7 +41,7 @@ def sst2_task(num_examples: int | None = None, seed: int = 0, split: str = "trai
     raise ValueError(f"{name!r} split {split!r} has no labels (its labels are -1); use 'train' or "
                      "'validation'.")
   texts = [t for t, k in zip(texts, keep) if k]
-  texts, labels = subsample(texts, labels[keep], num_examples, seed, balance, source=f"SST-2 {split}")
+  texts, labels = sample_examples(texts, labels[keep], num_examples, seed, balance, source=f"SST-2 {split}")
   return Task(texts, labels, "sst2", f"SST-2 sentiment ({name}, {split}): 1 = positive, 0 = negative.")
 
 
@@ -51,8 +51,8 @@ def ag_news_sports_task(num_examples: int | None = None, seed: int = 0, split: s
   dataset = load_hf_dataset(AG_NEWS, split, None, revision)
   texts = _texts(hf_column(dataset, "text", AG_NEWS), AG_NEWS)
   labels = (np.asarray(hf_column(dataset, "label", AG_NEWS), dtype=np.int64) == AG_NEWS_SPORTS)
-  texts, labels = subsample(texts, labels.astype(np.int64), num_examples, seed, balance,
-                            source=f"AG News {split}")
+  texts, labels = sample_examples(texts, labels.astype(np.int64), num_examples, seed, balance,
+                                  source=f"AG News {split}")
   return Task(texts, labels, "ag_news_sports",
               f"AG News ({AG_NEWS}, {split}): 1 = Sports, 0 = World, Business or Sci/Tech.")
 
@@ -68,6 +68,6 @@ def toxigen_task(num_examples: int | None = None, seed: int = 0, split: str = "t
   texts = _texts(hf_column(dataset, "text", name), name)
   scores = np.asarray(hf_column(dataset, "toxicity_human", name), dtype=np.float64)
   labels = (scores >= threshold).astype(np.int64)
-  texts, labels = subsample(texts, labels, num_examples, seed, balance, source=f"ToxiGen {split}")
+  texts, labels = sample_examples(texts, labels, num_examples, seed, balance, source=f"ToxiGen {split}")
   return Task(texts, labels, "toxigen",
               f"ToxiGen annotated ({split}): 1 = toxic (toxicity_human >= {threshold}), 0 = not.")

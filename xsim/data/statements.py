@@ -25,7 +25,7 @@ import unicodedata
 
 import numpy as np
 
-from xsim.data.task import Task, subsample
+from xsim.data.task import Task, sample_examples
 
 COUNTRY_TABLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tables", "countries.csv")
 
@@ -117,7 +117,7 @@ def cities_task(num_examples: int | None = None, seed: int = 0) -> Task:
   forbidden = [{i} | {index[s] for s in c.shared_city_name_in if s in index} for i, c in enumerate(rows)]
   rng = np.random.default_rng(seed)
   texts, labels = _paired_statements(rows, CITY_TEMPLATES, forbidden, rng)
-  texts, labels = subsample(texts, labels, num_examples, seed=int(rng.integers(2**31)), source="cities")
+  texts, labels = sample_examples(texts, labels, num_examples, seed=int(rng.integers(2**31)), source="cities")
   return Task(texts, labels, "cities",
               f"Is the city (a national capital) in the named country? 1 = true, 0 = false. Templates: "
               f"{list(CITY_TEMPLATES)}; {len(rows)} countries from xsim/data/tables/countries.csv.")
@@ -129,7 +129,7 @@ def capitals_task(num_examples: int | None = None, seed: int = 0) -> Task:
   forbidden = [{i} for i in range(len(rows))]
   rng = np.random.default_rng(seed)
   texts, labels = _paired_statements(rows, CAPITAL_TEMPLATES, forbidden, rng)
-  texts, labels = subsample(texts, labels, num_examples, seed=int(rng.integers(2**31)), source="capitals")
+  texts, labels = sample_examples(texts, labels, num_examples, seed=int(rng.integers(2**31)), source="capitals")
   return Task(texts, labels, "capitals",
               f"Is the city the capital of the named country? 1 = true, 0 = false. Templates: "
               f"{list(CAPITAL_TEMPLATES)}; {len(rows)} countries with one undisputed capital.")
@@ -165,7 +165,7 @@ def comparison_task(relation: str = "larger", num_examples: int | None = None, s
         texts.append(f"{first[0].upper()}{first[1:]} is {relation} than {number_to_words(b)}.")
         labels.append(int(a > b) if relation == "larger" else int(a < b))
   name = f"{relation}_than"
-  texts, labels = subsample(texts, labels, num_examples, seed, source=name)
+  texts, labels = sample_examples(texts, labels, num_examples, seed, source=name)
   return Task(texts, labels, name,
               f"Is the first number {relation} than the second? 1 = true, 0 = false. Numbers "
               f"{low}..{high} in words, every ordered pair of distinct numbers.")

@@ -1,4 +1,4 @@
-"""The binary classification task a probe is trained and scored on, and class-balanced subsampling."""
+"""The binary classification task a probe is trained and scored on, and seeded (class-balanced) example sampling."""
 from __future__ import annotations
 
 import dataclasses
@@ -39,9 +39,9 @@ class Task:
     return len(self.texts)
 
 
-def subsample(texts: Sequence[str], labels: Sequence[int], num_examples: int | None, seed: int,
+def sample_examples(texts: Sequence[str], labels: Sequence[int], num_examples: int | None, seed: int,
               balance: bool = True, source: str = "task") -> tuple[list[str], np.ndarray]:
-  """Seeded subsample of (texts, labels): [k] texts and [k] labels in a seeded random order.
+  """Seeded sample of examples (texts, labels): [k] texts and [k] labels in a seeded random order.
 
   balance=True: equal counts of 0 and 1 (num_examples // 2 negatives and the rest positives, so the
   classes differ by at most one); num_examples=None takes as many of each as the smaller class has.
