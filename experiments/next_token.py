@@ -114,7 +114,7 @@ def compute(data: PairData, samples_payload: dict, maps_settings: transfer_step.
   for i, j in matched:
     x = x_patch[ia.index(i)]
     own = patching.own_activations(target, patch, data.layers_b[j])
-    scores = {name: patching.patching_scores(target, patch, data.layers_b[j], values, clean=clean)
+    scores = {name: patching.patched_scores(target, patch, data.layers_b[j], values, clean=clean)
               for name, values in (("mapped", np.asarray(fit.predict(i, j, x))),
                                    ("shuffled", np.asarray(shuffled.predict(i, j, x))),
                                    ("mean_ablation", np.broadcast_to(own.mean(0), own.shape)))}

@@ -5,6 +5,7 @@ import pytest
 import xsim
 from tests.activations.tiny import TEXTS, make_model_dir
 from xsim.activations import patching
+from xsim.transfer import metrics
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def test_labels_come_from_the_text_after_the_cut(target, samples):
 @pytest.mark.parametrize("layer", [0, 2, 3])
 def test_identity_patch_has_zero_kl_and_full_agreement(target, samples, layer):
   own = patching.own_activations(target, samples, layer)
-  scores = patching.patching_scores(target, samples, layer, own)
+  scores = patching.patched_scores(target, samples, layer, own)
   np.testing.assert_allclose(scores["kl"], 0.0, atol=1e-6)
   np.testing.assert_array_equal(scores["top1_agreement"], 1.0)
   np.testing.assert_array_equal(scores["next_token_accuracy"], scores["clean_accuracy"])
@@ -37,7 +38,7 @@ def test_identity_patch_has_zero_kl_and_full_agreement(target, samples, layer):
 def test_mean_ablation_moves_the_prediction(target, samples):
   own = patching.own_activations(target, samples, 2)
   ablated = np.broadcast_to(own.mean(0), own.shape)  # the mean-ablation baseline
-  scores = patching.patching_scores(target, samples, 2, ablated)
+  scores = patching.patched_scores(target, samples, 2, ablated)
   assert scores["kl"].mean() > 1e-3 and scores["top1_agreement"].mean() < 1.0
 
 
@@ -45,7 +46,7 @@ def test_reference_kl_in_numpy(target, samples):
   """KL from a direct forward pass with the patched vector written in by hand (float64 NumPy)."""
   own = patching.own_activations(target, samples, 1)
   values = own + np.random.default_rng(1).normal(size=own.shape).astype(np.float32)
-  scores = patching.patching_scores(target, samples, 1, values)
+  scores = patching.patched_scores(target, samples, 1, values)
   k = 0
   ids = samples.ids[k][None]
   clean = np.asarray(target.forward(ids).logits[0, samples.positions[k]], np.float64)
@@ -54,8 +55,28 @@ def test_reference_kl_in_numpy(target, samples):
   log_p = clean - np.logaddexp.reduce(clean)
   log_q = patched - np.logaddexp.reduce(patched)
   assert scores["kl"][k] == pytest.approx(np.sum(np.exp(log_p) * (log_p - log_q)), rel=1e-4, abs=1e-6)
+  assert scores["top1_agreement"][k] == float(clean.argmax() == patched.argmax())
+  assert scores["next_token_accuracy"][k] == float(patched.argmax() == samples.next_tokens[k])
+  assert scores["clean_accuracy"][k] == float(clean.argmax() == samples.next_tokens[k])
+
+
+def test_batches_are_scored_in_sample_order(target, samples, monkeypatch):
+  """Several batches, the last one padded: each sample's scores land in its own row. The forward pass is
+  replaced by a fixed linear read-out of the written vector, so no model is compiled."""
+  rng = np.random.default_rng(2)
+  n, d, vocab = len(samples.ids), target.config.hidden_size, target.config.vocab_size
+  readout = rng.normal(size=(d, vocab)).astype(np.float32)
+  monkeypatch.setattr(patching, "_logits_at", lambda model, ids, mask, positions, patch: patch.values @ readout)
+  values = rng.normal(size=(n, d)).astype(np.float32)
+  clean = rng.normal(size=(n, vocab)).astype(np.float32)
+  assert n % 2 == 1  # batches of 2: the last one is padded
+  got = patching.patched_scores(target, samples, 1, values, batch_size=2, clean=clean)
+  want = metrics.next_token_scores(clean, values @ readout, samples.next_tokens)
+  assert set(got) == set(want)
+  for name in want:
+    np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6)
 
 
 def test_wrong_shape_is_refused(target, samples):
   with pytest.raises(ValueError, match="values must be"):
-    patching.patching_scores(target, samples, 1, np.zeros((2, 3)))
+    patching.patched_scores(target, samples, 1, np.zeros((2, 3)))

@@ -55,23 +55,20 @@ def test_top1_agreement_and_topk_accuracy_match_numpy(logits):
   np.testing.assert_array_equal(metrics.topk_accuracy(patched, labels, 50), 1.0)
 
 
-def test_patching_scores_average_over_masked_positions(logits):
+def test_next_token_scores_per_position(logits):
   clean, patched, labels = logits
-  mask = np.random.default_rng(2).random(labels.shape) < 0.6
-  scores = metrics.patching_scores(clean, patched, labels, mask)
+  scores = metrics.next_token_scores(clean, patched, labels)
+  assert set(scores) == {"kl", "top1_agreement", "next_token_accuracy", "clean_accuracy"}
   log_p, log_q = _np_log_softmax(clean), _np_log_softmax(patched)
-  kl = (np.exp(log_p) * (log_p - log_q)).sum(axis=-1)
-  np.testing.assert_allclose(scores["kl"], kl[mask].mean(), rtol=1e-4)
-  np.testing.assert_allclose(scores["top1_agreement"], (clean.argmax(-1) == patched.argmax(-1))[mask].mean(),
-                             rtol=1e-6)
-  np.testing.assert_allclose(scores["next_token_accuracy"], (patched.argmax(-1) == labels)[mask].mean(), rtol=1e-6)
+  np.testing.assert_allclose(scores["kl"], (np.exp(log_p) * (log_p - log_q)).sum(axis=-1), rtol=1e-4, atol=1e-6)
+  np.testing.assert_array_equal(scores["top1_agreement"], clean.argmax(-1) == patched.argmax(-1))
+  np.testing.assert_array_equal(scores["next_token_accuracy"], patched.argmax(-1) == labels)
+  np.testing.assert_array_equal(scores["clean_accuracy"], clean.argmax(-1) == labels)
   # Patching in the target's own activation (identity map) leaves the logits unchanged.
-  identity = metrics.patching_scores(clean, clean, labels)
-  assert float(identity["kl"]) == pytest.approx(0.0, abs=1e-6)
-  assert float(identity["top1_agreement"]) == 1.0
-  assert float(identity["next_token_accuracy"]) == float(identity["clean_next_token_accuracy"])
-  with pytest.raises(ValueError, match="mask has shape"):
-    metrics.patching_scores(clean, patched, labels, mask[:, :3])
+  identity = metrics.next_token_scores(clean, clean, labels)
+  np.testing.assert_allclose(identity["kl"], 0.0, atol=1e-6)
+  np.testing.assert_array_equal(identity["top1_agreement"], 1.0)
+  np.testing.assert_array_equal(identity["next_token_accuracy"], identity["clean_accuracy"])
 
 
 def test_bootstrap_mean_ci_matches_the_normal_approximation():

@@ -86,13 +86,13 @@ def clean_logits(model: Model, samples: NextTokenSamples, batch_size: int = 16) 
   return np.concatenate(out)
 
 
-def patching_scores(model: Model, samples: NextTokenSamples, layer: int, values, batch_size: int = 16,
-                    clean=None) -> dict:
+def patched_scores(model: Model, samples: NextTokenSamples, layer: int, values, batch_size: int = 16,
+                   clean=None) -> dict:
   """Per-sample scores of writing values [n, D] into hidden state `layer` (0 = embeddings) at each sample position.
 
   clean: the unpatched logits from `clean_logits`, to share them between calls (computed when None).
-  Returns {"kl": [n] KL(clean || patched) in nats, "top1_agreement": [n], "next_token_accuracy": [n] of the patched
-  pass, "clean_accuracy": [n] of the unpatched pass}.
+  Returns metrics.next_token_scores of each sample as [n] arrays: {"kl": KL(clean || patched) in nats,
+  "top1_agreement", "next_token_accuracy" of the patched pass, "clean_accuracy" of the unpatched pass}.
   """
   values = np.asarray(values, np.float32)
   if values.shape != (len(samples.ids), model.config.hidden_size):
@@ -101,21 +101,15 @@ def patching_scores(model: Model, samples: NextTokenSamples, layer: int, values,
     raise ValueError(f"layer {layer} is out of range 0..{model.config.num_layers}.")
   if clean is None:
     clean = clean_logits(model, samples, batch_size)
-  out = {k: np.zeros(len(samples.ids)) for k in ("kl", "top1_agreement", "next_token_accuracy", "clean_accuracy")}
+  batches = []
   for rows, ids, mask, positions in _batches(samples, batch_size, pad_id(model.tokenizer)):
     batch_values = np.zeros((batch_size, values.shape[1]), np.float32)
     batch_values[:len(rows)] = values[rows]
     row_positions = np.where(np.arange(batch_size) < len(rows), positions, -1)
     patch = Patch(jnp.int32(layer), jnp.asarray(row_positions), jnp.asarray(batch_values))
-    n = len(rows)
-    patched = np.asarray(_logits_at(model, ids, mask, positions, patch))[:n]
-    reference = clean[rows]
-    labels = samples.next_tokens[rows]
-    out["kl"][rows] = np.asarray(metrics.kl_divergence(reference, patched))
-    out["top1_agreement"][rows] = np.asarray(metrics.top1_agreement(reference, patched))
-    out["next_token_accuracy"][rows] = np.asarray(metrics.topk_accuracy(patched, labels))
-    out["clean_accuracy"][rows] = np.asarray(metrics.topk_accuracy(reference, labels))
-  return out
+    patched = _logits_at(model, ids, mask, positions, patch)[:len(rows)]
+    batches.append(metrics.next_token_scores(clean[rows], patched, samples.next_tokens[rows]))
+  return {name: np.concatenate([np.asarray(b[name], np.float64) for b in batches]) for name in batches[0]}
 
 
 def _logits_at(model: Model, ids, mask, positions, patch) -> jnp.ndarray:

@@ -81,31 +81,24 @@ def topk_accuracy(logits, labels, k=1):
   return (num_larger < k).astype(jnp.float32)
 
 
-def patching_scores(clean_logits, patched_logits, next_tokens, mask=None):
-  """Mean patching scores over the positions where `mask` is true.
+def next_token_scores(clean_logits, patched_logits, next_tokens):
+  """Per-position scores of a patched forward pass against the clean one and the true next token.
 
   Args:
     clean_logits: [..., vocab] the target model's unpatched logits.
-    patched_logits: [..., vocab] its logits after writing a mapped activation into its residual stream.
+    patched_logits: [..., vocab] its logits after writing a (mapped) activation into its residual stream.
     next_tokens: [...] the true next token after each position (from the text after the sample position).
-    mask: [...] bool, positions to score; all when None.
 
   Returns:
-    dict of scalars: `kl` (KL(clean || patched)), `top1_agreement`, `next_token_accuracy` (patched) and
-    `clean_next_token_accuracy` (the unpatched ceiling).
+    dict of [...] float32: `kl` (KL(clean || patched) in nats), `top1_agreement`, `next_token_accuracy` (of the
+    patched pass) and `clean_accuracy` (of the unpatched pass, the ceiling).
   """
-  per_position = {
+  return {
       "kl": kl_divergence(clean_logits, patched_logits),
       "top1_agreement": top1_agreement(clean_logits, patched_logits),
       "next_token_accuracy": topk_accuracy(patched_logits, next_tokens),
-      "clean_next_token_accuracy": topk_accuracy(clean_logits, next_tokens),
+      "clean_accuracy": topk_accuracy(clean_logits, next_tokens),
   }
-  if mask is None:
-    mask = jnp.ones(per_position["kl"].shape, bool)
-  if mask.shape != per_position["kl"].shape:
-    raise ValueError(f"mask has shape {mask.shape}; it must match the positions {per_position['kl'].shape}.")
-  weights = mask.astype(jnp.float32) / jnp.maximum(jnp.sum(mask), 1)
-  return {name: jnp.sum(value * weights) for name, value in per_position.items()}
 
 
 def bootstrap_mean_ci(values, *, num_resamples: int = 1000, level: float = 0.95, seed: int = 0):
