@@ -84,10 +84,3 @@ def sample_rows(tok: TokenizedText, text: str, pooling: str, keep_bos: bool = Fa
       rows.append((inside[-1:] if pooling == "last_word" else inside, (start, end), w, -1))
   return rows
 
-
-def relative_depth_layers(num_layers: int, depths) -> list[int]:
-  """Hidden-state indices round(d * L) for relative depths d in [0, 1] (the published protocol's 9 depths)."""
-  depths = list(depths)
-  if any(not 0.0 <= d <= 1.0 for d in depths):
-    raise ValueError(f"Relative depths must lie in [0, 1], got {depths}.")
-  return sorted({int(round(d * num_layers)) for d in depths})
