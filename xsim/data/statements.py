@@ -110,29 +110,30 @@ def _paired_statements(rows: list[Country], templates: tuple[str, ...], forbidde
   return texts, labels
 
 
+def _statement_task(name, rows, templates, forbidden, num_examples, seed, description) -> Task:
+  """The paired true/false statements of `rows` (see _paired_statements), sampled class-balanced."""
+  rng = np.random.default_rng(seed)
+  texts, labels = _paired_statements(rows, templates, forbidden, rng)
+  texts, labels = sample_examples(texts, labels, num_examples, seed=int(rng.integers(2**31)), source=name)
+  return Task(texts, labels, name, description)
+
+
 def cities_task(num_examples: int | None = None, seed: int = 0) -> Task:
   """"The city of Paris is in France." (1) vs "The city of Paris is in Japan." (0), in three templates."""
   rows = [c for c in load_countries() if not names_overlap(c.capital, c.name)]
   index = {c.name: i for i, c in enumerate(rows)}
   forbidden = [{i} | {index[s] for s in c.shared_city_name_in if s in index} for i, c in enumerate(rows)]
-  rng = np.random.default_rng(seed)
-  texts, labels = _paired_statements(rows, CITY_TEMPLATES, forbidden, rng)
-  texts, labels = sample_examples(texts, labels, num_examples, seed=int(rng.integers(2**31)), source="cities")
-  return Task(texts, labels, "cities",
-              f"Is the city (a national capital) in the named country? 1 = true, 0 = false. Templates: "
-              f"{list(CITY_TEMPLATES)}; {len(rows)} countries from xsim/data/tables/countries.csv.")
+  return _statement_task("cities", rows, CITY_TEMPLATES, forbidden, num_examples, seed,
+                         f"Is the city (a national capital) in the named country? 1 = true, 0 = false. Templates: "
+                         f"{list(CITY_TEMPLATES)}; {len(rows)} countries from xsim/data/tables/countries.csv.")
 
 
 def capitals_task(num_examples: int | None = None, seed: int = 0) -> Task:
   """"Paris is the capital of France." (1) vs "Paris is the capital of Japan." (0), in two templates."""
   rows = [c for c in load_countries() if not names_overlap(c.capital, c.name) and not c.capital_note]
-  forbidden = [{i} for i in range(len(rows))]
-  rng = np.random.default_rng(seed)
-  texts, labels = _paired_statements(rows, CAPITAL_TEMPLATES, forbidden, rng)
-  texts, labels = sample_examples(texts, labels, num_examples, seed=int(rng.integers(2**31)), source="capitals")
-  return Task(texts, labels, "capitals",
-              f"Is the city the capital of the named country? 1 = true, 0 = false. Templates: "
-              f"{list(CAPITAL_TEMPLATES)}; {len(rows)} countries with one undisputed capital.")
+  return _statement_task("capitals", rows, CAPITAL_TEMPLATES, [{i} for i in range(len(rows))], num_examples, seed,
+                         f"Is the city the capital of the named country? 1 = true, 0 = false. Templates: "
+                         f"{list(CAPITAL_TEMPLATES)}; {len(rows)} countries with one undisputed capital.")
 
 
 def number_to_words(n: int) -> str:
