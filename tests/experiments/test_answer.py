@@ -1,0 +1,85 @@
+"""The answer section: within / cross figures, the ratio's subsampling CI against NumPy, the generated reading."""
+import numpy as np
+import pytest
+
+from experiments import answer, tables
+from experiments.configs import offline_study
+from experiments.validate import validate_config
+
+
+def headline():
+  sim = [dict(model_a="q1", model_b="q0", measure="cka_debiased", preprocess="none", relation="within", max=0.9),
+         dict(model_a="q1", model_b="s", measure="cka_debiased", preprocess="none", relation="cross", max=0.6),
+         dict(model_a="g", model_b="q0", measure="cka_debiased", preprocess="none", relation="cross", max=0.5),
+         dict(model_a="g", model_b="q0@random", measure="cka_debiased", preprocess="none", relation="random",
+              max=0.1)]
+  transfer = [dict(relation="within", r2=0.5, r2_shuffled_max=-0.01), dict(relation="cross", r2=0.2,
+                                                                           r2_shuffled_max=0.0)]
+  probes = [dict(task="cities", relation="within", acc_mapped=0.9, acc_target=0.95, acc_shuffled=0.5),
+            dict(task="cities", relation="cross", acc_mapped=0.72, acc_target=0.9, acc_shuffled=0.52),
+            dict(task="next_token_top5", relation="cross", acc_mapped=0.3, acc_target=0.4, acc_shuffled=0.1)]
+  return {"similarity": sim, "transfer": transfer, "probes": probes}
+
+
+def test_figures_ratios_and_the_ci_of_the_cka_ratio():
+  rng = np.random.default_rng(0)
+  resamples = {"q1|q0": 0.9 + 0.02 * rng.normal(size=50), "q1|s": 0.6 + 0.03 * rng.normal(size=50),
+               "g|q0": 0.5 + 0.03 * rng.normal(size=50)}
+  relations = {"q1|q0": "within", "q1|s": "cross", "g|q0": "cross"}
+  out = answer.answer(headline(), {("cka_debiased", "none"): resamples}, relations, dict.fromkeys(relations, 100))
+  cka, r2, cities = out["figures"]
+  assert (cka["within"], cka["cross"], cka["ratio"]) == pytest.approx((0.9, 0.55, 0.55 / 0.9))
+  ratios = (resamples["q1|s"] + resamples["g|q0"]) / 2 / resamples["q1|q0"]
+  deviations = ratios - 0.55 / 0.9  # half-samples of n = 100: scale sqrt(50 / 50) = 1
+  expected = [0.55 / 0.9 - np.quantile(deviations, 0.975), 0.55 / 0.9 - np.quantile(deviations, 0.025)]
+  assert cka["ratio_ci"] == pytest.approx(expected)
+  assert cka["published_ratio"] == pytest.approx(np.mean([0.208, 0.222, 0.181, 0.184]) / 0.914)
+  assert r2["ratio"] == pytest.approx(0.4) and r2["ratio_ci"] is None
+  assert cities["figure"] == "probe transfer: cities" and cities["ratio"] == pytest.approx(0.8)
+  assert "0.61 of the within-family value" in out["reading"] and "0.22 in the published study" in out["reading"]
+  assert "outside this interval" in out["reading"] and "80% of the within-family" in out["reading"]
+
+
+def test_no_ci_when_pairs_hold_different_texts():
+  relations = {"q1|q0": "within", "q1|s": "cross", "g|q0": "cross"}
+  resamples = {p: np.full(20, 0.5) for p in relations}
+  out = answer.answer(headline(), {("cka_debiased", "none"): resamples}, relations,
+                      {"q1|q0": 100, "q1|s": 99, "g|q0": 100})
+  assert out["figures"][0]["ratio_ci"] is None and "CI" not in out["reading"].split(".")[0]
+
+
+def test_a_run_without_a_within_pair_says_it_cannot_answer():
+  cross_only = {"similarity": [r for r in headline()["similarity"] if r["relation"] != "within"]}
+  assert answer.answer(cross_only, {}, {}, {})["reading"].startswith("This run has no within-family")
+
+
+@pytest.mark.parametrize("arg", ["published", "corrected", "ladder:0", "ladder:3", "ladder:6"])
+def test_offline_study_configs_validate(arg):
+  validate_config(offline_study.get_config(arg))
+
+
+def test_the_ladder_switches_one_choice_at_a_time():
+  configs = [offline_study.get_config(f"ladder:{k}") for k in range(len(offline_study.LADDER) + 1)]
+  flat = lambda c: {f"{k}.{j}": str(w) for k, v in c.to_dict().items() if isinstance(v, dict)
+                    for j, w in v.items()} | {"models": str(c.models), "baselines": str(c.baselines)}
+  for before, after in zip(configs, configs[1:]):
+    changed = {k for k in flat(after) if flat(after)[k] != flat(before)[k]}
+    assert changed, "a ladder step must change the config"
+  assert configs[0].to_dict() == offline_study.get_config("published").to_dict()
+  assert configs[-1].to_dict() == offline_study.get_config("corrected").to_dict()
+  with pytest.raises(ValueError, match="ladder:K"):
+    offline_study.get_config("ladder:9")
+
+
+def test_the_ladder_table_follows_each_steps_own_cka():
+  from experiments import ladder
+  raw = dict(figure="max debiased CKA (raw)", ratio=0.3, ratio_ci=[0.2, 0.4])
+  standardized = dict(figure="max debiased CKA (standardized)", ratio=0.8, ratio_ci=[0.7, 0.9])
+  cities = dict(figure="probe transfer: cities", ratio=0.75, ratio_ci=None)
+  rows = ladder.ladder_rows([("0: published", "published protocol", {"figures": [raw, cities]}),
+                             ("3: standardize", "raw -> standardized", {"figures": [raw, standardized, cities]})])
+  key = "max debiased CKA (the step's preprocessing)"
+  assert rows[0][key] == (0.3, [0.2, 0.4]) and rows[1][key] == (0.8, [0.7, 0.9])
+  text = ladder.markdown(rows, "note")
+  assert "| 0: published | published protocol | 0.300 [0.200, 0.400] | 0.750 |" in text
+  assert "| 3: standardize | raw -> standardized | 0.800 [0.700, 0.900] | 0.750 |" in text
