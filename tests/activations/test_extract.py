@@ -170,8 +170,12 @@ def test_bad_arguments(models):
   model = models["right"]
   with pytest.raises(ValueError, match="pooling"):
     xa.extract_activations(model, TEXTS, pooling="max")
-  with pytest.raises(ValueError, match="out of range"):
+  with pytest.raises(ValueError, match=r"layers=\[0, 99\].*beyond"):
     xa.extract_activations(model, TEXTS, layers=[0, 99])
+  with pytest.raises(ValueError, match="depths:K"):
+    xa.extract_activations(model, TEXTS, layers="every")
+  with pytest.raises(ValueError, match="site 'mlp' has block outputs 1"):
+    xa.extract_activations(model, TEXTS, layers=[0, 1], site="mlp")
   with pytest.raises(ValueError, match="data axis"):
     xa.extract_activations(model, TEXTS, batch_size=3, mesh=xa.make_mesh(8, 1))
 
@@ -257,3 +261,60 @@ def test_half_precision_store(models, tmp_path):
       float(np.abs(np.asarray(half.array, np.float64)[-1]).max()), rel=1e-12)
   with pytest.raises(ValueError, match="store_dtype"):
     xa.extract_activations(model, TEXTS, store_dtype="int8")
+
+
+def test_layer_specs_resolve_through_layer_select(models, tmp_path):
+  """"depths:K" picks the block outputs layer_select names; lists come back sorted; attn/mlp "all" is 1..L."""
+  from xsim import layer_select
+  model = models["right"]
+  num = model.config.num_layers
+  everything = xa.extract_activations(model, TEXTS, store_dir=str(tmp_path / "all"), progress=False)
+  depths = xa.extract_activations(model, TEXTS, layers="depths:2", store_dir=str(tmp_path / "d"), progress=False)
+  assert depths.layers == layer_select.resolve("depths:2", num) == [1, num]
+  np.testing.assert_array_equal(np.asarray(depths.array), np.asarray(everything.array)[[1, num]])
+  listed = xa.extract_activations(model, TEXTS, layers=(num, 0), store_dir=str(tmp_path / "l"), progress=False)
+  assert listed.layers == [0, num]
+  mlp = xa.extract_activations(model, TEXTS, site="mlp", store_dir=str(tmp_path / "m"), progress=False)
+  assert mlp.layers == list(range(1, num + 1))
+
+
+def test_a_second_call_with_the_same_model_compiles_nothing(models, tmp_path):
+  """The pooled forward is cached by (module, layers, site, mesh): a second call and a copy of the model with
+  other weights reuse the first call's compilations."""
+  import jax
+  model = models["right"]
+  compiles = []
+  listener = lambda event, duration, **_: compiles.append(event)
+  options = dict(pooling="words", batch_size=4, progress=False)
+  xa.extract_activations(model, TEXTS, store_dir=str(tmp_path / "first"), **options)
+  random = model.with_random_params(1)  # (initialising compiles)
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    xa.extract_activations(model, TEXTS, store_dir=str(tmp_path / "second"), **options)
+    xa.extract_activations(random, TEXTS, store_dir=str(tmp_path / "random"), **options)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert "/jax/core/compile/backend_compile_duration" not in compiles, compiles
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-6), ("bfloat16", 2**-8)])
+def test_pooling_accumulates_in_float32(models, dtype, tolerance):
+  """The jitted pooling of one padded batch equals the float64 mean of that batch's hidden states (from the
+  model's own forward): to float32 rounding for a float32 model, to bfloat16 rounding for a bfloat16 one (it sums
+  bfloat16 activations with float32 accumulation, never a float32 copy)."""
+  import jax
+  import jax.numpy as jnp
+  from xsim.activations import extract
+  base = models["right"]
+  model = xsim.Model(config=base.config, tokenizer=base.tokenizer, dtype=jnp.dtype(dtype).type, name=dtype,
+                     params=jax.tree_util.tree_map(lambda x: x.astype(dtype), base.params))
+  layers = tuple(range(model.config.num_layers + 1))
+  items = extract._prepare(model, TEXTS, 0, "words", False, 1024, "error", None)
+  ids, mask, weights, index, _ = extract._host_batch(items, len(items), 0, False, 16)
+  pooled = extract._pooled_forward(model.module, layers, "residual", None, None)(model.params, ids, mask, weights)
+  assert pooled.dtype == jnp.float32
+  hidden = np.asarray(model.forward(ids, mask, compute_logits=False).hidden_states, np.float64)
+  expected = np.einsum("lbsd,brs->lbrd", hidden, weights.astype(np.float64))
+  b, r = np.asarray([i[0] for i in index]), np.asarray([i[1] for i in index])
+  np.testing.assert_allclose(np.asarray(pooled)[:, b, r], expected[:, b, r], rtol=0,
+                             atol=tolerance * np.abs(hidden).max())

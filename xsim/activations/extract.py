@@ -6,6 +6,7 @@ to host, and texts are tokenized on a background thread.
 """
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import hashlib
 import logging
@@ -19,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from xsim import layer_select
 from xsim.activations import sharding as shard_lib
 from xsim.activations.rows import INDEX_DTYPE, POOLINGS, TokenizedText, pad_id, sample_rows, tokenize
 from xsim.activations.store import Activations, ActivationStore, shard_stats
@@ -44,8 +46,24 @@ def _bucket(n: int, minimum: int) -> int:
   return max(minimum, 1 << max(0, int(n - 1).bit_length()))
 
 
+# (module, layers, site, mesh) -> jitted pooled forward. A Decoder compares and hashes by its config, dtype and
+# precision, so every extraction with one model (texts, random copies, probe tasks, prefixes) reuses the same
+# jit and hence its compilations per length bucket. Bounded: a sweep moves on from model to model.
+_FORWARDS: collections.OrderedDict = collections.OrderedDict()
+_MAX_FORWARDS = 8
+
+
 def _pooled_forward(module, layers: tuple[int, ...], site: str, mesh: Optional[Mesh], param_shardings):
-  """jit(params, ids [B,S], mask [B,S], weights [B,R,S]) -> pooled [len(layers), B, R, D] float32."""
+  """jit(params, ids [B,S], mask [B,S], weights [B,R,S]) -> pooled [len(layers), B, R, D] float32, cached.
+
+  weights[b, r] is 1/k on the k positions row r pools and 0 elsewhere (see _host_batch). param_shardings is
+  only read when the function is built: a cached entry has the same module and mesh, hence the same shardings.
+  """
+  key = (module, layers, site, mesh)
+  if key in _FORWARDS:
+    _FORWARDS.move_to_end(key)
+    return _FORWARDS[key]
+
   def fn(params, ids, mask, weights):
     out = module.apply(params, ids, mask, compute_logits=False, return_sites=site in ("attn", "mlp"))
     if site == "residual":
@@ -54,29 +72,44 @@ def _pooled_forward(module, layers: tuple[int, ...], site: str, mesh: Optional[M
       acts = out.final_hidden[None]
     else:  # block outputs: array layer i is block i (1-based like hidden states)
       acts = (out.attn_out if site == "attn" else out.mlp_out)[jnp.asarray(layers) - 1]
-    return jnp.einsum("lbsd,brs->lbrd", acts.astype(jnp.float32), weights, precision=jax.lax.Precision.HIGHEST)
+    # Sum in the model dtype with float32 accumulation (no float32 copy of [L, B, S, D] for bfloat16 models):
+    # 0/1 is exact in every dtype, and the 1/k scale is applied in float32 after the sum.
+    chosen = (weights > 0).astype(acts.dtype)
+    sums = jnp.einsum("lbsd,brs->lbrd", acts, chosen, preferred_element_type=jnp.float32,
+                      precision=jax.lax.Precision.HIGHEST)
+    return sums * weights.max(axis=-1)[None, :, :, None]
 
   if mesh is None:
-    return jax.jit(fn)
-  data = lambda ndim, axis=0: shard_lib.batch_sharding(mesh, ndim, axis)
-  return jax.jit(fn, in_shardings=(param_shardings, data(2), data(2), data(3)), out_shardings=data(4, 1))
+    jitted = jax.jit(fn)
+  else:
+    data = lambda ndim, axis=0: shard_lib.batch_sharding(mesh, ndim, axis)
+    jitted = jax.jit(fn, in_shardings=(param_shardings, data(2), data(2), data(3)), out_shardings=data(4, 1))
+  _FORWARDS[key] = jitted
+  if len(_FORWARDS) > _MAX_FORWARDS:
+    _FORWARDS.popitem(last=False)
+  return jitted
 
 
 def _resolve_layers(model: Model, layers, site: str) -> list[int]:
+  """A layer spec (xsim.layer_select: "all", "depths:K" or hidden-state indices) -> indices for `site`.
+
+  "attn" / "mlp" are block outputs, 1..L ("all" drops the embeddings); "final_norm" is the one output [L].
+  """
   num = model.config.num_layers
   if site == "final_norm":
     return [num]
-  valid = range(1, num + 1) if site in ("attn", "mlp") else range(num + 1)
-  if isinstance(layers, str):
-    if layers != "all":
-      raise ValueError(f"layers={layers!r}: pass 'all' or a list of hidden-state indices.")
-    return list(valid)
-  layers = [int(i) for i in layers]
-  bad = [i for i in layers if i not in valid]
-  if bad or not layers:
-    raise ValueError(f"layers {bad or layers} are out of range for site {site!r} of a {num}-layer model "
-                     f"(valid: {valid.start}..{valid.stop - 1}).")
-  return layers
+  spec = layer_select.parse(layers)
+  try:
+    resolved = layer_select.resolve(spec, num)
+  except ValueError as e:
+    raise ValueError(f"layers={layers!r} for site {site!r} of {model.name or 'the model'}: {e}") from None
+  if site in ("attn", "mlp"):
+    if isinstance(spec, str) and spec == "all":
+      return resolved[1:]
+    if 0 in resolved:
+      raise ValueError(f"layers={layers!r}: site {site!r} has block outputs 1..{num} only (0 is the embeddings, "
+                       "a residual-stream index); drop 0 or use site='residual'.")
+  return resolved
 
 
 def _prepare(model: Model, texts: Sequence[str], start: int, pooling: str, keep_bos: bool, max_tokens: int,
@@ -123,7 +156,7 @@ def _host_batch(items, batch_size: int, pad: int, left_pad: bool, min_seq: int):
     mask[b, shift:shift + len(tokens)] = 1
     for r, (positions, (c0, c1), word, token) in enumerate(rows):
       weights[b, r, np.asarray(positions) + shift] = 1.0 / len(positions)
-      index.append((b, r, (text_i, word, token, c0, c1, True)))
+      index.append((b, r, (text_i, word, token, c0, c1)))
   return ids, mask, weights, index, int(sum(len(t) for _, t, _ in items))
 
 
@@ -136,7 +169,8 @@ def extract_activations(model: Model, texts: Sequence[str], pooling: str = "last
   """Activations of `model` on `texts`, one row per sample (see xsim.activations.rows for the poolings).
 
   Returns Activations with array [len(layers), num_rows, hidden] and index [num_rows] (which text, word, token and
-  character span each row is). layers: "all" or hidden-state indices (0 = embeddings). site: "residual" (default),
+  character span each row is). layers: a layer spec of xsim.layer_select ("all", "depths:K" or hidden-state
+  indices, 0 = embeddings). site: "residual" (default),
   "attn" / "mlp" (block outputs, layers 1..L) or "final_norm". mesh: a (data, model) Mesh from
   `xsim.activations.make_mesh`; batch_size must be a multiple of its data axis. With jax.distributed initialised,
   each process extracts every process_count-th shard of texts into the shared store_dir and all return the same
