@@ -4,9 +4,10 @@ the published study's numbers, and a two-sentence reading generated from them.
 Figures (each the mean over the run's pairs of that relation, at the seed-averaged best layer pair over the scored
 layers): max debiased CKA (raw and standardized), best transfer R^2, probe transfer per task (the target's probe on
 mapped source activations; its own accuracy and the shuffled-pair map beside it) and the next-token probe (top-1).
-The ratio is cross / within. Its CI resamples texts: the similarity units computed every pair's max on the same
-half-sized subsamples of the texts, so each subsample gives a ratio; the interval is the basic subsampling interval
-of tables.subsample_interval. Figures without resamples show no CI.
+The ratio is cross / within. Its CI resamples texts: the units computed every pair's figure (the max over its
+scored layer pairs) on the same half-sized subsamples of the texts (CKA) or of the maps' test rows (R^2), so each
+subsample gives a ratio; the interval is the basic subsampling interval (tables.subsample_interval) around the
+first seed's ratio. Figures without resamples, or whose pairs hold different texts, show no CI.
 """
 from __future__ import annotations
 
@@ -36,38 +37,40 @@ def _group_mean(records: Sequence[dict], relation: str, value: str) -> Optional[
   return float(np.mean(values)) if values else None
 
 
-def cka_ratio_ci(resamples: dict, relations: dict, estimate: float, n: int) -> Optional[list]:
-  """resamples: {pair: [R] grid maxima on the shared text subsamples} -> the CI of mean(cross) / mean(within)."""
-  within = [np.asarray(v) for p, v in resamples.items() if relations[p] == "within"]
-  cross = [np.asarray(v) for p, v in resamples.items() if relations[p] == "cross"]
-  if not within or not cross or not np.isfinite(estimate):
+def ratio_ci(resamples: dict, relations: dict) -> Optional[list]:
+  """resamples: {pair: {"estimate", "samples": [R] on the shared subsamples, "n"}} -> the CI of mean(cross) /
+  mean(within), or None without pairs of both relations or when they hold different numbers of rows."""
+  within = [r for p, r in resamples.items() if relations[p] == "within"]
+  cross = [r for p, r in resamples.items() if relations[p] == "cross"]
+  if not within or not cross or len({r["n"] for r in within + cross}) != 1:
     return None
-  ratios = np.mean(cross, axis=0) / np.mean(within, axis=0)
-  return tables.subsample_interval(estimate, ratios, n)
+  mean = lambda group, key: np.mean([np.asarray(r[key], np.float64) for r in group], axis=0)
+  estimate = _ratio(mean(within, "estimate"), mean(cross, "estimate"))
+  if not np.isfinite(estimate):
+    return None
+  return tables.subsample_interval(estimate, mean(cross, "samples") / mean(within, "samples"), within[0]["n"])
 
 
-def answer(headline: dict, resamples: dict, relations: dict, num_samples: dict) -> dict:
+def answer(headline: dict, resamples: dict, relations: dict) -> dict:
   """{"figures": [{"figure", "within", "cross", "ratio", "ratio_ci", "published_within", "published_cross",
-  "published_ratio", "detail"}], "reading": str} from the headline records (tables.headline) and, per (measure,
-  preprocess), {pair name: [R] grid maxima on the shared subsamples} (first seed) with the pairs' relations and
-  sample counts. CIs need every pair on the same texts (equal sample counts)."""
+  "published_ratio", "detail"}], "reading": str} from the headline records (tables.headline) and the first seed's
+  resamples: {figure key ((measure, preprocess) for CKA, "r2"): {pair name: {"estimate", "samples", "n"}}}, with
+  the pairs' relations."""
   figures = []
-  same_texts = len(set(num_samples.values())) == 1
-  n = next(iter(num_samples.values())) if num_samples else 0
   for record_key in (("cka_debiased", "none"), ("cka_debiased", "standardize")):
     records = [r for r in headline.get("similarity", []) if (r["measure"], r["preprocess"]) == record_key]
     within, cross = _group_mean(records, "within", "max"), _group_mean(records, "cross", "max")
     if within is None or cross is None:
       continue
-    ratio = _ratio(within, cross)
-    ci = cka_ratio_ci(resamples.get(record_key, {}), relations, ratio, n) if same_texts else None
+    ci = ratio_ci(resamples.get(record_key, {}), relations)
     published = PUBLISHED.get(record_key, {})
     figures.append(_figure(f"max debiased CKA ({'raw' if record_key[1] == 'none' else 'standardized'})", within,
                            cross, ci, published))
   transfer = headline.get("transfer", [])
   within, cross = _group_mean(transfer, "within", "r2"), _group_mean(transfer, "cross", "r2")
   if within is not None and cross is not None:
-    figures.append(_figure("best transfer R²", within, cross, None, PUBLISHED["r2"],
+    figures.append(_figure("best transfer R²", within, cross, ratio_ci(resamples.get("r2", {}), relations),
+                           PUBLISHED["r2"],
                            detail=f"shuffled-pair max: within {_group_mean(transfer, 'within', 'r2_shuffled_max'):.3f}, "
                                   f"cross {_group_mean(transfer, 'cross', 'r2_shuffled_max'):.3f}"))
   probes = headline.get("probes", [])

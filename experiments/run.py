@@ -82,7 +82,8 @@ def plan_units(s: Study, pairs, stores, workdir: str) -> tuple[list, list]:
                                       *identity, measure, prep, settings, rows, seed if seeded else None)))
       maps_identity = (*identity, s.transfer.fit_options(seed), transfer_step.SOLVERS_VERSION)
       first.append(units.Unit("maps", pair, seed, path=units.entry_path(
-          workdir, "maps", (pair.a, pair.b, str(seed)), *maps_identity)))
+          workdir, "maps", (pair.a, pair.b, str(seed)), *maps_identity, s.similarity.min_layer,
+          s.similarity.ci_resamples)))
       if pair.is_random:
         continue
       for task in s.tasks:
@@ -116,7 +117,8 @@ class Computer:
     if unit.kind == "similarity":
       return similarity_step.compute(data, unit.measure, unit.preprocess, seed, unit.rows, s.similarity, self.mesh)
     if unit.kind == "maps":
-      return transfer_step.compute_maps(data, s.transfer, seed, self.workdir, self.mesh)
+      return transfer_step.compute_maps(data, s.transfer, seed, self.workdir, s.similarity.min_layer,
+                                        s.similarity.ci_resamples, self.mesh)
     if unit.kind == "probes":
       return transfer_step.compute_task_probes(data, s.transfer, seed, self.workdir, self.tasks[unit.task],
                                                self.stores.tasks[(unit.task, unit.pair.a)],
@@ -135,7 +137,7 @@ def read_info(spec: study.ModelSpec) -> extraction.ModelInfo:
 def assemble(s: Study, pairs, stores, first, second, workdir: str, num_texts: int, work: dict) -> dict:
   """Process 0: the tables, summary.json and the report from the verified unit entries."""
   sim_rows, transfer_rows, probe_rows, next_rows, pairs_summary = [], [], [], [], {}
-  resamples, relations, num_samples = {}, {}, {}  # for the answer's CIs: real pairs, first seed
+  resamples, relations = {}, {}  # for the answer's CIs: real pairs, first seed
   grouped = {}
   for unit in first:
     if unit.kind == "similarity":
@@ -159,13 +161,19 @@ def assemble(s: Study, pairs, stores, first, second, workdir: str, num_texts: in
               matrix, data_info["layers_a"], data_info["layers_b"], s.similarity.min_layer, combine("null_max"),
               combine("subsample_max"), n)
           if seed == s.seeds[0] and not pair.is_random and parts[0]["subsample_max"] is not None:
-            resamples.setdefault((measure, prep), {})[pair.name] = combine("subsample_max").tolist()
-            relations[pair.name], num_samples[pair.name] = pair.relation, n
+            resamples.setdefault((measure, prep), {})[pair.name] = {
+                "estimate": measures[f"{measure}|{prep}"]["max"], "samples": combine("subsample_max"), "n": n}
+            relations[pair.name] = pair.relation
           for i, j in np.ndindex(matrix.shape):
             sim_rows.append(dict(model_a=pair.a, model_b=pair.b, relation=pair.relation, measure=measure,
                                  preprocess=prep, **_cell(data_info, i, j), value=float(matrix[i, j]), seed=seed))
       maps = cache.read(_find(first, "maps", pair, seed).path)
       r2, shuffled = np.asarray(maps["r2"]), np.asarray(maps["r2_shuffled"])
+      if seed == s.seeds[0] and not pair.is_random:
+        best = tables.grid_statistics(r2, data_info["layers_a"], data_info["layers_b"], s.similarity.min_layer,
+                                      None, None, maps["num_test"])["max"]
+        resamples.setdefault("r2", {})[pair.name] = {"estimate": best, "samples": maps["r2_subsample_max"],
+                                                     "n": maps["num_test"]}
       for i, j in np.ndindex(r2.shape):
         transfer_rows.append(dict(source=pair.a, target=pair.b, relation=pair.relation, method=s.transfer.method,
                                   **_cell(data_info, i, j), r2=float(r2[i, j]), r2_shuffled=float(shuffled[i, j]),
@@ -192,7 +200,7 @@ def assemble(s: Study, pairs, stores, first, second, workdir: str, num_texts: in
   headline = tables.headline(sim_rows, transfer_rows, probe_rows, s.similarity.min_layer)
   summary = {"pairs": pairs_summary, "ci_level": tables.CI_LEVEL, "seeds": list(s.seeds),
              "min_layer": s.similarity.min_layer, "num_texts": num_texts, "headline": headline,
-             "answer": answer.answer(headline, resamples, relations, num_samples),
+             "answer": answer.answer(headline, resamples, relations),
              "activation_stats": {name: store.stats["layers"] for name, store in stores.texts.items()},
              "work": work}
   results.write_json(os.path.join(workdir, "summary.json"), summary)

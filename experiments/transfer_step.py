@@ -56,15 +56,43 @@ def fit_maps(data: PairData, settings: Settings, seed: int, workdir: str, mesh=N
   return fit, shuffled
 
 
-def compute_maps(data: PairData, settings: Settings, seed: int, workdir: str, mesh=None) -> dict:
+def compute_maps(data: PairData, settings: Settings, seed: int, workdir: str, min_layer: int, num_resamples: int,
+                 mesh=None) -> dict:
   """{"r2", "r2_shuffled": [La, Lb] held-out R^2 of the maps and of the shuffled-pair maps, "r2_mean": [Lb] of the
-  training-mean predictor}."""
+  training-mean predictor, "r2_subsample_max": [R] the best R^2 over the scored layer pairs on half-sized
+  subsamples of the test rows (r2_subsample_max), "num_test": test rows}."""
   from xsim import transfer
   fit, shuffled = fit_maps(data, settings, seed, workdir, mesh)
   mean_r2 = transfer.mean_predictor_r2(data.ys, val_fraction=settings.val_fraction,
                                        test_fraction=settings.test_fraction, seed=seed)
   return {"r2": np.asarray(fit.r2, np.float64).tolist(), "r2_shuffled": np.asarray(shuffled.r2, np.float64).tolist(),
-          "r2_mean": np.asarray(mean_r2, np.float64).tolist()}
+          "r2_mean": np.asarray(mean_r2, np.float64).tolist(),
+          "r2_subsample_max": r2_subsample_max(fit, data, seed, min_layer, num_resamples).tolist(),
+          "num_test": int(len(fit.split.test))}
+
+
+def r2_subsample_max(fit, data: PairData, seed: int, min_layer: int, num_resamples: int) -> np.ndarray:
+  """[R] max over the scored layer pairs of the maps' R^2 on half of the test rows, drawn without replacement: the
+  same subsets for every pair with as many rows (as similarity_step's subsamples are), so ratios across pairs can
+  be resampled jointly."""
+  import jax
+  from xsim import layer_select, similarity as sim
+  from xsim.transfer import metrics, splits, train
+  test = fit.split.test
+  subsets = np.asarray(sim.permutations(jax.random.fold_in(jax.random.PRNGKey(seed), 2), num_resamples,
+                                        len(test)))[:, :len(test) // 2]
+  ia = layer_select.scored_positions(data.layers_a, min_layer, data.pair.a)
+  ib = layer_select.scored_positions(data.layers_b, min_layer, data.pair.b)
+  y = splits.standardize(data.ys[ib][:, test], fit.target_mean[ib], fit.target_std[ib])  # [T, m, db]
+  best = np.full(num_resamples, -np.inf)
+  for i in ia:
+    rows = [fit.pair_index(i, j) for j in ib]
+    params = jax.tree_util.tree_map(lambda leaf: leaf[np.asarray(rows)], fit.params)
+    x = splits.standardize(data.xs[i, test], fit.source_mean[i], fit.source_std[i])
+    predicted = jax.vmap(train.apply_map, (0, None))(params, x)  # [T, m, db], standardized like y
+    r2 = jax.vmap(lambda s: metrics.r2_score(y[:, s], predicted[:, s]))(subsets)  # [R, T]
+    best = np.maximum(best, np.asarray(r2).max(1))
+  return best
 
 
 def probe_scores(maps, shuffled, target_probe, source_probe, source_features, labels, seed: int, k: int = 1,

@@ -26,7 +26,9 @@ def test_figures_ratios_and_the_ci_of_the_cka_ratio():
   resamples = {"q1|q0": 0.9 + 0.02 * rng.normal(size=50), "q1|s": 0.6 + 0.03 * rng.normal(size=50),
                "g|q0": 0.5 + 0.03 * rng.normal(size=50)}
   relations = {"q1|q0": "within", "q1|s": "cross", "g|q0": "cross"}
-  out = answer.answer(headline(), {("cka_debiased", "none"): resamples}, relations, dict.fromkeys(relations, 100))
+  entries = {p: {"estimate": e, "samples": resamples[p], "n": 100} for p, e in (("q1|q0", 0.9), ("q1|s", 0.6),
+                                                                                 ("g|q0", 0.5))}
+  out = answer.answer(headline(), {("cka_debiased", "none"): entries}, relations)
   cka, r2, cities = out["figures"]
   assert (cka["within"], cka["cross"], cka["ratio"]) == pytest.approx((0.9, 0.55, 0.55 / 0.9))
   ratios = (resamples["q1|s"] + resamples["g|q0"]) / 2 / resamples["q1|q0"]
@@ -42,15 +44,15 @@ def test_figures_ratios_and_the_ci_of_the_cka_ratio():
 
 def test_no_ci_when_pairs_hold_different_texts():
   relations = {"q1|q0": "within", "q1|s": "cross", "g|q0": "cross"}
-  resamples = {p: np.full(20, 0.5) for p in relations}
-  out = answer.answer(headline(), {("cka_debiased", "none"): resamples}, relations,
-                      {"q1|q0": 100, "q1|s": 99, "g|q0": 100})
+  resamples = {p: {"estimate": 0.5, "samples": np.full(20, 0.5), "n": n}
+               for p, n in (("q1|q0", 100), ("q1|s", 99), ("g|q0", 100))}
+  out = answer.answer(headline(), {("cka_debiased", "none"): resamples}, relations)
   assert out["figures"][0]["ratio_ci"] is None and "CI" not in out["reading"].split(".")[0]
 
 
 def test_a_run_without_a_within_pair_says_it_cannot_answer():
   cross_only = {"similarity": [r for r in headline()["similarity"] if r["relation"] != "within"]}
-  assert answer.answer(cross_only, {}, {}, {})["reading"].startswith("This run has no within-family")
+  assert answer.answer(cross_only, {}, {})["reading"].startswith("This run has no within-family")
 
 
 @pytest.mark.parametrize("arg", ["published", "corrected", "ladder:0", "ladder:3", "ladder:6"])
@@ -83,3 +85,23 @@ def test_the_ladder_table_follows_each_steps_own_cka():
   text = ladder.markdown(rows, "note")
   assert "| 0: published | published protocol | 0.300 [0.200, 0.400] | 0.750 |" in text
   assert "| 3: standardize | raw -> standardized | 0.800 [0.700, 0.900] | 0.750 |" in text
+
+
+def test_r2_subsamples_are_the_best_scored_r2_on_half_the_test_rows():
+  import jax
+  from experiments import extraction, study, transfer_step
+  from xsim import similarity as sim
+  from xsim import transfer
+  rng = np.random.default_rng(0)
+  xs = rng.normal(size=(3, 60, 5)).astype(np.float32)
+  ys = (xs[:2] @ rng.normal(size=(5, 4)) + 0.5 * rng.normal(size=(2, 60, 4))).astype(np.float32)
+  data = extraction.PairData(study.Pair("a", "b", "cross"), xs, ys, np.arange(60), (0, 1, 2), (0, 1), 2, 1, ())
+  fit = transfer.fit_linear_maps(xs, ys, method="ridge", seed=3)
+  got = transfer_step.r2_subsample_max(fit, data, seed=3, min_layer=1, num_resamples=7)
+  test = fit.split.test
+  subsets = np.asarray(sim.permutations(jax.random.fold_in(jax.random.PRNGKey(3), 2), 7, len(test)))[:, :len(test) // 2]
+  for r, s in enumerate(subsets):
+    rows = test[s]
+    best = max(float(np.mean(1 - ((ys[1, rows] - fit.predict(i, 1, xs[i, rows])) ** 2).sum(0)
+                             / ((ys[1, rows] - ys[1, rows].mean(0)) ** 2).sum(0))) for i in (1, 2))
+    assert got[r] == pytest.approx(best, abs=1e-4)
