@@ -163,6 +163,23 @@ def open_or_extract(path: str, get_model, texts: Sequence[str], settings: Extrac
       store_dir=path, distribute=distribute, progress=progress)
 
 
+def check_rows(store, texts: Sequence[str], what: str, settings: ExtractionSettings) -> None:
+  """Logs how many texts gave no row (a documented skip) and stops, naming the causes, when none gave one."""
+  covered = len(set(np.asarray(store.index["text"]).tolist()))
+  if covered == len(texts):
+    return
+  missing = sorted(set(range(len(texts))) - set(np.asarray(store.index["text"]).tolist()))
+  examples = "; ".join(f"text {i}: {texts[i][:60]!r}" for i in missing[:3])
+  if not covered:
+    raise ValueError(
+        f"{what}: none of the {len(texts)} texts gave a sample row ({examples}). A text is skipped when it has more "
+        f"than extraction.max_tokens={settings.max_tokens} tokens, and gives no row when no usable token follows its "
+        f"first word (BOS and the first word are excluded unless keep_bos=True, e.g. one-word texts or texts "
+        f"without spaces). Raise max_tokens, use longer texts with several words, or set keep_bos.")
+  logging.warning("%s: %d of %d texts gave no sample row and are left out of its pairs (first: %s).", what,
+                  len(missing), len(texts), examples)
+
+
 def extract_all(specs: Sequence[ModelSpec], pairs: Sequence[Pair], seeds: Sequence[int], texts: Sequence[str],
                 tasks: dict, settings: ExtractionSettings, workdir: str, mesh, models: ModelCache,
                 read_info) -> Stores:
@@ -178,6 +195,7 @@ def extract_all(specs: Sequence[ModelSpec], pairs: Sequence[Pair], seeds: Sequen
     get = lambda name=spec.name: models.get(name)
     stores.texts[spec.name] = open_or_extract(
         store_dir(workdir, spec.name, *identity, _texts_key(texts)), get, texts, settings, mesh, info.num_layers)
+    check_rows(stores.texts[spec.name], texts, spec.name, settings)
     if spec.name in random_targets:
       stores.info[spec.name + RANDOM_SUFFIX] = dataclasses.replace(info, name=spec.name + RANDOM_SUFFIX,
                                                                    family="random")
@@ -189,6 +207,7 @@ def extract_all(specs: Sequence[ModelSpec], pairs: Sequence[Pair], seeds: Sequen
       stores.tasks[(task_name, spec.name)] = open_or_extract(
           store_dir(workdir, f"{spec.name}-task-{task_name}", *identity, _texts_key(task.texts)), get,
           list(task.texts), settings, mesh, info.num_layers)
+      check_rows(stores.tasks[(task_name, spec.name)], list(task.texts), f"{spec.name} on task {task_name}", settings)
     models.release(spec.name)
   return stores
 

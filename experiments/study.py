@@ -79,8 +79,11 @@ def load_texts(source: str, num_texts: int, max_words: Optional[int], min_chars:
   else:
     texts = xdata.load_hf_texts(name)
   texts = [xdata.cut_text(xdata.normalize_whitespace(t), max_words=max_words or None) for t in texts]
-  texts = [t for t in texts if len(xdata.word_spans(t)) >= 2][:num_texts]
-  if len(texts) < num_texts:
-    raise ValueError(f"data.source {source} gave {len(texts)} usable texts (two words or more), fewer than "
-                     f"num_texts={num_texts}; lower num_texts or use a larger source.")
-  return texts
+  usable = [t for t in texts if len(xdata.word_spans(t)) >= 2]
+  if len(usable) < num_texts:
+    short = [t for t in texts if len(xdata.word_spans(t)) < 2]
+    raise ValueError(f"data.source {source} gave {len(usable)} usable texts (two words or more; the first word of "
+                     f"each is left out of its samples), fewer than num_texts={num_texts}; {len(short)} of its "
+                     f"{len(texts)} texts have fewer words (e.g. {short[:3]!r}). Lower num_texts or use a larger "
+                     "source.")
+  return usable[:num_texts]

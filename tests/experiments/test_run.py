@@ -309,3 +309,19 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path):
     json.dump({"host": socket.gethostname(), "pid": gone.pid, "run_id": "old", "started": "then"}, f)
   with workdir_lib.lock(str(tmp_path), "new", process=0):
     assert json.load(open(tmp_path / workdir_lib.LOCK_NAME))["run_id"] == "new"
+
+
+def test_sources_without_enough_usable_texts_say_how_many_and_which(tmp_path):
+  path = tmp_path / "texts.jsonl"
+  path.write_text("\n".join(json.dumps({"text": t}) for t in ["Hello", "今天天气很好", "Two words here."]) + "\n")
+  with pytest.raises(ValueError) as error:
+    study.load_texts(f"jsonl:{path}", num_texts=2, max_words=None, min_chars=1, seed=0)
+  message = str(error.value)
+  assert "gave 1 usable texts" in message and "2 of its 3 texts have fewer words" in message and "'Hello'" in message
+
+
+def test_texts_that_give_no_rows_stop_the_run_naming_the_cause(tiny_config, tmp_path):
+  config = tiny_config.copy_and_resolve_references()
+  config.extraction.max_tokens = 2  # below every text: each one is skipped
+  with pytest.raises(ValueError, match=r"tiny-llama: none of the 48 texts gave a sample row \(text 0: .*max_tokens=2"):
+    runner.run(config, str(tmp_path))
