@@ -30,7 +30,6 @@ def _data(seed=0):
   x[..., 3] *= 20
   index = np.zeros(x.shape[1], INDEX_DTYPE)
   index["text"] = np.arange(x.shape[1])
-  index["valid"] = True
   return x, index
 
 

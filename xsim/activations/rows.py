@@ -20,7 +20,7 @@ from xsim.data.text import word_spans
 
 POOLINGS = ("last", "last_word", "mean", "words", "tokens")
 INDEX_DTYPE = np.dtype([("text", np.int64), ("word", np.int32), ("token", np.int32), ("char_start", np.int32),
-                        ("char_end", np.int32), ("valid", np.bool_)])
+                        ("char_end", np.int32)])
 
 
 @dataclasses.dataclass(frozen=True)

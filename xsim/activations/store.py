@@ -31,7 +31,7 @@ import tensorstore as ts
 
 from xsim.activations.rows import INDEX_DTYPE
 
-MANIFEST_VERSION = 2  # 1: consolidated activations.npy without checksums (refused: delete and re-extract)
+MANIFEST_VERSION = 3  # 1: activations.npy without checksums; 2: index with a `valid` field (both refused)
 _PROGRESS_KEYS = ("complete", "num_rows", "shard_rows", "files", "sha256")  # not part of a store's identity
 _CHUNK_BYTES = 4 << 20  # rows per chunk: one layer's rows up to ~4 MiB, so one layer or a few rows read little
 _CHECK_BYTES = 256 << 20  # read_all reads at most this much at a time
