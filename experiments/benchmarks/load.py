@@ -1,6 +1,6 @@
 """Peak memory and time of loading a model: `xsim.load_model` vs transformers' `from_pretrained`, same file.
 
-    python -m experiments.benchmarks.load                                   # the four packaged GGUF models + safetensors
+    python -m experiments.benchmarks.load            # the four packaged GGUF models and a safetensors checkpoint
     python -m experiments.benchmarks.load --models smollm2-135m safetensors --out load.json
 
 Each load runs in a fresh subprocess, one at a time (the 1.5B needs ~8 GB a side). The child first imports

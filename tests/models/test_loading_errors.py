@@ -183,7 +183,7 @@ def test_name_table_must_match_the_module(tmp_path):
   with pytest.raises(ValueError, match=r"mapped to parameters the module does not have: \['final_norm/bias'\]"):
     convert_checkpoint(config, tensors, extra, per_layer, expected, np.float32)
   del top[("embed",)]
-  with pytest.raises(ValueError, match=r"No weights mapped for parameters \['embed'\]"):
+  with pytest.raises(ValueError, match=r"the architecture: no weights mapped for parameters \['embed'\]\.$"):
     convert_checkpoint(config, tensors, top, per_layer, expected, np.float32)
 
 

@@ -87,8 +87,9 @@ def convert_checkpoint(config: ModelConfig, tensors: Mapping[str, np.ndarray], t
   unmapped = sorted("/".join(p) for p in expected_shapes if p not in leaves)
   unknown = sorted("/".join(p) for p in leaves if p not in expected_shapes)
   if unmapped or unknown:
-    raise ValueError(f"No weights mapped for parameters {unmapped}, and weights mapped to parameters the module does "
-                     f"not have: {unknown}; the {config.family} name table does not match the architecture.")
+    problems = ([f"no weights mapped for parameters {unmapped}"] if unmapped else []) + (
+        [f"weights mapped to parameters the module does not have: {unknown}"] if unknown else [])
+    raise ValueError(f"The {config.family} name table does not match the architecture: {'; '.join(problems)}.")
   sources = {path: [spec.name.format(i=i) for i in range(config.num_layers)] if stacked else [spec.name]
              for path, (spec, stacked) in leaves.items()}
   _check_names(config, tensors, sources)
