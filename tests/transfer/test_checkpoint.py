@@ -73,12 +73,19 @@ def _flip(path, where):
   path.write_bytes(bytes(data))
 
 
+def _chunk_files(d):
+  """The files of chunk 2's orbax checkpoint, largest (the array data) first."""
+  files = [p for p in (d / "chunk_00002").rglob("*") if p.is_file()]
+  return sorted(files, key=lambda p: (-p.stat().st_size, str(p)))
+
+
 DAMAGE = {
-    "npz start flipped (zip header)": lambda d: _flip(d / "chunk_00002.npz", "start"),
-    "npz middle flipped (array data)": lambda d: _flip(d / "chunk_00002.npz", "middle"),
-    "npz end flipped (zip directory)": lambda d: _flip(d / "chunk_00002.npz", "end"),
-    "npz truncated": lambda d: os.truncate(d / "chunk_00002.npz", os.path.getsize(d / "chunk_00002.npz") // 2),
-    "npz deleted": lambda d: os.remove(d / "chunk_00002.npz"),
+    "array data start flipped": lambda d: _flip(_chunk_files(d)[0], "start"),
+    "array data middle flipped": lambda d: _flip(_chunk_files(d)[0], "middle"),
+    "array data end flipped": lambda d: _flip(_chunk_files(d)[0], "end"),
+    "array data truncated": lambda d: os.truncate(_chunk_files(d)[0], _chunk_files(d)[0].stat().st_size // 2),
+    "every metadata file flipped": lambda d: [_flip(p, "middle") for p in _chunk_files(d)[1:] if p.stat().st_size],
+    "chunk deleted": lambda d: shutil.rmtree(d / "chunk_00002"),
     "record flipped": lambda d: _flip(d / "chunk_00002.json", "middle"),
     "record truncated": lambda d: os.truncate(d / "chunk_00002.json", 10),
     "record of other pairs": lambda d: (d / "chunk_00002.json").write_text(
@@ -112,8 +119,10 @@ def test_save_killed_midway_does_not_break_the_next_save(data, fresh, tmp_path, 
   fit, directory = fresh
   directory = _copy(directory, tmp_path)
   os.remove(directory / "chunk_00002.json")
-  _flip(directory / "chunk_00002.npz", "middle")  # arrays renamed into place, killed before the record
-  (directory / ".tmp-kq3z_chunk_00002.npz").write_bytes(b"PK\x03\x04partial")  # killed while writing
+  _flip(_chunk_files(directory)[0], "middle")  # arrays renamed into place, killed before the record
+  partial = directory / "chunk_00002.orbax-checkpoint-tmp-1764000000"  # killed while orbax was writing
+  partial.mkdir()
+  (partial / "_CHECKPOINT_METADATA").write_text("{")
   with caplog.at_level(logging.WARNING):
     resumed = transfer.fit_linear_maps(*data, checkpoint_dir=str(directory), **OPTIONS)
   assert resumed.restored_chunks == (0, 1, 3) and not caplog.records  # an unfinished chunk is no damage

@@ -1,29 +1,32 @@
-"""Verified per-chunk checkpoints of fitted maps, so an interrupted sweep resumes with the chunks it finished.
+"""Verified per-chunk checkpoints of fitted maps (orbax), so an interrupted sweep resumes with the chunks it
+finished.
 
 Layout of `<directory>`:
   settings.json     what was fit, so a resume never mixes runs
-  chunk_00012.npz   the chunk's arrays (NumPy, uncompressed), written under a unique temporary name and renamed
-  chunk_00012.json  the SHA-256 of that file and what produced it (method, the chunk's pairs), written after it
+  chunk_00012/      the chunk's arrays, an orbax checkpoint (written under a temporary name, renamed when whole)
+  chunk_00012.json  the SHA-256 of those arrays and what produced them (method, the chunk's pairs), written after
 
-A chunk counts as finished once its record exists. Each read checks the file against the record; a damaged or
-missing chunk is reported (directory, chunk, method, pairs), deleted and counts as not finished, so the sweep fits
-it again and the result equals that of an undamaged rerun. A save killed midway leaves only a `.tmp-*` file,
-which no later save or read touches.
+A chunk counts as finished once its record exists. Each read restores the arrays and checks them against the
+record; a damaged or missing chunk (or one orbax cannot read) is reported (directory, chunk, method, pairs),
+deleted and counts as not finished, so the sweep fits it again and the result equals that of an undamaged rerun.
+A save killed midway leaves an orbax temporary directory, or a chunk without its record: the next save of that
+chunk removes both first.
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
 import os
-import zipfile
+import shutil
 from typing import Optional
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 
 from xsim.activations.store import atomic_write
-
-_SEPARATOR = "/"  # joins nested dict keys into one npz member name: "params/weight"
 
 
 class ChunkStore:
@@ -57,10 +60,14 @@ class ChunkStore:
                          f"{', '.join(changed)}); pass a fresh directory or delete this one.")
     else:
       atomic_write(settings_path, lambda tmp: _write_text(tmp, json.dumps(encoded, indent=1)))
+    # Each process fits its own chunks (the runner splits pairs across processes): orbax must not wait for others.
+    me = jax.process_index()
+    self._checkpointer = ocp.StandardCheckpointer(
+        multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me}))
 
   def _paths(self, chunk: int) -> tuple[str, str]:
     stem = os.path.join(self._directory, f"chunk_{chunk:05d}")
-    return stem + ".npz", stem + ".json"
+    return stem, stem + ".json"
 
   def load(self, chunk: int, pairs: np.ndarray) -> Optional[dict]:
     """The verified result of a finished chunk, or None if it is not finished or damaged (then it is logged and
@@ -80,17 +87,24 @@ class ChunkStore:
         raise ValueError(f"{os.path.basename(record_path)} is not a chunk record")
       if record.get("pairs") != np.asarray(pairs).tolist():
         raise ValueError(f"its record lists pairs {record.get('pairs')}")
-      if _file_sha256(data_path) != record.get("sha256"):
-        raise ValueError(f"{os.path.basename(data_path)} does not match its SHA-256")
-      with np.load(data_path, allow_pickle=False) as arrays:
-        return _unflatten({name: arrays[name] for name in arrays.files})
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+      result = jax.tree_util.tree_map(np.asarray, self._checkpointer.restore(data_path))
+      if _tree_sha256(result) != record.get("sha256"):
+        raise ValueError(f"the arrays of {os.path.basename(data_path)} do not match their SHA-256")
+      return result
+    except Exception as e:  # orbax and tensorstore raise many kinds; any of them means the chunk is not usable
       logging.warning("Map checkpoint %s, chunk %d (method %s, pairs %s) is damaged (%s: %s); deleting it, it "
                       "will be fit again.", self._directory, chunk, self._method, np.asarray(pairs).tolist(),
-                      type(e).__name__, e)
-      for path in (record_path, data_path):
-        _remove(path)
+                      type(e).__name__, str(e)[:300])
+      self._remove(chunk)
       return None
+
+  def _remove(self, chunk: int) -> None:
+    """Deletes a chunk's record, its arrays and any temporary directory a killed save left."""
+    data_path, record_path = self._paths(chunk)
+    if os.path.exists(record_path):
+      os.remove(record_path)
+    for path in [data_path] + glob.glob(data_path + ".orbax-checkpoint-tmp*"):
+      shutil.rmtree(path, ignore_errors=True)
 
   def save(self, chunk: int, pairs: np.ndarray, result: dict) -> None:
     """Writes the chunk's arrays, then the record that marks it finished (both atomically).
@@ -101,16 +115,10 @@ class ChunkStore:
       result: nested dict of NumPy arrays.
     """
     data_path, record_path = self._paths(chunk)
-    digest = []
-
-    def write_arrays(tmp):
-      with open(tmp, "wb") as f:
-        np.savez(f, **_flatten(result))
-        f.flush()
-        os.fsync(f.fileno())
-      digest.append(_file_sha256(tmp))
-    atomic_write(data_path, write_arrays)
-    record = {"sha256": digest[0], "method": self._method, "pairs": np.asarray(pairs).tolist()}
+    self._remove(chunk)
+    self._checkpointer.save(data_path, result)
+    self._checkpointer.wait_until_finished()
+    record = {"sha256": _tree_sha256(result), "method": self._method, "pairs": np.asarray(pairs).tolist()}
     atomic_write(record_path, lambda tmp: _write_text(tmp, json.dumps(record)))
 
 
@@ -122,33 +130,13 @@ def fingerprint(*arrays: np.ndarray) -> str:
   return digest.hexdigest()[:16]
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
-  """{"params": {"weight": w}, "r2": r} -> {"params/weight": w, "r2": r}."""
-  flat = {}
-  for name, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, prefix + name + _SEPARATOR))
-    else:
-      flat[prefix + name] = np.asarray(value)
-  return flat
-
-
-def _unflatten(flat: dict) -> dict:
-  tree = {}
-  for name, value in flat.items():
-    *parents, leaf = name.split(_SEPARATOR)
-    node = tree
-    for parent in parents:
-      node = node.setdefault(parent, {})
-    node[leaf] = value
-  return tree
-
-
-def _file_sha256(path: str) -> str:
+def _tree_sha256(tree) -> str:
+  """SHA-256 over every leaf's path, dtype, shape and bytes, in path order."""
   digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 24), b""):
-      digest.update(block)
+  for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(tree)[0], key=lambda kv: jax.tree_util.keystr(kv[0])):
+    leaf = np.ascontiguousarray(np.asarray(leaf))
+    digest.update(f"{jax.tree_util.keystr(path)}|{leaf.dtype.str}|{leaf.shape}".encode())
+    digest.update(leaf.tobytes())
   return digest.hexdigest()
 
 
@@ -158,9 +146,3 @@ def _write_text(path: str, text: str) -> None:
     f.flush()
     os.fsync(f.fileno())
 
-
-def _remove(path: str) -> None:
-  try:
-    os.remove(path)
-  except FileNotFoundError:
-    pass
