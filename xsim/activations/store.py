@@ -239,7 +239,7 @@ def _axis_key(key, n: int):
 class Activations:
   """Extracted activations. array: [num_layers, num_rows, hidden], read lazily from the store (a StoredArray:
   `array[:, rows]` and `np.asarray(array, np.float32)` give NumPy arrays); index: [num_rows] records (text, word,
-  token, char_start, char_end, valid) saying what each row is; layers: hidden-state index of each array layer;
+  token, char_start, char_end) saying what each row is; layers: hidden-state index of each array layer;
   stats: per-layer activation statistics."""
   array: StoredArray
   index: np.ndarray
