@@ -2,7 +2,8 @@
 
     python -m experiments.benchmarks.forward                        # SmolLM2-135M's shape, random weights, CPU
     python -m experiments.benchmarks.forward --model smollm2-135m   # the packaged GGUF (or a HF dir, a .gguf)
-    python -m experiments.benchmarks.forward --platform gpu --peak_tflops 989   # H100 dense bf16 peak
+    python -m experiments.benchmarks.forward --platform gpu --shape llama-3.2-1b --batch 32 --peak_tflops 989
+                                                                    # H100/H200 dense bf16 peak
 
 Both sides do the same work per call, from one checkpoint on disk: logits [B, S, V] and every hidden state
 (transformers with `output_hidden_states=True` under `torch.inference_mode()`, sdpa attention, no KV cache).
@@ -13,6 +14,7 @@ each call's process CPU time is printed too: it measures the work done and chang
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import tempfile
@@ -30,6 +32,21 @@ import xsim
 SMOLLM2_135M = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                     num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True, rms_norm_eps=1e-5,
                     rope_parameters=dict(rope_type="default", rope_theta=100000.0), max_position_embeddings=8192)
+# Real architectures for random checkpoints: name -> (transformers config class, its arguments), from each hub
+# repository's config.json (meta-llama/Llama-3.2-1B, Qwen/Qwen2.5-1.5B).
+SHAPES = {
+    "smollm2-135m": ("LlamaConfig", SMOLLM2_135M),
+    "llama-3.2-1b": ("LlamaConfig", dict(
+        vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+        num_key_value_heads=8, head_dim=64, tie_word_embeddings=True, rms_norm_eps=1e-5,
+        rope_parameters=dict(rope_type="llama3", rope_theta=500000.0, factor=32.0, low_freq_factor=1.0,
+                             high_freq_factor=4.0, original_max_position_embeddings=8192),
+        max_position_embeddings=131072)),
+    "qwen2.5-1.5b": ("Qwen2Config", dict(
+        vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+        num_key_value_heads=2, tie_word_embeddings=True, rms_norm_eps=1e-6,
+        rope_parameters=dict(rope_type="default", rope_theta=1000000.0), max_position_embeddings=131072)),
+}
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # jax.monitoring events that together make up a jit cache miss: tracing, lowering to MLIR, XLA compilation.
 COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
@@ -40,7 +57,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--model", default=None,
                  help="local HF directory, .gguf file or packaged name (e.g. smollm2-135m); default: a random "
-                      "SmolLM2-135M-shaped Llama written with save_pretrained to a temporary directory")
+                      "--shape model written with save_pretrained to a temporary directory")
+  p.add_argument("--shape", choices=sorted(SHAPES), default="smollm2-135m",
+                 help="architecture of the random checkpoint (without --model)")
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--seq", type=int, default=128)
   p.add_argument("--repeats", type=int, default=5, help="timed calls per side, after one warm-up call each")
@@ -53,6 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--torch_threads", type=int, default=None,
                  help="torch.set_num_threads; default: leave torch's own default (one thread per core)")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--out", default=None, help="write the figures as JSON here")
   args = p.parse_args(argv)
   if min(args.batch, args.seq, args.repeats) < 1:
     p.error("--batch, --seq and --repeats must be positive.")
@@ -62,11 +82,16 @@ def parse_args(argv=None) -> argparse.Namespace:
   return args
 
 
-def write_random_checkpoint(directory: str, seed: int) -> None:
-  """SmolLM2-135M-shaped Llama with transformers' random init, saved as safetensors in `directory`."""
+def write_random_checkpoint(directory: str, seed: int, shape: str = "smollm2-135m", dtype: str = "float32",
+                            device: str = "cpu") -> None:
+  """A model of SHAPES[shape] with transformers' random init, saved as `dtype` safetensors in `directory`;
+  initialised on `device` (cuda builds a 1B model in seconds)."""
   torch.manual_seed(seed)
-  config = transformers.LlamaConfig(**SMOLLM2_135M)
-  transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(directory)
+  config_class, arguments = SHAPES[shape]
+  config = getattr(transformers, config_class)(**arguments)
+  with torch.device(device):
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=TORCH_DTYPES[dtype])
+  model.save_pretrained(directory)
 
 
 def model_location(model: str) -> tuple[str, str | None]:
@@ -140,8 +165,8 @@ def numpy_matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
 
 
 def report(name: str, stats: dict[str, Any], tokens: int, flops_per_token: float,
-           peak_tflops: float | None) -> float:
-  """Prints one side's figures; returns its tokens/s at the median wall time."""
+           peak_tflops: float | None) -> dict[str, float]:
+  """Prints one side's figures; returns them (tokens/s at the median wall time, FLOP/s, fraction of peak)."""
   wall, cpu = statistics.median(stats["wall"]), statistics.median(stats["cpu"])
   rate = tokens / wall
   flops = rate * flops_per_token
@@ -149,7 +174,8 @@ def report(name: str, stats: dict[str, Any], tokens: int, flops_per_token: float
   print(f"{name:12s} warm-up {stats['first']:6.2f} s | wall median {wall:7.3f} s (min {min(stats['wall']):.3f}, "
         f"max {max(stats['wall']):.3f}) | CPU {cpu:6.2f} s/call | {rate:8.0f} tokens/s | "
         f"{flops / 1e9:7.1f} GFLOP/s{peak}")
-  return rate
+  return dict(tokens_per_s=rate, flops_per_s=flops, fraction_of_peak=flops / (peak_tflops * 1e12) if peak_tflops
+              else None, first_s=stats["first"], wall_s=stats["wall"], cpu_s=stats["cpu"])
 
 
 def main(argv=None) -> None:
@@ -160,8 +186,8 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.torch_threads)
   with tempfile.TemporaryDirectory(prefix="xsim-forward-bench-") as scratch:
     if args.model is None:
-      write_random_checkpoint(scratch, args.seed)
-      directory, gguf_file, source = scratch, None, "random SmolLM2-135M-shaped Llama"
+      write_random_checkpoint(scratch, args.seed, args.shape, args.dtype, device)
+      directory, gguf_file, source = scratch, None, f"random {args.shape}-shaped model"
     else:
       (directory, gguf_file), source = model_location(args.model), args.model
     path = os.path.join(directory, gguf_file) if gguf_file else directory
@@ -201,15 +227,25 @@ def main(argv=None) -> None:
   diff = np.max(np.abs(xsim_logits - stats["torch"]["result"].logits.float().cpu().numpy()))
   print(f"max |logits xsim - HF| = {diff:.2e}")
 
-  xsim_rate = report("xsim (JAX)", stats["xsim"], tokens, flops_per_token, args.peak_tflops)
-  torch_rate = report("HF (torch)", stats["torch"], tokens, flops_per_token, args.peak_tflops)
+  xsim_side = report("xsim (JAX)", stats["xsim"], tokens, flops_per_token, args.peak_tflops)
+  torch_side = report("HF (torch)", stats["torch"], tokens, flops_per_token, args.peak_tflops)
   print(f"xsim compile (trace + lower + XLA, within its warm-up): {compile_timer.seconds:.2f} s")
-  best = min(stats["torch"]["wall"]) / min(stats["xsim"]["wall"])
-  cpu = statistics.median(stats["torch"]["cpu"]) / statistics.median(stats["xsim"]["cpu"])
-  print(f"ratio xsim / HF tokens/s: {xsim_rate / torch_rate:.2f} (median wall) | {best:.2f} (best wall) | "
-        f"{cpu:.2f} (CPU time per call)")
-  if args.platform == "cpu":
-    print(f"reference: NumPy float32 2048^3 matmul, best of 5: {numpy_matmul_gflops():.1f} GFLOP/s")
+  ratios = dict(median_wall=xsim_side["tokens_per_s"] / torch_side["tokens_per_s"],
+                best_wall=min(stats["torch"]["wall"]) / min(stats["xsim"]["wall"]),
+                cpu=statistics.median(stats["torch"]["cpu"]) / statistics.median(stats["xsim"]["cpu"]))
+  print(f"ratio xsim / HF tokens/s: {ratios['median_wall']:.2f} (median wall) | {ratios['best_wall']:.2f} (best "
+        f"wall) | {ratios['cpu']:.2f} (CPU time per call)")
+  matmul = numpy_matmul_gflops() if args.platform == "cpu" else None
+  if matmul is not None:
+    print(f"reference: NumPy float32 2048^3 matmul, best of 5: {matmul:.1f} GFLOP/s")
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump(dict(model=source, shape=args.shape if args.model is None else None, family=config.family,
+                     params=config.num_params, batch=args.batch, seq=args.seq, dtype=args.dtype,
+                     platform=args.platform, device=jax.devices()[0].device_kind, torch_threads=torch.get_num_threads(),
+                     flops_per_token=flops_per_token, max_abs_logit_difference=float(diff),
+                     compile_s=compile_timer.seconds, xsim=xsim_side, hf=torch_side, xsim_over_hf=ratios,
+                     numpy_matmul_gflops=matmul), f, indent=1)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,8 @@ peak): RSS after loading is printed too, as both sides import transformers and t
         position only, every hidden state pooled ("last" token or "mean" over real tokens) to NumPy, under
         torch.inference_mode. One warm-up call, then --repeats timed calls.
   xsim: extract_activations(layers="all", batch_size=--num_texts) into a fresh store each call: one warm-up
-        call, whose XLA compilation is timed apart (jax.monitoring), then --repeats timed calls. Each call jits
-        its forward afresh; the timed calls load the warm-up's executable from JAX's persistent compilation
-        cache instead of compiling again (their tracing and lowering remain, and "compute s" leaves them out).
+        call, whose XLA compilation is timed apart (jax.monitoring), then --repeats timed calls, which reuse the
+        warm-up's compiled forward (extraction caches it per model, layers, site and mesh).
 The sides alternate for --rounds rounds (hf, xsim, hf, xsim, ...), so a change of load on a shared machine
 hits both; figures are medians over all timed calls, peaks the worst round's.
 """
@@ -79,15 +78,12 @@ def memory_mib() -> dict:
   return dict(peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, rss_mib=current / 1024)
 
 
-def prepare(workdir: str, args: argparse.Namespace) -> None:
-  """Writes the random checkpoint, its tokenizer and texts.json (each text at most --tokens tokens) to `workdir`."""
+def train_tokenizer(passages: list[str], workdir: str):
+  """A byte-level BPE tokenizer of VOCAB_SIZE tokens trained on `passages` and saved to `workdir` (right padding)
+  -> (tokenizers.Tokenizer, the transformers tokenizer saved)."""
   import tokenizers
-  import torch
   import transformers
   from tokenizers import decoders, models, pre_tokenizers, processors, trainers
-
-  from xsim import data
-  passages = data.load_corpus("sotu", seed=args.seed)
   tok = tokenizers.Tokenizer(models.BPE())
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = decoders.ByteLevel()
@@ -97,19 +93,34 @@ def prepare(workdir: str, args: argparse.Namespace) -> None:
   tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|endoftext|>",
                                                    eos_token="<|endoftext|>", padding_side="right")
   tokenizer.save_pretrained(workdir)
+  return tok, tokenizer
 
+
+def texts_of_tokens(tok, passages: list[str], num_texts: int, tokens: int) -> list[str]:
+  """`num_texts` texts of consecutive passages, each cut at a word end to at most `tokens` tokens of `tok`."""
   texts, next_passage = [], 0
-  for _ in range(args.num_texts):
+  for _ in range(num_texts):
     text = ""
-    while len(tok.encode(text).ids) <= args.tokens:
+    while len(tok.encode(text).ids) <= tokens:
       text = f"{text} {passages[next_passage]}".strip()
       next_passage += 1
     spans = tok.encode(text).offsets
-    # Cut after the last whole word within --tokens tokens: that prefix tokenizes to the same tokens.
-    end = max(e for (_, e), (s, _) in zip(spans[:args.tokens], spans[1:args.tokens + 1]) if text[e:s].isspace())
+    # Cut after the last whole word within `tokens` tokens: that prefix tokenizes to the same tokens.
+    end = max(e for (_, e), (s, _) in zip(spans[:tokens], spans[1:tokens + 1]) if text[e:s].isspace())
     texts.append(text[:end])
+  return texts
+
+
+def prepare(workdir: str, args: argparse.Namespace) -> None:
+  """Writes the random checkpoint, its tokenizer and texts.json (each text at most --tokens tokens) to `workdir`."""
+  import torch
+  import transformers
+
+  from xsim import data
+  passages = data.load_corpus("sotu", seed=args.seed)
+  tok, tokenizer = train_tokenizer(passages, workdir)
   with open(os.path.join(workdir, "texts.json"), "w") as f:
-    json.dump(texts, f)
+    json.dump(texts_of_tokens(tok, passages, args.num_texts, args.tokens), f)
 
   torch.manual_seed(args.seed)
   config = transformers.LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=max(4096, args.tokens),
@@ -157,10 +168,6 @@ def run_xsim(args: argparse.Namespace, texts: list[str]) -> dict:
   from experiments.benchmarks.forward import CompileTimer
   from xsim.activations.rows import tokenize
   from xsim.models.layers import default_block_size
-  # extract_activations jits its forward afresh per call; the timed calls reuse the first call's executable.
-  jax.config.update("jax_compilation_cache_dir", os.path.join(args.workdir, "jax_cache"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
   model = xsim.load_model(args.workdir, dtype=args.dtype)
   if args.attention_block_size:
     model = dataclasses.replace(model, config=dataclasses.replace(
@@ -223,8 +230,8 @@ def spawn(side: str, workdir: str, args: argparse.Namespace) -> dict:
 def summarize(runs: dict[str, list[dict]]) -> dict:
   """Per side: medians over every timed call of every round, worst peak memory, and the xsim / HF ratios.
 
-  xsim's "compute_seconds" leave out the tracing, lowering and cache loading inside each timed call; HF's equal
-  its wall seconds.
+  xsim's "compute_seconds" leave out any tracing, lowering and compilation inside each timed call (none while its
+  cached forward fits); HF's equal its wall seconds.
   """
   sides = {}
   for side, results in runs.items():

@@ -19,6 +19,7 @@ Workloads, on the same float32 arrays (random, sharing a 32-dim latent so neighb
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import numpy as np
@@ -43,6 +44,7 @@ def parse_args(argv=None):
   p.add_argument("--generic_permutations", type=int, default=2, help="permutations the generic null is timed on")
   p.add_argument("--repeats", type=int, default=2, help="interleaved timing rounds; each contender keeps its best")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--out", default=None, help="write the figures as JSON here")
   a = p.parse_args(argv)
   if min(a.la, a.lb, a.n, a.dx, a.dy, a.k, a.loop_rows, a.devices, a.repeats) < 1:
     p.error("sizes and counts must be positive.")
@@ -104,6 +106,11 @@ def main(argv=None):
   print(f"\n{'workload':<24} {'xsim s':>9}  {'alternative':<26} {'alt s':>9} {'alt/xsim':>9}  note")
   for work, t_xsim, alt, t_alt, note in rows:
     print(f"{work:<24} {t_xsim:>9.3f}  {alt:<26} {t_alt:>9.2f} {t_alt / t_xsim:>8.1f}x  {note}")
+  if a.out:
+    with open(a.out, "w") as f:
+      json.dump(dict(args=vars(a), device=f"{len(jax.devices())} x {jax.devices()[0].device_kind}",
+                     rows=[dict(workload=w, xsim_s=t, alternative=alt, alternative_s=ta, note=note)
+                           for w, t, alt, ta, note in rows]), f, indent=1)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,13 @@ maps) on 1 vs 8 devices and on 1 vs 2 processes: the same tables, and each proce
     python -m experiments.benchmarks.sweep                        # 4 models x 13 hidden states, n 512, CPU
     python -m experiments.benchmarks.sweep --models 10 --layers 29 --n 5000 --dims 1536 2048 --devices 1 8 \\
         --processes 1 --platform gpu                              # a 10-model sweep on an 8-GPU node
+    python -m experiments.benchmarks.sweep --protocol seed --models 2 --layers 9 --n 5000 --dims 4096 3584 \\
+        --permutations 500 --ci_resamples 200 --devices 1 --processes 1 --platform gpu   # an 8B pair, one GPU
 
 Activations are synthetic (speed does not depend on values): K models share a low-rank latent, mixed and
-noised differently per model and layer, so CKA, maps and nulls have real structure. Every configuration runs in
+noised differently per model and layer, so CKA, maps and nulls have real structure. --protocol demo compares
+them with the demo's settings (debiased CKA and mutual k-NN on standardized rows, tuned ridge maps); --protocol seed
+with the seed protocol's (debiased CKA on raw rows, untuned ridge maps). Every configuration runs in
 its own subprocess (forced host devices on CPU) through the runner's own planning (experiments.run.plan_units),
 units (experiments.units) and tables step, into its own workdir; the runner's cache is cold each time. Printed:
 wall time of the comparison stage, units per process, devices per process, the speedup against one device and
@@ -15,6 +19,7 @@ one process, and the largest difference of any table cell from the one-device ru
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -36,6 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--devices", type=int, nargs="+", default=[1, 8], help="device counts for one process")
   p.add_argument("--processes", type=int, nargs="+", default=[1, 2], help="process counts (one device each)")
   p.add_argument("--platform", choices=("cpu", "gpu"), default="cpu")
+  p.add_argument("--protocol", choices=("demo", "seed"), default="demo",
+                 help="similarity and transfer settings: experiments/configs/demo.py or seed_protocol.py")
   p.add_argument("--out", default=None, help="write the figures as JSON here")
   p.add_argument("--child", default=None, help=argparse.SUPPRESS)
   return p.parse_args(argv)
@@ -66,11 +73,14 @@ def synthetic_stores(args):
 
 
 def config(args, names):
-  from experiments.configs import demo
-  c = demo.get_config()
+  from experiments.configs import demo, seed_protocol
+  c = (seed_protocol if args.protocol == "seed" else demo).get_config()
   c.models = [dict(name=n, path=n, family=f"family{k % 2}") for k, n in enumerate(names)]
-  c.similarity.update(measures=["cka_debiased", "mutual_knn"], preprocess=["standardize"],
-                      permutations=args.permutations, ci_resamples=args.ci_resamples)
+  if args.protocol == "seed":
+    c.pairs = [list(p) for p in itertools.combinations(names, 2)]  # its own pairs name real models
+  else:
+    c.similarity.update(measures=["cka_debiased", "mutual_knn"], preprocess=["standardize"])
+  c.similarity.update(permutations=args.permutations, ci_resamples=args.ci_resamples)
   c.baselines.random_init = False
   c.transfer.next_token.enabled = False
   c.probes.tasks = []
@@ -103,7 +113,7 @@ def child(args) -> dict:
 def _run(args, workdir: str, devices: int, processes: int) -> dict:
   argv = [sys.executable, "-m", "experiments.benchmarks.sweep", f"--child={workdir}", f"--models={args.models}",
           f"--layers={args.layers}", f"--n={args.n}", f"--permutations={args.permutations}",
-          f"--ci_resamples={args.ci_resamples}", "--dims", *map(str, args.dims)]
+          f"--ci_resamples={args.ci_resamples}", f"--protocol={args.protocol}", "--dims", *map(str, args.dims)]
   env = dict(os.environ)
   if args.platform == "cpu":
     env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
@@ -163,7 +173,8 @@ def main(argv=None) -> None:
     for row in rows:
       del row["workdir"]
   print(f"{args.models} models ({len(rows) and rows[0]['units']} units), {args.layers} hidden states, n {args.n}, "
-        f"dims {args.dims}, {args.permutations} permutations, {args.ci_resamples} subsamples, {args.platform}")
+        f"dims {args.dims}, {args.permutations} permutations, {args.ci_resamples} subsamples, {args.protocol} "
+        f"protocol, {args.platform}")
   print(f"{'devices':>8} {'processes':>9} {'seconds':>9} {'speedup':>8} {'units per process':>24} {'max |diff|':>11}")
   for r in rows:
     per = ", ".join(f"{c}" for c in r["per_process"].values())

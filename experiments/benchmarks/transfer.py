@@ -2,8 +2,10 @@
 
   python -m experiments.benchmarks.transfer                 # 24 x 24 layers, n = 8,192, d = 1,024 (hours on CPU)
   python -m experiments.benchmarks.transfer --layers 6 --n 4096 --d 512 --steps 100 --batch_size 512
+  python -m experiments.benchmarks.transfer --layers 4 --d 2048 --d_target 1536 --steps 100   # 16 pairs, GPU-sized
 
-Workloads, on the same random float32 activations (target layer j is a noisy linear map of source layer j):
+Workloads, on the same random float32 activations (target layer j, --d_target wide, is a noisy linear map of
+source layer j, --d wide):
   optax: `fit_linear_maps(method="adam")` (per chunk of target layers one jitted while-loop, every pair of the
          chunk in one vmapped step) vs the honest alternative: a Python loop over pairs calling a jitted
          single-pair step `steps` times, with xsim's own optimizer step (`train.model_step`), minibatches,
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import time
 
 import jax
@@ -39,7 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--layers", type=int, default=24, help="La = Lb")
   p.add_argument("--n", type=int, default=8192, help="rows (60%% train, 20%% val, 20%% test)")
-  p.add_argument("--d", type=int, default=1024, help="da = db")
+  p.add_argument("--d", type=int, default=1024, help="da, the source width")
+  p.add_argument("--d_target", type=int, default=None, help="db, the target width (default: --d)")
   p.add_argument("--steps", type=int, default=200, help="optimizer steps per map")
   p.add_argument("--batch_size", type=int, default=1024)
   p.add_argument("--eval_every", type=int, default=25)
@@ -53,21 +57,24 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="target layers per source layer the loops are timed on; extrapolated")
   p.add_argument("--matmul", type=int, default=2048, help="side of the reference square matmul")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--out", default=None, help="write the figures as JSON here")
   args = p.parse_args(argv)
-  if min(args.layers, args.n, args.d, args.steps, args.batch_size, args.eval_every, args.penalties, args.lambdas,
+  args.d_target = args.d_target or args.d
+  if min(args.layers, args.n, args.d, args.d_target, args.steps, args.batch_size, args.eval_every, args.penalties, args.lambdas,
          args.loop_targets, args.rounds, args.sources or 1) < 1:
     p.error("sizes and counts must be positive.")
   return args
 
 
-def make_data(layers: int, n: int, d: int, seed: int):
-  """-> source, target [L, n, d] float32; target layer j is a noisy linear function of source layer j."""
+def make_data(layers: int, n: int, da: int, db: int, seed: int):
+  """-> source [L, n, da], target [L, n, db] float32; target layer j is a noisy linear function of source
+  layer j."""
   rng = np.random.default_rng(seed)
-  source = rng.standard_normal((layers, n, d), dtype=np.float32)
-  target = np.empty_like(source)
+  source = rng.standard_normal((layers, n, da), dtype=np.float32)
+  target = np.empty((layers, n, db), np.float32)
   for j in range(layers):
-    mix = rng.standard_normal((d, d), dtype=np.float32) / np.sqrt(d)
-    target[j] = source[j] @ mix + rng.standard_normal((n, d), dtype=np.float32)
+    mix = rng.standard_normal((da, db), dtype=np.float32) / np.sqrt(da)
+    target[j] = source[j] @ mix + rng.standard_normal((n, db), dtype=np.float32)
   return source, target
 
 
@@ -85,20 +92,21 @@ def matmul_rate(side: int) -> float:
   return 2.0 * side**3 / min(timed(lambda: mm(a).block_until_ready())[0] for _ in range(3))
 
 
-def optax_flops(num_targets: int, models_per_pair: int, split: splits.Split, d: int,
+def optax_flops(num_targets: int, models_per_pair: int, split: splits.Split, da: int, db: int,
                 settings: train.TrainSettings) -> float:
   """Matmul FLOPs xsim's optax trainer executes for one source layer and `num_targets` target layers: batch
   statistics (or per-step row matmuls), validation and test passes."""
   rows, _ = train.minibatches(settings, len(split.train))
   evaluations = 1 + settings.steps // settings.eval_every + (settings.steps % settings.eval_every != 0)
-  per_model = evaluations * 2 * len(split.val) * d * d
+  per_model = evaluations * 2 * len(split.val) * da * db
   per_pair = per_source = 0
-  if train.uses_statistics(settings, len(split.train), d):
-    per_model += settings.steps * 2 * d**3  # W S_b
-    per_pair = per_source = 2 * rows.size * d * d  # Y_b'X_b and X_b'X_b of every batch
+  if train.uses_statistics(settings, len(split.train), da):
+    per_model += settings.steps * 2 * db * da * da  # W [db, da] S_b [da, da]
+    per_pair = 2 * rows.size * db * da  # Y_b'X_b of every batch
+    per_source = 2 * rows.size * da * da  # X_b'X_b of every batch
   else:
-    per_model += settings.steps * 4 * rows.shape[1] * d * d  # X_b W' and (residual)'X_b
-  per_pair += models_per_pair * per_model + 2 * len(split.test) * d * d
+    per_model += settings.steps * 4 * rows.shape[1] * da * db  # X_b W' and (residual)'X_b
+  per_pair += models_per_pair * per_model + 2 * len(split.test) * da * db
   return per_source + num_targets * per_pair
 
 
@@ -173,8 +181,8 @@ def raw_feature_accuracy(n: int, d: int, seed: int) -> tuple[float, float, float
 
 def main(argv=None):
   a = parse_args(argv)
-  L, n, d = a.layers, a.n, a.d
-  source, target = make_data(L, n, d, a.seed)
+  L, n, d, db = a.layers, a.n, a.d, a.d_target
+  source, target = make_data(L, n, d, db, a.seed)
   penalties = tuple(float(p) for p in np.logspace(-3, -1, a.penalties))
   lambdas = tuple(float(p) for p in np.logspace(-5, 3, a.lambdas))
   chunk_sizes = [int(c) for c in a.chunk_sizes.split(",")] if a.chunk_sizes else [L]
@@ -185,7 +193,7 @@ def main(argv=None):
   split = transfer.make_split(n, seed=a.seed)
   rows, schedule = train.minibatches(settings, len(split.train))
   statistics = train.uses_statistics(settings, len(split.train), d)
-  print(f"devices: {jax.devices()}; La = Lb = {L}, n = {n} ({len(split.train)} train), da = db = {d}, "
+  print(f"devices: {jax.devices()}; La = Lb = {L}, n = {n} ({len(split.train)} train), da = {d}, db = {db}, "
         f"{a.steps} steps over {rows.shape[0]} batches of {rows.shape[1]} rows, {a.penalties} penalties per pair, "
         f"float32; xsim gradients from {'batch statistics' if statistics else 'rows'}")
   print(f"timing, per source layer and interleaved (so machine load hits every side alike): xsim on all {L} "
@@ -253,7 +261,7 @@ def main(argv=None):
   for name in ("loop, rows step", "loop, statistics step", "loop, direct ridge"):
     total[name] *= L / len(loop_targets)
 
-  flops = optax_flops(L, a.penalties, split, d, settings) * L
+  flops = optax_flops(L, a.penalties, split, d, db, settings) * L
   rate_mm, rate_mm_d = matmul_rate(a.matmul), matmul_rate(d)
   print(f"plain matmul: {a.matmul}^3 {rate_mm / 1e9:.1f} GFLOP/s, {d}^3 {rate_mm_d / 1e9:.1f} GFLOP/s")
   for c in chunk_sizes:
@@ -277,6 +285,15 @@ def main(argv=None):
   print(f"\n{'xsim':<22} {'s':>8}  {'alternative':<22} {'s':>8} {'alt/xsim':>9}")
   for ours, alt in pairs_out:
     print(f"{ours:<22} {total[ours]:>8.2f}  {alt:<22} {total[alt]:>8.2f} {total[alt] / total[ours]:>8.1f}x")
+  if a.out:
+    with open(a.out, "w") as f:
+      json.dump(dict(args=vars(a), device=str(jax.devices()[0].device_kind), seconds=total,
+                     optax_flops=flops, matmul_flops_per_s={str(a.matmul): rate_mm, str(d): rate_mm_d},
+                     r2=dict(optax=float(optax_r2), ridge=float(ridge_r2[layer]),
+                             ridge_vs_direct=float(np.max(np.abs(ridge_r2[loop_targets] - direct_r2)))),
+                     raw_features=dict(condition=kappa, weight_error=weight_error, prediction_error=prediction_error),
+                     rows=[dict(xsim=ours, xsim_s=total[ours], alternative=alt, alternative_s=total[alt])
+                           for ours, alt in pairs_out]), f, indent=1)
 
 
 if __name__ == "__main__":
