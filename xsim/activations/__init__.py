@@ -1,4 +1,9 @@
-"""Activation extraction aligned across tokenizers: pooled rows by character offsets, sharded, stored."""
+"""Where models run: activations aligned across tokenizers, sharded, stored, and next-token patching.
+
+Modules: rows (which tokens make each sample, by character offsets), extract (jitted, sharded, resumable
+extraction), sharding (meshes and parameter shardings), store (the verified on-disk store), patching (writing a
+vector into a model's residual stream and scoring its next-token prediction).
+"""
 from xsim.activations.extract import SITES, extract_activations, model_fingerprint
 from xsim.activations.rows import POOLINGS
 from xsim.activations.sharding import make_mesh

@@ -6,7 +6,8 @@
 
 Modules: splits (row split, standardization), ridge / procrustes / train (the three ways to fit a chunk of
 pairs), maps (the sweep driver), controls (shuffled-pair and mean floors), probes (logistic and token probes,
-probe-transfer table), metrics (R^2, next-token scores of a patched pass, bootstrap CIs), checkpoint (verified per-chunk checkpoints).
+probe-transfer table), metrics (R^2, next-token scores of a patched pass, bootstrap CIs), checkpoint (verified
+per-chunk checkpoints). Every function takes and returns arrays; models run in xsim.activations.
 """
 from xsim.transfer.controls import fit_shuffled_maps, mean_predictor_r2
 from xsim.transfer.maps import LinearMapFit, fit_linear_maps
