@@ -6,8 +6,8 @@ layers): max debiased CKA (raw and standardized), best transfer R^2, probe trans
 mapped source activations; its own accuracy and the shuffled-pair map beside it) and the next-token probe (top-1).
 The ratio is cross / within. Its CI resamples texts: the units computed every pair's figure (the max over its
 scored layer pairs) on the same half-sized subsamples of the texts (CKA) or of the maps' test rows (R^2), so each
-subsample gives a ratio; the interval is the basic subsampling interval (tables.subsample_interval) around the
-first seed's ratio. Figures without resamples, or whose pairs hold different texts, show no CI.
+subsample gives a ratio; the interval is the basic subsampling interval around the first seed's ratio
+(xsim.similarity.subsample_interval). Figures without resamples, or whose pairs hold different texts, show no CI.
 """
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from experiments import tables
 
 # STUDY.md: max debiased CKA over 81 pairs of block outputs, probe transfer Gemma -> Qwen (cross) vs Llama 1B -> 3B
 # (within), next-token top-1; the best cross-family map explained 5-7 % of the target's variance.
@@ -37,7 +36,7 @@ def _group_mean(records: Sequence[dict], relation: str, value: str) -> Optional[
   return float(np.mean(values)) if values else None
 
 
-def ratio_ci(resamples: dict, relations: dict) -> Optional[list]:
+def ratio_ci(resamples: dict, relations: dict, level: float) -> Optional[list]:
   """resamples: {pair: {"estimate", "samples": [R] on the shared subsamples, "n"}} -> the CI of mean(cross) /
   mean(within), or None without pairs of both relations or when they hold different numbers of rows."""
   within = [r for p, r in resamples.items() if relations[p] == "within"]
@@ -48,10 +47,13 @@ def ratio_ci(resamples: dict, relations: dict) -> Optional[list]:
   estimate = _ratio(mean(within, "estimate"), mean(cross, "estimate"))
   if not np.isfinite(estimate):
     return None
-  return tables.subsample_interval(estimate, mean(cross, "samples") / mean(within, "samples"), within[0]["n"])
+  from xsim import similarity as sim
+  low, high = sim.subsample_interval(estimate, mean(cross, "samples") / mean(within, "samples"), within[0]["n"],
+                                     level=level)
+  return [float(low), float(high)]
 
 
-def answer(headline: dict, resamples: dict, relations: dict) -> dict:
+def answer(headline: dict, resamples: dict, relations: dict, level: float = 0.95) -> dict:
   """{"figures": [{"figure", "within", "cross", "ratio", "ratio_ci", "published_within", "published_cross",
   "published_ratio", "detail"}], "reading": str} from the headline records (tables.headline) and the first seed's
   resamples: {figure key ((measure, preprocess) for CKA, "r2"): {pair name: {"estimate", "samples", "n"}}}, with
@@ -62,14 +64,14 @@ def answer(headline: dict, resamples: dict, relations: dict) -> dict:
     within, cross = _group_mean(records, "within", "max"), _group_mean(records, "cross", "max")
     if within is None or cross is None:
       continue
-    ci = ratio_ci(resamples.get(record_key, {}), relations)
+    ci = ratio_ci(resamples.get(record_key, {}), relations, level)
     published = PUBLISHED.get(record_key, {})
     figures.append(_figure(f"max debiased CKA ({'raw' if record_key[1] == 'none' else 'standardized'})", within,
                            cross, ci, published))
   transfer = headline.get("transfer", [])
   within, cross = _group_mean(transfer, "within", "r2"), _group_mean(transfer, "cross", "r2")
   if within is not None and cross is not None:
-    figures.append(_figure("best transfer R²", within, cross, ratio_ci(resamples.get("r2", {}), relations),
+    figures.append(_figure("best transfer R²", within, cross, ratio_ci(resamples.get("r2", {}), relations, level),
                            PUBLISHED["r2"],
                            detail=f"shuffled-pair max: within {_group_mean(transfer, 'within', 'r2_shuffled_max'):.3f}, "
                                   f"cross {_group_mean(transfer, 'cross', 'r2_shuffled_max'):.3f}"))

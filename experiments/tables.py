@@ -1,10 +1,10 @@
 """The tables step: a run's results turned into tidy rows and headline numbers, once.
 
-Unit entries (experiments/units.py) -> the tidy tables of experiments/results.py, each pair's statistics per
-measure and seed (max, mean, argmax, permutation null and subsampling CI of the max over the scored layer pairs),
-and the headline numbers (seed-averaged grids' maxima and means, within / cross-family groups and ratios, best
-maps, best probes). Everything is written to the workdir; the report, the plots and `experiments.compare` only
-read and draw it.
+assemble: unit entries (experiments/units.py) -> the tidy tables of experiments/results.py, each pair's statistics
+per measure and seed (max, mean, argmax, permutation null and subsampling CI of the max over the scored layer
+pairs), the headline numbers (seed-averaged grids' maxima and means, within / cross-family groups and ratios, best
+maps, best probes) and the answer (experiments/answer.py). Everything is written to the workdir; the report, the
+plots and `experiments.compare` only read and draw it.
 
 summary.json:
   {"pairs": {"A|B": {"relation", "num_samples", "measures": {"MEASURE|PREP": stats of the first seed},
@@ -17,10 +17,12 @@ summary.json:
 from __future__ import annotations
 
 import collections
+import os
 from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 
+from experiments import answer, cache, results
 from experiments.study import RELATIONS
 from xsim import layer_select
 
@@ -257,17 +259,6 @@ def headline(similarity, transfer, probes, min_layer: int) -> dict:
   return out
 
 
-def subsample_interval(estimate: float, samples, n: int, level: float = CI_LEVEL) -> list[float]:
-  """The basic subsampling interval of xsim.similarity.subsample_ci from its half-sample values."""
-  samples = np.asarray(samples, np.float64)
-  size = n // 2
-  scale = (size / (n - size)) ** 0.5
-  alpha = (1.0 - level) / 2.0
-  deviations = samples - estimate
-  return [float(estimate - scale * np.quantile(deviations, 1.0 - alpha)),
-          float(estimate - scale * np.quantile(deviations, alpha))]
-
-
 def grid_statistics(matrix: np.ndarray, layers_a, layers_b, min_layer: int, null_max: Optional[Sequence],
                     subsample_max: Optional[Sequence], n: int) -> dict:
   """A [La, Lb] grid's max, mean and argmax over its scored layer pairs and, where the resamples exist, the 95th
@@ -283,5 +274,112 @@ def grid_statistics(matrix: np.ndarray, layers_a, layers_b, min_layer: int, null
     null_max = np.asarray(null_max, np.float64)
     out.update(null_max_q95=float(np.quantile(null_max, 0.95)),
                p_value=float(sim.p_value(np.float64(scored.max()), null_max)),
-               max_ci=subsample_interval(float(scored.max()), subsample_max, n))
+               max_ci=[float(v) for v in sim.subsample_interval(float(scored.max()), subsample_max, n,
+                                                                level=CI_LEVEL)])
   return out
+
+
+def assemble(s, pairs, stores, first, second, workdir: str, num_texts: int, work: dict) -> dict:
+  """Process 0: the tables and summary.json from the verified unit entries of a run (s: experiments.run.Study;
+  first, second: the planned units of both phases; work: each process's unit counts)."""
+  sim_rows, transfer_rows, probe_rows, next_rows, pairs_summary = [], [], [], [], {}
+  resamples, relations = {}, {}  # for the answer's CIs: real pairs, first seed
+  grouped = {}
+  for unit in first:
+    if unit.kind == "similarity":
+      grouped.setdefault((unit.pair, unit.measure, unit.preprocess, unit.seed), []).append(unit)
+  for pair in pairs:
+    for seed in s.seeds:
+      data_info = _layers(stores, pair, seed)
+      entry = pairs_summary.setdefault(pair.name, {"relation": pair.relation, "num_samples": None,
+                                                   "measures_by_seed": {}})
+      measures = entry["measures_by_seed"].setdefault(str(seed), {})
+      for measure in s.similarity.measures:
+        for prep in s.similarity.preprocess:
+          seeded = s.similarity.depends_on(measure, pair.is_random)[1]
+          chunk_units = grouped[(pair, measure, prep, seed if seeded else None)]
+          parts = [cache.read(u.path) for u in chunk_units]
+          matrix = np.concatenate([np.asarray(p["matrix"], np.float64) for p in parts])
+          combine = lambda name: None if parts[0][name] is None else np.max([p[name] for p in parts], axis=0)
+          n = data_info["num_samples"]
+          entry["num_samples"] = n
+          measures[f"{measure}|{prep}"] = grid_statistics(
+              matrix, data_info["layers_a"], data_info["layers_b"], s.similarity.min_layer, combine("null_max"),
+              combine("subsample_max"), n)
+          if seed == s.seeds[0] and not pair.is_random and parts[0]["subsample_max"] is not None:
+            resamples.setdefault((measure, prep), {})[pair.name] = {
+                "estimate": measures[f"{measure}|{prep}"]["max"], "samples": combine("subsample_max"), "n": n}
+            relations[pair.name] = pair.relation
+          for i, j in np.ndindex(matrix.shape):
+            sim_rows.append(dict(model_a=pair.a, model_b=pair.b, relation=pair.relation, measure=measure,
+                                 preprocess=prep, **_cell(data_info, i, j), value=float(matrix[i, j]), seed=seed))
+      maps = cache.read(_find(first, "maps", pair, seed).path)
+      r2, shuffled = np.asarray(maps["r2"]), np.asarray(maps["r2_shuffled"])
+      if seed == s.seeds[0] and not pair.is_random:
+        best = grid_statistics(r2, data_info["layers_a"], data_info["layers_b"], s.similarity.min_layer,
+                                      None, None, maps["num_test"])["max"]
+        resamples.setdefault("r2", {})[pair.name] = {"estimate": best, "samples": maps["r2_subsample_max"],
+                                                     "n": maps["num_test"]}
+      for i, j in np.ndindex(r2.shape):
+        transfer_rows.append(dict(source=pair.a, target=pair.b, relation=pair.relation, method=s.transfer.method,
+                                  **_cell(data_info, i, j), r2=float(r2[i, j]), r2_shuffled=float(shuffled[i, j]),
+                                  r2_mean=float(maps["r2_mean"][j]), seed=seed))
+      if pair.is_random:
+        continue
+      if s.next_token.enabled:
+        result = cache.read(_find(second, "next_token", pair, seed).path)
+        next_rows += [dict(source=pair.a, target=pair.b, relation=pair.relation, **row, seed=seed)
+                      for row in result["patching"]]
+        for k, scores in result.get("token_probes", {}).items():
+          probe_rows += _probe_rows(f"next_token_top{k}", pair, seed, scores, result["layers_a"], result["layers_b"],
+                                    data_info)
+      for task in s.tasks:
+        scores = cache.read(_find(second, "probes", pair, seed, task).path)
+        probe_rows += _probe_rows(task, pair, seed, scores, data_info["layers_a"], data_info["layers_b"], data_info)
+    pairs_summary[pair.name]["measures"] = pairs_summary[pair.name]["measures_by_seed"][str(s.seeds[0])]
+  outputs = (("similarity.csv", results.SIMILARITY_COLUMNS, sim_rows),
+             ("transfer.csv", results.TRANSFER_COLUMNS, transfer_rows),
+             ("probes.csv", results.PROBE_COLUMNS, probe_rows), ("next_token.csv", results.NEXT_TOKEN_COLUMNS, next_rows))
+  for name, columns, rows in outputs:
+    if rows:
+      results.write_table(os.path.join(workdir, name), columns, rows)
+  numbers = headline(sim_rows, transfer_rows, probe_rows, s.similarity.min_layer)
+  summary = {"pairs": pairs_summary, "ci_level": CI_LEVEL, "seeds": list(s.seeds),
+             "min_layer": s.similarity.min_layer, "num_texts": num_texts, "headline": numbers,
+             "answer": answer.answer(numbers, resamples, relations, CI_LEVEL),
+             "activation_stats": {name: store.stats["layers"] for name, store in stores.texts.items()},
+             "work": work}
+  results.write_json(os.path.join(workdir, "summary.json"), summary)
+  return summary
+
+
+def _layers(stores, pair, seed) -> dict:
+  """A pair's layer lists, depths and paired sample count."""
+  from xsim import activations as xa
+  store_a, store_b = stores.get(pair.a, seed), stores.get(pair.b, seed)
+  return {"layers_a": list(store_a.layers), "layers_b": list(store_b.layers),
+          "num_layers_a": stores.info[pair.a].num_layers, "num_layers_b": stores.info[pair.b].num_layers,
+          "num_samples": int(len(xa.paired_rows(store_a, store_b)[0]))}
+
+
+def _cell(info: dict, i: int, j: int) -> dict:
+  la, lb = info["layers_a"][i], info["layers_b"][j]
+  return dict(layer_a=la, layer_b=lb, depth_a=layer_select.relative_depth(la, info["num_layers_a"]),
+              depth_b=layer_select.relative_depth(lb, info["num_layers_b"]))
+
+
+def _find(planned, kind, pair, seed, task=""):
+  return next(u for u in planned if (u.kind, u.pair, u.seed, u.task) == (kind, pair, seed, task))
+
+
+def _probe_rows(task: str, pair, seed: int, scores: dict, layers_a, layers_b, info: dict) -> list[dict]:
+  """probes.csv rows of one task: every layer pair's mapped accuracy with its CI, floors and ceilings."""
+  cells = {"layers_a": list(layers_a), "layers_b": list(layers_b), "num_layers_a": info["num_layers_a"],
+           "num_layers_b": info["num_layers_b"]}
+  mapped = np.asarray(scores["mapped"])
+  return [dict(task=task, source=pair.a, target=pair.b, relation=pair.relation, **_cell(cells, i, j),
+               acc_mapped=float(mapped[i, j]), acc_mapped_lo=float(scores["mapped_lo"][i][j]),
+               acc_mapped_hi=float(scores["mapped_hi"][i][j]), acc_shuffled=float(scores["shuffled"][i][j]),
+               acc_target=float(scores["target"][j]), acc_source=float(scores["source"][i]),
+               acc_majority=float(scores["majority"]), seed=seed)
+          for i, j in np.ndindex(mapped.shape)]

@@ -16,6 +16,6 @@ from xsim.similarity.preprocess import Preprocess, preprocess
 from xsim.similarity.procrustes import procrustes
 from xsim.similarity.rsa import rdm, rsa
 from xsim.similarity.stats import (bootstrap, bootstrap_ci, p_value, permutation_null, permutations, subsample,
-                                   subsample_ci)
+                                   subsample_ci, subsample_interval)
 from xsim.similarity.streaming import (StreamState, stream_cka, stream_hsic, stream_init, stream_update,
                                        streaming_cka_matrix)

@@ -137,8 +137,18 @@ def subsample_ci(measure: Measure, x, y, *, key: jax.Array, num_resamples: int =
   size = subsample_size(size, n)
   samples = subsample(measure, x, y, key=key, num_resamples=num_resamples, size=size, batch_size=batch_size,
                       mesh=mesh, dtype=dtype)
-  estimate = jnp.asarray(measure(x, y))
-  deviations = samples - estimate
+  return subsample_interval(measure(x, y), samples, n, size=size, level=level)
+
+
+def subsample_interval(estimate, samples, n: int, *, size: Optional[int] = None, level: float = 0.95):
+  """-> (low, high): subsample_ci's basic interval from an estimate t (shape S) on all n rows and its values
+  samples [R, *S] on subsamples of `size` rows (default n // 2), however they were computed (e.g. combined from
+  chunks of a layer grid, or a ratio of several pairs' values on shared subsamples)."""
+  if not 0.0 < level < 1.0:
+    raise ValueError(f"level={level} must lie in (0, 1), e.g. 0.95.")
+  size = subsample_size(size, n)
+  estimate = jnp.asarray(estimate)
+  deviations = jnp.asarray(samples) - estimate
   scale = (size / (n - size)) ** 0.5
   alpha = (1.0 - level) / 2.0
   return (estimate - scale * jnp.quantile(deviations, 1.0 - alpha, axis=0),
