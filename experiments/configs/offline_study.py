@@ -29,7 +29,7 @@ STEPS = {
     "float32": "float16 -> float32",
     "random_floor": "a random-init copy of each target as the floor",
 }
-NUM_TEXTS = 192
+NUM_TEXTS = 128
 TRAIN_ROWS = 0.6 * NUM_TEXTS
 
 
@@ -53,13 +53,13 @@ def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.models = [dict(m, dtype="float32" if "float32" in on else "float16") for m in MODELS]
   c.pairs = [list(p) for p in PAIRS]
-  # Published: passages cut at 48 tokens of each model's own tokenizer (the ends differ across tokenizers);
-  # corrected: the same 40 words for every model.
-  c.data = dict(source="corpus:sotu", num_texts=NUM_TEXTS, max_words=40 if "words" in on else 60, min_chars=200,
+  # Published: passages cut at 40 tokens of each model's own tokenizer (the ends differ across tokenizers);
+  # corrected: the same 32 words for every model.
+  c.data = dict(source="corpus:sotu", num_texts=NUM_TEXTS, max_words=32 if "words" in on else 48, min_chars=200,
                 seed=0)
   c.extraction = dict(pooling="last_word" if "last_word" in on else "last", layers="all", batch_size=16,
                       max_tokens=512, keep_bos="last_word" not in on, site="residual",
-                      truncate_tokens=None if "words" in on else 48)
+                      truncate_tokens=None if "words" in on else 40)
   c.similarity = dict(measures=["cka_debiased", "mutual_knn"],
                       preprocess=["none", "standardize"] if "standardize" in on else ["none"], knn_k=10,
                       permutations=100, ci_resamples=100, min_layer=1)
@@ -69,9 +69,9 @@ def get_config(arg=None):
   else:  # sklearn Ridge(alpha=1e-4) on raw activations: lambda = 1e-4, xsim's penalty is lambda per training row
     c.transfer = dict(method="ridge", val_fraction=0.2, test_fraction=0.2, standardize=False,
                       penalties=[1e-4 / TRAIN_ROWS])
-  c.transfer.next_token = dict(enabled=True, max_words=24, num_samples=96, num_depths=5, probe_classes=20,
+  c.transfer.next_token = dict(enabled=True, max_words=16, num_samples=64, num_depths=5, probe_classes=16,
                                probe_samples=NUM_TEXTS)
-  c.probes = dict(tasks=["cities", "larger_than"], num_examples=200)
+  c.probes = dict(tasks=["cities", "larger_than"], num_examples=128)
   c.mesh = dict(data=-1, model=1, layers_per_unit=16)
   c.seeds = [0]
   return c
