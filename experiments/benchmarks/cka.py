@@ -95,6 +95,17 @@ def device_data(key, layers: int, layers_y: int, n: int, dx: int, dy: int):
   return model(kx, kwx, layers, dx), model(ky, kwy, layers_y, dy)
 
 
+def to_torch(x):
+  """A JAX array as a torch tensor on the same device: its buffer through DLPack, else a copy through the host."""
+  import torch
+  try:
+    return torch.from_dlpack(x)
+  except (BufferError, RuntimeError, TypeError) as e:
+    print(f"note: DLPack hand-over failed ({e}); copying through the host")
+    device = "cuda" if x.devices().pop().platform == "gpu" else "cpu"
+    return torch.from_numpy(np.asarray(x)).to(device)
+
+
 def force_cpu_devices(count: int):
   """Makes the host CPU count as `count` XLA devices; call before JAX's first computation (backends read
   XLA_FLAGS once)."""
@@ -179,7 +190,7 @@ def main(argv=None):
     import torch
     torch.set_float32_matmul_precision("highest")  # no TF32 in the alternatives either
     xs, ys = jax.block_until_ready(device_data(jax.random.PRNGKey(a.seed), la, lb, n, a.dx, a.dy))
-    tx, ty = torch.from_dlpack(xs), torch.from_dlpack(ys)  # the same GPU buffers
+    tx, ty = to_torch(xs), to_torch(ys)
     off = 1.0 - torch.eye(n, dtype=torch.float32, device=tx.device)
   else:
     xs_np, ys_np = make_data(la, n, a.dx, a.dy, a.seed, layers_y=lb)

@@ -45,14 +45,15 @@ def _cpu_runs() -> list[Run]:
   reduction is in `size`)."""
   return [
       Run("forward", "SmolLM2-135M shape, fp32, batch 8 x 128, 3 calls a side", ("--repeats", "3")),
-      Run("extract", "SmolLM2-135M shape, fp32, 128 texts <= 48 words, batch 16",
-          ("--num_texts", "128", "--max_words", "48")),
+      Run("extract", "SmolLM2-135M shape, fp32, 64 texts <= 48 words (default 256 <= 64), batch 16",
+          ("--num_texts", "64", "--max_words", "48")),
       Run("cka", "24 x 24 layers, n 2,048 (default 4,096), d 1,024 / 2,048; null x50; loop on 2 pairs",
           ("--n", "2048", "--permutations", "50", "--loop_pairs", "2")),
       Run("neighbors", "the demo's grid: 31 x 19 layers, n 384, d 576 / 640, k 10; null x100"),
-      Run("transfer", "6 x 6 layers (default 24), n 4,096, d 512, 100 Adam steps, batch 512; 2 sources, loops on "
-          "3 targets", ("--layers", "6", "--n", "4096", "--d", "512", "--steps", "100", "--batch_size", "512",
-                        "--sources", "2", "--rounds", "1", "--matmul", "1024")),
+      Run("transfer", "6 x 6 layers (default 24), n 4,096, d 576 -> 640 (the demo pair's widths), 100 Adam steps, "
+          "batch 512; timed on 2 sources, loops on 3 targets", ("--layers", "6", "--n", "4096", "--d", "576",
+                                                              "--d_target", "640", "--steps", "100", "--batch_size",
+                                                              "512", "--sources", "2", "--matmul", "1024")),
       Run("load", "smollm2-135m GGUF and a random SmolLM2-shaped safetensors (default: all four GGUF), fp32",
           ("--models", "smollm2-135m", "safetensors")),
       Run("long_text", "4 x 4,096 tokens, tiny Llama, fp32, last token"),

@@ -90,7 +90,7 @@ def config(args, names):
 def child(args) -> dict:
   """One configuration: the comparison stage over this process's devices; process 0 writes the tables."""
   import jax
-  from experiments import run as runner, study, units
+  from experiments import run as runner, study, tables
   from xsim import activations as xa
   from xsim import distributed
   distributed.initialize_from_env()
@@ -105,7 +105,7 @@ def child(args) -> dict:
   work = runner.compare(first, second, compute, workdir, jax.process_index(), jax.process_count())
   seconds = time.perf_counter() - start
   if jax.process_index() == 0:
-    runner.assemble(s, pairs, stores, first, second, workdir, args.n, work)
+    tables.assemble(s, pairs, stores, first, second, workdir, args.n, work)
   return {"seconds": seconds, "work": work, "devices": jax.local_device_count(), "processes": jax.process_count(),
           "units": len(first) + len(second), "pairs": len(pairs)}
 
