@@ -316,8 +316,8 @@ def assemble(s, pairs, stores, first, second, workdir: str, num_texts: int, work
       maps = cache.read(_find(first, "maps", pair, seed).path)
       r2, shuffled = np.asarray(maps["r2"]), np.asarray(maps["r2_shuffled"])
       if seed == s.seeds[0] and not pair.is_random:
-        best = grid_statistics(r2, data_info["layers_a"], data_info["layers_b"], s.similarity.min_layer,
-                                      None, None, maps["num_test"])["max"]
+        best = grid_statistics(r2, data_info["layers_a"], data_info["layers_b"], s.similarity.min_layer, None, None,
+                               maps["num_test"])["max"]
         resamples.setdefault("r2", {})[pair.name] = {"estimate": best, "samples": maps["r2_subsample_max"],
                                                      "n": maps["num_test"]}
       for i, j in np.ndindex(r2.shape):
@@ -339,7 +339,8 @@ def assemble(s, pairs, stores, first, second, workdir: str, num_texts: int, work
     pairs_summary[pair.name]["measures"] = pairs_summary[pair.name]["measures_by_seed"][str(s.seeds[0])]
   outputs = (("similarity.csv", results.SIMILARITY_COLUMNS, sim_rows),
              ("transfer.csv", results.TRANSFER_COLUMNS, transfer_rows),
-             ("probes.csv", results.PROBE_COLUMNS, probe_rows), ("next_token.csv", results.NEXT_TOKEN_COLUMNS, next_rows))
+             ("probes.csv", results.PROBE_COLUMNS, probe_rows),
+             ("next_token.csv", results.NEXT_TOKEN_COLUMNS, next_rows))
   for name, columns, rows in outputs:
     if rows:
       results.write_table(os.path.join(workdir, name), columns, rows)
