@@ -5,9 +5,9 @@ Figures (each the mean over the run's pairs of that relation, at the seed-averag
 layers): max debiased CKA (raw and standardized), best transfer R^2, probe transfer per task (the target's probe on
 mapped source activations; its own accuracy and the shuffled-pair map beside it) and the next-token probe (top-1).
 The ratio is cross / within. Its CI resamples texts: the units computed every pair's figure (the max over its
-scored layer pairs) on the same half-sized subsamples of the texts (CKA) or of the maps' test rows (R^2), so each
-subsample gives a ratio; the interval is the basic subsampling interval around the first seed's ratio
-(xsim.similarity.subsample_interval). Figures without resamples, or whose pairs hold different texts, show no CI.
+scored layer pairs) on the same half-sized subsamples of the texts (CKA), of the maps' test rows (R^2) or of the
+probes' test rows, so each subsample gives a ratio; the interval is the basic subsampling interval around the
+first seed's ratio (xsim.similarity.subsample_interval). Figures without resamples, or whose pairs hold different texts, show no CI.
 """
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ def _group_mean(records: Sequence[dict], relation: str, value: str) -> Optional[
 
 def ratio_ci(resamples: dict, relations: dict, level: float) -> Optional[list]:
   """resamples: {pair: {"estimate", "samples": [R] on the shared subsamples, "n"}} -> the CI of mean(cross) /
-  mean(within), or None without pairs of both relations or when they hold different numbers of rows."""
+  mean(within), or None without pairs of both relations, when they hold different numbers of rows or when the
+  within-family mean is zero on some subsample."""
   within = [r for p, r in resamples.items() if relations[p] == "within"]
   cross = [r for p, r in resamples.items() if relations[p] == "cross"]
   if not within or not cross or len({r["n"] for r in within + cross}) != 1:
@@ -48,16 +49,19 @@ def ratio_ci(resamples: dict, relations: dict, level: float) -> Optional[list]:
   if not np.isfinite(estimate):
     return None
   from xsim import similarity as sim
-  low, high = sim.subsample_interval(estimate, mean(cross, "samples") / mean(within, "samples"), within[0]["n"],
-                                     level=level)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    ratios = mean(cross, "samples") / mean(within, "samples")
+  if not np.all(np.isfinite(ratios)):  # a subsample where no within-family pair scores above zero
+    return None
+  low, high = sim.subsample_interval(estimate, ratios, within[0]["n"], level=level)
   return [float(low), float(high)]
 
 
 def answer(headline: dict, resamples: dict, relations: dict, level: float = 0.95) -> dict:
   """{"figures": [{"figure", "within", "cross", "ratio", "ratio_ci", "published_within", "published_cross",
   "published_ratio", "detail"}], "reading": str} from the headline records (tables.headline) and the first seed's
-  resamples: {figure key ((measure, preprocess) for CKA, "r2"): {pair name: {"estimate", "samples", "n"}}}, with
-  the pairs' relations."""
+  resamples: {figure key ((measure, preprocess) for CKA, "r2", ("probe", task) for probes): {pair name:
+  {"estimate", "samples", "n"}}}, with the pairs' relations."""
   figures = []
   for record_key in (("cka_debiased", "none"), ("cka_debiased", "standardize")):
     records = [r for r in headline.get("similarity", []) if (r["measure"], r["preprocess"]) == record_key]
@@ -87,7 +91,8 @@ def answer(headline: dict, resamples: dict, relations: dict, level: float = 0.95
     if task == "next_token_top5":
       continue
     published = PUBLISHED["next_token_top1"] if task == "next_token_top1" else PUBLISHED["probes"].get(task, {})
-    figures.append(_figure(name, within, cross, None, published,
+    figures.append(_figure(name, within, cross, ratio_ci(resamples.get(("probe", task), {}), relations, level),
+                           published,
                            detail=f"target's own probe {own('within'):.3f} / {own('cross'):.3f}, shuffled map "
                                   f"{shuffled('within'):.3f} / {shuffled('cross'):.3f} (within / cross)"))
   return {"figures": figures, "reading": reading(figures)}

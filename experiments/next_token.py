@@ -80,9 +80,11 @@ def _prefix_activations(path, get_model, prefixes, layers, extraction: Extractio
 
 
 def compute(data: PairData, samples_payload: dict, maps_settings: transfer_step.Settings, settings: Settings,
-            extraction: ExtractionSettings, seed: int, workdir: str, models, mesh=None) -> dict:
+            extraction: ExtractionSettings, seed: int, workdir: str, models, min_layer: int, num_resamples: int,
+            mesh=None) -> dict:
   """{"patching": rows of next_token.csv without the pair's columns, "layers_a", "layers_b": the token probe's
-  hidden-state indices, "token_probes": {k: transfer_step.probe_scores} (absent when probe_classes is 0)}."""
+  hidden-state indices, "token_probes": {k: transfer_step.probe_scores} (absent when probe_classes is 0), their
+  maxima and subsamples over the layers >= min_layer}."""
   from xsim import transfer
   from xsim.activations import patching
   pair = data.pair
@@ -105,8 +107,11 @@ def compute(data: PairData, samples_payload: dict, maps_settings: transfer_step.
                                                      mesh=mesh)
     target_probe, source_probe = fit_probes(x_target), fit_probes(x_source)
     maps = (fit.select(ia, ib), shuffled.select(ia, ib))
+    scored = tuple(layer_select.scored_positions(out[f"layers_{m}"], min_layer, name)
+                   for m, name in (("a", pair.a), ("b", pair.b)))
     out["token_probes"] = {str(k): transfer_step.probe_scores(*maps, target_probe, source_probe, x_source, labels,
-                                                              seed, k=k, mesh=mesh) for k in TOP_K}
+                                                              seed, scored, num_resamples, k=k, mesh=mesh)
+                           for k in TOP_K}
   target = models.get(pair.b)
   patch = samples.take(np.flatnonzero(samples.text_index < settings.num_samples))
   rows, clean = [], patching.clean_logits(target, patch)

@@ -89,11 +89,13 @@ def plan_units(s: Study, pairs, stores, workdir: str) -> tuple[list, list]:
       for task in s.tasks:
         second.append(units.Unit("probes", pair, seed, task=task, path=units.entry_path(
             workdir, "probes", (pair.a, pair.b, task, str(seed)), *maps_identity,
-            stores.tasks[(task, pair.a)].manifest, stores.tasks[(task, pair.b)].manifest)))
+            stores.tasks[(task, pair.a)].manifest, stores.tasks[(task, pair.b)].manifest, s.similarity.min_layer,
+            s.similarity.ci_resamples)))
       if s.next_token.enabled:
         second.append(units.Unit("next_token", pair, seed, path=units.entry_path(
             workdir, "next_token", (pair.a, pair.b, str(seed)), *maps_identity,
-            s.next_token, s.extraction.identity(), results.PROBE_COLUMNS)))
+            s.next_token, s.extraction.identity(), results.PROBE_COLUMNS, s.similarity.min_layer,
+            s.similarity.ci_resamples)))
   return first, second
 
 
@@ -122,9 +124,11 @@ class Computer:
     if unit.kind == "probes":
       return transfer_step.compute_task_probes(data, s.transfer, seed, self.workdir, self.tasks[unit.task],
                                                self.stores.tasks[(unit.task, unit.pair.a)],
-                                               self.stores.tasks[(unit.task, unit.pair.b)], self.mesh)
+                                               self.stores.tasks[(unit.task, unit.pair.b)], s.similarity.min_layer,
+                                               s.similarity.ci_resamples, self.mesh)
     return next_token.compute(data, self.samples[unit.pair.b], s.transfer, s.next_token, s.extraction, seed,
-                              self.workdir, self.models, self.mesh)
+                              self.workdir, self.models, s.similarity.min_layer, s.similarity.ci_resamples,
+                              self.mesh)
 
 
 def read_info(spec: study.ModelSpec) -> extraction.ModelInfo:

@@ -309,7 +309,6 @@ def assemble(s, pairs, stores, first, second, workdir: str, num_texts: int, work
           if seed == s.seeds[0] and not pair.is_random and parts[0]["subsample_max"] is not None:
             resamples.setdefault((measure, prep), {})[pair.name] = {
                 "estimate": measures[f"{measure}|{prep}"]["max"], "samples": combine("subsample_max"), "n": n}
-            relations[pair.name] = pair.relation
           for i, j in np.ndindex(matrix.shape):
             sim_rows.append(dict(model_a=pair.a, model_b=pair.b, relation=pair.relation, measure=measure,
                                  preprocess=prep, **_cell(data_info, i, j), value=float(matrix[i, j]), seed=seed))
@@ -326,16 +325,23 @@ def assemble(s, pairs, stores, first, second, workdir: str, num_texts: int, work
                                   r2_mean=float(maps["r2_mean"][j]), seed=seed))
       if pair.is_random:
         continue
+      relations[pair.name] = pair.relation
+      probe_scores = []  # (task, scores, layers_a, layers_b)
       if s.next_token.enabled:
         result = cache.read(_find(second, "next_token", pair, seed).path)
         next_rows += [dict(source=pair.a, target=pair.b, relation=pair.relation, **row, seed=seed)
                       for row in result["patching"]]
-        for k, scores in result.get("token_probes", {}).items():
-          probe_rows += _probe_rows(f"next_token_top{k}", pair, seed, scores, result["layers_a"], result["layers_b"],
-                                    data_info)
-      for task in s.tasks:
-        scores = cache.read(_find(second, "probes", pair, seed, task).path)
-        probe_rows += _probe_rows(task, pair, seed, scores, data_info["layers_a"], data_info["layers_b"], data_info)
+        probe_scores += [(f"next_token_top{k}", scores, result["layers_a"], result["layers_b"])
+                         for k, scores in result.get("token_probes", {}).items()]
+      probe_scores += [(task, cache.read(_find(second, "probes", pair, seed, task).path), data_info["layers_a"],
+                        data_info["layers_b"]) for task in s.tasks]
+      for task, scores, layers_a, layers_b in probe_scores:
+        probe_rows += _probe_rows(task, pair, seed, scores, layers_a, layers_b, data_info)
+        if seed == s.seeds[0]:
+          best = grid_statistics(np.asarray(scores["mapped"]), layers_a, layers_b, s.similarity.min_layer, None,
+                                 None, scores["num_test"])["max"]
+          resamples.setdefault(("probe", task), {})[pair.name] = {
+              "estimate": best, "samples": scores["mapped_subsample_max"], "n": scores["num_test"]}
     pairs_summary[pair.name]["measures"] = pairs_summary[pair.name]["measures_by_seed"][str(s.seeds[0])]
   outputs = (("similarity.csv", results.SIMILARITY_COLUMNS, sim_rows),
              ("transfer.csv", results.TRANSFER_COLUMNS, transfer_rows),

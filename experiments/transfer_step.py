@@ -13,6 +13,7 @@ import numpy as np
 
 from experiments import cache
 from experiments.extraction import PairData, paired_arrays
+from xsim import layer_select
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,16 +72,23 @@ def compute_maps(data: PairData, settings: Settings, seed: int, workdir: str, mi
           "num_test": int(len(fit.split.test))}
 
 
+def half_subsets(seed: int, num_resamples: int, num_rows: int) -> np.ndarray:
+  """[R, num_rows // 2] positions of half-sized subsamples of a test set, drawn without replacement: the same for
+  every pair with as many test rows, so ratios across pairs can be resampled jointly."""
+  import jax
+  from xsim import similarity as sim
+  return np.asarray(sim.permutations(jax.random.fold_in(jax.random.PRNGKey(seed), 2), num_resamples,
+                                     num_rows))[:, :num_rows // 2]
+
+
 def r2_subsample_max(fit, data: PairData, seed: int, min_layer: int, num_resamples: int) -> np.ndarray:
   """[R] max over the scored layer pairs of the maps' R^2 on half of the test rows, drawn without replacement: the
   same subsets for every pair with as many rows (as similarity_step's subsamples are), so ratios across pairs can
   be resampled jointly."""
   import jax
-  from xsim import layer_select, similarity as sim
   from xsim.transfer import metrics, splits, train
   test = fit.split.test
-  subsets = np.asarray(sim.permutations(jax.random.fold_in(jax.random.PRNGKey(seed), 2), num_resamples,
-                                        len(test)))[:, :len(test) // 2]
+  subsets = half_subsets(seed, num_resamples, len(test))
   ia = layer_select.scored_positions(data.layers_a, min_layer, data.pair.a)
   ib = layer_select.scored_positions(data.layers_b, min_layer, data.pair.b)
   y = splits.standardize(data.ys[ib][:, test], fit.target_mean[ib], fit.target_std[ib])  # [T, m, db]
@@ -95,21 +103,27 @@ def r2_subsample_max(fit, data: PairData, seed: int, min_layer: int, num_resampl
   return best
 
 
-def probe_scores(maps, shuffled, target_probe, source_probe, source_features, labels, seed: int, k: int = 1,
-                 mesh=None) -> dict:
+def probe_scores(maps, shuffled, target_probe, source_probe, source_features, labels, seed: int, scored: tuple,
+                 num_resamples: int, k: int = 1, mesh=None) -> dict:
   """The probe transfer of the maps and of the shuffled-pair maps, as table columns per layer-pair position:
-  {"mapped", "mapped_lo", "mapped_hi", "shuffled": [La, Lb], "target": [Lb], "source": [La], "majority": []}."""
+  {"mapped", "mapped_lo", "mapped_hi", "shuffled": [La, Lb], "target": [Lb], "source": [La], "majority": [],
+  "mapped_subsample_max": [R] the best mapped accuracy over the scored layer-pair positions (scored: (positions in
+  La, positions in Lb)) on half-sized subsamples of the test rows (half_subsets), "num_test": test rows}."""
   from xsim import transfer
   scores, floor = (transfer.probe_transfer(m, target_probe, source_probe, source_features, labels, k=k, seed=seed,
                                            num_resamples=200, mesh=mesh) for m in (maps, shuffled))
+  hits = scores.mapped_hits[np.ix_(*scored)].reshape(-1, scores.mapped_hits.shape[-1])  # [scored pairs, T]
+  subsets = half_subsets(seed, num_resamples, hits.shape[1])
+  subsample_max = np.nanmax(hits[:, subsets].mean(-1), axis=0) if len(subsets) else np.zeros(0)
   as_list = lambda a: np.asarray(a, np.float64).tolist()
   return {"mapped": as_list(scores.mapped), "mapped_lo": as_list(scores.mapped_ci[..., 0]),
           "mapped_hi": as_list(scores.mapped_ci[..., 1]), "shuffled": as_list(floor.mapped),
-          "target": as_list(scores.target), "source": as_list(scores.source), "majority": float(scores.majority)}
+          "target": as_list(scores.target), "source": as_list(scores.source), "majority": float(scores.majority),
+          "mapped_subsample_max": as_list(subsample_max), "num_test": int(hits.shape[1])}
 
 
 def compute_task_probes(data: PairData, settings: Settings, seed: int, workdir: str, task, store_a, store_b,
-                        mesh=None) -> dict:
+                        min_layer: int, num_resamples: int, mesh=None) -> dict:
   """A task's probe transfer through the pair's maps at every layer pair (see probe_scores)."""
   from xsim import transfer
   fit, shuffled = fit_maps(data, settings, seed, workdir, mesh)
@@ -117,4 +131,6 @@ def compute_task_probes(data: PairData, settings: Settings, seed: int, workdir: 
   labels = np.asarray(task.labels)[store_a.index["text"][rows]]
   target_probe = transfer.fit_logistic_probes(ft, labels, seed=seed, mesh=mesh)
   source_probe = transfer.fit_logistic_probes(fs, labels, seed=seed, mesh=mesh)
-  return probe_scores(fit, shuffled, target_probe, source_probe, fs, labels, seed, mesh=mesh)
+  scored = (layer_select.scored_positions(data.layers_a, min_layer, data.pair.a),
+            layer_select.scored_positions(data.layers_b, min_layer, data.pair.b))
+  return probe_scores(fit, shuffled, target_probe, source_probe, fs, labels, seed, scored, num_resamples, mesh=mesh)

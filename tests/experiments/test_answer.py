@@ -105,3 +105,47 @@ def test_r2_subsamples_are_the_best_scored_r2_on_half_the_test_rows():
     best = max(float(np.mean(1 - ((ys[1, rows] - fit.predict(i, 1, xs[i, rows])) ** 2).sum(0)
                              / ((ys[1, rows] - ys[1, rows].mean(0)) ** 2).sum(0))) for i in (1, 2))
     assert got[r] == pytest.approx(best, abs=1e-4)
+
+
+def test_probe_subsamples_are_the_best_scored_accuracy_on_half_the_test_rows():
+  import jax
+  from experiments import transfer_step
+  from xsim import similarity as sim
+  from xsim import transfer
+  rng = np.random.default_rng(1)
+  xs = rng.normal(size=(3, 80, 5)).astype(np.float32)
+  ys = (xs[:2] @ rng.normal(size=(5, 4)) + 0.3 * rng.normal(size=(2, 80, 4))).astype(np.float32)
+  labels = (ys[1, :, 0] > 0).astype(np.int64)
+  maps = transfer.fit_linear_maps(xs[:, :40], ys[:, :40], method="ridge", seed=0)  # maps from other rows
+  shuffled = transfer.fit_shuffled_maps(xs[:, :40], ys[:, :40], method="ridge", seed=0)
+  target, source = (transfer.fit_logistic_probes(f[:, 40:], labels[40:], seed=2) for f in (ys, xs))
+  got = transfer_step.probe_scores(maps, shuffled, target, source, xs[:, 40:], labels[40:], seed=2,
+                                   scored=(np.array([1, 2]), np.array([1])), num_resamples=9)
+  test = target.split.test
+  assert got["num_test"] == len(test) and len(got["mapped_subsample_max"]) == 9
+  subsets = np.asarray(sim.permutations(jax.random.fold_in(jax.random.PRNGKey(2), 2), 9, len(test)))[:, :len(test) // 2]
+  for r, s in enumerate(subsets):
+    rows = test[s]
+    best = max(float(np.mean(target.hits(1, maps.predict(i, 1, xs[i, 40:][rows]), labels[40:][rows])))
+               for i in (1, 2))
+    assert got["mapped_subsample_max"][r] == pytest.approx(best, abs=1e-6)
+
+
+def test_probe_figures_get_a_ci_from_their_resamples():
+  relations = {"q1|q0": "within", "q1|s": "cross", "g|q0": "cross"}
+  samples = {"q1|q0": np.array([0.9, 0.8, 1.0]), "q1|s": np.array([0.7, 0.6, 0.8]), "g|q0": np.array([0.7, 0.8, 0.7])}
+  entries = {p: {"estimate": e, "samples": samples[p], "n": 40} for p, e in (("q1|q0", 0.9), ("q1|s", 0.7),
+                                                                                ("g|q0", 0.74))}
+  cities = answer.answer(headline(), {("probe", "cities"): entries}, relations)["figures"][-1]
+  assert cities["figure"] == "probe transfer: cities"
+  ratio = 0.72 / 0.9
+  deviations = (samples["q1|s"] + samples["g|q0"]) / 2 / samples["q1|q0"] - ratio
+  assert cities["ratio_ci"] == pytest.approx([ratio - np.quantile(deviations, 0.975),
+                                              ratio - np.quantile(deviations, 0.025)])
+
+
+def test_no_ci_when_a_subsample_has_no_within_family_signal():
+  relations = {"q1|q0": "within", "q1|s": "cross"}
+  entries = {"q1|q0": {"estimate": 0.1, "samples": np.array([0.2, 0.0, 0.1]), "n": 40},
+             "q1|s": {"estimate": 0.1, "samples": np.array([0.1, 0.1, 0.1]), "n": 40}}
+  assert answer.ratio_ci(entries, relations, 0.95) is None

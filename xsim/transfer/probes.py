@@ -129,6 +129,7 @@ class ProbeTransfer:
   """Accuracy (top-k) of probes on the probe's test rows, each with a paired bootstrap CI [..., 2]."""
   mapped: np.ndarray  # [La, Lb] target probe j on source layer i mapped to target layer j (NaN: no map)
   mapped_ci: np.ndarray
+  mapped_hits: np.ndarray  # [La, Lb, T] top-k hit (1.0 / 0.0) of each test row behind `mapped` (NaN: no map)
   target: np.ndarray  # [Lb] target probe on the target's own activations: the ceiling
   target_ci: np.ndarray
   source: np.ndarray  # [La] a probe trained on the source's own activations
@@ -193,7 +194,7 @@ def probe_transfer(map_fit: maps.LinearMapFit, target_probe: ProbeFit, source_pr
   target_acc, target_ci = scored(target_probe.test_hits[k])
   source_acc, source_ci = scored(source_probe.test_hits[k])
   majority_acc, majority_ci = scored(majority)
-  return ProbeTransfer(mapped=mapped_acc, mapped_ci=mapped_ci, target=target_acc, target_ci=target_ci,
+  return ProbeTransfer(mapped=mapped_acc, mapped_ci=mapped_ci, mapped_hits=mapped, target=target_acc, target_ci=target_ci,
                        source=source_acc, source_ci=source_ci, majority=float(majority_acc),
                        majority_ci=majority_ci, chance=k / len(target_probe.classes), k=k)
 
