@@ -26,9 +26,12 @@ STEPS = {
     "last_word": "last token with BOS -> last whole word, BOS and first word excluded",
     "standardize": "raw -> per-dimension standardized activations (CKA)",
     "tuned_ridge": "untuned ridge on raw activations -> ridge tuned on held-out rows, standardized",
-    "float32": "float16 -> float32",
+    "float32": "float16 (Gemma bfloat16) -> float32",
     "random_floor": "a random-init copy of each target as the floor",
 }
+# Gemma 3 overflows float16 (NaN from block 8 on, which xsim refuses): before the float32 step it runs in bfloat16,
+# as STUDY.md point 7 advises.
+HALF = {"gemma": "bfloat16"}
 NUM_TEXTS = 128
 TRAIN_ROWS = 0.6 * NUM_TEXTS
 
@@ -51,7 +54,7 @@ def switched(arg) -> tuple:
 def get_config(arg=None):
   on = set(switched(arg))
   c = ml_collections.ConfigDict()
-  c.models = [dict(m, dtype="float32" if "float32" in on else "float16") for m in MODELS]
+  c.models = [dict(m, dtype="float32" if "float32" in on else HALF.get(m["family"], "float16")) for m in MODELS]
   c.pairs = [list(p) for p in PAIRS]
   # Published: passages cut at 40 tokens of each model's own tokenizer (the ends differ across tokenizers);
   # corrected: the same 32 words for every model.
