@@ -1,7 +1,7 @@
 """The published study's protocol (STUDY.md), to reproduce its table on a machine with hub access and GPUs.
 
 Its confounds are kept on purpose: texts cut at 128 tokens of each model's own tokenizer, the last token with BOS
-kept, 9 relative depths, debiased linear CKA on raw activations, float16, no random-init baseline.
+kept, 9 relative depths, debiased linear CKA on raw activations, float16 (Gemma bfloat16), no random-init baseline.
 (The study's Gemma left-padding misread is a bug, not a protocol choice; xsim gathers at explicit indices.)
 """
 import ml_collections
@@ -21,7 +21,9 @@ TASKS = ["sst2", "toxigen", "ag_news_sports"]
 
 def get_config(arg=None):
   c = ml_collections.ConfigDict()
-  c.models = [dict(m, dtype="float16") for m in MODELS]
+  # float16 as published, but Gemma in bfloat16: its float16 activations overflow (STUDY.md point 7), which xsim
+  # refuses as NaN/Inf.
+  c.models = [dict(m, dtype="bfloat16" if m["family"] == "gemma" else "float16") for m in MODELS]
   c.pairs = [list(p) for p in PAIRS]
   c.data = dict(source="pile10k", num_texts=5000, max_words=None, min_chars=1, seed=0)
   c.extraction = dict(pooling="last", layers="depths:9", batch_size=32, max_tokens=4096, keep_bos=True,
