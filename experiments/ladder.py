@@ -60,6 +60,7 @@ def main(argv):
   del argv
   if not flags.FLAGS.workdir:
     raise app.UsageError("Pass --workdir=DIR.")
+  runner.quiet_third_party_info()
   module = runpy.run_path(_CONFIG.value)
   ladder, descriptions = module["LADDER"], module["STEPS"]
   workdir = flags.FLAGS.workdir

@@ -235,11 +235,18 @@ class _ThirdPartyBelowProgress(logging_lib.Filter):
     return ours or record.levelno >= logging_lib.WARNING or logging.get_verbosity() >= logging.DEBUG
 
 
+def quiet_third_party_info() -> None:
+  """Routes other libraries' INFO lines below the run's progress (see _ThirdPartyBelowProgress)."""
+  logger = logging.get_absl_logger()
+  if not any(isinstance(f, _ThirdPartyBelowProgress) for f in logger.filters):
+    logger.addFilter(_ThirdPartyBelowProgress())
+
+
 def main(argv):
   del argv
   if _WORKDIR.value is None or _CONFIG.value is None:
     raise app.UsageError("Pass --config=experiments/configs/NAME.py and --workdir=DIR.")
-  logging.get_absl_logger().addFilter(_ThirdPartyBelowProgress())
+  quiet_third_party_info()
   run(_CONFIG.value, _WORKDIR.value, _LOCK_WAIT.value)
 
 

@@ -325,3 +325,17 @@ def test_texts_that_give_no_rows_stop_the_run_naming_the_cause(tiny_config, tmp_
   config.extraction.max_tokens = 2  # below every text: each one is skipped
   with pytest.raises(ValueError, match=r"tiny-llama: none of the 48 texts gave a sample row \(text 0: .*max_tokens=2"):
     runner.run(config, str(tmp_path))
+
+
+def test_third_party_info_lines_stay_below_the_runs_progress():
+  import logging as logging_lib
+  from absl import logging
+  runner.quiet_third_party_info()
+  runner.quiet_third_party_info()  # installing twice keeps one filter
+  logger = logging.get_absl_logger()
+  (flt,) = [f for f in logger.filters if isinstance(f, runner._ThirdPartyBelowProgress)]
+  record = lambda path, level: logging_lib.LogRecord("absl", level, path, 1, "msg", (), None)
+  orbax = os.path.join(os.sep, "site-packages", "orbax", "checkpoint", "x.py")
+  ours = os.path.join(os.sep, "repo", "experiments", "run.py")
+  assert not flt.filter(record(orbax, logging_lib.INFO))
+  assert flt.filter(record(orbax, logging_lib.WARNING)) and flt.filter(record(ours, logging_lib.INFO))
