@@ -209,6 +209,11 @@ def run(cfg, workdir: str, lock_wait_s: float = 0.0) -> dict:
     if process != 0:
       return {}
     summary = tables.assemble(s, pairs, stores, first, second, workdir, len(texts), work)
+    if not s.transfer.keep_maps:
+      freed = sum(transfer_step.drop_checkpoints(
+          workdir, u.pair, (stores.get(u.pair.a, u.seed).manifest, stores.get(u.pair.b, u.seed).manifest), s.transfer,
+          u.seed) for u in first if u.kind == "maps")
+      logging.info("Removed the map checkpoints (transfer.keep_maps=False): %.2f GB freed.", freed / 1e9)
     results.write_json(os.path.join(workdir, "config.json"), cfg.to_dict())
     from experiments import report
     report.write_report(workdir, cfg.to_dict(), environment())

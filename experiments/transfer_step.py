@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from typing import Optional
 
 import numpy as np
@@ -24,37 +25,51 @@ class Settings:
   test_fraction: float
   standardize: bool = True
   penalties: Optional[tuple] = None
+  keep_maps: bool = True  # False: a pair's map checkpoints are removed once the run's tables are written
 
   @classmethod
   def from_config(cls, section) -> "Settings":
     s = dict(section)
     penalties = s.get("penalties")
     return cls(s["method"], float(s["val_fraction"]), float(s["test_fraction"]), bool(s.get("standardize", True)),
-               None if penalties is None else tuple(float(p) for p in penalties))
+               None if penalties is None else tuple(float(p) for p in penalties), bool(s.get("keep_maps", True)))
 
   def fit_options(self, seed: int) -> dict:
     return dict(method=self.method, val_fraction=self.val_fraction, test_fraction=self.test_fraction, seed=seed,
                 standardize=self.standardize, penalties=None if self.penalties is None else list(self.penalties))
 
 
-# Part of every maps key: bump it when a solver's numbers change (2: ridge from the SVD of exactly centred rows).
+# Part of every maps key (what a pair's maps depend on: its activations, the fit's options, not next-token or probe
+# settings, and this version): bump it when a solver's numbers change (2: ridge from the SVD of exactly centred rows).
 SOLVERS_VERSION = 2
 
 
-def maps_key(data: PairData, settings: Settings, seed: int) -> str:
-  """What a pair's maps depend on: its activations, the fit's options (not next-token or probe settings) and the
-  solvers' version."""
-  return cache.key(*data.identity, settings.fit_options(seed), SOLVERS_VERSION)
+def checkpoint_dirs(workdir: str, pair, identity: tuple, settings: Settings, seed: int) -> tuple[str, str]:
+  """The checkpoint folders of a pair's maps and shuffled-pair maps (identity: the pair's store manifests)."""
+  key = cache.key(*identity, settings.fit_options(seed), SOLVERS_VERSION)
+  where = os.path.join(workdir, "cache", "maps", f"{pair.a}__{pair.b}-{key}")
+  return where, where + "-shuffled"
 
 
 def fit_maps(data: PairData, settings: Settings, seed: int, workdir: str, mesh=None):
   """-> (maps, shuffled-pair maps) of a -> b for every layer pair, read back from their checkpoints if there."""
   from xsim import transfer
   options = settings.fit_options(seed)
-  where = os.path.join(workdir, "cache", "maps", f"{data.pair.a}__{data.pair.b}-{maps_key(data, settings, seed)}")
+  where, shuffled_where = checkpoint_dirs(workdir, data.pair, data.identity, settings, seed)
   fit = transfer.fit_linear_maps(data.xs, data.ys, checkpoint_dir=where, mesh=mesh, **options)
-  shuffled = transfer.fit_shuffled_maps(data.xs, data.ys, checkpoint_dir=where + "-shuffled", mesh=mesh, **options)
+  shuffled = transfer.fit_shuffled_maps(data.xs, data.ys, checkpoint_dir=shuffled_where, mesh=mesh, **options)
   return fit, shuffled
+
+
+def drop_checkpoints(workdir: str, pair, identity: tuple, settings: Settings, seed: int) -> int:
+  """Removes a pair's map checkpoints (every result read from them is in the units' entries; a later run that
+  needs the maps refits them) -> bytes freed."""
+  freed = 0
+  for folder in checkpoint_dirs(workdir, pair, identity, settings, seed):
+    for root, _, names in os.walk(folder):
+      freed += sum(os.path.getsize(os.path.join(root, n)) for n in names)
+    shutil.rmtree(folder, ignore_errors=True)
+  return freed
 
 
 def compute_maps(data: PairData, settings: Settings, seed: int, workdir: str, min_layer: int, num_resamples: int,

@@ -14,7 +14,7 @@ SECTIONS = {
     "extraction": {"pooling", "layers", "batch_size", "max_tokens", "keep_bos", "site", "truncate_tokens"},
     "similarity": {"measures", "preprocess", "knn_k", "permutations", "ci_resamples", "min_layer"},
     "baselines": {"random_init"},
-    "transfer": {"method", "val_fraction", "test_fraction", "next_token", "standardize", "penalties"},
+    "transfer": {"method", "val_fraction", "test_fraction", "next_token", "standardize", "penalties", "keep_maps"},
     "probes": {"tasks", "num_examples"},
     "mesh": {"data", "model", "layers_per_unit"},
 }

@@ -72,6 +72,9 @@ def get_config(arg=None):
   else:  # sklearn Ridge(alpha=1e-4) on raw activations: lambda = 1e-4, xsim's penalty is lambda per training row
     c.transfer = dict(method="ridge", val_fraction=0.2, test_fraction=0.2, standardize=False,
                       penalties=[1e-4 / TRAIN_ROWS])
+  # Every layer pair's maps at full width take 1-3.5 GB per model pair (twice, with the shuffled floor): once the
+  # tables are written, the run removes them.
+  c.transfer.keep_maps = False
   c.transfer.next_token = dict(enabled=True, max_words=16, num_samples=64, num_depths=5, probe_classes=16,
                                probe_samples=NUM_TEXTS)
   c.probes = dict(tasks=["cities", "larger_than"], num_examples=128)

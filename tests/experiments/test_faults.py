@@ -1,6 +1,7 @@
 """Fault injection: a small study killed at random points, its stored files damaged, run twice at once, on a
 read-only or full disk. Each case ends with the tables of an uninterrupted run, or with an error that names the
-file; never exit 0 with other numbers. The slow set runs 20 kills and 20 damaged files; CI runs a few of each."""
+file; never exit 0 with other numbers. The slow set runs 20 kills, 20 damaged files and the full disk; CI runs one kill, two damaged files, two runs at
+once and the read-only workdir."""
 import contextlib
 import os
 import random
@@ -64,10 +65,9 @@ def kill_points(count, total, seed=0):
   return sorted(random.Random(seed).uniform(1.0, total) for _ in range(count))
 
 
-@pytest.mark.parametrize("point", range(2))
-def test_killed_runs_resume_to_the_same_tables(reference, model_root, tmp_path, point):
+def test_a_killed_run_resumes_to_the_same_tables(reference, model_root, tmp_path):
   _, expected, total = reference
-  delay = kill_points(2, 0.9 * total)[point]
+  delay = kill_points(1, 0.9 * total)[0]
   assert killed_and_resumed(model_root, str(tmp_path), delay) == expected
 
 
@@ -121,7 +121,7 @@ def damaged_run(reference, model_root, tmp_path, rng):
   return relative, code
 
 
-@pytest.mark.parametrize("case", range(3))
+@pytest.mark.parametrize("case", range(2))
 def test_damaged_files_are_recomputed_or_named(reference, model_root, tmp_path, case):
   damaged_run(reference, model_root, tmp_path, random.Random(100 + case))
 
@@ -157,6 +157,7 @@ def tmpfs(path, size):
     subprocess.run(["umount", str(path)], check=True)
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_naming_the_file_and_a_rerun_recovers(reference, model_root, tmp_path):
   _, expected, _ = reference
   with tmpfs(tmp_path / "small", "600k") as workdir:

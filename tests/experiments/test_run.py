@@ -339,3 +339,16 @@ def test_third_party_info_lines_stay_below_the_runs_progress():
   ours = os.path.join(os.sep, "repo", "experiments", "run.py")
   assert not flt.filter(record(orbax, logging_lib.INFO))
   assert flt.filter(record(orbax, logging_lib.WARNING)) and flt.filter(record(ours, logging_lib.INFO))
+
+
+def test_keep_maps_false_removes_the_map_checkpoints_and_keeps_the_tables(finished_run, tiny_config, tmp_path):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(finished_run[0], workdir)
+  config = tiny_config.copy_and_resolve_references()
+  config.transfer.keep_maps = False
+  runner.run(config, workdir)
+  maps = os.path.join(workdir, "cache", "maps")
+  assert [n for n in os.listdir(maps) if os.path.isdir(os.path.join(maps, n))] == []
+  assert any(n.endswith(".json") for n in os.listdir(maps))  # the units' verified entries stay
+  for table in TABLES:
+    assert open(os.path.join(workdir, table)).read() == open(os.path.join(finished_run[0] + "-pristine", table)).read()
