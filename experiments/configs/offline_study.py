@@ -5,6 +5,8 @@ protocol and the corrected one, and the ablation ladder between them.
   --config=experiments/configs/offline_study.py:corrected   every correction (the default)
   --config=experiments/configs/offline_study.py:ladder:K    the published protocol with the first K of LADDER switched
 
+Layers: the study's 9 relative depths of each model's block outputs, at every step (all layer pairs of the four
+models take about 9x longer: --config.extraction.layers=all).
 Models: the Qwen2.5-Coder 0.5B / 1.5B within-family pair (identical tokenizers) and cross-family pairs that include
 each Qwen model, with SmolLM2-135M (Llama) and Gemma 3 270M. Maps run from the first model of a pair to the second;
 random-init baselines copy the second, so the pairs are ordered to make those the small models. Probes: the
@@ -60,7 +62,9 @@ def get_config(arg=None):
   # corrected: the same 32 words for every model.
   c.data = dict(source="corpus:sotu", num_texts=NUM_TEXTS, max_words=32 if "words" in on else 48, min_chars=200,
                 seed=0)
-  c.extraction = dict(pooling="last_word" if "last_word" in on else "last", layers="all", batch_size=16,
+  # The study's 9 relative depths of block outputs (81 layer pairs) at every step: all layer pairs cost ~9x more
+  # (--config.extraction.layers=all).
+  c.extraction = dict(pooling="last_word" if "last_word" in on else "last", layers="depths:9", batch_size=16,
                       max_tokens=512, keep_bos="last_word" not in on, site="residual",
                       truncate_tokens=None if "words" in on else 40)
   c.similarity = dict(measures=["cka_debiased", "mutual_knn"],
@@ -75,7 +79,7 @@ def get_config(arg=None):
   # Every layer pair's maps at full width take 1-3.5 GB per model pair (twice, with the shuffled floor): once the
   # tables are written, the run removes them.
   c.transfer.keep_maps = False
-  c.transfer.next_token = dict(enabled=True, max_words=16, num_samples=64, num_depths=5, probe_classes=16,
+  c.transfer.next_token = dict(enabled=True, max_words=16, num_samples=64, num_depths=9, probe_classes=16,
                                probe_samples=NUM_TEXTS)
   c.probes = dict(tasks=["cities", "larger_than"], num_examples=128)
   c.mesh = dict(data=-1, model=1, layers_per_unit=16)
