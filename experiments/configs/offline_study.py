@@ -79,7 +79,9 @@ def get_config(arg=None):
   # Every layer pair's maps at full width take 1-3.5 GB per model pair (twice, with the shuffled floor): once the
   # tables are written, the run removes them.
   c.transfer.keep_maps = False
-  c.transfer.next_token = dict(enabled=True, max_words=16, num_samples=64, num_depths=9, probe_classes=16,
+  # Patching runs the target once per sample batch, depth pair and condition (27 passes of a Qwen at 9 depths):
+  # one batch of 16 samples; the token probe reads all 128 texts' prefixes.
+  c.transfer.next_token = dict(enabled=True, max_words=16, num_samples=16, num_depths=9, probe_classes=16,
                                probe_samples=NUM_TEXTS)
   c.probes = dict(tasks=["cities", "larger_than"], num_examples=128)
   c.mesh = dict(data=-1, model=1, layers_per_unit=16)
