@@ -22,6 +22,9 @@ def offline(config, model_root):
   c.similarity.update(permutations=19, ci_resamples=20)
   c.probes = dict(tasks=["capitals"], num_examples=64)
   c.transfer.next_token.update(num_samples=16, probe_classes=5, probe_samples=48)
+  if str(c.extraction.layers).startswith("depths:"):  # the tiny checkpoints have 3 blocks: 9 depths are refused
+    c.extraction.layers = "depths:3"
+    c.transfer.next_token.num_depths = 3
   c.seeds = [0]
   return c
 
@@ -50,7 +53,7 @@ def test_seed_protocol_keeps_the_published_choices(runs):
       "last", True, 128, "float16")
   rows = results.read_table(os.path.join(workdir, "similarity.csv"))
   assert {(r["measure"], r["preprocess"], r["relation"]) for r in rows} == {("cka_debiased", "none", "cross")}
-  assert {r["layer_a"] for r in rows} == {1, 2, 3}  # 9 relative depths of 3 blocks, embeddings excluded
+  assert {r["layer_a"] for r in rows} == {1, 2, 3}  # the relative depths of 3 blocks, embeddings excluded
   transfer = results.read_table(os.path.join(workdir, "transfer.csv"))
   assert {r["method"] for r in transfer} == {"ridge"}
   probes = results.read_table(os.path.join(workdir, "probes.csv"))
