@@ -7,7 +7,8 @@ mapped source activations; its own accuracy and the shuffled-pair map beside it)
 The ratio is cross / within. Its CI resamples texts: the units computed every pair's figure (the max over its
 scored layer pairs) on the same half-sized subsamples of the texts (CKA), of the maps' test rows (R^2) or of the
 probes' test rows, so each subsample gives a ratio; the interval is the basic subsampling interval around the
-first seed's ratio (xsim.similarity.subsample_interval). Figures without resamples, or whose pairs hold different texts, show no CI.
+first seed's ratio (xsim.similarity.subsample_interval). Figures without resamples, or whose pairs hold different
+texts, show no CI.
 """
 from __future__ import annotations
 

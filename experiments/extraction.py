@@ -238,6 +238,11 @@ class PairData:
   def num_samples(self) -> int:
     return self.xs.shape[1]
 
+  def scored_positions(self, min_layer: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in layers_a and layers_b that maxima are taken over (layer_select.scored_positions)."""
+    return (layer_select.scored_positions(self.layers_a, min_layer, self.pair.a),
+            layer_select.scored_positions(self.layers_b, min_layer, self.pair.b))
+
   def depths(self, i: int, j: int) -> dict:
     """Relative depths of layer positions i (of a) and j (of b), as table columns."""
     return dict(depth_a=layer_select.relative_depth(self.layers_a[i], self.num_layers_a),

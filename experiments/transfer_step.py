@@ -14,7 +14,6 @@ import numpy as np
 
 from experiments import cache
 from experiments.extraction import PairData, paired_arrays
-from xsim import layer_select
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,8 +103,7 @@ def r2_subsample_max(fit, data: PairData, seed: int, min_layer: int, num_resampl
   from xsim.transfer import metrics, splits, train
   test = fit.split.test
   subsets = half_subsets(seed, num_resamples, len(test))
-  ia = layer_select.scored_positions(data.layers_a, min_layer, data.pair.a)
-  ib = layer_select.scored_positions(data.layers_b, min_layer, data.pair.b)
+  ia, ib = data.scored_positions(min_layer)
   y = splits.standardize(data.ys[ib][:, test], fit.target_mean[ib], fit.target_std[ib])  # [T, m, db]
   best = np.full(num_resamples, -np.inf)
   for i in ia:
@@ -146,6 +144,5 @@ def compute_task_probes(data: PairData, settings: Settings, seed: int, workdir: 
   labels = np.asarray(task.labels)[store_a.index["text"][rows]]
   target_probe = transfer.fit_logistic_probes(ft, labels, seed=seed, mesh=mesh)
   source_probe = transfer.fit_logistic_probes(fs, labels, seed=seed, mesh=mesh)
-  scored = (layer_select.scored_positions(data.layers_a, min_layer, data.pair.a),
-            layer_select.scored_positions(data.layers_b, min_layer, data.pair.b))
-  return probe_scores(fit, shuffled, target_probe, source_probe, fs, labels, seed, scored, num_resamples, mesh=mesh)
+  return probe_scores(fit, shuffled, target_probe, source_probe, fs, labels, seed, data.scored_positions(min_layer),
+                      num_resamples, mesh=mesh)

@@ -1,7 +1,7 @@
 """Fault injection: a small study killed at random points, its stored files damaged, run twice at once, on a
 read-only or full disk. Each case ends with the tables of an uninterrupted run, or with an error that names the
-file; never exit 0 with other numbers. The slow set runs 20 kills, 20 damaged files and the full disk; CI runs one kill, two damaged files, two runs at
-once and the read-only workdir."""
+file; never exit 0 with other numbers. The slow set runs 20 kills, 20 damaged files and the full disk; CI runs
+one kill, two damaged files, two runs at once and the read-only workdir."""
 import contextlib
 import os
 import random

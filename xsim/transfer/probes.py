@@ -194,8 +194,8 @@ def probe_transfer(map_fit: maps.LinearMapFit, target_probe: ProbeFit, source_pr
   target_acc, target_ci = scored(target_probe.test_hits[k])
   source_acc, source_ci = scored(source_probe.test_hits[k])
   majority_acc, majority_ci = scored(majority)
-  return ProbeTransfer(mapped=mapped_acc, mapped_ci=mapped_ci, mapped_hits=mapped, target=target_acc, target_ci=target_ci,
-                       source=source_acc, source_ci=source_ci, majority=float(majority_acc),
+  return ProbeTransfer(mapped=mapped_acc, mapped_ci=mapped_ci, mapped_hits=mapped, target=target_acc,
+                       target_ci=target_ci, source=source_acc, source_ci=source_ci, majority=float(majority_acc),
                        majority_ci=majority_ci, chance=k / len(target_probe.classes), k=k)
 
 
