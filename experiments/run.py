@@ -90,12 +90,12 @@ def plan_units(s: Study, pairs, stores, workdir: str) -> tuple[list, list]:
         second.append(units.Unit("probes", pair, seed, task=task, path=units.entry_path(
             workdir, "probes", (pair.a, pair.b, task, str(seed)), *maps_identity,
             stores.tasks[(task, pair.a)].manifest, stores.tasks[(task, pair.b)].manifest, s.similarity.min_layer,
-            s.similarity.ci_resamples)))
+            s.similarity.ci_resamples, transfer_step.PROBES_VERSION)))
       if s.next_token.enabled:
         second.append(units.Unit("next_token", pair, seed, path=units.entry_path(
             workdir, "next_token", (pair.a, pair.b, str(seed)), *maps_identity,
             s.next_token, s.extraction.identity(), results.PROBE_COLUMNS, s.similarity.min_layer,
-            s.similarity.ci_resamples)))
+            s.similarity.ci_resamples, transfer_step.PROBES_VERSION)))
   return first, second
 
 

@@ -41,6 +41,8 @@ class Settings:
 # Part of every maps key (what a pair's maps depend on: its activations, the fit's options, not next-token or probe
 # settings, and this version): bump it when a solver's numbers change (2: ridge from the SVD of exactly centred rows).
 SOLVERS_VERSION = 2
+# Part of every probe and next-token key, the same for the probe solver (2: L-BFGS in the span of the training rows).
+PROBES_VERSION = 2
 
 
 def checkpoint_dirs(workdir: str, pair, identity: tuple, settings: Settings, seed: int) -> tuple[str, str]:

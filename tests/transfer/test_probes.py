@@ -52,6 +52,26 @@ def _np_loss(x, labels, weights, bias, binary):
   return np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(labels)), labels])
 
 
+@pytest.mark.parametrize("binary", [True, False])
+def test_probes_wider_than_their_training_rows_match_the_full_space_newton_solution(binary):
+  # 80 features, 42 training rows: the solver works in the rows' span; the reference solves in all 80 dimensions.
+  rng = np.random.default_rng(2)
+  features = rng.normal(size=(1, 70, 80)).astype(np.float32)
+  if binary:
+    labels = (features[0, :, 0] + 0.5 * rng.normal(size=70) > 0).astype(np.int64)
+    probe = transfer.fit_logistic_probes(features, labels, penalties=(0.05,))
+  else:
+    labels = rng.integers(0, 3, size=70)
+    probe = transfer.fit_token_probes(features, labels, num_classes=3, penalties=(0.05,))
+  split = probe.split
+  x = _standardized(features[0], split.train)
+  weights, bias = _np_softmax_probe(x[split.train], labels[split.train], 2 if binary else 3, 0.05, binary)
+  assert len(split.train) < x.shape[1]
+  np.testing.assert_allclose(probe.weights[0], weights, atol=1e-4)
+  centered = lambda b: b - b.mean()
+  np.testing.assert_allclose(centered(probe.bias[0]), centered(bias), atol=1e-4)
+
+
 @pytest.fixture(scope="module", name="task")
 def _task():
   """Two models' activations of one binary task: the source is a noisy rotation of the target."""

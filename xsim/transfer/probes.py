@@ -3,8 +3,8 @@
 Binary probes are logistic regressions; token probes are the published protocol's softmax regression over the
 K most frequent next-token ids, scored top-1 and top-5. Each (layer, penalty) probe minimizes
   mean cross-entropy + penalty / 2 * |W|_F^2   (bias unpenalized)
-with optax's L-BFGS, vmapped over penalties and layers; the penalty is chosen per layer by validation
-log-loss. Features are standardized with training-row statistics, so the rows are split as for the maps.
+with optax's L-BFGS, vmapped over penalties and layers, in the span of the training rows (exact: see _row_space);
+the penalty is chosen per layer by validation log-loss. Features are standardized with training-row statistics, so the rows are split as for the maps.
 With a mesh, probe training splits the layers over all its devices and the probe-transfer table the layer pairs
 (padding repeats real work and is cut off); XLA partitions the vmapped solvers along them.
 """
@@ -250,6 +250,16 @@ def _split(mesh: Mesh, *arrays):
   return [sharding.place(sharding.pad_rows(a, mesh.size), mesh, spec) for a in arrays]
 
 
+def _row_space(x):
+  """[m, d] training rows -> [d, min(m, d)] orthonormal basis of their span.
+
+  The penalized loss depends on W through x W and |W|^2, so its minimizer (and every L-BFGS iterate from W = 0,
+  whose gradients lie in the span) is W = basis B with B fit on the coordinates x basis [m, min(m, d)]: the same
+  probe from a problem as wide as the training rows, not the model (128 rows of a 1,536-wide Qwen: 12x narrower).
+  """
+  return jnp.linalg.svd(x, full_matrices=False)[2].T
+
+
 def _outputs(weights, bias, x):
   """x: [m, d] standardized -> [m, c] logits."""
   return jnp.einsum("md,dc->mc", x, weights, precision=Precision.HIGHEST) + bias
@@ -312,7 +322,11 @@ def _train(features, mean, std, labels, train_rows, val_rows, test_rows, penalti
   x_train, x_val, x_test = (splits.standardize(features[:, rows], mean, std)
                             for rows in (train_rows, val_rows, test_rows))
   fit = functools.partial(_lbfgs, num_outputs=num_outputs, max_iters=max_iters, tolerance=tolerance)
-  params = jax.vmap(jax.vmap(fit, (None, None, 0)), (0, None, None))(x_train, labels[train_rows], penalties)
+  basis = jax.vmap(_row_space)(x_train)
+  coordinates = jnp.einsum("lmd,ldr->lmr", x_train, basis, precision=Precision.HIGHEST)
+  reduced = jax.vmap(jax.vmap(fit, (None, None, 0)), (0, None, None))(coordinates, labels[train_rows], penalties)
+  params = {"weights": jnp.einsum("ldr,lprc->lpdc", basis, reduced["weights"], precision=Precision.HIGHEST),
+            "bias": reduced["bias"]}
   val_loss = jax.vmap(jax.vmap(_loss, (0, None, None)), (0, 0, None))(params, x_val, labels[val_rows])
   chosen = jnp.argmin(val_loss, axis=1)
   params = jax.tree_util.tree_map(lambda leaf: leaf[jnp.arange(leaf.shape[0]), chosen], params)
