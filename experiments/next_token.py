@@ -116,9 +116,9 @@ def compute(data: PairData, samples_payload: dict, maps_settings: transfer_step.
   patch = samples.take(np.flatnonzero(samples.text_index < settings.num_samples))
   rows, clean = [], patching.clean_logits(target, patch)
   x_patch = x_source[:, :len(patch.ids)]  # the patching samples are the first ones
+  own_b = patching.own_activations(target, patch, out["layers_b"])
   for i, j in matched:
-    x = x_patch[ia.index(i)]
-    own = patching.own_activations(target, patch, data.layers_b[j])
+    x, own = x_patch[ia.index(i)], own_b[ib.index(j)]
     scores = {name: patching.patched_scores(target, patch, data.layers_b[j], values, clean=clean)
               for name, values in (("mapped", np.asarray(fit.predict(i, j, x))),
                                    ("shuffled", np.asarray(shuffled.predict(i, j, x))),

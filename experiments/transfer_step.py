@@ -39,8 +39,9 @@ class Settings:
 
 
 # Part of every maps key (what a pair's maps depend on: its activations, the fit's options, not next-token or probe
-# settings, and this version): bump it when a solver's numbers change (2: ridge from the SVD of exactly centred rows).
-SOLVERS_VERSION = 2
+# settings, and this version): bump it when a solver's numbers or its stored maps change (2: ridge from the SVD of
+# exactly centred rows; 3: ridge maps from fewer training rows than dims stored factored).
+SOLVERS_VERSION = 3
 # Part of every probe and next-token key, the same for the probe solver (2: L-BFGS in the span of the training rows).
 PROBES_VERSION = 2
 

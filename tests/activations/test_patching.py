@@ -28,7 +28,7 @@ def test_labels_come_from_the_text_after_the_cut(target, samples):
 
 @pytest.mark.parametrize("layer", [0, 2, 3])
 def test_identity_patch_has_zero_kl_and_full_agreement(target, samples, layer):
-  own = patching.own_activations(target, samples, layer)
+  own = patching.own_activations(target, samples, [layer])[0]
   scores = patching.patched_scores(target, samples, layer, own)
   np.testing.assert_allclose(scores["kl"], 0.0, atol=1e-6)
   np.testing.assert_array_equal(scores["top1_agreement"], 1.0)
@@ -36,7 +36,7 @@ def test_identity_patch_has_zero_kl_and_full_agreement(target, samples, layer):
 
 
 def test_mean_ablation_moves_the_prediction(target, samples):
-  own = patching.own_activations(target, samples, 2)
+  own = patching.own_activations(target, samples, [2])[0]
   ablated = np.broadcast_to(own.mean(0), own.shape)  # the mean-ablation baseline
   scores = patching.patched_scores(target, samples, 2, ablated)
   assert scores["kl"].mean() > 1e-3 and scores["top1_agreement"].mean() < 1.0
@@ -44,7 +44,7 @@ def test_mean_ablation_moves_the_prediction(target, samples):
 
 def test_reference_kl_in_numpy(target, samples):
   """KL from a direct forward pass with the patched vector written in by hand (float64 NumPy)."""
-  own = patching.own_activations(target, samples, 1)
+  own = patching.own_activations(target, samples, [1])[0]
   values = own + np.random.default_rng(1).normal(size=own.shape).astype(np.float32)
   scores = patching.patched_scores(target, samples, 1, values)
   k = 0

@@ -37,7 +37,7 @@ def test_ridge_path_equals_direct_solve_for_every_lambda():
 def test_fit_ridge_picks_the_lambda_with_least_validation_error():
   x_train, y_train, x_val, y_val = _data(seed=1, n=40)  # few rows: the best lambda is well inside the grid
   penalties = LAMBDAS / 40
-  weight, chosen = ridge.fit_ridge(*(a.astype(np.float32) for a in (x_train, y_train, x_val, y_val)), penalties)
+  weight, chosen, _ = ridge.fit_ridge(*(a.astype(np.float32) for a in (x_train, y_train, x_val, y_val)), penalties)
   for t in range(3):
     errors = [((y_val[t] - x_val @ _np_ridge(x_train, y_train[t], lam)) ** 2).sum() for lam in LAMBDAS]
     best = int(np.argmin(errors))
@@ -147,7 +147,7 @@ def test_fit_ridge_on_raw_features_picks_the_float64_penalty():
     # 5e-5), so a best penalty that beats the runner-up by 5% is found by float32 and float64 alike.
     assert np.sort(errors)[1] > 1.05 * errors.min()
     best = int(np.argmin(errors))
-    weight, chosen = ridge.fit_ridge(*_float32_rows(*parts), penalties, num_rows=n)
+    weight, chosen, _ = ridge.fit_ridge(*_float32_rows(*parts), penalties, num_rows=n)
     assert float(chosen[0]) == pytest.approx(penalties[best])
     expected = solve(penalties[best])
     assert np.linalg.norm(np.asarray(weight[0], np.float64).T - expected) / np.linalg.norm(expected) < 1e-4

@@ -280,3 +280,24 @@ def test_unstandardized_ridge_penalizes_raw_weights():
   w = np.linalg.solve((xt - xm).T @ (xt - xm) + penalty * len(train) * np.eye(5), (xt - xm).T @ (yt - ym))
   expected = (x[0] - xm) @ w + ym
   np.testing.assert_allclose(np.asarray(fit.predict(0, 0, x[0].astype(np.float32))), expected, rtol=1e-3, atol=2e-3)
+
+
+def test_ridge_maps_from_fewer_rows_than_dims_are_stored_factored_and_equal_the_direct_solve():
+  """41 training rows, 120 -> 100 dims: maps kept as up [db, r] @ down [r, da] with r = 40 (the rows centred exactly
+  span 40 dims), predicting what the dense float64 ridge solution does (standardized, per-row penalty)."""
+  rng = np.random.default_rng(5)
+  x = rng.normal(size=(2, 67, 120))
+  y = np.einsum("lna,ab->lnb", x, rng.normal(size=(120, 100)) / 11) + 0.3 * rng.normal(size=(2, 67, 100))
+  penalty = 0.05
+  fit = transfer.fit_linear_maps(x.astype(np.float32), y.astype(np.float32), method="ridge", penalties=[penalty])
+  train = fit.split.train
+  assert len(train) == 41 and "weight" not in fit.params
+  assert fit.params["up"].shape == (4, 100, 40) and fit.params["down"].shape == (4, 40, 120)
+  for i, j in ((0, 0), (1, 0), (1, 1)):
+    xs, ys = x[i], y[j]
+    xz = (xs - xs[train].mean(0)) / xs[train].std(0)
+    yz = (ys - ys[train].mean(0)) / ys[train].std(0)
+    xc, yc = xz[train] - xz[train].mean(0), yz[train] - yz[train].mean(0)
+    w = np.linalg.solve(xc.T @ xc + penalty * len(train) * np.eye(120), xc.T @ yc)
+    expected = (xz @ w) * ys[train].std(0) + ys[train].mean(0)
+    np.testing.assert_allclose(np.asarray(fit.predict(i, j, x[i].astype(np.float32))), expected, atol=1e-4)

@@ -117,10 +117,13 @@ def _logits_at(model: Model, ids, mask, positions, patch) -> jnp.ndarray:
   return model.forward(ids, mask, patch=patch, logit_positions=positions).logits.astype(jnp.float32)
 
 
-def own_activations(model: Model, samples: NextTokenSamples, layer: int, batch_size: int = 16) -> np.ndarray:
-  """The model's own hidden state `layer` at each sample position: [n, D] (the identity-map reference)."""
-  out = np.zeros((len(samples.ids), model.config.hidden_size), np.float32)
+def own_activations(model: Model, samples: NextTokenSamples, layers: Sequence[int],
+                    batch_size: int = 16) -> np.ndarray:
+  """The model's own hidden states `layers` at each sample position, from one pass: [len(layers), n, D] (the
+  identity-map reference)."""
+  out = np.zeros((len(layers), len(samples.ids), model.config.hidden_size), np.float32)
   for rows, ids, mask, positions in _batches(samples, batch_size, pad_id(model.tokenizer)):
-    hidden = model.forward(ids, mask, compute_logits=False).hidden_states[layer]
-    out[rows] = np.asarray(hidden[jnp.arange(len(ids)), jnp.asarray(positions)], np.float32)[:len(rows)]
+    hidden = model.forward(ids, mask, compute_logits=False).hidden_states
+    at = (jnp.arange(len(ids)), jnp.asarray(positions))
+    out[:, rows] = np.stack([np.asarray(hidden[layer][at], np.float32)[:len(rows)] for layer in layers])
   return out

@@ -52,8 +52,9 @@ class LinearMapFit:
   source_std: np.ndarray  # [La, da]
   target_mean: np.ndarray  # [Lb, db]
   target_std: np.ndarray  # [Lb, db]
-  params: Optional[dict]  # "weight" [P, db, da] (or low-rank "up" [P, db, r], "down" [P, r, da]) and "bias"
-  #                         [P, db], in the order of `pairs`, y = x W' + bias; None when keep_maps=False
+  params: Optional[dict]  # "weight" [P, db, da] or factored W = up down ("up" [P, db, r], "down" [P, r, da]: optax
+  #                         maps of a given rank, ridge maps from fewer training rows than dims) and "bias" [P, db],
+  #                         in the order of `pairs`, y = x W' + bias; None when keep_maps=False
   restored_chunks: tuple  # chunk indices read back from checkpoint_dir instead of fit
 
   def pair_index(self, i: int, j: int) -> int:
@@ -154,7 +155,7 @@ def fit_linear_maps(source, target, *, method: str = "adam", pairs: Union[str, S
   store = None
   if checkpoint_dir is not None:
     store = checkpoint.ChunkStore(checkpoint_dir, {
-        "layout": "y = x weight' + bias, weight [db, da]", "method": method, "penalties": list(penalties),
+        "layout": "y = x weight' + bias, weight [db, da] or up [db, r] @ down [r, da]", "method": method, "penalties": list(penalties),
         "train": None if settings is None else dataclasses.asdict(settings), "pairs": pairs.tolist(),
         "chunk_size": int(chunk_size), "split": [val_fraction, test_fraction, seed],
         "shapes": [num_source, num_target, n, da, db],
@@ -266,6 +267,21 @@ def _chunk_function(method: str, settings: Optional[train.TrainSettings], penalt
                                     replicated, replicated, replicated), out_shardings=per_target)
 
 
+def _ridge_params(weight, basis, bias) -> dict:
+  """Ridge maps as stored: weight [T, db, da], or factored where that is smaller.
+
+  Ridge weights lie in the span of the training rows (basis [r, da], r = min(n_train, da), see ridge.fit_ridge),
+  so W = up down with up = W basis' [T, db, r] and down = basis: where r (da + db) < da db (fewer training rows
+  than dimensions) the same maps take fewer floats, e.g. 7x fewer for 77 rows from a 1,536- to an 896-wide model.
+  """
+  num_targets, db, da = weight.shape
+  rank = basis.shape[0]
+  if rank * (da + db) >= da * db:
+    return {"weight": weight, "bias": bias}
+  up = jnp.einsum("tba,ra->tbr", weight, basis, precision=jax.lax.Precision.HIGHEST)
+  return {"up": up, "down": jnp.broadcast_to(basis, (num_targets, rank, da)), "bias": bias}
+
+
 def _fit_chunk(method, settings, penalties, x, y, x_mean, x_std, y_mean, y_std, train_rows, val_rows, test_rows):
   """Fits one source layer to T target layers and scores the test rows.
 
@@ -285,8 +301,8 @@ def _fit_chunk(method, settings, penalties, x, y, x_mean, x_std, y_mean, y_std, 
   if method in ("ridge", "procrustes"):  # closed forms without intercept: centre the training rows exactly
     x_train, y_train = splits.centered_rows(xs[0]), splits.centered_rows(ys[0])
   if method == "ridge":
-    weight, penalty = ridge.fit_ridge(x_train, y_train, xs[1], ys[1], penalties, num_rows=len(train_rows))
-    params, best_step = {"weight": weight, "bias": zero_bias}, no_step
+    weight, penalty, basis = ridge.fit_ridge(x_train, y_train, xs[1], ys[1], penalties, num_rows=len(train_rows))
+    params, best_step = _ridge_params(weight, basis, zero_bias), no_step
   elif method == "procrustes":
     params, best_step = {"weight": procrustes.fit_procrustes(x_train, y_train), "bias": zero_bias}, no_step
     penalty = jnp.full((num_targets,), jnp.nan, jnp.float32)

@@ -157,10 +157,11 @@ def fit_ridge(x_train, y_train, x_val, y_val, penalties, num_rows=None):
       splits.centered_rows).
 
   Returns:
-    (weight [T, db, da], penalty [T]) at the chosen penalty.
+    (weight [T, db, da], penalty [T]) at the chosen penalty, and V' [r, da] (r = min(n, da)): the weights lie in
+    the span of the training rows, W = (W V) V'.
   """
   penalties = jnp.asarray(penalties, jnp.float32)
   num_rows = x_train.shape[0] if num_rows is None else num_rows
   path = ridge_path(x_train, y_train, x_val, y_val, penalties * num_rows)
   chosen = penalties[jnp.argmin(path.val_sse, axis=1)]
-  return ridge_weights(path, chosen * num_rows), chosen
+  return ridge_weights(path, chosen * num_rows), chosen, path.right_vectors
