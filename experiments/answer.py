@@ -29,7 +29,9 @@ PUBLISHED = {
 
 
 def _ratio(within: float, cross: float) -> float:
-  return cross / within if within > 0 else float("nan")
+  """cross / within; NaN unless within > 0 and cross >= 0 (a negative R^2, worse than predicting the mean, has no
+  meaningful share of the within-family value)."""
+  return cross / within if within > 0 and cross >= 0 else float("nan")
 
 
 def _group_mean(records: Sequence[dict], relation: str, value: str) -> Optional[float]:

@@ -42,6 +42,19 @@ def test_figures_ratios_and_the_ci_of_the_cka_ratio():
   assert "outside this interval" in out["reading"] and "80% of the within-family" in out["reading"]
 
 
+def test_a_negative_cross_family_r2_has_no_ratio():
+  # The published protocol's untuned ridge predicts worse than the mean across families: cross / within would be
+  # a negative "share" of the within-family fit.
+  worse = headline()
+  worse["transfer"][1]["r2"] = -0.27
+  rows = np.arange(10)
+  resamples = {"r2": {p: {"estimate": e, "samples": e + 0.01 * np.sin(rows), "n": 26}
+                      for p, e in (("q1|q0", 0.5), ("q1|s", -0.27))}}
+  r2 = answer.answer(worse, resamples, {"q1|q0": "within", "q1|s": "cross"})["figures"][1]
+  assert r2["figure"] == "best transfer R²" and r2["cross"] == pytest.approx(-0.27)
+  assert np.isnan(r2["ratio"]) and r2["ratio_ci"] is None
+
+
 def test_no_ci_when_pairs_hold_different_texts():
   relations = {"q1|q0": "within", "q1|s": "cross", "g|q0": "cross"}
   resamples = {p: {"estimate": 0.5, "samples": np.full(20, 0.5), "n": n}
