@@ -12,6 +12,12 @@ RANDOM_SUFFIX = "@random"
 RELATIONS = ("within", "cross", "random")
 
 
+def published_dtype(family: str) -> str:
+  """The published protocol's activation dtype: float16, but Gemma in bfloat16, whose float16 activations overflow
+  (STUDY.md point 7; xsim refuses them as NaN/Inf)."""
+  return "bfloat16" if family == "gemma" else "float16"
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
   """One model of the study: its name in tables, where it loads from, its dtype and (optionally) its family."""

@@ -14,6 +14,8 @@ true/false statements shipped with xsim (cities, numeric comparisons), the laten
 """
 import ml_collections
 
+from experiments.study import published_dtype
+
 MODELS = [dict(name="qwen-coder-0.5b", path="qwen2.5-coder-0.5b", family="qwen"),
           dict(name="qwen-coder-1.5b", path="qwen2.5-coder-1.5b", family="qwen"),
           dict(name="smollm2-135m", path="smollm2-135m", family="llama"),
@@ -31,9 +33,6 @@ STEPS = {
     "float32": "float16 (Gemma bfloat16) -> float32",
     "random_floor": "a random-init copy of each target as the floor",
 }
-# Gemma 3 overflows float16 (NaN from block 8 on, which xsim refuses): before the float32 step it runs in bfloat16,
-# as STUDY.md point 7 advises.
-HALF = {"gemma": "bfloat16"}
 NUM_TEXTS = 128
 TRAIN_ROWS = 0.6 * NUM_TEXTS
 
@@ -56,7 +55,8 @@ def switched(arg) -> tuple:
 def get_config(arg=None):
   on = set(switched(arg))
   c = ml_collections.ConfigDict()
-  c.models = [dict(m, dtype="float32" if "float32" in on else HALF.get(m["family"], "float16")) for m in MODELS]
+  # Before the float32 step: float16, Gemma in bfloat16 (Gemma 3 overflows float16 from block 8 on).
+  c.models = [dict(m, dtype="float32" if "float32" in on else published_dtype(m["family"])) for m in MODELS]
   c.pairs = [list(p) for p in PAIRS]
   # Published: passages cut at 40 tokens of each model's own tokenizer (the ends differ across tokenizers);
   # corrected: the same 32 words for every model.

@@ -6,6 +6,8 @@ kept, 9 relative depths, debiased linear CKA on raw activations, float16 (Gemma 
 """
 import ml_collections
 
+from experiments.study import published_dtype
+
 MODELS = [
     dict(name="llama-3.2-1b", path="meta-llama/Llama-3.2-1B", family="llama"),
     dict(name="llama-3.2-3b", path="meta-llama/Llama-3.2-3B", family="llama"),
@@ -21,9 +23,7 @@ TASKS = ["sst2", "toxigen", "ag_news_sports"]
 
 def get_config(arg=None):
   c = ml_collections.ConfigDict()
-  # float16 as published, but Gemma in bfloat16: its float16 activations overflow (STUDY.md point 7), which xsim
-  # refuses as NaN/Inf.
-  c.models = [dict(m, dtype="bfloat16" if m["family"] == "gemma" else "float16") for m in MODELS]
+  c.models = [dict(m, dtype=published_dtype(m["family"])) for m in MODELS]
   c.pairs = [list(p) for p in PAIRS]
   c.data = dict(source="pile10k", num_texts=5000, max_words=None, min_chars=1, seed=0)
   c.extraction = dict(pooling="last", layers="depths:9", batch_size=32, max_tokens=4096, keep_bos=True,
