@@ -76,8 +76,8 @@ def get_config(arg=None):
   else:  # sklearn Ridge(alpha=1e-4) on raw activations: lambda = 1e-4, xsim's penalty is lambda per training row
     c.transfer = dict(method="ridge", val_fraction=0.2, test_fraction=0.2, standardize=False,
                       penalties=[1e-4 / TRAIN_ROWS])
-  # Every layer pair's maps at full width take 1-3.5 GB per model pair (twice, with the shuffled floor): once the
-  # tables are written, the run removes them.
+  # Maps are checkpoints of 30-60 MB per model pair at 9 depths (0.3-0.6 GB at all layer pairs; twice, with the
+  # shuffled floor), for each map setting over the ladder: once the tables are written, the run removes them.
   c.transfer.keep_maps = False
   # Patching runs the target once per sample batch, depth pair and condition (27 passes of a Qwen at 9 depths):
   # one batch of 16 samples; the token probe reads all 128 texts' prefixes.

@@ -155,7 +155,8 @@ def fit_linear_maps(source, target, *, method: str = "adam", pairs: Union[str, S
   store = None
   if checkpoint_dir is not None:
     store = checkpoint.ChunkStore(checkpoint_dir, {
-        "layout": "y = x weight' + bias, weight [db, da] or up [db, r] @ down [r, da]", "method": method, "penalties": list(penalties),
+        "layout": "y = x weight' + bias, weight [db, da] or up [db, r] @ down [r, da]", "method": method,
+        "penalties": list(penalties),
         "train": None if settings is None else dataclasses.asdict(settings), "pairs": pairs.tolist(),
         "chunk_size": int(chunk_size), "split": [val_fraction, test_fraction, seed],
         "shapes": [num_source, num_target, n, da, db],
@@ -270,7 +271,7 @@ def _chunk_function(method: str, settings: Optional[train.TrainSettings], penalt
 def _ridge_params(weight, basis, bias) -> dict:
   """Ridge maps as stored: weight [T, db, da], or factored where that is smaller.
 
-  Ridge weights lie in the span of the training rows (basis [r, da], r = min(n_train, da), see ridge.fit_ridge),
+  Ridge weights lie in the span of the training rows (basis [r, da], r <= min(n_train, da), see ridge.fit_ridge),
   so W = up down with up = W basis' [T, db, r] and down = basis: where r (da + db) < da db (fewer training rows
   than dimensions) the same maps take fewer floats, e.g. 7x fewer for 77 rows from a 1,536- to an 896-wide model.
   """

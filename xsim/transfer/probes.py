@@ -4,7 +4,8 @@ Binary probes are logistic regressions; token probes are the published protocol'
 K most frequent next-token ids, scored top-1 and top-5. Each (layer, penalty) probe minimizes
   mean cross-entropy + penalty / 2 * |W|_F^2   (bias unpenalized)
 with optax's L-BFGS, vmapped over penalties and layers, in the span of the training rows (exact: see _row_space);
-the penalty is chosen per layer by validation log-loss. Features are standardized with training-row statistics, so the rows are split as for the maps.
+the penalty is chosen per layer by validation log-loss. Features are standardized with training-row statistics,
+so the rows are split as for the maps.
 With a mesh, probe training splits the layers over all its devices and the probe-transfer table the layer pairs
 (padding repeats real work and is cut off); XLA partitions the vmapped solvers along them.
 """
@@ -255,7 +256,8 @@ def _row_space(x):
 
   The penalized loss depends on W through x W and |W|^2, so its minimizer (and every L-BFGS iterate from W = 0,
   whose gradients lie in the span) is W = basis B with B fit on the coordinates x basis [m, min(m, d)]: the same
-  probe from a problem as wide as the training rows, not the model (128 rows of a 1,536-wide Qwen: 12x narrower).
+  probe from a problem as wide as the training rows, not the model (77 training rows of a 1,536-wide Qwen: 20x
+  narrower, 35x faster).
   """
   return jnp.linalg.svd(x, full_matrices=False)[2].T
 
