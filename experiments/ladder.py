@@ -49,7 +49,12 @@ def markdown(rows: list[dict], note: str) -> str:
   figures = [k for k in rows[0] if k not in ("step", "switched")] if rows else []
   for row in rows[1:]:
     figures += [k for k in row if k not in figures and k not in ("step", "switched")]
-  cell = lambda v: "-" if v is None else (f"{report.fmt(v[0])} {report._fmt_ci(v[1])}" if v[1] else report.fmt(v[0]))
+  def cell(v):
+    if v is None:
+      return "-"
+    if v[0] is None or v[0] != v[0]:  # NaN: a negative cross-family figure has no ratio (answer._ratio)
+      return "no ratio"
+    return f"{report.fmt(v[0])} {report._fmt_ci(v[1])}" if v[1] else report.fmt(v[0])
   table = report.Table(("step", "switched") + tuple(f"{f}: cross / within" for f in figures),
                        tuple((r["step"], r["switched"]) + tuple(cell(r.get(f)) for f in figures) for r in rows))
   return report.to_markdown([report.Heading(1, "Ablation ladder: published -> corrected protocol"),

@@ -91,13 +91,15 @@ def test_the_ladder_table_follows_each_steps_own_cka():
   raw = dict(figure="max debiased CKA (raw)", ratio=0.3, ratio_ci=[0.2, 0.4])
   standardized = dict(figure="max debiased CKA (standardized)", ratio=0.8, ratio_ci=[0.7, 0.9])
   cities = dict(figure="probe transfer: cities", ratio=0.75, ratio_ci=None)
-  rows = ladder.ladder_rows([("0: published", "published protocol", {"figures": [raw, cities]}),
-                             ("3: standardize", "raw -> standardized", {"figures": [raw, standardized, cities]})])
+  worse = dict(figure="best transfer R²", ratio=float("nan"), ratio_ci=None)  # cross-family R^2 < 0
+  rows = ladder.ladder_rows([("0: published", "published protocol", {"figures": [raw, cities, worse]}),
+                             ("3: standardize", "raw -> standardized",
+                              {"figures": [raw, standardized, cities, dict(worse, ratio=0.5)]})])
   key = "max debiased CKA (the step's preprocessing)"
   assert rows[0][key] == (0.3, [0.2, 0.4]) and rows[1][key] == (0.8, [0.7, 0.9])
   text = ladder.markdown(rows, "note")
-  assert "| 0: published | published protocol | 0.300 [0.200, 0.400] | 0.750 |" in text
-  assert "| 3: standardize | raw -> standardized | 0.800 [0.700, 0.900] | 0.750 |" in text
+  assert "| 0: published | published protocol | 0.300 [0.200, 0.400] | 0.750 | no ratio |" in text
+  assert "| 3: standardize | raw -> standardized | 0.800 [0.700, 0.900] | 0.750 | 0.500 |" in text
 
 
 def test_r2_subsamples_are_the_best_scored_r2_on_half_the_test_rows():
