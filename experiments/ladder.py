@@ -10,6 +10,7 @@ switched and each answer figure's cross / within ratio with its CI (experiments/
 """
 from __future__ import annotations
 
+import math
 import os
 import runpy
 import shutil
@@ -52,7 +53,7 @@ def markdown(rows: list[dict], note: str) -> str:
   def cell(v):
     if v is None:
       return "-"
-    if v[0] is None or v[0] != v[0]:  # NaN: a negative cross-family figure has no ratio (answer._ratio)
+    if math.isnan(v[0]):  # a negative cross-family figure has no ratio (answer._ratio)
       return "no ratio"
     return f"{report.fmt(v[0])} {report._fmt_ci(v[1])}" if v[1] else report.fmt(v[0])
   table = report.Table(("step", "switched") + tuple(f"{f}: cross / within" for f in figures),
