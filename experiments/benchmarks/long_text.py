@@ -13,9 +13,10 @@ peak): RSS after loading is printed too, as both sides import transformers and t
   hf:   AutoModelForCausalLM (sdpa attention), one padded batch, output_hidden_states=True, logits for the last
         position only, every hidden state pooled ("last" token or "mean" over real tokens) to NumPy, under
         torch.inference_mode. One warm-up call, then --repeats timed calls.
-  xsim: extract_activations(layers="all", batch_size=--num_texts) into a fresh store each call: one warm-up
-        call, whose XLA compilation is timed apart (jax.monitoring), then --repeats timed calls, which reuse the
-        warm-up's compiled forward (extraction caches it per model, layers, site and mesh).
+  xsim: extract_activations(layers="all", batch_size=--num_texts) into a fresh store each call (never one an
+        earlier round wrote: that would load, not extract): one warm-up call, whose XLA compilation is timed
+        apart (jax.monitoring), then --repeats timed calls, which reuse the warm-up's compiled forward
+        (extraction caches it per model, layers, site and mesh).
 The sides alternate for --rounds rounds (hf, xsim, hf, xsim, ...), so a change of load on a shared machine
 hits both; figures are medians over all timed calls, peaks the worst round's.
 """
@@ -179,7 +180,7 @@ def run_xsim(args: argparse.Namespace, texts: list[str]) -> dict:
     with CompileTimer() as timer:
       acts = xsim.extract_activations(model, texts, pooling=args.pooling, layers="all", batch_size=len(texts),
                                       max_tokens=args.tokens, progress=False,
-                                      store_dir=os.path.join(args.workdir, f"store{len(compile_seconds)}"))
+                                      store_dir=tempfile.mkdtemp(prefix="store", dir=args.workdir))
     compile_seconds.append(timer.seconds)
     return acts.array.shape
 
