@@ -10,6 +10,8 @@ Both sides do the same work per call, from one checkpoint on disk: logits [B, S,
 The warm-up call (XLA compilation, PyTorch's first call) is reported apart; the timed calls alternate between
 the two sides and throughput is their median. On a shared machine wall time follows the other tenants' load, so
 each call's process CPU time is printed too: it measures the work done and changes far less with load.
+The forward's weight matmuls are then timed alone in both backends (`gemm_ceiling`): where they dominate, their
+XLA / torch speed is about the best ratio a faithful port can reach on that backend.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import time
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import torch
 import transformers
@@ -164,6 +167,41 @@ def numpy_matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
   return 2 * n**3 / best / 1e9
 
 
+def projection_gemms(config) -> list[tuple[int, int, int]]:
+  """(count, k, n) of each weight matmul [tokens, k] x [k, n] in one forward with logits: the projections of
+  every block and the output head."""
+  heads, kv = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
+  width, inner, layers = config.hidden_size, config.intermediate_size, config.num_layers
+  mlp_in = 2 if config.mlp == "gated" else 1
+  shapes = [(layers, width, heads), (2 * layers, width, kv), (layers, heads, width),
+            (mlp_in * layers, width, inner), (layers, inner, width), (1, width, config.vocab_size)]
+  return shapes
+
+
+def gemm_ceiling(config, tokens: int, dtype: str, device: str, repeats: int = 3) -> dict[str, float]:
+  """Seconds one forward's weight matmuls take in XLA (jit) and in torch, each shape timed alone (best of
+  `repeats`, alternating) and summed over its count: what the two backends' GEMMs allow, attention and
+  elementwise work aside. Their ratio bounds the forward's ratio when the matmuls dominate."""
+  rng = np.random.default_rng(0)
+  totals = {"xla": 0.0, "torch": 0.0}
+  matmul = jax.jit(lambda a, b: jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST))  # fp32: no TF32
+  for count, k, n in projection_gemms(config):
+    a, b = rng.standard_normal((tokens, k), np.float32), rng.standard_normal((k, n), np.float32)
+    a_jax, b_jax = (jax.device_put(jnp.asarray(x, dtype)) for x in (a, b))
+    a_torch, b_torch = (torch.from_numpy(x).to(device, TORCH_DTYPES[dtype]) for x in (a, b))
+
+    def run_torch():
+      out = a_torch @ b_torch
+      if device == "cuda":
+        torch.cuda.synchronize()
+      return out
+
+    stats = time_calls({"xla": lambda: jax.block_until_ready(matmul(a_jax, b_jax)), "torch": run_torch}, repeats)
+    for side in totals:
+      totals[side] += count * min(stats[side]["wall"])
+  return dict(xla_s=totals["xla"], torch_s=totals["torch"], xla_over_torch=totals["torch"] / totals["xla"])
+
+
 def report(name: str, stats: dict[str, Any], tokens: int, flops_per_token: float,
            peak_tflops: float | None) -> dict[str, float]:
   """Prints one side's figures; returns them (tokens/s at the median wall time, FLOP/s, fraction of peak)."""
@@ -235,6 +273,9 @@ def main(argv=None) -> None:
                 cpu=statistics.median(stats["torch"]["cpu"]) / statistics.median(stats["xsim"]["cpu"]))
   print(f"ratio xsim / HF tokens/s: {ratios['median_wall']:.2f} (median wall) | {ratios['best_wall']:.2f} (best "
         f"wall) | {ratios['cpu']:.2f} (CPU time per call)")
+  gemms = gemm_ceiling(config, tokens, args.dtype, device)
+  print(f"the forward's weight matmuls alone ({tokens} x k x n, best of 3): XLA {gemms['xla_s']:.3f} s, torch "
+        f"{gemms['torch_s']:.3f} s: XLA / torch speed {gemms['xla_over_torch']:.2f}")
   matmul = numpy_matmul_gflops() if args.platform == "cpu" else None
   if matmul is not None:
     print(f"reference: NumPy float32 2048^3 matmul, best of 5: {matmul:.1f} GFLOP/s")
@@ -245,7 +286,7 @@ def main(argv=None) -> None:
                      platform=args.platform, device=jax.devices()[0].device_kind, torch_threads=torch.get_num_threads(),
                      flops_per_token=flops_per_token, max_abs_logit_difference=float(diff),
                      compile_s=compile_timer.seconds, xsim=xsim_side, hf=torch_side, xsim_over_hf=ratios,
-                     numpy_matmul_gflops=matmul), f, indent=1)
+                     gemm_ceiling=gemms, numpy_matmul_gflops=matmul), f, indent=1)
 
 
 if __name__ == "__main__":

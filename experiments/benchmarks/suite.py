@@ -163,6 +163,10 @@ def _on(platform: str, cpu=None, gpu=None):
 def forward_headlines(d: dict, size: str, platform: str) -> list[Headline]:
   rows = [Headline("forward: logits + all hidden states", size, d["xsim"]["tokens_per_s"], d["hf"]["tokens_per_s"],
                    "tokens/s", d["xsim_over_hf"]["median_wall"], "xsim / HF", _on(platform, (">=", 1.0)))]
+  if "gemm_ceiling" in d:  # the same weight matmuls alone: the ratio the backends' GEMMs allow
+    g = d["gemm_ceiling"]
+    rows.append(Headline("forward: its weight matmuls alone, XLA vs torch", size, g["xla_s"], g["torch_s"], "s",
+                         g["xla_over_torch"], "XLA / torch speed"))
   if d["xsim"].get("fraction_of_peak") is not None:
     rows.append(Headline("forward: fraction of the dense peak", size, d["xsim"]["fraction_of_peak"],
                          d["hf"]["fraction_of_peak"], "of peak"))

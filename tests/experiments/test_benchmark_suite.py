@@ -20,6 +20,9 @@ def test_forward_and_extract_headlines():
   forward["xsim"]["fraction_of_peak"], forward["hf"]["fraction_of_peak"] = 0.4, 0.3
   rows = suite.forward_headlines(forward, "tiny", "gpu")
   assert rows[0].target is None and rows[1].xsim == 0.4 and rows[1].alternative == 0.3  # no forward target on GPU
+  forward["gemm_ceiling"] = dict(xla_s=1.5, torch_s=1.2, xla_over_torch=0.8)
+  gemms = _one(suite.forward_headlines(forward, "tiny", "cpu"), "forward: its weight matmuls")
+  assert (gemms.xsim, gemms.alternative, gemms.ratio, gemms.target) == (1.5, 1.2, 0.8, None)
   extract = {"xsim_tokens_per_s": 1500.0, "hf_tokens_per_s": 1000.0, "xsim_over_hf": 1.5}
   assert suite.extract_headlines(extract, "s", "cpu")[0].met is False  # >= 1.8 on CPU
   assert suite.extract_headlines(extract, "s", "gpu")[0].met is True  # >= 1.2 on GPU
@@ -110,6 +113,20 @@ def test_gpu_shapes_are_models_xsim_reads(shape, tmp_path):
   getattr(transformers, config_class)(**arguments).save_pretrained(tmp_path)
   config = read_config(str(tmp_path))
   assert (config.num_layers, config.hidden_size) == (arguments["num_hidden_layers"], arguments["hidden_size"])
+
+
+@pytest.mark.parametrize("shape", ["llama-3.2-1b", "smollm2-135m"])
+def test_gemm_ceiling_times_every_weight_matmul_of_the_forward(shape, tmp_path):
+  """projection_gemms lists the matmuls whose FLOPs are the config's count without attention scores."""
+  import transformers
+  from experiments.benchmarks.forward import SHAPES, projection_gemms
+  from xsim.models import read_config
+  config_class, arguments = SHAPES[shape]
+  getattr(transformers, config_class)(**arguments).save_pretrained(tmp_path)
+  config = read_config(str(tmp_path))
+  flops = sum(2 * count * k * n for count, k, n in projection_gemms(config))
+  scores = config.num_layers * 2 * config.num_heads * config.head_dim * 128  # 2 x (q.k and p.v) at 128 tokens
+  assert flops == config.flops_per_token(128) - scores
 
 
 def test_a_failing_run_is_recorded_with_its_output(tmp_path):
