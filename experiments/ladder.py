@@ -10,7 +10,6 @@ switched and each answer figure's cross / within ratio with its CI (experiments/
 """
 from __future__ import annotations
 
-import math
 import os
 import runpy
 import shutil
@@ -53,9 +52,7 @@ def markdown(rows: list[dict], note: str) -> str:
   def cell(v):
     if v is None:
       return "-"
-    if math.isnan(v[0]):  # a negative cross-family figure has no ratio (answer._ratio)
-      return "no ratio"
-    return f"{report.fmt(v[0])} {report._fmt_ci(v[1])}" if v[1] else report.fmt(v[0])
+    return f"{report.fmt_ratio(v[0])} {report._fmt_ci(v[1])}" if v[1] else report.fmt_ratio(v[0])
   table = report.Table(("step", "switched") + tuple(f"{f}: cross / within" for f in figures),
                        tuple((r["step"], r["switched"]) + tuple(cell(r.get(f)) for f in figures) for r in rows))
   return report.to_markdown([report.Heading(1, "Ablation ladder: published -> corrected protocol"),

@@ -31,6 +31,7 @@ DECIMALS = 3
 OUTLIER_SHARE = 0.10
 FIGURES = "figures"
 _MISSING = "-"
+NO_RATIO = "no ratio"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +134,11 @@ def fmt(x) -> str:
   return _MISSING if x is None else f"{float(x):.{DECIMALS}f}"
 
 
+def fmt_ratio(x) -> str:
+  """A cross / within ratio: "no ratio" where it is NaN (a negative cross-family figure, see answer._ratio)."""
+  return NO_RATIO if x is not None and np.isnan(x) else fmt(x)
+
+
 def _fmt_ci(ci) -> str:
   return _MISSING if ci is None else f"[{fmt(ci[0])}, {fmt(ci[1])}]"
 
@@ -208,15 +214,17 @@ def _similarity_blocks(headline: dict, summary: dict, figures: list[Image]) -> l
 def _answer_blocks(answer: dict, level) -> list:
   """The opening section: within vs cross-family figures, their ratio with its CI, the published numbers."""
   ci = f"{level:.0%} CI" if level is not None else "CI"
-  rows = tuple((f["figure"], fmt(f["within"]), fmt(f["cross"]), fmt(f["ratio"]), _fmt_ci(f["ratio_ci"]),
-                fmt(f["published_within"]), fmt(f["published_cross"]), fmt(f["published_ratio"]), f["detail"] or "")
+  rows = tuple((f["figure"], fmt(f["within"]), fmt(f["cross"]), fmt_ratio(f["ratio"]), _fmt_ci(f["ratio_ci"]),
+                fmt(f["published_within"]), fmt(f["published_cross"]), fmt_ratio(f["published_ratio"]),
+                f["detail"] or "")
                for f in answer["figures"])
   return [Heading(2, "The answer: within- vs cross-family"), Para(
       "Each figure is the mean over this run's within-family and cross-family pairs at the best layer pair (over "
       "the scored layers, seeds averaged); the ratio is cross / within. Its CI resamples the texts (half of them, "
       "without replacement, the same texts for every pair), recomputing the ratio; '-' where the run has no "
-      "resamples for that figure. The published columns are the study's numbers (STUDY.md), '-' where it gave "
-      "none."),
+      f"resamples for that figure; '{NO_RATIO}' where the cross-family figure is negative (a negative R² is no "
+      "share of the within-family value). The published columns are the study's numbers (STUDY.md), '-' where it "
+      "gave none."),
       Table(("figure", "within", "cross", "cross / within", f"ratio {ci}", "published within", "published cross",
              "published ratio", "detail"), rows),
       Para(answer["reading"])]

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from experiments import answer, tables
+from experiments import answer, report, tables
 from experiments.configs import offline_study
 from experiments.validate import validate_config
 
@@ -53,6 +53,10 @@ def test_a_negative_cross_family_r2_has_no_ratio():
   r2 = answer.answer(worse, resamples, {"q1|q0": "within", "q1|s": "cross"})["figures"][1]
   assert r2["figure"] == "best transfer R²" and r2["cross"] == pytest.approx(-0.27)
   assert np.isnan(r2["ratio"]) and r2["ratio_ci"] is None
+  text = report.to_markdown(report._answer_blocks(answer.answer(worse, resamples, {"q1|q0": "within",
+                                                                                  "q1|s": "cross"}), 0.95))
+  (row,) = [line for line in text.splitlines() if line.startswith("| best transfer R²")]
+  assert "| 0.500 | -0.270 | no ratio | - |" in row and "nan" not in row  # as in ladder.md
 
 
 def test_no_ci_when_pairs_hold_different_texts():
