@@ -173,9 +173,8 @@ def projection_gemms(config) -> list[tuple[int, int, int]]:
   heads, kv = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
   width, inner, layers = config.hidden_size, config.intermediate_size, config.num_layers
   mlp_in = 2 if config.mlp == "gated" else 1
-  shapes = [(layers, width, heads), (2 * layers, width, kv), (layers, heads, width),
-            (mlp_in * layers, width, inner), (layers, inner, width), (1, width, config.vocab_size)]
-  return shapes
+  return [(layers, width, heads), (2 * layers, width, kv), (layers, heads, width),
+          (mlp_in * layers, width, inner), (layers, inner, width), (1, width, config.vocab_size)]
 
 
 def gemm_ceiling(config, tokens: int, dtype: str, device: str, repeats: int = 3) -> dict[str, float]:

@@ -20,7 +20,7 @@ _ACTIVATIONS = {
     "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
 }
 # Blockwise attention: fewer, larger steps are faster until a block's scores leave the cache. On 2 CPU cores,
-# causal attention over 1,024-8,192 tokens runs 1.2-1.9x faster with blocks of 256 than of 128 (heads of 12 and
+# causal attention over 1,024-8,192 tokens runs 1.2-1.7x faster with blocks of 256 than of 128 (heads of 12 and
 # 64 wide; at 512 tokens within 1.6x either way); accelerators want 512.
 DEFAULT_BLOCK_SIZE = {"cpu": 256, "gpu": 512, "tpu": 512}
 # HF checkpoints initialise weights from N(0, 0.02); random-init baselines use the same scale.
