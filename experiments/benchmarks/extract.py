@@ -44,6 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--platform", choices=sorted(PLATFORM_DEFAULTS), default="cpu")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="cpu float32, gpu bfloat16")
   p.add_argument("--tokenizer", choices=("smollm2", "trained"), default=None, help="cpu smollm2, gpu trained")
+  p.add_argument("--attention", choices=("blockwise", "fused"), default="blockwise",
+                 help="xsim's attention (ModelConfig.attention; fused: cuDNN's flash kernels on GPUs)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", default=None, help="write the figures as JSON here")
   # Internal: run one side in this process and print its result as JSON (the parent sets these).
@@ -121,7 +123,7 @@ def run_xsim(args: argparse.Namespace, texts: list[str]) -> dict:
   import xsim
   from xsim import activations as xa
   from xsim.activations.rows import tokenize
-  model = xsim.load_model(args.workdir, dtype=args.dtype)
+  model = xsim.load_model(args.workdir, dtype=args.dtype).with_attention(args.attention)
   tokens = sum(len(tokenize(model.tokenizer, t).ids) for t in texts)
   seconds = []
   for run in range(2):
@@ -142,7 +144,7 @@ def child(args: argparse.Namespace) -> None:
 
 def spawn(side: str, workdir: str, args: argparse.Namespace) -> dict:
   cmd = [sys.executable, "-m", "experiments.benchmarks.extract", "--child", side, "--workdir", workdir,
-         "--batch", str(args.batch), "--platform", args.platform, "--dtype", args.dtype]
+         "--batch", str(args.batch), "--platform", args.platform, "--dtype", args.dtype, "--attention", args.attention]
   env = dict(os.environ, JAX_PLATFORMS="cuda" if args.platform == "gpu" else "cpu")
   proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
   lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]

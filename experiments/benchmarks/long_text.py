@@ -54,6 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="cpu float32, gpu bfloat16")
   p.add_argument("--pooling", choices=("last", "mean"), default="last")
   p.add_argument("--attention_block_size", type=int, default=None, help="xsim's block (default: its config's)")
+  p.add_argument("--attention", choices=("blockwise", "fused"), default="blockwise",
+                 help="xsim's attention (ModelConfig.attention; fused: cuDNN's flash kernels on GPUs)")
   p.add_argument("--repeats", type=int, default=2, help="timed calls per side and round, after one warm-up")
   p.add_argument("--rounds", type=int, default=1, help="alternating subprocess runs of each side")
   p.add_argument("--seed", type=int, default=0)
@@ -162,17 +164,12 @@ def run_hf(args: argparse.Namespace, texts: list[str]) -> dict:
 
 
 def run_xsim(args: argparse.Namespace, texts: list[str]) -> dict:
-  import dataclasses
-
   import jax
   import xsim
   from experiments.benchmarks.forward import CompileTimer
   from xsim.activations.rows import tokenize
   from xsim.models.layers import default_block_size
-  model = xsim.load_model(args.workdir, dtype=args.dtype)
-  if args.attention_block_size:
-    model = dataclasses.replace(model, config=dataclasses.replace(
-        model.config, attention_block_size=args.attention_block_size))
+  model = xsim.load_model(args.workdir, dtype=args.dtype).with_attention(args.attention, args.attention_block_size)
   loaded = memory_mib()
   compile_seconds = []
 
@@ -187,7 +184,8 @@ def run_xsim(args: argparse.Namespace, texts: list[str]) -> dict:
   result = _timed_calls(extract, args.repeats)
   result.update(shape=list(result.pop("result")), compile=compile_seconds,
                 tokens=sum(len(tokenize(model.tokenizer, t).ids) for t in texts),
-                block=model.config.attention_block_size or default_block_size(), loaded_rss_mib=loaded["rss_mib"])
+                block=model.config.attention_block_size or default_block_size(), attention=args.attention,
+                loaded_rss_mib=loaded["rss_mib"])
   if args.platform == "gpu":
     result["device_peak_mib"] = jax.devices()[0].memory_stats()["peak_bytes_in_use"] / 2**20
   return result
@@ -217,7 +215,8 @@ def child(args: argparse.Namespace) -> None:
 def spawn(side: str, workdir: str, args: argparse.Namespace) -> dict:
   cmd = [sys.executable, "-m", "experiments.benchmarks.long_text", "--child", side, "--workdir", workdir,
          "--platform", args.platform, "--num_texts", str(args.num_texts), "--tokens", str(args.tokens),
-         "--shape", args.shape, "--dtype", args.dtype, "--pooling", args.pooling, "--repeats", str(args.repeats)]
+         "--shape", args.shape, "--dtype", args.dtype, "--pooling", args.pooling, "--repeats", str(args.repeats),
+         "--attention", args.attention]
   if args.attention_block_size:
     cmd += ["--attention_block_size", str(args.attention_block_size)]
   env = dict(os.environ, JAX_PLATFORMS="cuda" if args.platform == "gpu" else "cpu")
@@ -266,7 +265,8 @@ def main(argv=None) -> None:
   summary = summarize(runs)
   hf, ours = summary["sides"]["hf"], summary["sides"]["xsim"]
   print(f"{args.num_texts} texts x <= {args.tokens} tokens ({hf['tokens']} real), {args.shape} Llama "
-        f"({args.dtype}), pooling {args.pooling}, {args.platform}, xsim attention block {runs['xsim'][0]['block']}, "
+        f"({args.dtype}), pooling {args.pooling}, {args.platform}, xsim attention {args.attention} (block "
+        f"{runs['xsim'][0]['block']}), "
         f"torch threads {runs['hf'][0]['threads']}, {args.rounds} round(s) x {args.repeats} timed calls")
   device = "device_peak_mib" in hf
   print(f"{'side':<18}{'compute s':>10}{'wall s':>9}{'CPU s':>9}{'1st call s':>12}{'peak RSS MiB':>14}"

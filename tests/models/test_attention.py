@@ -1,10 +1,10 @@
-"""Blockwise attention against the dense softmax formula in NumPy float64, across several blocks."""
+"""Blockwise and fused attention against the dense softmax formula in NumPy float64, across several blocks."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from xsim.models.layers import blockwise_attention
+from xsim.models.layers import blockwise_attention, fused_attention
 
 B, S, K, G, E = 3, 29, 2, 3, 8
 LENGTHS = [29, 17, 1]
@@ -80,3 +80,15 @@ def test_bfloat16_inputs_track_float32():
   assert bf16.dtype == jnp.bfloat16
   rel = np.linalg.norm(np.asarray(bf16, np.float32) - f32) / np.linalg.norm(f32)
   assert rel < 0.02, rel
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_fused_attention_matches_dense_softmax_and_zeroes_pads(side):
+  """The jax.nn.dot_product_attention path (XLA's kernel here, cuDNN's on GPUs) with rows rotated to lead with their
+  real tokens: real queries as the formula, pad queries 0."""
+  q, k, v, key_mask = _inputs(side)
+  out = np.asarray(jax.jit(lambda *a: fused_attention(*a, scale=E ** -0.5))(q, k, v, key_mask))
+  ref, _ = _dense(q, k, v, key_mask, E ** -0.5, None, None)
+  assert out.shape == q.shape and out.dtype == np.float32
+  np.testing.assert_allclose(out[key_mask], ref[key_mask], atol=2e-6, rtol=1e-5)
+  np.testing.assert_array_equal(out[~key_mask], 0.0)

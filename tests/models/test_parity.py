@@ -1,6 +1,4 @@
 """Parity of every ported family with transformers' PyTorch model on padded batches (float32)."""
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
@@ -52,6 +50,27 @@ def test_attention_over_many_blocks_matches_transformers(variant, side, tmp_path
   """Blocks of 4 tokens over 30: GQA, soft-capping, windows of 4 (older key blocks skipped) and global layers."""
   torch_model = make_checkpoint(variant, tmp_path)
   model = xsim.load_model(str(tmp_path), load_tokenizer=False)
-  model = dataclasses.replace(model, config=dataclasses.replace(model.config, attention_block_size=4))
+  model = model.with_attention(block_size=4)
   ids, mask = padded_batch(model.config.vocab_size, [30, 21, 3], side)
   _assert_matches(model, torch_model, ids, mask)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("variant", ["llama", "qwen3", "gemma", "pythia"])
+def test_fused_attention_matches_transformers(variant, side, tmp_path):
+  """attention="fused" (jax.nn.dot_product_attention; XLA's kernel on CPU): GQA, q/k norms, partial rotary."""
+  torch_model = make_checkpoint(variant, tmp_path)
+  model = xsim.load_model(str(tmp_path), load_tokenizer=False)
+  model = model.with_attention("fused")
+  ids, mask = padded_batch(model.config.vocab_size, [13, 9, 2], side)
+  _assert_matches(model, torch_model, ids, mask)
+
+
+@pytest.mark.parametrize("variant", ["gemma2", "gemma3", "mistral_sliding"])
+def test_fused_attention_refuses_windows_and_soft_capping(variant, tmp_path):
+  make_checkpoint(variant, tmp_path)
+  model = xsim.load_model(str(tmp_path), load_tokenizer=False)
+  with pytest.raises(ValueError, match="keep attention='blockwise'"):
+    model.with_attention("fused")
+  with pytest.raises(ValueError, match=r"attention='flash' is not one of \('blockwise', 'fused'\)"):
+    model.with_attention("flash")

@@ -44,6 +44,9 @@ class ModelConfig:
     attention_block_size: queries and keys per block of the blockwise attention, or None for the platform's
       default (see `layers.blockwise_attention`). An execution choice: results agree up to rounding. Attention
       memory per layer is about batch x heads x block^2 floats.
+    attention: "blockwise" (every family, every platform) or "fused": jax.nn.dot_product_attention, cuDNN's
+      flash kernels on NVIDIA GPUs in bfloat16 / float16 (see `layers.fused_attention`); not for sliding-window
+      layers or soft-capping. An execution choice like the block size.
   """
   family: str
   num_layers: int
@@ -77,6 +80,7 @@ class ModelConfig:
   tie_embeddings: bool = False
   max_position_embeddings: Optional[int] = None
   attention_block_size: Optional[int] = None
+  attention: str = "blockwise"
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
@@ -89,8 +93,11 @@ class ModelConfig:
       raise ValueError(f"rotary_dim={self.rotary_dim} must be 2 * len(rope_inv_freq) and <= head_dim.")
     if self.attention_block_size is not None and self.attention_block_size < 1:
       raise ValueError(f"attention_block_size={self.attention_block_size} must be positive.")
+    if self.attention == "fused" and (any(self.layer_is_sliding) or self.attn_softcap is not None):
+      raise ValueError(f"attention='fused' has no sliding-window layers or soft-capping, which this {self.family} "
+                       "model uses; keep attention='blockwise'.")
     for name, allowed in (("norm", ("rms", "layer")), ("mlp", ("gated", "plain")),
-                          ("activation", ("silu", "gelu", "gelu_tanh"))):
+                          ("activation", ("silu", "gelu", "gelu_tanh")), ("attention", ("blockwise", "fused"))):
       if getattr(self, name) not in allowed:
         raise ValueError(f"{name}={getattr(self, name)!r} is not one of {allowed}.")
 

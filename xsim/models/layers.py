@@ -78,8 +78,11 @@ class Attention(nn.Module):
       q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
     # Query head h reads key/value head h // groups (HF's repeat_kv).
     q = q.reshape(*q.shape[:2], c.num_kv_heads, c.num_heads // c.num_kv_heads, c.head_dim)
-    out = blockwise_attention(q, k, v, key_mask, scale=c.attn_scale, softcap=c.attn_softcap, window=window,
-                              block_size=c.attention_block_size, precision=self.precision)
+    if c.attention == "fused":
+      out = fused_attention(q, k, v, key_mask, scale=c.attn_scale, precision=self.precision)
+    else:
+      out = blockwise_attention(q, k, v, key_mask, scale=c.attn_scale, softcap=c.attn_softcap, window=window,
+                                block_size=c.attention_block_size, precision=self.precision)
     out = out.reshape(*out.shape[:2], c.num_heads, c.head_dim)
     return nn.DenseGeneral(c.hidden_size, axis=(-2, -1), use_bias=c.out_bias, dtype=self.dtype,
                            param_dtype=self.dtype, precision=self.precision, kernel_init=kernel_init,
@@ -166,6 +169,38 @@ def blockwise_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, key_mask
   out = jax.lax.map(query_block, (jnp.arange(num_blocks), q_blocks))  # [n, B, K, G, block, E]
   out = jnp.moveaxis(out, 4, 1).reshape(num_blocks * block, batch, heads, groups, dim)
   return jnp.moveaxis(out, 0, 1)[:, :seq]
+
+
+def fused_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, key_mask: jnp.ndarray, *, scale: float,
+                    precision: Any = None) -> jnp.ndarray:
+  """Causal softmax(scale * q.k) v through `jax.nn.dot_product_attention`: cuDNN's flash kernels on NVIDIA GPUs
+  for bfloat16 / float16 heads of at most 128, XLA's dense attention otherwise (memory quadratic in sequence
+  length).
+
+  cuDNN masks padding by sequence lengths, that is real tokens first. Each row is rotated so that its real tokens
+  (one contiguous run, on either side: how every xsim batch pads) lead, attended and rotated back. Real queries
+  get what `blockwise_attention` gives; pad queries get zeros (there, pads after the real tokens attend to them;
+  no xsim result reads a pad position). Shapes as there: q [B, S, K, G, E], k and v [B, S, K, E], key_mask
+  [B, S] bool. precision: HIGHEST keeps float32 matmuls at full precision on GPUs (no TF32).
+  """
+  batch, seq, heads, groups, dim = q.shape
+  lengths = key_mask.sum(-1, dtype=jnp.int32)
+  first = jnp.argmax(key_mask, axis=-1)  # the first real token of each row
+
+  def rotate(x, shift):  # x: [B, S, ...] -> x[b, (s + shift[b]) % S]
+    index = (jnp.arange(seq)[None] + shift[:, None]) % seq
+    return jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
+
+  # cuDNN's flash attention takes 16-bit inputs and heads up to 128 wide (256 from Hopper), a multiple of 8.
+  cudnn = jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16) and dim % 8 == 0 and dim <= 128
+  # Query head k * G + g reads key/value head k, as jax.nn.dot_product_attention groups heads.
+  with jax.default_matmul_precision("highest" if precision == jax.lax.Precision.HIGHEST else None):
+    out = jax.nn.dot_product_attention(
+        rotate(q, first).reshape(batch, seq, heads * groups, dim), rotate(k, first), rotate(v, first),
+        scale=scale, is_causal=True, query_seq_lengths=lengths, key_value_seq_lengths=lengths,
+        implementation="cudnn" if cudnn else None)
+  out = rotate(out.reshape(q.shape), -first)
+  return jnp.where(key_mask[:, :, None, None, None], out, 0).astype(v.dtype)
 
 
 def default_block_size() -> int:

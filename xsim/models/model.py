@@ -76,6 +76,12 @@ class Model:
     return self._forward(self.params, input_ids, attention_mask, patch, compute_logits=compute_logits,
                          return_sites=return_sites, logit_positions=logit_positions)
 
+  def with_attention(self, attention: str = "blockwise", block_size: Optional[int] = None) -> "Model":
+    """The same model with another attention implementation: ModelConfig.attention ("blockwise" or "fused", cuDNN
+    on GPUs) and attention_block_size (None: the platform's default). Results agree up to rounding."""
+    return dataclasses.replace(self, config=dataclasses.replace(self.config, attention=attention,
+                                                                attention_block_size=block_size))
+
   def with_random_params(self, seed: int = 0) -> "Model":
     """The same architecture and tokenizer with freshly initialised weights (the random-init baseline)."""
     return dataclasses.replace(self, params=init_params(self.config, self.dtype, seed), name=f"{self.name}@random{seed}")
