@@ -184,8 +184,8 @@ def run_xsim(args: argparse.Namespace, texts: list[str]) -> dict:
   result = _timed_calls(extract, args.repeats)
   result.update(shape=list(result.pop("result")), compile=compile_seconds,
                 tokens=sum(len(tokenize(model.tokenizer, t).ids) for t in texts),
-                block=model.config.attention_block_size or default_block_size(), attention=args.attention,
-                loaded_rss_mib=loaded["rss_mib"])
+                block=(model.config.attention_block_size or default_block_size()) if args.attention == "blockwise"
+                else None, attention=args.attention, loaded_rss_mib=loaded["rss_mib"])
   if args.platform == "gpu":
     result["device_peak_mib"] = jax.devices()[0].memory_stats()["peak_bytes_in_use"] / 2**20
   return result
@@ -264,9 +264,10 @@ def main(argv=None) -> None:
         runs[side].append(spawn(side, workdir, args))
   summary = summarize(runs)
   hf, ours = summary["sides"]["hf"], summary["sides"]["xsim"]
+  block = runs["xsim"][0]["block"]
+  attention = f"{args.attention} (block {block})" if block else args.attention
   print(f"{args.num_texts} texts x <= {args.tokens} tokens ({hf['tokens']} real), {args.shape} Llama "
-        f"({args.dtype}), pooling {args.pooling}, {args.platform}, xsim attention {args.attention} (block "
-        f"{runs['xsim'][0]['block']}), "
+        f"({args.dtype}), pooling {args.pooling}, {args.platform}, xsim attention {attention}, "
         f"torch threads {runs['hf'][0]['threads']}, {args.rounds} round(s) x {args.repeats} timed calls")
   device = "device_peak_mib" in hf
   print(f"{'side':<18}{'compute s':>10}{'wall s':>9}{'CPU s':>9}{'1st call s':>12}{'peak RSS MiB':>14}"
