@@ -7,6 +7,9 @@ import tempfile
 
 # Must be set before jax initializes its backends.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # workers share the cores: one compute thread each
+  os.environ["XLA_FLAGS"] += " --xla_cpu_multi_thread_eigen=false"
+  os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -17,10 +17,15 @@ PROMPT = "The capital of France is"
 
 
 def _greedy_xsim(model, steps):
-  ids = model.tokenizer([PROMPT], return_tensors="np")["input_ids"]
-  for _ in range(steps):
-    logits = model.forward(ids).logits
-    ids = np.concatenate([ids, np.asarray(logits[:, -1].argmax(-1))[:, None]], axis=1)
+  """Greedy decoding without a KV cache: each step runs the whole right-padded [1, prompt + steps] row (one
+  compilation) and takes the logits at the last real token."""
+  prompt = model.tokenizer([PROMPT], return_tensors="np")["input_ids"][0]
+  ids = np.zeros((1, len(prompt) + steps), np.int32)
+  ids[0, :len(prompt)] = prompt
+  for length in range(len(prompt), len(prompt) + steps):
+    mask = (np.arange(ids.shape[1]) < length)[None].astype(np.int32)
+    logits = model.forward(ids, mask, logit_positions=[length - 1]).logits  # [1, V]
+    ids[0, length] = int(np.asarray(logits[0]).argmax())
   return ids[0]
 
 
