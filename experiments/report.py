@@ -135,7 +135,8 @@ def fmt(x) -> str:
 
 
 def fmt_ratio(x) -> str:
-  """A cross / within ratio: "no ratio" where it is NaN (a negative cross-family figure, see answer._ratio)."""
+  """A ratio of within- and cross-family figures: "no ratio" where it is NaN (a cross-family figure <= 0, see
+  answer._ratio and tables.similarity_numbers)."""
   return NO_RATIO if x is not None and np.isnan(x) else fmt(x)
 
 
@@ -200,10 +201,10 @@ def _similarity_blocks(headline: dict, summary: dict, figures: list[Image]) -> l
                Table(("relation", "pairs", "mean of max", "mean of mean"), tuple(groups))]
     ratio = next((r for r in headline["ratios"] if (r["measure"], r["preprocess"]) == (measure, prep)), None)
     if ratio is not None:
-      undefined = " (nan: the cross-family value is <= 0, so no ratio is meaningful)" if np.isnan(
+      undefined = f" ({NO_RATIO} where the cross-family value is <= 0)" if np.isnan(
           [ratio["mean"], ratio["max"]]).any() else ""
-      blocks.append(Para(f"Within / cross-family ratio: {fmt(ratio['mean'])} of the means, {fmt(ratio['max'])} of "
-                         f"the maxima{undefined}."))
+      blocks.append(Para(f"Within / cross-family ratio: {fmt_ratio(ratio['mean'])} of the means, "
+                         f"{fmt_ratio(ratio['max'])} of the maxima{undefined}."))
   if figures:
     blocks += [Heading(3, "Heatmaps"), Para(
         "Model A's layers on the vertical axis, B's on the horizontal, ticks 'layer (relative depth)'; the red box "

@@ -171,13 +171,16 @@ def test_headline_numbers_ignore_row_order_and_transpose_with_the_pair():
     assert t["mean"] == pytest.approx(n["mean"], rel=1e-12)
 
 
-def test_ratio_is_nan_when_cross_family_mean_is_not_positive():
+def test_ratio_is_nan_when_cross_family_mean_is_not_positive(tmp_path):
   rows = similarity_rows(pairs=PAIRS[:2], measures=("cka",))
   for r in rows:
     if r["relation"] == "cross":
       r["value"] -= 1.0
   ratio = tables_step.headline_numbers(rows)["ratios"][("cka", "none")]
   assert np.isnan(ratio["mean"]) and np.isnan(ratio["max"])
+  md = open(report.write_report(write_run(tmp_path / "run", sim=rows), {}, {})[0], encoding="utf-8").read()
+  assert (f"Within / cross-family ratio: {report.NO_RATIO} of the means, {report.NO_RATIO} of the maxima "
+          f"({report.NO_RATIO} where the cross-family value is <= 0).") in md  # as in the answer table
 
 
 def test_transfer_numbers_match_numpy():
