@@ -35,6 +35,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an experiment
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for caches, tables, plots and the report.")
 _LOCK_WAIT = flags.DEFINE_float("lock_wait_s", 0.0, "Seconds to wait for another run holding --workdir.")
+_XLA_CACHE = flags.DEFINE_bool("xla_cache", True, "Keep compiled programs in WORKDIR/cache/xla so a rerun loads "
+                               "them (JAX_COMPILATION_CACHE_DIR, when set, is used instead).")
 # Loaded models are kept for later steps while their parameters fit this share of the machine's memory.
 RESIDENT_MEMORY_SHARE = 0.3
 
@@ -172,8 +174,9 @@ def compare(first, second, compute, workdir: str, process: int, num_processes: i
           "computed": {str(p): cache.read(record(p)) for p in range(num_processes)}}
 
 
-def run(cfg, workdir: str, lock_wait_s: float = 0.0) -> dict:
-  """Runs the whole study; returns the summary written to workdir/summary.json (process 0; {} elsewhere)."""
+def run(cfg, workdir: str, lock_wait_s: float = 0.0, xla_cache: bool = True) -> dict:
+  """Runs the whole study; returns the summary written to workdir/summary.json (process 0; {} elsewhere).
+  xla_cache: keep compiled programs in workdir/cache/xla (see workdir.compilation_cache)."""
   from xsim import activations as xa
   from xsim import data as xdata
   from xsim import distributed
@@ -181,7 +184,8 @@ def run(cfg, workdir: str, lock_wait_s: float = 0.0) -> dict:
   validate_config(cfg)
   s = Study(cfg)
   process, num_processes = jax.process_index(), jax.process_count()
-  with workdir_lib.lock(workdir, distributed.run_id(), process, wait_s=lock_wait_s):
+  with workdir_lib.lock(workdir, distributed.run_id(), process, wait_s=lock_wait_s), \
+       workdir_lib.compilation_cache(workdir, xla_cache):
     if os.path.exists(units.failure_path(workdir, process)):
       os.remove(units.failure_path(workdir, process))
     mesh = xa.make_mesh(*s.mesh_shape)
@@ -252,7 +256,7 @@ def main(argv):
   if _WORKDIR.value is None or _CONFIG.value is None:
     raise app.UsageError("Pass --config=experiments/configs/NAME.py and --workdir=DIR.")
   quiet_third_party_info()
-  run(_CONFIG.value, _WORKDIR.value, _LOCK_WAIT.value)
+  run(_CONFIG.value, _WORKDIR.value, _LOCK_WAIT.value, _XLA_CACHE.value)
 
 
 def check_overrides(argv: list[str]) -> None:

@@ -4,6 +4,10 @@ The lock is `WORKDIR/.xsim.lock`, created exclusively by process 0 with the hold
 run id; the other processes of the same run (same run id, see xsim.distributed.run_id) join it. A second run on
 the same workdir stops at once with a message naming the holder, or waits for it with `wait_s`. A lock left by a
 killed run on this host (its pid is gone) is taken over with a warning.
+
+Compiled XLA programs are kept in `WORKDIR/cache/xla` (JAX's persistent compilation cache, written by process 0),
+so a rerun after a crash or preemption loads them instead of compiling again; a cache folder the user set for JAX
+(JAX_COMPILATION_CACHE_DIR) is used instead.
 """
 from __future__ import annotations
 
@@ -106,3 +110,25 @@ def lock(workdir: str, run_id: str, process: int, wait_s: float = 0.0, join_s: f
     if process == 0 and (_holder(path) or {}).get("pid") == os.getpid():
       with contextlib.suppress(FileNotFoundError):
         os.remove(path)
+
+
+@contextlib.contextmanager
+def compilation_cache(workdir: str, enabled: bool = True):
+  """JAX's persistent compilation cache in WORKDIR/cache/xla for the block, every program in it, unless JAX already
+  has a cache folder (then JAX's settings apply) or not `enabled`. A cache entry that cannot be read (a run killed
+  while writing it) is compiled again, with JAX's warning."""
+  import jax
+  from jax.experimental.compilation_cache import compilation_cache as jax_cache
+  if not enabled or jax.config.jax_compilation_cache_dir:
+    yield
+    return
+  min_seconds = jax.config.jax_persistent_cache_min_compile_time_secs
+  jax_cache.set_cache_dir(os.path.join(os.path.abspath(workdir), "cache", "xla"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  jax_cache.reset_cache()  # JAX opens its cache once per process: make it open this folder
+  try:
+    yield
+  finally:
+    jax_cache.set_cache_dir(None)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_seconds)
+    jax_cache.reset_cache()
