@@ -19,6 +19,7 @@ import logging as logging_lib
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 
@@ -236,8 +237,8 @@ def bracket_list_indices(argv: list[str]) -> list[str]:
 
 
 class _ThirdPartyBelowProgress(logging_lib.Filter):
-  """Keeps other libraries' INFO lines (orbax logs several per checkpoint) out of the run's progress log; they
-  still show with --verbosity=1 (debug)."""
+  """Keeps other libraries' INFO lines (orbax logs several per checkpoint, JAX one per compilation-cache reset) out
+  of the run's progress log; they still show with --verbosity=1 (debug)."""
 
   def filter(self, record) -> bool:
     ours = any(f"{os.sep}{package}{os.sep}" in record.pathname for package in ("experiments", "xsim", "launch"))
@@ -245,16 +246,26 @@ class _ThirdPartyBelowProgress(logging_lib.Filter):
 
 
 def quiet_third_party_info() -> None:
-  """Routes other libraries' INFO lines below the run's progress (see _ThirdPartyBelowProgress)."""
-  logger = logging.get_absl_logger()
-  if not any(isinstance(f, _ThirdPartyBelowProgress) for f in logger.filters):
-    logger.addFilter(_ThirdPartyBelowProgress())
+  """Routes other libraries' INFO lines below the run's progress (see _ThirdPartyBelowProgress): a filter on absl's
+  handler, which prints absl's records and those of Python loggers (JAX's) alike."""
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _ThirdPartyBelowProgress) for f in handler.filters):
+    handler.addFilter(_ThirdPartyBelowProgress())
+
+
+def stop_on_sigterm(signum, _frame):
+  """SIGTERM (a scheduler's preemption or scancel, `kill`) unwinds the run like Ctrl-C: the unit in progress is
+  recorded as stopped, the workdir's lock is released and every finished result stays, so the rerun that a
+  scheduler requeues, on any host, resumes."""
+  raise SystemExit(f"The run was stopped by {signal.Signals(signum).name}; its finished work is in the workdir: "
+                   "rerun the same command to resume.")
 
 
 def main(argv):
   del argv
   if _WORKDIR.value is None or _CONFIG.value is None:
     raise app.UsageError("Pass --config=experiments/configs/NAME.py and --workdir=DIR.")
+  signal.signal(signal.SIGTERM, stop_on_sigterm)
   quiet_third_party_info()
   run(_CONFIG.value, _WORKDIR.value, _LOCK_WAIT.value, _XLA_CACHE.value)
 

@@ -1,7 +1,7 @@
 """Fault injection: a small study killed at random points, its stored files damaged, run twice at once, on a
 read-only or full disk. Each case ends with the tables of an uninterrupted run, or with an error that names the
 file; never exit 0 with other numbers. The slow set runs 20 kills, 20 damaged files and the full disk; CI runs
-one kill, two damaged files, two runs at once and the read-only workdir."""
+one kill, one SIGTERM, two damaged files, two runs at once and the read-only workdir."""
 import contextlib
 import os
 import random
@@ -69,6 +69,23 @@ def test_a_killed_run_resumes_to_the_same_tables(reference, model_root, tmp_path
   _, expected, total = reference
   delay = kill_points(1, 0.9 * total)[0]
   assert killed_and_resumed(model_root, str(tmp_path), delay) == expected
+
+
+def test_a_terminated_run_releases_its_lock_and_resumes_to_the_same_tables(reference, model_root, tmp_path):
+  """SIGTERM, as a scheduler sends before preempting: the run stops naming the fix and leaves no lock behind, so
+  a requeued run on another host (where the holder's pid cannot be checked) starts at once."""
+  _, expected, _ = reference
+  process = start(model_root, str(tmp_path))
+  while not os.path.exists(tmp_path / "activations"):  # extracting: the units take several seconds more
+    assert process.poll() is None, finish(process)[1][-2000:]
+    time.sleep(0.1)
+  process.send_signal(signal.SIGTERM)
+  code, log = finish(process)
+  assert code != 0 and "stopped by SIGTERM" in log and "rerun the same command to resume" in log, log[-2000:]
+  assert not os.path.exists(tmp_path / workdir_lib.LOCK_NAME)
+  code, log = finish(start(model_root, str(tmp_path)))
+  assert code == 0 and "Taking over the lock" not in log, log[-2000:]
+  assert tables(str(tmp_path)) == expected
 
 
 @pytest.mark.slow

@@ -359,13 +359,15 @@ def test_third_party_info_lines_stay_below_the_runs_progress():
   from absl import logging
   runner.quiet_third_party_info()
   runner.quiet_third_party_info()  # installing twice keeps one filter
-  logger = logging.get_absl_logger()
-  (flt,) = [f for f in logger.filters if isinstance(f, runner._ThirdPartyBelowProgress)]
-  record = lambda path, level: logging_lib.LogRecord("absl", level, path, 1, "msg", (), None)
+  handler = logging.get_absl_handler()  # absl's records and Python loggers' (JAX's) pass through it
+  (flt,) = [f for f in handler.filters if isinstance(f, runner._ThirdPartyBelowProgress)]
+  record = lambda name, path, level: logging_lib.LogRecord(name, level, path, 1, "msg", (), None)
   orbax = os.path.join(os.sep, "site-packages", "orbax", "checkpoint", "x.py")
+  jax_cache = os.path.join(os.sep, "site-packages", "jax", "_src", "compilation_cache.py")
   ours = os.path.join(os.sep, "repo", "experiments", "run.py")
-  assert not flt.filter(record(orbax, logging_lib.INFO))
-  assert flt.filter(record(orbax, logging_lib.WARNING)) and flt.filter(record(ours, logging_lib.INFO))
+  assert not flt.filter(record("absl", orbax, logging_lib.INFO))
+  assert not flt.filter(record("jax._src.compilation_cache", jax_cache, logging_lib.INFO))
+  assert flt.filter(record("absl", orbax, logging_lib.WARNING)) and flt.filter(record("absl", ours, logging_lib.INFO))
 
 
 def test_keep_maps_false_removes_the_map_checkpoints_and_keeps_the_tables(finished_run, tiny_config, tmp_path):
