@@ -3,12 +3,14 @@
   python -m launch.local --num_processes 2 -- -m experiments.run --config experiments/configs/demo.py --workdir runs/x
 
 Each process gets XSIM_COORDINATOR / XSIM_NUM_PROCESSES / XSIM_PROCESS_ID (read by xsim.distributed) and its own
-share of the CPU devices. The exit code is the first non-zero child's.
+share of the CPU devices. The exit code is the first non-zero child's. A SIGTERM to the launcher goes on to every
+child (as a scheduler's would), so a run stops cleanly and releases its workdir.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -29,14 +31,19 @@ def launch(args: list[str], num_processes: int, devices_per_process: int = 1, ti
                XSIM_PROCESS_ID=str(i), JAX_PLATFORMS="cpu",
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}")
     procs.append(subprocess.Popen([sys.executable, *args], env=env))
+  forward = lambda signum, _frame: [p.send_signal(signum) for p in procs if p.poll() is None]
+  previous = signal.signal(signal.SIGTERM, forward)
   codes = []
-  for p in procs:
-    try:
-      codes.append(p.wait(timeout=timeout_s))
-    except subprocess.TimeoutExpired:
-      for q in procs:
-        q.kill()
-      raise
+  try:
+    for p in procs:
+      try:
+        codes.append(p.wait(timeout=timeout_s))
+      except subprocess.TimeoutExpired:
+        for q in procs:
+          q.kill()
+        raise
+  finally:
+    signal.signal(signal.SIGTERM, previous)
   return next((c for c in codes if c), 0)
 
 
