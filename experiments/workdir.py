@@ -114,21 +114,19 @@ def lock(workdir: str, run_id: str, process: int, wait_s: float = 0.0, join_s: f
 
 @contextlib.contextmanager
 def compilation_cache(workdir: str, enabled: bool = True):
-  """JAX's persistent compilation cache in WORKDIR/cache/xla for the block, every program in it, unless JAX already
-  has a cache folder (then JAX's settings apply) or not `enabled`. A cache entry that cannot be read (a run killed
-  while writing it) is compiled again, with JAX's warning."""
+  """JAX's persistent compilation cache in WORKDIR/cache/xla for the block, unless JAX already has a cache folder
+  or not `enabled`. It keeps the programs that took jax_persistent_cache_min_compile_time_secs (1 s by default) or
+  more to compile, the model forwards among them. An entry that cannot be read (a run killed while writing it) is
+  compiled again, with JAX's warning."""
   import jax
   from jax.experimental.compilation_cache import compilation_cache as jax_cache
   if not enabled or jax.config.jax_compilation_cache_dir:
     yield
     return
-  min_seconds = jax.config.jax_persistent_cache_min_compile_time_secs
   jax_cache.set_cache_dir(os.path.join(os.path.abspath(workdir), "cache", "xla"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   jax_cache.reset_cache()  # JAX opens its cache once per process: make it open this folder
   try:
     yield
   finally:
     jax_cache.set_cache_dir(None)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_seconds)
     jax_cache.reset_cache()
