@@ -22,6 +22,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 
 import jax
 import numpy as np
@@ -36,6 +37,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an experiment
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for caches, tables, plots and the report.")
 _LOCK_WAIT = flags.DEFINE_float("lock_wait_s", 0.0, "Seconds to wait for another run holding --workdir.")
+_STOP_GRACE = flags.DEFINE_float("stop_grace_s", 10.0, "Seconds a run stopped by SIGTERM may take to unwind before "
+                                 "it exits anyway, its lock released (keep below the scheduler's grace period).")
 _XLA_CACHE = flags.DEFINE_bool("xla_cache", True, "Keep compiled programs in WORKDIR/cache/xla so a rerun loads "
                                "them (JAX_COMPILATION_CACHE_DIR, when set, is used instead).")
 # Loaded models are kept for later steps while their parameters fit this share of the machine's memory.
@@ -253,19 +256,33 @@ def quiet_third_party_info() -> None:
     handler.addFilter(_ThirdPartyBelowProgress())
 
 
-def stop_on_sigterm(signum, _frame):
-  """SIGTERM (a scheduler's preemption or scancel, `kill`) unwinds the run like Ctrl-C: the unit in progress is
-  recorded as stopped, the workdir's lock is released and every finished result stays, so the rerun that a
-  scheduler requeues, on any host, resumes."""
-  raise SystemExit(f"The run was stopped by {signal.Signals(signum).name}; its finished work is in the workdir: "
-                   "rerun the same command to resume.")
+def sigterm_handler(workdir: str, grace_s: float):
+  """The runner's SIGTERM handler (a scheduler's preemption or scancel, `kill`). It unwinds the run like Ctrl-C: the
+  unit in progress is recorded as stopped, the workdir's lock is released and every finished result stays, so the
+  same command resumes, on any host. Python drops an exception that a signal raises inside a finalizer, so after
+  grace_s seconds a run still going exits anyway, its lock released, as after a SIGKILL (all writes are atomic)."""
+  def stop(signum, _frame):
+    message = (f"The run was stopped by {signal.Signals(signum).name}; its finished work is in the workdir: rerun "
+               "the same command to resume.")
+
+    def exit_now():
+      workdir_lib.release(workdir)
+      sys.stderr.write(message + "\n")
+      sys.stderr.flush()
+      os._exit(128 + signum)
+
+    timer = threading.Timer(grace_s, exit_now)
+    timer.daemon = True
+    timer.start()
+    raise SystemExit(message)
+  return stop
 
 
 def main(argv):
   del argv
   if _WORKDIR.value is None or _CONFIG.value is None:
     raise app.UsageError("Pass --config=experiments/configs/NAME.py and --workdir=DIR.")
-  signal.signal(signal.SIGTERM, stop_on_sigterm)
+  signal.signal(signal.SIGTERM, sigterm_handler(_WORKDIR.value, _STOP_GRACE.value))
   quiet_third_party_info()
   run(_CONFIG.value, _WORKDIR.value, _LOCK_WAIT.value, _XLA_CACHE.value)
 

@@ -107,9 +107,16 @@ def lock(workdir: str, run_id: str, process: int, wait_s: float = 0.0, join_s: f
   try:
     yield
   finally:
-    if process == 0 and (_holder(path) or {}).get("pid") == os.getpid():
-      with contextlib.suppress(FileNotFoundError):
-        os.remove(path)
+    if process == 0:
+      release(workdir)
+
+
+def release(workdir: str) -> None:
+  """Removes WORKDIR's lock if this process holds it (as `lock` does when its block ends)."""
+  path = os.path.join(workdir, LOCK_NAME)
+  if (_holder(path) or {}).get("pid") == os.getpid():
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(path)
 
 
 @contextlib.contextmanager

@@ -21,15 +21,15 @@ TABLES = ("similarity.csv", "transfer.csv", "probes.csv")
 OUTPUTS = TABLES + ("summary.json", "config.json", "report.md", "report.html")
 
 
-def command(model_root, workdir):
+def command(model_root, workdir, flags=()):
   return [sys.executable, "-m", "experiments.run", f"--config=tests/experiments/fault_config.py:{model_root}",
-          f"--workdir={workdir}"]
+          f"--workdir={workdir}", *flags]
 
 
-def start(model_root, workdir, **kwargs):
+def start(model_root, workdir, flags=()):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
-  return subprocess.Popen(command(model_root, workdir), cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, **kwargs)
+  return subprocess.Popen(command(model_root, workdir, flags), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
 
 
 def finish(process, timeout=900):
@@ -75,7 +75,7 @@ def test_a_terminated_run_releases_its_lock_and_resumes_to_the_same_tables(refer
   """SIGTERM, as a scheduler sends before preempting: the run stops naming the fix and leaves no lock behind, so
   a requeued run on another host (where the holder's pid cannot be checked) starts at once."""
   _, expected, _ = reference
-  process = start(model_root, str(tmp_path))
+  process = start(model_root, str(tmp_path), ["--stop_grace_s=1"])  # unwound, or ended 1 s later (see run.py)
   while not os.path.exists(tmp_path / "activations"):  # extracting: the units take several seconds more
     assert process.poll() is None, finish(process)[1][-2000:]
     time.sleep(0.1)

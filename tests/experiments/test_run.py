@@ -4,6 +4,7 @@ import os
 import re
 import shutil
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -336,6 +337,35 @@ def test_compiled_programs_are_kept_in_the_workdir_for_the_next_run(tmp_path):
   assert any(name.startswith("jit__lambda") for name in os.listdir(tmp_path / "cache" / "xla"))
   assert outcome("on") == ["hit", "None"]
   assert outcome("off") == ["compiled", "None"]
+
+
+_SWALLOWS_ITS_EXIT = """
+import os, signal, sys, time
+from experiments import run, workdir
+with workdir.lock(sys.argv[1], "run", process=0):
+  signal.signal(signal.SIGTERM, run.sigterm_handler(sys.argv[1], grace_s=0.5))
+  open(os.path.join(sys.argv[1], "ready"), "w").close()
+  while True:
+    try:
+      time.sleep(0.01)
+    except BaseException:  # as Python does for an exception raised inside a finalizer
+      pass
+"""
+
+
+def test_a_sigterm_whose_exit_is_swallowed_still_ends_the_run_and_releases_the_lock(tmp_path):
+  import signal
+  import subprocess
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  process = subprocess.Popen([sys.executable, "-c", _SWALLOWS_ITS_EXIT, str(tmp_path)], cwd=root, text=True,
+                             stderr=subprocess.PIPE)
+  while not os.path.exists(tmp_path / "ready"):
+    assert process.poll() is None, process.communicate()[1][-2000:]
+    time.sleep(0.05)
+  process.send_signal(signal.SIGTERM)
+  _, err = process.communicate(timeout=60)
+  assert process.returncode == 128 + signal.SIGTERM and "rerun the same command to resume" in err, err[-2000:]
+  assert not os.path.exists(tmp_path / workdir_lib.LOCK_NAME)
 
 
 def test_sources_without_enough_usable_texts_say_how_many_and_which(tmp_path):
