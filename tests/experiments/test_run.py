@@ -13,6 +13,7 @@ from experiments import cache, extraction, results, run as runner, similarity_st
 from launch.local import launch
 from tests.experiments import tiny_config as tiny
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TABLES = ("similarity.csv", "transfer.csv", "probes.csv", "next_token.csv")
 _WRITES = {"on": False, "paths": []}
 
@@ -329,9 +330,8 @@ def test_compiled_programs_are_kept_in_the_workdir_for_the_next_run(tmp_path):
   import subprocess
   env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
   env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # keep this small program too (default: from 1 s)
-  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   outcome = lambda switch: subprocess.run([sys.executable, "-c", _COMPILE_IN_WORKDIR, str(tmp_path), switch], env=env,
-                                          cwd=root, capture_output=True, text=True, check=True).stdout.split()
+                                          cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
   assert outcome("off") == ["compiled", "None"] and not os.path.exists(tmp_path / "cache")
   assert outcome("on") == ["compiled", "None"]
   assert any(name.startswith("jit__lambda") for name in os.listdir(tmp_path / "cache" / "xla"))
@@ -356,8 +356,7 @@ with workdir.lock(sys.argv[1], "run", process=0):
 def test_a_sigterm_whose_exit_is_swallowed_still_ends_the_run_and_releases_the_lock(tmp_path):
   import signal
   import subprocess
-  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  process = subprocess.Popen([sys.executable, "-c", _SWALLOWS_ITS_EXIT, str(tmp_path)], cwd=root, text=True,
+  process = subprocess.Popen([sys.executable, "-c", _SWALLOWS_ITS_EXIT, str(tmp_path)], cwd=ROOT, text=True,
                              stderr=subprocess.PIPE)
   while not os.path.exists(tmp_path / "ready"):
     assert process.poll() is None, process.communicate()[1][-2000:]
