@@ -74,7 +74,7 @@ def test_every_file_the_run_writes_lies_under_the_workdir(finished_run):
   library_caches = (os.path.expanduser("~/.cache/matplotlib"), os.path.expanduser("~/.config/matplotlib"), "/dev/",
                     "/proc/", os.path.realpath(os.environ.get("JAX_COMPILATION_CACHE_DIR", "/dev/")) + os.sep)
   outside = sorted(p for p in written if not (p + os.sep).startswith(root) and "/__pycache__/" not in p
-                   and not p.startswith(library_caches))
+                   and not (p + os.sep).startswith(library_caches))
   assert outside == []
 
 
