@@ -2,6 +2,7 @@
 # xsim's benchmark suite on one GPU machine at shared/BENCHMARKS.md's sizes, in about 8 minutes (--budget_s 480;
 # the most important runs first, so a shorter budget cuts the tail).
 #   bash launch/gpu_benchmarks.sh OUT_DIR [suite options]      # e.g. OUT_DIR=$OUT; --only cka extract; --smoke
+#   bash launch/gpu_benchmarks.sh /tmp/rehearsal --rehearse    # its smoke sizes on a machine without a GPU
 #
 # The GPU image has jax 0.11.2 (CUDA), flax, optax, orbax, chex, absl, transformers, torch, safetensors and
 # tokenizers, no network, and neither ml_collections (the runner's configs: the sweep benchmark needs it) nor gguf

@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 
+from experiments.benchmarks import devices
 from experiments.benchmarks.forward import SHAPES, write_random_checkpoint
 
 PLATFORM_DEFAULTS = {"cpu": dict(dtype="float32", tokenizer="smollm2"),
@@ -67,7 +68,7 @@ def peak_rss_mib() -> float:
 def prepare(workdir: str, args: argparse.Namespace) -> None:
   """Writes the random checkpoint, the tokenizer and texts.json into `workdir`."""
   from xsim import data
-  write_random_checkpoint(workdir, args.seed, args.shape, args.dtype, device(args))
+  write_random_checkpoint(workdir, args.seed, args.shape, args.dtype, devices.torch_device(args.platform))
   if args.tokenizer == "smollm2":
     from xsim.models import assets, gguf
     gguf.load_gguf_tokenizer(assets.fetch_model("smollm2-135m")).save_pretrained(workdir)
@@ -82,10 +83,6 @@ def prepare(workdir: str, args: argparse.Namespace) -> None:
     json.dump(texts, f)
 
 
-def device(args: argparse.Namespace) -> str:
-  return "cuda" if args.platform == "gpu" else "cpu"
-
-
 def run_hf(args: argparse.Namespace, texts: list[str]) -> dict:
   """The study's loop; returns seconds, real tokens and the [layers, texts, hidden] shape it gathered."""
   import numpy as np
@@ -93,10 +90,10 @@ def run_hf(args: argparse.Namespace, texts: list[str]) -> dict:
   import transformers
   tokenizer = transformers.AutoTokenizer.from_pretrained(args.workdir)
   model = transformers.AutoModelForCausalLM.from_pretrained(args.workdir, dtype=getattr(torch, args.dtype))
-  model = model.to(device(args)).eval()
+  model = model.to(devices.torch_device(args.platform)).eval()
 
   def extract(chunk: list[str]) -> tuple[np.ndarray, int]:
-    enc = tokenizer(chunk, padding=True, return_tensors="pt").to(device(args))
+    enc = tokenizer(chunk, padding=True, return_tensors="pt").to(devices.torch_device(args.platform))
     out = model(**enc, output_hidden_states=True)
     mask = enc["attention_mask"]
     # Last non-pad position gathered explicitly, so it holds whichever side the tokenizer pads.
@@ -145,7 +142,7 @@ def child(args: argparse.Namespace) -> None:
 def spawn(side: str, workdir: str, args: argparse.Namespace) -> dict:
   cmd = [sys.executable, "-m", "experiments.benchmarks.extract", "--child", side, "--workdir", workdir,
          "--batch", str(args.batch), "--platform", args.platform, "--dtype", args.dtype, "--attention", args.attention]
-  env = dict(os.environ, JAX_PLATFORMS="cuda" if args.platform == "gpu" else "cpu")
+  env = dict(os.environ, JAX_PLATFORMS=devices.jax_platform(args.platform))
   proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
   lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
   if proc.returncode or not lines:

@@ -30,6 +30,7 @@ import torch
 import transformers
 
 import xsim
+from experiments.benchmarks import devices
 
 # SmolLM2-135M's architecture (HuggingFaceTB/SmolLM2-135M config.json), given random weights.
 SMOLLM2_135M = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
@@ -217,8 +218,8 @@ def report(name: str, stats: dict[str, Any], tokens: int, flops_per_token: float
 
 def main(argv=None) -> None:
   args = parse_args(argv)
-  jax.config.update("jax_platforms", "cuda" if args.platform == "gpu" else "cpu")
-  device = "cuda" if args.platform == "gpu" else "cpu"
+  jax.config.update("jax_platforms", devices.jax_platform(args.platform))
+  device = devices.torch_device(args.platform)
   if args.torch_threads is not None:
     torch.set_num_threads(args.torch_threads)
   with tempfile.TemporaryDirectory(prefix="xsim-forward-bench-") as scratch:

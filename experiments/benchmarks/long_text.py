@@ -32,6 +32,8 @@ import sys
 import tempfile
 import time
 
+from experiments.benchmarks import devices
+
 SHAPES = {
     "tiny": dict(hidden_size=48, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
                  num_key_value_heads=2),
@@ -135,7 +137,7 @@ def run_hf(args: argparse.Namespace, texts: list[str]) -> dict:
   import numpy as np
   import torch
   import transformers
-  device = "cuda" if args.platform == "gpu" else "cpu"
+  device = devices.torch_device(args.platform)
   tokenizer = transformers.AutoTokenizer.from_pretrained(args.workdir)
   model = transformers.AutoModelForCausalLM.from_pretrained(
       args.workdir, dtype=getattr(torch, args.dtype), attn_implementation="sdpa").to(device).eval()
@@ -186,7 +188,7 @@ def run_xsim(args: argparse.Namespace, texts: list[str]) -> dict:
                 tokens=sum(len(tokenize(model.tokenizer, t).ids) for t in texts),
                 block=(model.config.attention_block_size or default_block_size()) if args.attention == "blockwise"
                 else None, attention=args.attention, loaded_rss_mib=loaded["rss_mib"])
-  if args.platform == "gpu":
+  if devices.on_gpu(args.platform):
     result["device_peak_mib"] = jax.devices()[0].memory_stats()["peak_bytes_in_use"] / 2**20
   return result
 
@@ -219,7 +221,7 @@ def spawn(side: str, workdir: str, args: argparse.Namespace) -> dict:
          "--attention", args.attention]
   if args.attention_block_size:
     cmd += ["--attention_block_size", str(args.attention_block_size)]
-  env = dict(os.environ, JAX_PLATFORMS="cuda" if args.platform == "gpu" else "cpu")
+  env = dict(os.environ, JAX_PLATFORMS=devices.jax_platform(args.platform))
   proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
   lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
   if proc.returncode or not lines:

@@ -4,6 +4,7 @@
     python -m experiments.benchmarks.suite --only cka neighbors          # a subset
     python -m experiments.benchmarks.suite --platform gpu --out_dir $OUT # shared/BENCHMARKS.md's sizes, one GPU
     python -m experiments.benchmarks.suite --smoke                       # tiny sizes: does every script run?
+    python -m experiments.benchmarks.suite --rehearse                    # the gpu runs' smoke sizes on the CPU
 
 Each run is `python -m experiments.benchmarks.NAME ... --out FILE` at the sizes of RUNS[platform] (--smoke: tiny
 sizes whose figures mean nothing); the script measures xsim and its alternative in that one run and writes its
@@ -27,6 +28,8 @@ import subprocess
 import sys
 import time
 from typing import Callable, Optional
+
+from experiments.benchmarks import devices
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -280,9 +283,12 @@ HEADLINES: dict[str, Callable[[dict, str, str], list[Headline]]] = {
 # Running
 
 
-def child_env(platform: str) -> dict:
+def child_env(platform: str, rehearse: bool = False) -> dict:
+  """The benchmarks' environment; `rehearse`: the gpu platform's code paths on the CPU (see devices.py)."""
   env = dict(os.environ)
-  if platform == "gpu":
+  if rehearse:
+    env.update({devices.REHEARSAL: "1", "JAX_PLATFORMS": "cpu"})
+  elif platform == "gpu":
     # Scripts that hold JAX and PyTorch on one GPU (forward, cka) need room beside JAX's preallocated pool.
     env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5")
   else:
@@ -290,7 +296,7 @@ def child_env(platform: str) -> dict:
   return env
 
 
-def run_one(run: Run, index: int, out_dir: str, platform: str, timeout_s: float) -> dict:
+def run_one(run: Run, index: int, out_dir: str, platform: str, timeout_s: float, rehearse: bool = False) -> dict:
   """Runs one benchmark in its own process group (so a timeout ends its children too) -> its record."""
   raw = os.path.join(out_dir, "raw", f"{index:02d}-{run.name}.json")
   log = os.path.join(out_dir, "logs", f"{index:02d}-{run.name}.log")
@@ -298,7 +304,7 @@ def run_one(run: Run, index: int, out_dir: str, platform: str, timeout_s: float)
   record = dict(name=run.name, size=run.size, argv=argv[1:], log=os.path.relpath(log, out_dir))
   start = time.perf_counter()
   with open(log, "w") as out:
-    proc = subprocess.Popen(argv, cwd=ROOT, env=child_env(platform), stdout=out, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(argv, cwd=ROOT, env=child_env(platform, rehearse), stdout=out, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
       code = proc.wait(timeout=timeout_s)
@@ -322,16 +328,16 @@ def run_one(run: Run, index: int, out_dir: str, platform: str, timeout_s: float)
   return dict(record, status="ok", figures=figures, headlines=headlines)
 
 
-def machine_facts(platform: str) -> dict:
+def machine_facts(platform: str, rehearse: bool = False) -> dict:
   """Platform, devices (from a short child process, so this one never holds an accelerator), versions, date."""
   probe = ("import json, jax; d = jax.devices(); "
            "print(json.dumps(dict(device_kind=d[0].device_kind, device_count=len(d), backend=d[0].platform)))")
   try:
-    out = subprocess.run([sys.executable, "-c", probe], env=child_env(platform), capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", probe], env=child_env(platform, rehearse), capture_output=True, text=True,
                          timeout=300, check=True).stdout
-    devices = json.loads(out.strip().splitlines()[-1])
+    found = json.loads(out.strip().splitlines()[-1])
   except (subprocess.SubprocessError, ValueError, IndexError) as e:
-    devices = dict(device_error=f"{type(e).__name__}: {e}")
+    found = dict(device_error=f"{type(e).__name__}: {e}")
   versions = {}
   for package in ("jax", "jaxlib", "flax", "torch", "transformers"):
     try:
@@ -343,7 +349,7 @@ def machine_facts(platform: str) -> dict:
                             check=True).stdout.strip()
   except (OSError, subprocess.SubprocessError):
     commit = None
-  return dict(platform=platform, **devices, cpu_count=os.cpu_count(), versions=versions, commit=commit,
+  return dict(platform=platform, rehearsal=rehearse, **found, cpu_count=os.cpu_count(), versions=versions, commit=commit,
               date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
 
 
@@ -361,7 +367,8 @@ def _number(value: Optional[float], unit: str = "") -> str:
 def markdown(result: dict) -> str:
   facts = result["machine"]
   load = result["load_average"]
-  lines = [f"# xsim benchmarks ({facts['platform']}{', smoke sizes' if result['smoke'] else ''})", "",
+  kind = ", rehearsed on the CPU" if facts.get("rehearsal") else (", smoke sizes" if result["smoke"] else "")
+  lines = [f"# xsim benchmarks ({facts['platform']}{kind})", "",
            f"{facts.get('device_count', '?')} x {facts.get('device_kind', '?')}, {facts['cpu_count']} CPUs; "
            f"jax {facts['versions']['jax']}, torch {facts['versions']['torch']}, transformers "
            f"{facts['versions']['transformers']}; {facts['date']}, commit {facts['commit']}; load average "
@@ -390,10 +397,16 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--platform", choices=("cpu", "gpu"), default="cpu")
   p.add_argument("--only", nargs="+", choices=NAMES, default=None, help="run these benchmarks only")
   p.add_argument("--smoke", action="store_true", help="tiny sizes: every code path runs, figures mean nothing")
+  p.add_argument("--rehearse", action="store_true",
+                 help="the gpu platform's smoke runs on the CPU (implies --platform gpu --smoke): a dry run of "
+                      "launch/gpu_benchmarks.sh where no GPU is")
   p.add_argument("--out_dir", default=os.path.join("runs", "benchmarks"))
   p.add_argument("--budget_s", type=float, default=None,
                  help="skip runs once this many seconds have passed (each run's limit shrinks to what is left)")
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  if args.rehearse:
+    args.platform, args.smoke = "gpu", True
+  return args
 
 
 def main(argv=None) -> dict:
@@ -404,7 +417,7 @@ def main(argv=None) -> dict:
   selected = [r for r in runs(args.platform, args.smoke) if args.only is None or r.name in args.only]
   before = os.getloadavg()
   start = time.perf_counter()
-  facts = machine_facts(args.platform)
+  facts = machine_facts(args.platform, args.rehearse)
   records = []
   for index, run in enumerate(selected):
     left = None if args.budget_s is None else args.budget_s - (time.perf_counter() - start)
@@ -412,7 +425,8 @@ def main(argv=None) -> dict:
       records.append(dict(name=run.name, size=run.size, status="skipped", error=f"--budget_s {args.budget_s:g} spent"))
       continue
     print(f"[{time.perf_counter() - start:6.0f} s] {run.name}: {run.size}", flush=True)
-    record = run_one(run, index, out_dir, args.platform, run.timeout_s if left is None else min(run.timeout_s, left))
+    record = run_one(run, index, out_dir, args.platform, run.timeout_s if left is None else min(run.timeout_s, left),
+                     args.rehearse)
     print(f"[{time.perf_counter() - start:6.0f} s] {run.name}: {record['status']} in {record['seconds']:.0f} s"
           + (f" ({record['error']})" if record["status"] != "ok" else ""), flush=True)
     records.append(record)

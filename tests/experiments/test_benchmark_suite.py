@@ -150,3 +150,30 @@ def test_only_runs_one_benchmark_end_to_end(tmp_path):
   with open(tmp_path / "benchmarks.json") as f:
     assert json.load(f)["machine"]["cpu_count"] == os.cpu_count()
   assert "| store | store float32: write; smoke |" in (tmp_path / "benchmarks.md").read_text()
+
+
+def test_rehearsal_takes_the_gpu_runs_to_the_cpu(monkeypatch):
+  from experiments.benchmarks import devices
+  args = suite.parse_args(["--rehearse"])
+  assert (args.platform, args.smoke, args.rehearse) == ("gpu", True, True)
+  env = suite.child_env("gpu", rehearse=True)
+  assert (env[devices.REHEARSAL], env["JAX_PLATFORMS"]) == ("1", "cpu")
+  assert devices.REHEARSAL not in suite.child_env("gpu") and "XLA_PYTHON_CLIENT_MEM_FRACTION" in suite.child_env("gpu")
+  monkeypatch.delenv(devices.REHEARSAL, raising=False)
+  assert (devices.jax_platform("gpu"), devices.torch_device("gpu"), devices.jax_platform("cpu")) == ("cuda", "cuda", "cpu")
+  monkeypatch.setenv(devices.REHEARSAL, "1")
+  assert (devices.jax_platform("gpu"), devices.torch_device("gpu"), devices.on_gpu("gpu")) == ("cpu", "cpu", False)
+
+
+@pytest.mark.slow
+def test_the_gpu_only_runs_pass_their_rehearsal_on_the_cpu(tmp_path):
+  """forward, extract and long_text at the gpu platform's smoke sizes (bfloat16, the trained tokenizer, fused
+  attention) run end to end on the CPU: what launch/gpu_benchmarks.sh --rehearse checks before a device is lent."""
+  result = suite.main(["--rehearse", "--only", "forward", "extract", "long_text", "--out_dir", str(tmp_path)])
+  assert [(r["name"], r["status"]) for r in result["runs"]] == [
+      ("forward", "ok"), ("extract", "ok"), ("long_text", "ok")], [r.get("output_tail") for r in result["runs"]]
+  forward, extract, long_text = (r["figures"] for r in result["runs"])
+  assert (forward["platform"], forward["dtype"]) == ("gpu", "bfloat16")
+  assert (extract["args"]["dtype"], extract["args"]["tokenizer"]) == ("bfloat16", "trained")
+  assert (long_text["args"]["dtype"], long_text["args"]["attention"]) == ("bfloat16", "fused")
+  assert "(gpu, rehearsed on the CPU)" in (tmp_path / "benchmarks.md").read_text()
