@@ -57,6 +57,9 @@ def _cpu_runs() -> list[Run]:
           "batch 512; timed on 2 sources, loops on 3 targets", ("--layers", "6", "--n", "4096", "--d", "576",
                                                               "--d_target", "640", "--steps", "100", "--batch_size",
                                                               "512", "--sources", "2", "--matmul", "1024")),
+      Run("transfer", "6 x 6 layers, n 4,096, d 512, 100 Adam steps, batch 1,024 (issue 5's workload, 2.1x then); "
+          "timed on 2 sources, loops on 3 targets", ("--layers", "6", "--n", "4096", "--d", "512", "--steps", "100",
+                                                     "--sources", "2", "--matmul", "1024")),
       Run("load", "smollm2-135m GGUF and a random SmolLM2-shaped safetensors (default: all four GGUF), fp32",
           ("--models", "smollm2-135m", "safetensors")),
       Run("long_text", "4 x 4,096 tokens, tiny Llama, fp32, last token"),
