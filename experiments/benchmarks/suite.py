@@ -336,8 +336,8 @@ def machine_facts(platform: str, rehearse: bool = False) -> dict:
   probe = ("import json, jax; d = jax.devices(); "
            "print(json.dumps(dict(device_kind=d[0].device_kind, device_count=len(d), backend=d[0].platform)))")
   try:
-    out = subprocess.run([sys.executable, "-c", probe], env=child_env(platform, rehearse), capture_output=True, text=True,
-                         timeout=300, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", probe], env=child_env(platform, rehearse), capture_output=True,
+                         text=True, timeout=300, check=True).stdout
     found = json.loads(out.strip().splitlines()[-1])
   except (subprocess.SubprocessError, ValueError, IndexError) as e:
     found = dict(device_error=f"{type(e).__name__}: {e}")
@@ -352,8 +352,8 @@ def machine_facts(platform: str, rehearse: bool = False) -> dict:
                             check=True).stdout.strip()
   except (OSError, subprocess.SubprocessError):
     commit = None
-  return dict(platform=platform, rehearsal=rehearse, **found, cpu_count=os.cpu_count(), versions=versions, commit=commit,
-              date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+  return dict(platform=platform, rehearsal=rehearse, **found, cpu_count=os.cpu_count(), versions=versions,
+              commit=commit, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
 
 
 # ---------------------------------------------------------------------------------------------------------------

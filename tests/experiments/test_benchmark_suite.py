@@ -160,7 +160,8 @@ def test_rehearsal_takes_the_gpu_runs_to_the_cpu(monkeypatch):
   assert (env[devices.REHEARSAL], env["JAX_PLATFORMS"]) == ("1", "cpu")
   assert devices.REHEARSAL not in suite.child_env("gpu") and "XLA_PYTHON_CLIENT_MEM_FRACTION" in suite.child_env("gpu")
   monkeypatch.delenv(devices.REHEARSAL, raising=False)
-  assert (devices.jax_platform("gpu"), devices.torch_device("gpu"), devices.jax_platform("cpu")) == ("cuda", "cuda", "cpu")
+  assert (devices.jax_platform("gpu"), devices.torch_device("gpu"), devices.jax_platform("cpu")) == (
+      "cuda", "cuda", "cpu")
   monkeypatch.setenv(devices.REHEARSAL, "1")
   assert (devices.jax_platform("gpu"), devices.torch_device("gpu"), devices.on_gpu("gpu")) == ("cpu", "cpu", False)
 
