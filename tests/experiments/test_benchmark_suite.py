@@ -103,6 +103,20 @@ def test_every_benchmark_has_sizes_and_a_headline_function():
       assert names == set(suite.NAMES) == set(suite.HEADLINES), (platform, smoke)
 
 
+@pytest.mark.parametrize("platform", ["cpu", "gpu"])
+def test_every_run_parses_with_its_script(platform):
+  """Each run's arguments at full and smoke sizes are ones its script accepts: the full gpu sizes run nowhere
+  before a device is lent, so a typo there would cost that device's first try."""
+  import importlib
+  for smoke in (False, True):
+    for run in suite.runs(platform, smoke):
+      script = importlib.import_module(f"experiments.benchmarks.{run.name}")
+      args = script.parse_args([*run.argv, "--out", "x.json"])
+      assert args.out == "x.json", (run.name, run.size)
+      if "--platform" in run.argv:
+        assert args.platform == platform, (run.name, run.size)
+
+
 @pytest.mark.parametrize("shape", ["llama-3.2-1b", "qwen2.5-1.5b", "smollm2-135m"])
 def test_gpu_shapes_are_models_xsim_reads(shape, tmp_path):
   """The real-shape random checkpoints of the GPU runs: xsim reads their configs (no weights written here)."""
