@@ -1,4 +1,5 @@
-"""Worker for the 2-process extraction test: joins jax.distributed, extracts into a shared store."""
+"""Worker for the 2-process extraction test: joins jax.distributed, extracts into a shared store (batches split
+over this process's devices)."""
 import sys
 
 import xsim
@@ -13,5 +14,5 @@ if __name__ == "__main__":
   assert jax.process_count() == 2, jax.process_count()
   model = xsim.load_model(model_dir)
   acts = xa.extract_activations(model, TEXTS, pooling="words", shard_size=2, batch_size=2, store_dir=store_dir,
-                                progress=False)
+                                progress=False, mesh=xa.make_mesh(-1, 1))
   print("rows", acts.num_rows)
