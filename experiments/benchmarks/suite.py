@@ -123,7 +123,8 @@ def _smoke_runs(platform: str) -> list[Run]:
                              "--repeats", "1", "--dtypes", "float32"), 300),
       Run("sweep", "smoke", gpu + ("--models", "2", "--layers", "3", "--n", "64", "--dims", "16", "24",
                                    "--permutations", "4", "--ci_resamples", "4")
-          + (("--devices", "1", "--processes", "1") if gpu else ("--devices", "1", "2", "--processes", "1", "2")),
+          + (("--devices", "1", "--processes", "1") if gpu
+             else ("--devices", "1", "2", "--processes", "1", "2", "--devices_per_process", "1", "2")),
           300),
   ]
 

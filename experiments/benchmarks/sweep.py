@@ -1,5 +1,6 @@
 """The comparison stage of a model sweep (every model pair, every layer pair, permutation nulls, subsampling CIs,
-maps) on 1 vs 8 devices and on 1 vs 2 processes: the same tables, and each process's and device's share.
+maps) on 1 vs 8 devices and on 1 vs 2 processes (of --devices_per_process devices each): the same tables, and each
+process's and device's share.
 
     python -m experiments.benchmarks.sweep                        # 4 models x 13 hidden states, n 512, CPU
     python -m experiments.benchmarks.sweep --models 10 --layers 29 --n 5000 --dims 1536 2048 --devices 1 8 \\
@@ -39,7 +40,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--permutations", type=int, default=50)
   p.add_argument("--ci_resamples", type=int, default=50)
   p.add_argument("--devices", type=int, nargs="+", default=[1, 8], help="device counts for one process")
-  p.add_argument("--processes", type=int, nargs="+", default=[1, 2], help="process counts (one device each)")
+  p.add_argument("--processes", type=int, nargs="+", default=[1, 2], help="process counts")
+  p.add_argument("--devices_per_process", type=int, nargs="+", default=[1],
+                 help="device counts of each process in the multi-process runs (a cluster: several hosts, several "
+                      "accelerators each)")
   p.add_argument("--platform", choices=("cpu", "gpu"), default="cpu")
   p.add_argument("--protocol", choices=("demo", "seed"), default="demo",
                  help="similarity and transfer settings: experiments/configs/demo.py or seed_protocol.py")
@@ -158,7 +162,8 @@ def main(argv=None) -> None:
     return
   rows = []
   with tempfile.TemporaryDirectory(prefix="xsim-sweep-") as root:
-    configs = [(d, 1) for d in args.devices] + [(1, p) for p in args.processes if p > 1]
+    configs = [(d, 1) for d in args.devices] + [(d, p) for p in args.processes if p > 1
+                                                for d in args.devices_per_process]
     for devices, processes in configs:
       workdir = os.path.join(root, f"d{devices}-p{processes}")
       result = _run(args, workdir, devices, processes)
