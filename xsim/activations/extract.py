@@ -84,9 +84,9 @@ def _pooled_forward(module, layers: tuple[int, ...], site: str, mesh: Optional[M
   else:
     data = lambda ndim, axis=0: shard_lib.batch_sharding(mesh, ndim, axis)
     batch_shardings = (data(2), data(2), data(3))
-    compiled = jax.jit(fn, in_shardings=(param_shardings, *batch_shardings), out_shardings=data(4, 1))
+    sharded = jax.jit(fn, in_shardings=(param_shardings, *batch_shardings), out_shardings=data(4, 1))
     # The host batch goes onto the mesh first: under jax.distributed, jit refuses NumPy inputs with a sharding.
-    jitted = lambda params, *batch: compiled(params, *jax.device_put(batch, batch_shardings))
+    jitted = lambda params, *batch: sharded(params, *jax.device_put(batch, batch_shardings))
   _FORWARDS[key] = jitted
   if len(_FORWARDS) > _MAX_FORWARDS:
     _FORWARDS.popitem(last=False)
