@@ -7,6 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
+from launch.local import launch
+from tests.transfer import checkpoint_worker
 from xsim import transfer
 from xsim.transfer import checkpoint
 
@@ -84,7 +86,7 @@ DAMAGE = {
     "array data middle flipped": lambda d: _flip(_chunk_files(d)[0], "middle"),
     "array data end flipped": lambda d: _flip(_chunk_files(d)[0], "end"),
     "array data truncated": lambda d: os.truncate(_chunk_files(d)[0], _chunk_files(d)[0].stat().st_size // 2),
-    "every metadata file flipped": lambda d: [_flip(p, "middle") for p in _chunk_files(d)[1:] if p.stat().st_size],
+    "array header cut short": lambda d: _chunk_files(d)[0].write_bytes(_chunk_files(d)[0].read_bytes()[:12]),
     "chunk deleted": lambda d: shutil.rmtree(d / "chunk_00002"),
     "record flipped": lambda d: _flip(d / "chunk_00002.json", "middle"),
     "record truncated": lambda d: os.truncate(d / "chunk_00002.json", 10),
@@ -111,6 +113,21 @@ def test_damaged_chunk_is_named_deleted_and_refit_identically(data, fresh, tmp_p
   again = transfer.fit_linear_maps(*data, checkpoint_dir=str(directory), **OPTIONS)
   assert again.restored_chunks == (0, 1, 2, 3) and not caplog.records
   _assert_same(fit, again)
+
+
+def test_orbax_metadata_damage_alone_is_harmless(data, fresh, tmp_path, caplog):
+  """The arrays are verified by their SHA-256, so a chunk whose orbax metadata files are damaged but whose
+  arrays are whole is read back as it is."""
+  fit, directory = fresh
+  directory = _copy(directory, tmp_path)
+  metadata = [p for p in _chunk_files(directory)[1:] if p.stat().st_size]
+  assert metadata  # orbax wrote its own files beside the arrays
+  for path in metadata:
+    _flip(path, "middle")
+  with caplog.at_level(logging.WARNING):
+    resumed = transfer.fit_linear_maps(*data, checkpoint_dir=str(directory), **OPTIONS)
+  assert resumed.restored_chunks == (0, 1, 2, 3) and not caplog.records
+  _assert_same(fit, resumed)
 
 
 def test_save_killed_midway_does_not_break_the_next_save(data, fresh, tmp_path, caplog):
@@ -141,6 +158,25 @@ def test_checkpoint_dir_of_other_settings_is_refused(data, tmp_path):
   (tmp_path / "settings.json").write_text("{\"method\": ")
   with pytest.raises(ValueError, match="settings.json is unreadable.*delete the directory"):
     transfer.fit_linear_maps(source, target, method="ridge", checkpoint_dir=str(tmp_path), chunk_size=3)
+
+
+@pytest.mark.slow  # 2 processes under jax.distributed
+def test_chunks_saved_by_every_process_read_back(tmp_path):
+  """Under jax.distributed (2 processes of 2 devices each, as a cluster's hosts) each process checkpoints its own
+  chunks into one directory at the same time; every chunk then reads back whole, whichever process wrote it."""
+  code = launch(["-m", "tests.transfer.checkpoint_worker", str(tmp_path), "12"], 2, devices_per_process=2,
+                timeout_s=300)
+  assert code == 0
+  store = checkpoint.ChunkStore(str(tmp_path), checkpoint_worker.SETTINGS)
+  for chunk in range(12):
+    back = store.load(chunk, [[chunk, 0]])
+    assert back is not None, chunk
+    expected = checkpoint_worker.chunk_result(chunk)
+    assert set(back) == set(expected) and set(back["params"]) == {"weight"}
+    for got, want in [(back["r2"], expected["r2"]), (back["best_step"], expected["best_step"]),
+                      (back["params"]["weight"], expected["params"]["weight"])]:
+      assert got.dtype == want.dtype
+      np.testing.assert_array_equal(got, want)
 
 
 def _stored_settings(directory):

@@ -4,7 +4,13 @@ finished.
 Layout of `<directory>`:
   settings.json     what was fit, so a resume never mixes runs
   chunk_00012/      the chunk's arrays, an orbax checkpoint (written under a temporary name, renamed when whole)
+                    holding one safetensors file
   chunk_00012.json  the SHA-256 of those arrays and what produced them (method, the chunk's pairs), written after
+
+Under jax.distributed every process fits its own chunks and checkpoints them alone: orbax's Checkpointer is told
+that this process is the only one taking part, and the arrays are host data written by `ArraysHandler`, not by
+orbax's NumPy handler (which writes only on process 0, so chunks saved by other processes would come back
+empty).
 
 A chunk counts as finished once its record exists. Each read restores the arrays and checks them against the
 record; a damaged or missing chunk (or one orbax cannot read) is reported (directory, chunk, method, pairs),
@@ -14,6 +20,7 @@ chunk removes both first.
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import json
@@ -25,8 +32,44 @@ from typing import Optional
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import safetensors.numpy
 
 from xsim.activations.store import atomic_write
+
+_ARRAYS_FILE = "arrays.safetensors"
+
+
+class ArraysHandler(ocp.CheckpointHandler):
+  """Saves a nested dict of NumPy arrays as one safetensors file in the checkpoint directory orbax prepares, on
+  whichever process calls it (keys are joined with '/')."""
+
+  def save(self, directory, args: "ArraysSave") -> None:
+    safetensors.numpy.save_file(_flatten(args.arrays), os.path.join(os.fspath(directory), _ARRAYS_FILE))
+
+  def restore(self, directory, args: Optional["ArraysRestore"] = None) -> dict:
+    del args
+    return _unflatten(safetensors.numpy.load_file(os.path.join(os.fspath(directory), _ARRAYS_FILE)))
+
+  def metadata(self, directory) -> None:
+    del directory
+
+  def finalize(self, directory) -> None:
+    del directory
+
+  def close(self) -> None:
+    pass
+
+
+@ocp.args.register_with_handler(ArraysHandler, for_save=True)
+@dataclasses.dataclass
+class ArraysSave(ocp.args.CheckpointArgs):
+  arrays: dict
+
+
+@ocp.args.register_with_handler(ArraysHandler, for_restore=True)
+@dataclasses.dataclass
+class ArraysRestore(ocp.args.CheckpointArgs):
+  pass
 
 
 class ChunkStore:
@@ -62,8 +105,9 @@ class ChunkStore:
       atomic_write(settings_path, lambda tmp: _write_text(tmp, json.dumps(encoded, indent=1)))
     # Each process fits its own chunks (the runner splits pairs across processes): orbax must not wait for others.
     me = jax.process_index()
-    self._checkpointer = ocp.StandardCheckpointer(
-        multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me}))
+    self._checkpointer = ocp.Checkpointer(
+        ArraysHandler(), multiprocessing_options=ocp.options.MultiprocessingOptions(
+            primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"xsim_chunks_process{me}"))
 
   def _paths(self, chunk: int) -> tuple[str, str]:
     stem = os.path.join(self._directory, f"chunk_{chunk:05d}")
@@ -87,7 +131,7 @@ class ChunkStore:
         raise ValueError(f"{os.path.basename(record_path)} is not a chunk record")
       if record.get("pairs") != np.asarray(pairs).tolist():
         raise ValueError(f"its record lists pairs {record.get('pairs')}")
-      result = jax.tree_util.tree_map(np.asarray, self._checkpointer.restore(data_path))
+      result = self._checkpointer.restore(data_path, args=ArraysRestore())
       if _tree_sha256(result) != record.get("sha256"):
         raise ValueError(f"the arrays of {os.path.basename(data_path)} do not match their SHA-256")
       return result
@@ -116,8 +160,7 @@ class ChunkStore:
     """
     data_path, record_path = self._paths(chunk)
     self._remove(chunk)
-    self._checkpointer.save(data_path, result)
-    self._checkpointer.wait_until_finished()
+    self._checkpointer.save(data_path, args=ArraysSave(result))
     record = {"sha256": _tree_sha256(result), "method": self._method, "pairs": np.asarray(pairs).tolist()}
     atomic_write(record_path, lambda tmp: _write_text(tmp, json.dumps(record)))
 
@@ -138,6 +181,30 @@ def _tree_sha256(tree) -> str:
     digest.update(f"{jax.tree_util.keystr(path)}|{leaf.dtype.str}|{leaf.shape}".encode())
     digest.update(leaf.tobytes())
   return digest.hexdigest()
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+  """{"params": {"weight": w}} -> {"params/weight": w} (contiguous, as safetensors writes them)."""
+  flat = {}
+  for key, value in tree.items():
+    if not isinstance(key, str) or "/" in key or not key:
+      raise ValueError(f"chunk result key {key!r} must be a non-empty string without '/'.")
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{key}/"))
+    else:
+      flat[prefix + key] = np.ascontiguousarray(value)
+  return flat
+
+
+def _unflatten(flat: dict) -> dict:
+  tree = {}
+  for name, value in flat.items():
+    *parents, leaf = name.split("/")
+    node = tree
+    for parent in parents:
+      node = node.setdefault(parent, {})
+    node[leaf] = value
+  return tree
 
 
 def _write_text(path: str, text: str) -> None:
