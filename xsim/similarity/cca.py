@@ -7,6 +7,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from xsim import linalg
 from xsim.similarity import checks
 from xsim.similarity.checks import HIGHEST
 from xsim.similarity.preprocess import Preprocess, as_preprocess, preprocess as apply_preprocess
@@ -16,7 +17,7 @@ def svcca_layer(x, keep: float, dims: Optional[int], prep: Preprocess):
   """x: [n, d] -> (U * mask [n, r], k): left singular vectors of the centered, preprocessed x, the k kept
   ones (`dims`, or the fewest holding a `keep` fraction of the variance) and zeros after them."""
   x = apply_preprocess(x, prep)
-  u, s, _ = jnp.linalg.svd(x - x.mean(0), full_matrices=False)
+  u, s, _ = linalg.svd(x - x.mean(0))
   if dims is None:
     frac = jnp.cumsum(s * s) / jnp.sum(s * s)
     k = jnp.minimum(1 + jnp.sum(frac < keep), s.shape[0])
@@ -34,7 +35,7 @@ def svcca_pairs(bases_x, kept_x, bases_y, kept_y) -> jnp.ndarray:
   """
   def row(args):
     u, k = args
-    rho = jnp.linalg.svd(jnp.einsum("nr,bns->brs", u, bases_y, precision=HIGHEST), compute_uv=False)
+    rho = linalg.svd(jnp.einsum("nr,bns->brs", u, bases_y, precision=HIGHEST), compute_uv=False)
     return jnp.sum(rho, -1) / jnp.minimum(k, kept_y)
   return jax.lax.map(row, (bases_x, kept_x))
 

@@ -6,6 +6,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from xsim import linalg
 from xsim.similarity import checks
 from xsim.similarity.checks import HIGHEST
 from xsim.similarity.preprocess import Preprocess, as_preprocess, preprocess as apply_preprocess
@@ -19,7 +20,7 @@ def procrustes_layer(x, prep: Preprocess):
   x = x - x.mean(0)
   norm = jnp.linalg.norm(x)
   if x.shape[1] > x.shape[0]:
-    u, s, _ = jnp.linalg.svd(x, full_matrices=False)
+    u, s, _ = linalg.svd(x)
     x = u * s
   return x, norm
 
@@ -30,7 +31,7 @@ def procrustes_pairs(bases_x, norms_x, bases_y, norms_y) -> jnp.ndarray:
   def row(args):
     b, norm = args
     c = jnp.einsum("nr,bns->brs", b, bases_y, precision=HIGHEST)
-    return jnp.sum(jnp.linalg.svd(c, compute_uv=False), -1) / (norm * norms_y)
+    return jnp.sum(linalg.svd(c, compute_uv=False), -1) / (norm * norms_y)
   return jax.lax.map(row, (bases_x, norms_x))
 
 

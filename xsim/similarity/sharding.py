@@ -43,6 +43,15 @@ def split_map(fn: Callable, mesh: Mesh, split: Sequence, whole: Sequence = ()):
   return jax.tree.map(lambda a: place(a, mesh, P()), mapped(*split, *whole))
 
 
+def blockwise(fn: Callable, mesh: Mesh, *arrays):
+  """fn(*blocks) on every device, each array divided along axis 0 (a multiple of the device count) over all
+  devices -> fn's outputs laid out the same way. For work that must stay on the device holding its block (a
+  loop over the axis, e.g. xsim.linalg.svd on CPU, would otherwise gather the whole axis onto every device)."""
+  spec = P(axes(mesh))
+  arrays = [place(a, mesh, spec) for a in arrays]
+  return jax.shard_map(fn, mesh=mesh, in_specs=(spec,) * len(arrays), out_specs=spec)(*arrays)
+
+
 def gather(tree, mesh: Mesh):
   """Inside split_map: every device's block of each leaf, stacked along axis 0 (all rows, padding included)."""
   return jax.tree.map(lambda a: jax.lax.all_gather(a, axes(mesh), tiled=True), tree)

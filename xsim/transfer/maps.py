@@ -259,7 +259,7 @@ def _put(x, mesh: Optional[Mesh]):
 def _chunk_function(method: str, settings: Optional[train.TrainSettings], penalties: tuple,
                     mesh: Optional[Mesh]):
   """The jitted fit of one chunk, compiled once per (method, settings, penalties, mesh) and chunk shape."""
-  fit = functools.partial(_fit_chunk, method, settings, penalties)
+  fit = functools.partial(_fit_chunk, method, settings, penalties, mesh)
   if mesh is None:
     return jax.jit(fit)
   replicated = NamedSharding(mesh, PartitionSpec())
@@ -283,10 +283,12 @@ def _ridge_params(weight, basis, bias) -> dict:
   return {"up": up, "down": jnp.broadcast_to(basis, (num_targets, rank, da)), "bias": bias}
 
 
-def _fit_chunk(method, settings, penalties, x, y, x_mean, x_std, y_mean, y_std, train_rows, val_rows, test_rows):
+def _fit_chunk(method, settings, penalties, mesh, x, y, x_mean, x_std, y_mean, y_std, train_rows, val_rows,
+               test_rows):
   """Fits one source layer to T target layers and scores the test rows.
 
   Args:
+    mesh: None, or the mesh y's target axis is laid out over.
     x: [n, da] raw source layer; y: [T, n, db] raw target layers.
     x_mean, x_std: [da]; y_mean, y_std: [T, db] training-row statistics.
     train_rows, val_rows, test_rows: row indices of the split.
@@ -305,7 +307,7 @@ def _fit_chunk(method, settings, penalties, x, y, x_mean, x_std, y_mean, y_std, 
     weight, penalty, basis = ridge.fit_ridge(x_train, y_train, xs[1], ys[1], penalties, num_rows=len(train_rows))
     params, best_step = _ridge_params(weight, basis, zero_bias), no_step
   elif method == "procrustes":
-    params, best_step = {"weight": procrustes.fit_procrustes(x_train, y_train), "bias": zero_bias}, no_step
+    params, best_step = {"weight": procrustes.fit_procrustes(x_train, y_train, mesh), "bias": zero_bias}, no_step
     penalty = jnp.full((num_targets,), jnp.nan, jnp.float32)
   else:
     params, penalty, best_step = train.fit_sgd(settings, xs[0], ys[0], xs[1], ys[1], penalties)

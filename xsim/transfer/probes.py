@@ -23,6 +23,7 @@ import optax
 from jax.lax import Precision
 from jax.sharding import Mesh, PartitionSpec
 
+from xsim import linalg
 from xsim.similarity import sharding
 from xsim.transfer import maps, metrics, splits, train
 
@@ -259,7 +260,7 @@ def _row_space(x):
   probe from a problem as wide as the training rows, not the model (77 training rows of a 1,536-wide Qwen: 20x
   narrower, 35x faster).
   """
-  return jnp.linalg.svd(x, full_matrices=False)[2].T
+  return linalg.svd(x)[2].T
 
 
 def _outputs(weights, bias, x):
@@ -324,7 +325,7 @@ def _train(features, mean, std, labels, train_rows, val_rows, test_rows, penalti
   x_train, x_val, x_test = (splits.standardize(features[:, rows], mean, std)
                             for rows in (train_rows, val_rows, test_rows))
   fit = functools.partial(_lbfgs, num_outputs=num_outputs, max_iters=max_iters, tolerance=tolerance)
-  basis = jax.vmap(_row_space)(x_train)
+  basis = jax.vmap(_row_space)(x_train) if mesh is None else sharding.blockwise(jax.vmap(_row_space), mesh, x_train)
   coordinates = jnp.einsum("lmd,ldr->lmr", x_train, basis, precision=Precision.HIGHEST)
   reduced = jax.vmap(jax.vmap(fit, (None, None, 0)), (0, None, None))(coordinates, labels[train_rows], penalties)
   params = {"weights": jnp.einsum("ldr,lprc->lpdc", basis, reduced["weights"], precision=Precision.HIGHEST),

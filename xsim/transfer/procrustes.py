@@ -11,21 +11,29 @@ scale those directions down, stay within a few 1e-4 relative (measured).
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import jax.numpy as jnp
 from jax.lax import Precision
+from jax.sharding import Mesh
+
+from xsim import linalg
+from xsim.similarity import sharding
 
 
-def fit_procrustes(x_train, y_train):
+def fit_procrustes(x_train, y_train, mesh: Optional[Mesh] = None):
   """Scaled orthogonal maps from one source layer to T target layers.
 
   Args:
     x_train: [n, da] centred source rows (maps.py passes splits.centered_rows of the standardized rows).
     y_train: [T, n, db] centred target rows, db >= da.
+    mesh: y_train's target axis is laid out over all devices of this mesh (T a multiple of its size); each device
+      decomposes its own targets.
 
   Returns:
     [T, db, da] weights (s_t U_t V_t')', in the layout of train.py's maps (y = x W').
   """
   cross = jnp.einsum("na,tnb->tab", x_train, y_train, precision=Precision.HIGHEST)
-  u, s, vt = jnp.linalg.svd(cross, full_matrices=False)
+  u, s, vt = linalg.svd(cross) if mesh is None else sharding.blockwise(linalg.svd, mesh, cross)
   scale = jnp.sum(s, axis=-1) / jnp.sum(x_train**2)
   return scale[:, None, None] * jnp.einsum("tak,tkb->tba", u, vt, precision=Precision.HIGHEST)

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.lax import Precision
 
+from xsim import linalg
 from xsim.transfer import train
 
 # Weights whose first-order error bound (module docstring) exceeds this are refined, so unrefined weights stay
@@ -75,7 +76,7 @@ def ridge_path(x_train, y_train, x_val, y_val, lambdas) -> RidgePath:
   Returns:
     RidgePath.
   """
-  u, s, vt = jnp.linalg.svd(x_train, full_matrices=False)
+  u, s, vt = linalg.svd(x_train)
   proj = _einsum("nk,tnj->tkj", u, y_train)
   z_val = _einsum("ma,ka->mk", x_val, vt)
   gram_val = _einsum("mk,ml->kl", z_val, z_val)
