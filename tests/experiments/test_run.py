@@ -263,10 +263,11 @@ def test_a_run_killed_mid_way_resumes_to_the_same_results(finished_run, tiny_con
 
 
 @pytest.mark.slow
-def test_two_processes_give_the_one_process_results(finished_run, model_root, tmp_path):
+@pytest.mark.parametrize("devices_per_process", [1, 2])  # 2 x 2: several hosts of several devices, as a cluster
+def test_two_processes_give_the_one_process_results(finished_run, model_root, tmp_path, devices_per_process):
   workdir, _ = finished_run
   code = launch(["-m", "experiments.run", f"--config=tests/experiments/tiny_config.py:{model_root}",
-                 f"--workdir={tmp_path}"], 2, timeout_s=1200)
+                 f"--workdir={tmp_path}"], 2, devices_per_process, timeout_s=1200)
   assert code == 0
   work = results.read_json(os.path.join(tmp_path, "summary.json"))["work"]
   shares = [work["computed"][str(p)]["computed"] / work["planned"] for p in (0, 1)]
