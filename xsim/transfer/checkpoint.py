@@ -50,15 +50,6 @@ class ArraysHandler(ocp.CheckpointHandler):
     del args
     return _unflatten(safetensors.numpy.load_file(os.path.join(os.fspath(directory), _ARRAYS_FILE)))
 
-  def metadata(self, directory) -> None:
-    del directory
-
-  def finalize(self, directory) -> None:
-    del directory
-
-  def close(self) -> None:
-    pass
-
 
 @ocp.args.register_with_handler(ArraysHandler, for_save=True)
 @dataclasses.dataclass
