@@ -44,7 +44,9 @@ class ArraysHandler(ocp.CheckpointHandler):
   whichever process calls it (keys are joined with '/')."""
 
   def save(self, directory, args: "ArraysSave") -> None:
-    safetensors.numpy.save_file(_flatten(args.arrays), os.path.join(os.fspath(directory), _ARRAYS_FILE))
+    """A full disk raises WriteError naming the file (atomic_write)."""
+    data = safetensors.numpy.save(_flatten(args.arrays))
+    atomic_write(os.path.join(os.fspath(directory), _ARRAYS_FILE), lambda tmp: _write_bytes(tmp, data))
 
   def restore(self, directory, args: Optional["ArraysRestore"] = None) -> dict:
     del args
@@ -93,7 +95,7 @@ class ChunkStore:
         raise ValueError(f"checkpoint_dir={directory!r} holds maps fit with other settings (differing: "
                          f"{', '.join(changed)}); pass a fresh directory or delete this one.")
     else:
-      atomic_write(settings_path, lambda tmp: _write_text(tmp, json.dumps(encoded, indent=1)))
+      atomic_write(settings_path, lambda tmp: _write_bytes(tmp, json.dumps(encoded, indent=1).encode()))
     # Each process fits its own chunks (the runner splits pairs across processes): orbax must not wait for others.
     me = jax.process_index()
     self._checkpointer = ocp.Checkpointer(
@@ -153,7 +155,7 @@ class ChunkStore:
     self._remove(chunk)
     self._checkpointer.save(data_path, args=ArraysSave(result))
     record = {"sha256": _tree_sha256(result), "method": self._method, "pairs": np.asarray(pairs).tolist()}
-    atomic_write(record_path, lambda tmp: _write_text(tmp, json.dumps(record)))
+    atomic_write(record_path, lambda tmp: _write_bytes(tmp, json.dumps(record).encode()))
 
 
 def fingerprint(*arrays: np.ndarray) -> str:
@@ -198,9 +200,9 @@ def _unflatten(flat: dict) -> dict:
   return tree
 
 
-def _write_text(path: str, text: str) -> None:
-  with open(path, "w") as f:
-    f.write(text)
+def _write_bytes(path: str, data: bytes) -> None:
+  with open(path, "wb") as f:
+    f.write(data)
     f.flush()
     os.fsync(f.fileno())
 
