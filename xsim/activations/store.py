@@ -93,7 +93,7 @@ def _sha256(data: bytes) -> str:
   return hashlib.sha256(data).hexdigest()
 
 
-def _write_bytes(path: str, data: bytes) -> str:
+def write_bytes(path: str, data: bytes) -> str:
   """Writes data atomically (synced to disk before the rename) and returns its SHA-256."""
   def write(tmp):
     with open(tmp, "wb") as f:
@@ -282,7 +282,7 @@ class ActivationStore:
 
   def _save_manifest(self) -> None:
     self.manifest = dict(self.manifest, sha256=_manifest_sha256(self.manifest))
-    _write_bytes(os.path.join(self.path, "manifest.json"), json.dumps(self.manifest, indent=1, sort_keys=True).encode())
+    write_bytes(os.path.join(self.path, "manifest.json"), json.dumps(self.manifest, indent=1, sort_keys=True).encode())
 
   def _corrupt(self, what: str) -> CorruptStore:
     return _corrupt(self.path, what, self.manifest)
@@ -315,10 +315,10 @@ class ActivationStore:
     files = {}
     if acts.shape[1]:
       files["zarr.json"] = self._write_array(self._array(k), acts)
-    files["index.npy"] = _write_bytes(os.path.join(self.path, self._shard(k, "index.npy")), _npy_bytes(index))
-    files["stats.npz"] = _write_bytes(os.path.join(self.path, self._shard(k, "stats.npz")), _npz_bytes(stats))
+    files["index.npy"] = write_bytes(os.path.join(self.path, self._shard(k, "index.npy")), _npy_bytes(index))
+    files["stats.npz"] = write_bytes(os.path.join(self.path, self._shard(k, "stats.npz")), _npz_bytes(stats))
     record = {"rows": int(acts.shape[1]), "files": files}
-    _write_bytes(os.path.join(self.path, self._shard(k, "json")), json.dumps(record, sort_keys=True).encode())
+    write_bytes(os.path.join(self.path, self._shard(k, "json")), json.dumps(record, sort_keys=True).encode())
 
   def _write_array(self, name: str, acts: np.ndarray) -> str:
     """Writes acts as a zarr v3 array with a CRC32C per chunk; returns the SHA-256 of its metadata (zarr.json)."""
@@ -369,8 +369,8 @@ class ActivationStore:
     index = np.concatenate(indices) if indices else np.zeros(0, INDEX_DTYPE)
     summary = json.dumps(summarize_stats(stats, self.identity["layers"]), indent=1, sort_keys=True).encode()
     files = {f"{self._array(k)}/zarr.json": r["files"]["zarr.json"] for k, r in enumerate(records) if r["rows"]}
-    files["index.npy"] = _write_bytes(os.path.join(self.path, "index.npy"), _npy_bytes(index))
-    files["stats.json"] = _write_bytes(os.path.join(self.path, "stats.json"), summary)
+    files["index.npy"] = write_bytes(os.path.join(self.path, "index.npy"), _npy_bytes(index))
+    files["stats.json"] = write_bytes(os.path.join(self.path, "stats.json"), summary)
     self.manifest = dict(self.manifest, complete=True, num_rows=len(index), shard_rows=[r["rows"] for r in records],
                          files=files)
     self._save_manifest()

@@ -34,7 +34,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import safetensors.numpy
 
-from xsim.activations.store import atomic_write
+from xsim.activations.store import write_bytes
 
 _ARRAYS_FILE = "arrays.safetensors"
 
@@ -44,9 +44,8 @@ class ArraysHandler(ocp.CheckpointHandler):
   whichever process calls it (keys are joined with '/')."""
 
   def save(self, directory, args: "ArraysSave") -> None:
-    """A full disk raises WriteError naming the file (atomic_write)."""
-    data = safetensors.numpy.save(_flatten(args.arrays))
-    atomic_write(os.path.join(os.fspath(directory), _ARRAYS_FILE), lambda tmp: _write_bytes(tmp, data))
+    """A full disk raises WriteError naming the file (write_bytes)."""
+    write_bytes(os.path.join(os.fspath(directory), _ARRAYS_FILE), safetensors.numpy.save(_flatten(args.arrays)))
 
   def restore(self, directory, args: Optional["ArraysRestore"] = None) -> dict:
     del args
@@ -95,7 +94,7 @@ class ChunkStore:
         raise ValueError(f"checkpoint_dir={directory!r} holds maps fit with other settings (differing: "
                          f"{', '.join(changed)}); pass a fresh directory or delete this one.")
     else:
-      atomic_write(settings_path, lambda tmp: _write_bytes(tmp, json.dumps(encoded, indent=1).encode()))
+      write_bytes(settings_path, json.dumps(encoded, indent=1).encode())
     # Each process fits its own chunks (the runner splits pairs across processes): orbax must not wait for others.
     me = jax.process_index()
     self._checkpointer = ocp.Checkpointer(
@@ -155,7 +154,7 @@ class ChunkStore:
     self._remove(chunk)
     self._checkpointer.save(data_path, args=ArraysSave(result))
     record = {"sha256": _tree_sha256(result), "method": self._method, "pairs": np.asarray(pairs).tolist()}
-    atomic_write(record_path, lambda tmp: _write_bytes(tmp, json.dumps(record).encode()))
+    write_bytes(record_path, json.dumps(record).encode())
 
 
 def fingerprint(*arrays: np.ndarray) -> str:
@@ -198,11 +197,3 @@ def _unflatten(flat: dict) -> dict:
       node = node.setdefault(parent, {})
     node[leaf] = value
   return tree
-
-
-def _write_bytes(path: str, data: bytes) -> None:
-  with open(path, "wb") as f:
-    f.write(data)
-    f.flush()
-    os.fsync(f.fileno())
-
