@@ -7,7 +7,7 @@ mapped source activations; its own accuracy and the shuffled-pair map beside it)
 The ratio is cross / within. Its CI resamples texts: the units computed every pair's figure (the max over its
 scored layer pairs) on the same half-sized subsamples of the texts (CKA), of the maps' test rows (R^2) or of the
 probes' test rows, so each subsample gives a ratio; the interval is the basic subsampling interval around the
-first seed's ratio (xsim.similarity.subsample_interval). Figures without resamples, or whose pairs hold different
+first seed's ratio (xsim.resampling.subsample_interval). Figures without resamples, or whose pairs hold different
 texts, show no CI.
 """
 from __future__ import annotations
@@ -42,21 +42,22 @@ def _group_mean(records: Sequence[dict], relation: str, value: str) -> Optional[
 def ratio_ci(resamples: dict, relations: dict, level: float) -> Optional[list]:
   """resamples: {pair: {"estimate", "samples": [R] on the shared subsamples, "n"}} -> the CI of mean(cross) /
   mean(within), or None without pairs of both relations, when they hold different numbers of rows or when the
-  within-family mean is zero on some subsample."""
+  within-family mean is zero on some subsample, or when a pair has no subsamples (None: too few rows)."""
   within = [r for p, r in resamples.items() if relations[p] == "within"]
   cross = [r for p, r in resamples.items() if relations[p] == "cross"]
-  if not within or not cross or len({r["n"] for r in within + cross}) != 1:
+  if (not within or not cross or len({r["n"] for r in within + cross}) != 1
+      or any(r["samples"] is None for r in within + cross)):
     return None
   mean = lambda group, key: np.mean([np.asarray(r[key], np.float64) for r in group], axis=0)
   estimate = _ratio(mean(within, "estimate"), mean(cross, "estimate"))
   if not np.isfinite(estimate):
     return None
-  from xsim import similarity as sim
+  from xsim import resampling
   with np.errstate(divide="ignore", invalid="ignore"):
     ratios = mean(cross, "samples") / mean(within, "samples")
   if not np.all(np.isfinite(ratios)):  # a subsample where no within-family pair scores above zero
     return None
-  low, high = sim.subsample_interval(estimate, ratios, within[0]["n"], level=level)
+  low, high = resampling.subsample_interval(estimate, ratios, within[0]["n"], level=level)
   return [float(low), float(high)]
 
 

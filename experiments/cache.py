@@ -1,7 +1,7 @@
 """Content-keyed, verified result entries in a run's workdir.
 
 Every expensive result (a similarity grid chunk, a pair's maps, a probe table, a next-token table) is one JSON
-entry named by what it depends on: `cache/KIND/NAME-KEY.json`, KEY a hash of the inputs' identities and the
+entry named by what it depends on (experiments/keys.py): `cache/STAGE/NAME-KEY.json`, KEY a hash of the inputs and the
 settings. An entry records a SHA-256 of its payload and what produced it, is written atomically, and is checked
 on every read: a truncated or altered entry is named (path and producer) in the log, deleted and recomputed, so
 a damaged cache never becomes a published number.
@@ -15,16 +15,11 @@ from typing import Any, Callable
 
 from absl import logging
 
-from xsim.activations.store import atomic_write
+from xsim.io import atomic_write
 
 
 class CorruptEntry(ValueError):
   """A cache entry that cannot be trusted: unreadable, truncated, or its payload does not match its checksum."""
-
-
-def key(*parts) -> str:
-  """A short stable hash of JSON-able parts (dict keys sorted; other objects by str)."""
-  return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def _checksum(payload) -> str:

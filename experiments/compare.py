@@ -14,7 +14,7 @@ import os
 
 from absl import app, flags
 
-from experiments import report, results
+from experiments import document, results
 
 # Checked in main rather than marked required: a required flag would break flag parsing in any other absl
 # program (or test) that imports this module.
@@ -50,10 +50,10 @@ def _table_blocks(a: dict, b: dict, section: str, heading: str, key_header: tupl
   """A side-by-side block of one optional section's numbers, or a line saying which run lacks it."""
   if section not in a or section not in b:
     missing = " and ".join(name for name, h in (("A", a), ("B", b)) if section not in h)
-    return [report.Heading(2, heading), report.Para(f"Not compared: no {section} numbers in {missing}.")]
+    return [document.Heading(2, heading), document.Para(f"Not compared: no {section} numbers in {missing}.")]
   ka, kb = (_pick(_keyed(h[section], key_header), stats) for h in (a, b))
   stat_header = tuple(h for s in stats for h in (f"{s} A", f"{s} B", f"{s} B-A"))
-  return [report.Heading(2, heading), report.Table(key_header + stat_header, _side_by_side(ka, kb, tuple(stats)))]
+  return [document.Heading(2, heading), document.Table(key_header + stat_header, _side_by_side(ka, kb, tuple(stats)))]
 
 
 def _side_by_side(a: dict, b: dict, stats: tuple[str, ...]) -> tuple:
@@ -62,7 +62,7 @@ def _side_by_side(a: dict, b: dict, stats: tuple[str, ...]) -> tuple:
   for key in [k for k in a if k in b]:
     row = list(key)
     for s in stats:
-      row += [report.fmt(a[key][s]), report.fmt(b[key][s]), report.fmt(b[key][s] - a[key][s])]
+      row += [document.fmt(a[key][s]), document.fmt(b[key][s]), document.fmt(b[key][s] - a[key][s])]
     rows.append(tuple(row))
   return tuple(rows)
 
@@ -84,20 +84,20 @@ def compare_runs(run_a: str, run_b: str) -> str:
   group_key, ratio_key = ("measure", "preprocess", "relation"), ("measure", "preprocess")
   stat_header = lambda *stats: tuple(h for s in stats for h in (f"{s} A", f"{s} B", f"{s} B-A"))
   blocks = [
-      report.Heading(1, "Run comparison"),
-      report.Para(f"A = `{run_a}`, B = `{run_b}`. Each run's headline numbers (its summary.json), "
-                  f"{report.DECIMALS} decimals; maxima, means and best pairs over each run's scored layer pairs "
-                  "(its min_layer), cells averaged over seeds."),
-      report.Heading(2, "Model pairs"),
-      report.Table(_PAIR_HEADER + stat_header("max", "mean"), _side_by_side(pairs_a, pairs_b, ("max", "mean"))),
-      report.Heading(2, "Groups"),
-      report.Table(group_key + stat_header(*_GROUP),
-                   _side_by_side(_pick(_keyed(a.get("groups", []), group_key), _GROUP),
-                                 _pick(_keyed(b.get("groups", []), group_key), _GROUP), tuple(_GROUP))),
-      report.Heading(2, "Within / cross-family ratios"),
-      report.Table(ratio_key + stat_header(*_RATIO),
-                   _side_by_side(_pick(_keyed(a.get("ratios", []), ratio_key), _RATIO),
-                                 _pick(_keyed(b.get("ratios", []), ratio_key), _RATIO), tuple(_RATIO)))]
+      document.Heading(1, "Run comparison"),
+      document.Para(f"A = `{run_a}`, B = `{run_b}`. Each run's headline numbers (its summary.json), "
+                    f"{document.DECIMALS} decimals; maxima, means and best pairs over each run's scored layer "
+                    "pairs (its min_layer), cells averaged over seeds."),
+      document.Heading(2, "Model pairs"),
+      document.Table(_PAIR_HEADER + stat_header("max", "mean"), _side_by_side(pairs_a, pairs_b, ("max", "mean"))),
+      document.Heading(2, "Groups"),
+      document.Table(group_key + stat_header(*_GROUP),
+                     _side_by_side(_pick(_keyed(a.get("groups", []), group_key), _GROUP),
+                                   _pick(_keyed(b.get("groups", []), group_key), _GROUP), tuple(_GROUP))),
+      document.Heading(2, "Within / cross-family ratios"),
+      document.Table(ratio_key + stat_header(*_RATIO),
+                     _side_by_side(_pick(_keyed(a.get("ratios", []), ratio_key), _RATIO),
+                                   _pick(_keyed(b.get("ratios", []), ratio_key), _RATIO), tuple(_RATIO)))]
   one_sided = _one_sided(pairs_a, pairs_b, "A") + _one_sided(pairs_b, pairs_a, "B")
   measures = lambda pairs: {k[3:] for k in pairs}
   one_sided += [f"measure only in {name}: {m} / {p}" for name, x, y in (("A", pairs_a, pairs_b), ("B", pairs_b, pairs_a))
@@ -107,10 +107,10 @@ def compare_runs(run_a: str, run_b: str) -> str:
   blocks += _table_blocks(a, b, "probes", "Probe transfer", ("task", "source", "target"),
                           {"mapped": "acc_mapped", "target ceiling": "acc_target",
                                                                "majority": "acc_majority"})
-  blocks += [report.Heading(2, "In one run only"),
-             report.Bullets(tuple(one_sided)) if one_sided else report.Para("Nothing: both runs cover the same "
-                                                                            "pairs, measures and preprocessings.")]
-  return report.to_markdown(blocks)
+  blocks += [document.Heading(2, "In one run only"),
+             document.Bullets(tuple(one_sided)) if one_sided else document.Para(
+                 "Nothing: both runs cover the same pairs, measures and preprocessings.")]
+  return document.to_markdown(blocks)
 
 
 def main(argv):

@@ -11,32 +11,44 @@ import dataclasses
 import glob
 import os
 import time
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 from absl import logging
 
-from experiments import cache
+from experiments import keys
 from experiments.study import ModelSpec, Pair, RANDOM_SUFFIX
 from xsim import layer_select
 
 
 @dataclasses.dataclass(frozen=True)
 class ExtractionSettings:
-  """The config's `extraction` section: how rows are pooled and which layers are kept."""
+  """The config's `extraction` section: which token of each text makes its row, which layers are kept."""
   pooling: str
-  layers: object  # a layer spec (xsim.layer_select)
+  layers: Any  # a layer spec (xsim.layer_select): "all", "depths:K" or hidden-state indices
   batch_size: int
   max_tokens: int
   keep_bos: bool
-  site: str
+  site: str = "residual"
   truncate_tokens: Optional[int] = None
 
-  @classmethod
-  def from_config(cls, section) -> "ExtractionSettings":
-    fields = {f.name for f in dataclasses.fields(cls)}
-    values = {k: v for k, v in dict(section).items() if k in fields}
-    return cls(**dict(values, layers=layer_select.parse(values["layers"])))
+  def __post_init__(self):
+    object.__setattr__(self, "layers", layer_select.parse(self.layers))
+
+  def problems(self) -> list[str]:
+    from xsim.activations import POOLINGS, SITES
+    out = []
+    poolings = [p for p in POOLINGS if p != "tokens"]
+    if self.pooling not in poolings:
+      out.append(f"extraction.pooling {self.pooling!r} must be one of {poolings}")
+    if self.site not in SITES:
+      out.append(f"extraction.site {self.site!r} not in {SITES}")
+    if self.batch_size < 1 or self.max_tokens < 2:
+      out.append("extraction.batch_size and max_tokens must be positive")
+    error = layer_select.spec_error(self.layers)
+    if error:
+      out.append(f"extraction.layers: {error}")
+    return out
 
   def identity(self) -> dict:
     """What a store's contents depend on (the batch size does not change a row)."""
@@ -125,10 +137,10 @@ class Stores:
     return self.texts[name]
 
 
-def store_dir(workdir: str, tag: str, *identity) -> str:
+def store_dir(workdir: str, tag: str, *inputs) -> str:
   """An activation store's directory, named by what its contents depend on: a changed input gets a new store
   (a store refuses to mix inputs) and an unchanged one is found again."""
-  return os.path.join(workdir, "activations", f"{tag}-{cache.key(*identity)}")
+  return keys.path(workdir, "activations", tag, *inputs)
 
 
 def open_or_extract(path: str, get_model, texts: Sequence[str], settings: ExtractionSettings, mesh,
@@ -194,27 +206,22 @@ def extract_all(specs: Sequence[ModelSpec], pairs: Sequence[Pair], seeds: Sequen
     identity = (spec.path, source_fingerprint(spec.path), spec.dtype, settings.identity())
     get = lambda name=spec.name: models.get(name)
     stores.texts[spec.name] = open_or_extract(
-        store_dir(workdir, spec.name, *identity, _texts_key(texts)), get, texts, settings, mesh, info.num_layers)
+        store_dir(workdir, spec.name, *identity, keys.texts(texts)), get, texts, settings, mesh, info.num_layers)
     check_rows(stores.texts[spec.name], texts, spec.name, settings)
     if spec.name in random_targets:
       stores.info[spec.name + RANDOM_SUFFIX] = dataclasses.replace(info, name=spec.name + RANDOM_SUFFIX,
                                                                    family="random")
       for seed in seeds:
         stores.random[(spec.name, seed)] = open_or_extract(
-            store_dir(workdir, f"{spec.name}{RANDOM_SUFFIX}{seed}", *identity, _texts_key(texts), seed), get, texts,
+            store_dir(workdir, f"{spec.name}{RANDOM_SUFFIX}{seed}", *identity, keys.texts(texts), seed), get, texts,
             settings, mesh, info.num_layers, random_seed=seed)
     for task_name, task in tasks.items():
       stores.tasks[(task_name, spec.name)] = open_or_extract(
-          store_dir(workdir, f"{spec.name}-task-{task_name}", *identity, _texts_key(task.texts)), get,
+          store_dir(workdir, f"{spec.name}-task-{task_name}", *identity, keys.texts(task.texts)), get,
           list(task.texts), settings, mesh, info.num_layers)
       check_rows(stores.tasks[(task_name, spec.name)], list(task.texts), f"{spec.name} on task {task_name}", settings)
     models.release(spec.name)
   return stores
-
-
-def _texts_key(texts) -> str:
-  from xsim.data.text import text_hash
-  return text_hash(list(texts))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -243,11 +250,6 @@ class PairData:
     return (layer_select.scored_positions(self.layers_a, min_layer, self.pair.a),
             layer_select.scored_positions(self.layers_b, min_layer, self.pair.b))
 
-  def depths(self, i: int, j: int) -> dict:
-    """Relative depths of layer positions i (of a) and j (of b), as table columns."""
-    return dict(depth_a=layer_select.relative_depth(self.layers_a[i], self.num_layers_a),
-                depth_b=layer_select.relative_depth(self.layers_b[j], self.num_layers_b))
-
 
 def paired_arrays(store_a, store_b) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(xs [La, n, da], ys [Lb, n, db], row indices into store_a) of the samples both stores hold, in float32."""
@@ -265,3 +267,25 @@ def pair_data(stores: Stores, pair: Pair, seed: int) -> PairData:
   return PairData(pair, xs, ys, rows, tuple(store_a.layers), tuple(store_b.layers),
                   stores.info[pair.a].num_layers, stores.info[pair.b].num_layers,
                   (store_a.manifest, store_b.manifest))
+
+
+@dataclasses.dataclass(frozen=True)
+class PairLayout:
+  """A pair's layers and paired sample count, without its arrays: what a table row needs to place a cell."""
+  layers_a: tuple
+  layers_b: tuple
+  num_layers_a: int
+  num_layers_b: int
+  num_samples: int
+
+  def cell(self, layer_a: int, layer_b: int) -> dict:
+    """The table columns of layer pair (layer_a, layer_b): hidden-state indices and relative depths."""
+    return dict(layer_a=layer_a, layer_b=layer_b, depth_a=layer_select.relative_depth(layer_a, self.num_layers_a),
+                depth_b=layer_select.relative_depth(layer_b, self.num_layers_b))
+
+
+def pair_layout(stores: Stores, pair: Pair, seed: int) -> PairLayout:
+  from xsim import activations as xa
+  store_a, store_b = stores.get(pair.a, seed), stores.get(pair.b, seed)
+  return PairLayout(tuple(store_a.layers), tuple(store_b.layers), stores.info[pair.a].num_layers,
+                    stores.info[pair.b].num_layers, int(len(xa.paired_rows(store_a, store_b)[0])))

@@ -16,7 +16,7 @@ import shutil
 
 from absl import app, flags, logging
 
-from experiments import report, results, run as runner
+from experiments import document, results, run as runner
 
 # --workdir is the runner's flag (experiments.run defines it): the directory for the ladder's runs and tables.
 _CONFIG = flags.DEFINE_string("ladder_config", "experiments/configs/offline_study.py",
@@ -51,12 +51,12 @@ def markdown(rows: list[dict], note: str) -> str:
     figures += [k for k in row if k not in figures and k not in ("step", "switched")]
   def cell(v):
     if v is None:
-      return "-"
-    return f"{report.fmt_ratio(v[0])} {report._fmt_ci(v[1])}" if v[1] else report.fmt_ratio(v[0])
-  table = report.Table(("step", "switched") + tuple(f"{f}: cross / within" for f in figures),
-                       tuple((r["step"], r["switched"]) + tuple(cell(r.get(f)) for f in figures) for r in rows))
-  return report.to_markdown([report.Heading(1, "Ablation ladder: published -> corrected protocol"),
-                             report.Para(note), table])
+      return document.MISSING
+    return f"{document.fmt_ratio(v[0])} {document.fmt_ci(v[1])}" if v[1] else document.fmt_ratio(v[0])
+  table = document.Table(("step", "switched") + tuple(f"{f}: cross / within" for f in figures),
+                         tuple((r["step"], r["switched"]) + tuple(cell(r.get(f)) for f in figures) for r in rows))
+  return document.to_markdown([document.Heading(1, "Ablation ladder: published -> corrected protocol"),
+                               document.Para(note), table])
 
 
 def main(argv):

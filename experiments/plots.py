@@ -19,9 +19,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
-from experiments.tables import Grid, best_cell, layer_grids
+from experiments.document import fmt, fmt_depth
+from experiments.grids import Grid, best_cell, layer_grids
 from xsim import layer_select
-from xsim.activations.store import atomic_write
+from xsim.io import atomic_write
 from xsim.similarity.preprocess import METHODS
 
 DPI = 100
@@ -71,7 +72,7 @@ def _ticks(layers: np.ndarray, depths: np.ndarray) -> tuple[np.ndarray, list[str
   where = np.arange(0, len(layers), step)
   if 2 * (len(layers) - 1 - where[-1]) >= step:
     where = np.append(where, len(layers) - 1)
-  return where, [f"{layers[i]} ({depths[i]:.2f})" for i in where]
+  return where, [f"{layers[i]} ({fmt_depth(depths[i])})" for i in where]
 
 
 def _scored(grid: Grid, matrix: np.ndarray, min_layer: int) -> np.ndarray:
@@ -100,7 +101,7 @@ def _max_text(grid: Grid, matrix: np.ndarray, min_layer: int = 0) -> str:
     return "no finite value"
   i, j = best_cell(matrix)
   over = f" over layers >= {min_layer}" if min_layer > 0 else ""
-  return f"max{over} {matrix[i, j]:.3f} at layers ({grid.layers_a[i]}, {grid.layers_b[j]}) (red box)"
+  return f"max{over} {fmt(matrix[i, j])} at layers ({grid.layers_a[i]}, {grid.layers_b[j]}) (red box)"
 
 
 def _range(matrices: Iterable[np.ndarray]) -> tuple[float, float]:
@@ -171,7 +172,7 @@ def transfer_plots(rows: Sequence[dict], out_dir: str, min_layer: int = 0) -> li
               loc="upper left", fontsize=7, framealpha=0.9)
     scored = _scored(grid, r2, min_layer)
     i, j = best_cell(scored) if np.isfinite(scored).any() else (0, 0)
-    floors = f"shuffled-pair R$^2$ max {np.nanmax(shuffled):.3f}; mean predictor {grid.values['r2_mean'][i, j]:.3f}"
+    floors = f"shuffled-pair R$^2$ max {fmt(np.nanmax(shuffled))}; mean predictor {fmt(grid.values['r2_mean'][i, j])}"
     ax.set_title(f"{source} -> {target} ({relation}), {method}\n{_max_text(grid, r2, min_layer)}\n{floors}", fontsize=9)
     writer.save(fig, "transfer", source, target, method)
   return writer.paths

@@ -8,144 +8,26 @@ Inputs read from the workdir; each is optional and a section whose input is abse
                  and subsampling CI of each max ("pairs"), "activation_stats", "min_layer", "seeds", "ci_level".
 The report computes nothing; "-" marks a statistic a measure does not have.
 
-Both files are rendered from one list of blocks (headings, paragraphs, tables, images, code), so the HTML page
-(self-contained, images referenced relatively from figures/) says exactly what the markdown says.
+Both files are rendered from one list of blocks (experiments/document.py), so the HTML page (self-contained,
+images referenced relatively from figures/) says exactly what the markdown says.
 """
 from __future__ import annotations
 
-import dataclasses
-import html
 import json
 import os
-import re
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from experiments import plots, results
-from xsim.activations.store import atomic_write
+from experiments.document import (DECIMALS, MISSING, NO_RATIO, Bullets, Code, Heading, Image, Para, Table, fmt,
+                                  fmt_ci, fmt_ci_label, fmt_layers, fmt_ratio, to_html, to_markdown)
+from xsim.io import atomic_write
 
-DECIMALS = 3
 # A layer whose largest-variance dimension holds more than this share of the total variance is flagged: with
 # d >= 1,000 dimensions an even spread gives each about 0.1 %, so 10 % is a massive-activation outlier.
 OUTLIER_SHARE = 0.10
 FIGURES = "figures"
-_MISSING = "-"
-NO_RATIO = "no ratio"
-
-
-@dataclasses.dataclass(frozen=True)
-class Heading:
-  level: int
-  text: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Para:
-  text: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Bullets:
-  items: tuple
-
-
-@dataclasses.dataclass(frozen=True)
-class Table:
-  header: tuple
-  rows: tuple
-
-
-@dataclasses.dataclass(frozen=True)
-class Image:
-  path: str
-  caption: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Code:
-  text: str
-
-
-def to_markdown(blocks: Sequence) -> str:
-  """Renders blocks as GitHub-flavoured markdown."""
-  cell = lambda v: str(v).replace("|", "\\|").replace("\n", " ")
-  out = []
-  for b in blocks:
-    if isinstance(b, Heading):
-      out.append("#" * b.level + " " + b.text)
-    elif isinstance(b, Para):
-      out.append(b.text)
-    elif isinstance(b, Bullets):
-      out.append("\n".join(f"- {item}" for item in b.items))
-    elif isinstance(b, Table):
-      lines = ["| " + " | ".join(cell(h) for h in b.header) + " |", "|" + "---|" * len(b.header)]
-      lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in b.rows]
-      out.append("\n".join(lines))
-    elif isinstance(b, Image):
-      out.append(f"![{b.caption}]({b.path})")
-    elif isinstance(b, Code):
-      out.append("```\n" + b.text + "\n```")
-    else:
-      raise ValueError(f"unknown report block {b!r}.")
-  return "\n\n".join(out) + "\n"
-
-
-_CSS = """body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:.8em 0;font-size:13px}
-th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f2f2f2}
-td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #ddd}
-figure{margin:1em 0}figcaption{font-size:12px;color:#555}code{background:#f2f2f2;padding:0 2px}
-pre{background:#f6f6f6;padding:.8em;overflow-x:auto;font-size:12px}"""
-
-
-def _inline_html(text: str) -> str:
-  return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(str(text)))
-
-
-def to_html(blocks: Sequence, title: str) -> str:
-  """Renders blocks as one self-contained HTML page (inline CSS; images by relative path)."""
-  body = []
-  for b in blocks:
-    if isinstance(b, Heading):
-      body.append(f"<h{b.level}>{_inline_html(b.text)}</h{b.level}>")
-    elif isinstance(b, Para):
-      body.append(f"<p>{_inline_html(b.text)}</p>")
-    elif isinstance(b, Bullets):
-      body.append("<ul>" + "".join(f"<li>{_inline_html(i)}</li>" for i in b.items) + "</ul>")
-    elif isinstance(b, Table):
-      head = "".join(f"<th>{_inline_html(h)}</th>" for h in b.header)
-      rows = "".join("<tr>" + "".join(f"<td>{_inline_html(v)}</td>" for v in r) + "</tr>" for r in b.rows)
-      body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-    elif isinstance(b, Image):
-      src = html.escape(b.path, quote=True)
-      body.append(f'<figure><img src="{src}" alt="{html.escape(b.caption, quote=True)}">'
-                  f"<figcaption>{_inline_html(b.caption)}</figcaption></figure>")
-    elif isinstance(b, Code):
-      body.append(f"<pre>{html.escape(b.text)}</pre>")
-    else:
-      raise ValueError(f"unknown report block {b!r}.")
-  return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-          f"<style>{_CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
-
-
-def fmt(x) -> str:
-  """A number with DECIMALS decimals ("nan" for NaN, "-" for None)."""
-  return _MISSING if x is None else f"{float(x):.{DECIMALS}f}"
-
-
-def fmt_ratio(x) -> str:
-  """A ratio of within- and cross-family figures: "no ratio" where it is NaN (a cross-family figure <= 0, see
-  answer._ratio and tables.similarity_numbers)."""
-  return NO_RATIO if x is not None and np.isnan(x) else fmt(x)
-
-
-def _fmt_ci(ci) -> str:
-  return _MISSING if ci is None else f"[{fmt(ci[0])}, {fmt(ci[1])}]"
-
-
-def _layers(layers, depths) -> str:
-  return f"{layers[0]}, {layers[1]} ({depths[0]:.2f}, {depths[1]:.2f})"
 
 
 def _summary_entry(summary: dict, a: str, b: str, measure: str, prep: str) -> dict:
@@ -159,19 +41,17 @@ def _scope(min_layer: int) -> str:
 
 
 def _similarity_blocks(headline: dict, summary: dict, figures: list[Image]) -> list:
-  level = summary.get("ci_level")
-  ci = f"{level:.0%} CI" if level is not None else "CI"
-  level_text = f"{level:.0%} " if level is not None else ""
+  ci = fmt_ci_label(summary.get("ci_level"))
   scope = _scope(summary.get("min_layer", 0))
   first_seed = " (of the first seed)" if len(summary.get("seeds", [])) > 1 else ""
   blocks = [Heading(2, "Similarity over layer pairs"), Para(
       f"For each measure and preprocessing: the max and the mean over {scope} of each model pair (cells "
       "averaged over seeds first; 'seed range' gives the lowest and highest per-seed max), within-family, "
-      f"cross-family and the random-init baselines side by side. The {level_text}CIs{first_seed} (subsampling "
+      f"cross-family and the random-init baselines side by side. The {ci}s{first_seed} (subsampling "
       "half of the samples without replacement, so debiased CKA is not inflated by duplicated rows; the interval "
       "also removes the estimate's small-sample bias, so for biased CKA, whose bias is large when the dimension "
       "exceeds the number of samples, it can lie below the estimate) and the "
-      f"permutation null are computed for the CKA measures, '{_MISSING}' elsewhere. null max q95: the 95th "
+      f"permutation null are computed for the CKA measures, '{MISSING}' elsewhere. null max q95: the 95th "
       "percentile of the max over those layer pairs with the rows of one model permuted; a max below it is what "
       "chance and the choice of the best pair alone give (STUDY.md, point 6). p (max): the permutation p-value of "
       "the observed max against that null. The heatmaps show every layer pair.")]
@@ -187,10 +67,10 @@ def _similarity_blocks(headline: dict, summary: dict, figures: list[Image]) -> l
     for p in pairs:
       a, b = p["model_a"], p["model_b"]
       e = _summary_entry(summary, a, b, measure, prep)
-      n = summary.get("pairs", {}).get(f"{a}|{b}", {}).get("num_samples", _MISSING)
-      rows.append((f"{a} vs {b}", p["relation"], fmt(p["max"]), _fmt_ci(e.get("max_ci")),
-                   _fmt_ci(p["max_seed_range"]),
-                   _layers(p["argmax"], p["argmax_depth"]) if p["argmax"] else _MISSING, fmt(p["mean"]),
+      n = summary.get("pairs", {}).get(f"{a}|{b}", {}).get("num_samples", MISSING)
+      rows.append((f"{a} vs {b}", p["relation"], fmt(p["max"]), fmt_ci(e.get("max_ci")),
+                   fmt_ci(p["max_seed_range"]),
+                   fmt_layers(p["argmax"], p["argmax_depth"]) if p["argmax"] else MISSING, fmt(p["mean"]),
                    fmt(e.get("null_max_q95")), fmt(e.get("p_value")), "x".join(map(str, p["layers"])),
                    p["num_seeds"], n))
     groups = [(g["relation"], g["num_pairs"], fmt(g["mean_max"]), fmt(g["mean_mean"]))
@@ -214,26 +94,26 @@ def _similarity_blocks(headline: dict, summary: dict, figures: list[Image]) -> l
 
 def _answer_blocks(answer: dict, level) -> list:
   """The opening section: within vs cross-family figures, their ratio with its CI, the published numbers."""
-  ci = f"{level:.0%} CI" if level is not None else "CI"
-  rows = tuple((f["figure"], fmt(f["within"]), fmt(f["cross"]), fmt_ratio(f["ratio"]), _fmt_ci(f["ratio_ci"]),
+  ci = fmt_ci_label(level)
+  rows = tuple((f["figure"], fmt(f["within"]), fmt(f["cross"]), fmt_ratio(f["ratio"]), fmt_ci(f["ratio_ci"]),
                 fmt(f["published_within"]), fmt(f["published_cross"]), fmt_ratio(f["published_ratio"]),
                 f["detail"] or "")
                for f in answer["figures"])
   return [Heading(2, "The answer: within- vs cross-family"), Para(
       "Each figure is the mean over this run's within-family and cross-family pairs at the best layer pair (over "
       "the scored layers, seeds averaged); the ratio is cross / within. Its CI resamples the texts (half of them, "
-      "without replacement, the same texts for every pair), recomputing the ratio; '-' where the run has no "
+      f"without replacement, the same texts for every pair), recomputing the ratio; '{MISSING}' where the run has no "
       f"resamples for that figure; '{NO_RATIO}' where the cross-family figure is negative (a negative R² is no "
-      "share of the within-family value). The published columns are the study's numbers (STUDY.md), '-' where it "
-      "gave none."),
+      f"share of the within-family value). The published columns are the study's numbers (STUDY.md), '{MISSING}' "
+      "where it gave none."),
       Table(("figure", "within", "cross", "cross / within", f"ratio {ci}", "published within", "published cross",
              "published ratio", "detail"), rows),
       Para(answer["reading"])]
 
 
 def _transfer_blocks(records: list, figures: list[Image], min_layer: int) -> list:
-  rows = tuple((f"{n['source']} → {n['target']}", n["relation"], n["method"], _layers(n["best"], n["best_depth"]),
-                fmt(n["r2"]), _fmt_ci(n["r2_seed_range"]), fmt(n["r2_shuffled"]), fmt(n["r2_shuffled_max"]),
+  rows = tuple((f"{n['source']} → {n['target']}", n["relation"], n["method"], fmt_layers(n["best"], n["best_depth"]),
+                fmt(n["r2"]), fmt_ci(n["r2_seed_range"]), fmt(n["r2_shuffled"]), fmt(n["r2_shuffled_max"]),
                 fmt(n["r2_mean"]), fmt(n["r2_grid_mean"]), n["num_seeds"]) for n in records)
   return [Heading(2, "Transfer maps"), Para(
       f"Held-out R² of each map at its best layer pair (over {_scope(min_layer)}; cells averaged over seeds, 'seed "
@@ -246,7 +126,7 @@ def _transfer_blocks(records: list, figures: list[Image], min_layer: int) -> lis
 
 def _probe_blocks(best: list[dict], figures: list[Image], min_layer: int) -> list:
   rows = tuple((r["task"], f"{r['source']} → {r['target']}", r["relation"], f"{r['layer_a']}, {r['layer_b']}",
-                fmt(r["acc_mapped"]), _fmt_ci((r["acc_mapped_lo"], r["acc_mapped_hi"])), fmt(r["acc_shuffled"]),
+                fmt(r["acc_mapped"]), fmt_ci((r["acc_mapped_lo"], r["acc_mapped_hi"])), fmt(r["acc_shuffled"]),
                 fmt(r["acc_target"]), fmt(r["acc_source"]), fmt(r["acc_majority"]), r["num_layer_pairs"], r["seed"])
                for r in best)
   return [Heading(2, "Probe transfer"), Para(

@@ -26,7 +26,7 @@ import json
 import os
 from typing import Iterable, Sequence
 
-from xsim.activations.store import atomic_write
+from xsim.io import atomic_write
 
 SIMILARITY_COLUMNS = ("model_a", "model_b", "relation", "measure", "preprocess", "layer_a", "layer_b", "depth_a",
                       "depth_b", "value", "seed")
@@ -37,6 +37,8 @@ PROBE_COLUMNS = ("task", "source", "target", "relation", "layer_a", "layer_b", "
 NEXT_TOKEN_COLUMNS = ("source", "target", "relation", "layer_a", "layer_b", "num_samples", "clean_accuracy") + tuple(
     f"{metric}_{name}" for name in ("mapped", "shuffled", "mean_ablation") for metric in ("kl", "top1", "accuracy")
 ) + ("seed",)
+TABLES = {"similarity.csv": SIMILARITY_COLUMNS, "transfer.csv": TRANSFER_COLUMNS, "probes.csv": PROBE_COLUMNS,
+          "next_token.csv": NEXT_TOKEN_COLUMNS}
 _INTS = {"layer_a", "layer_b", "seed", "num_samples"}
 _STRS = {"model_a", "model_b", "relation", "measure", "preprocess", "source", "target", "method", "task"}
 

@@ -29,8 +29,8 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments import (cache, extraction, next_token, results, similarity_step, study, tables, transfer_step, units,
-                         workdir as workdir_lib)
+from experiments import context, extraction, results, study, tables, units, workdir as workdir_lib
+from experiments.stages import STAGES
 from experiments.validate import override_error, validate_config, validate_depths
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an experiments/configs/*.py file.",
@@ -43,98 +43,17 @@ _XLA_CACHE = flags.DEFINE_bool("xla_cache", True, "Keep compiled programs in WOR
                                "them (JAX_COMPILATION_CACHE_DIR, when set, is used instead).")
 # Loaded models are kept for later steps while their parameters fit this share of the machine's memory.
 RESIDENT_MEMORY_SHARE = 0.3
+STAGE_BY_NAME = {stage.NAME: stage for stage in STAGES}
 
 
 def _memory_budget() -> int:
   return int(RESIDENT_MEMORY_SHARE * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
-class Study:
-  """Everything the stages need from a config, read once into plain records and settings."""
-
-  def __init__(self, cfg):
-    self.models = [study.ModelSpec.from_config(m) for m in cfg.models]
-    self.chosen_pairs = cfg.get("pairs")
-    self.random_init = bool(cfg.baselines.random_init)
-    self.seeds = [int(s) for s in cfg.seeds]
-    self.data = dict(cfg.data)
-    self.extraction = extraction.ExtractionSettings.from_config(cfg.extraction)
-    self.similarity = similarity_step.Settings.from_config(cfg.similarity)
-    self.transfer = transfer_step.Settings.from_config(cfg.transfer)
-    self.next_token = next_token.Settings.from_config(cfg.transfer.get("next_token"))
-    self.tasks = list(cfg.probes.tasks)
-    self.num_examples = int(cfg.probes.num_examples)
-    self.mesh_shape = (int(cfg.mesh.data), int(cfg.mesh.model))
-    self.layers_per_unit = int(cfg.mesh.get("layers_per_unit", 16))
-
-
-def plan_units(s: Study, pairs, stores, workdir: str) -> tuple[list, list]:
-  """(phase 1, phase 2) units of a run, in a fixed order (the same on every process)."""
-  first, second = [], []
-  for pair in pairs:
-    seeds = s.seeds
-    for seed in seeds:
-      store_a, store_b = stores.get(pair.a, seed), stores.get(pair.b, seed)
-      identity = (store_a.manifest, store_b.manifest)
-      for measure in s.similarity.measures:
-        settings, seeded = s.similarity.depends_on(measure, pair.is_random)
-        if not seeded and seed != seeds[0]:
-          continue
-        for prep in s.similarity.preprocess:
-          for rows in units.chunks(len(store_a.layers), s.layers_per_unit):
-            first.append(units.Unit(
-                "similarity", pair, seed if seeded else None, measure=measure, preprocess=prep, rows=rows,
-                path=units.entry_path(workdir, "similarity", (pair.a, pair.b, measure, prep, f"{rows[0]}-{rows[1]}"),
-                                      *identity, measure, prep, settings, rows, seed if seeded else None)))
-      maps_identity = (*identity, s.transfer.fit_options(seed), transfer_step.SOLVERS_VERSION)
-      first.append(units.Unit("maps", pair, seed, path=units.entry_path(
-          workdir, "maps", (pair.a, pair.b, str(seed)), *maps_identity, s.similarity.min_layer,
-          s.similarity.ci_resamples)))
-      if pair.is_random:
-        continue
-      for task in s.tasks:
-        second.append(units.Unit("probes", pair, seed, task=task, path=units.entry_path(
-            workdir, "probes", (pair.a, pair.b, task, str(seed)), *maps_identity,
-            stores.tasks[(task, pair.a)].manifest, stores.tasks[(task, pair.b)].manifest, s.similarity.min_layer,
-            s.similarity.ci_resamples, transfer_step.PROBES_VERSION)))
-      if s.next_token.enabled:
-        second.append(units.Unit("next_token", pair, seed, path=units.entry_path(
-            workdir, "next_token", (pair.a, pair.b, str(seed)), *maps_identity,
-            s.next_token, s.extraction.identity(), results.PROBE_COLUMNS, s.similarity.min_layer,
-            s.similarity.ci_resamples, transfer_step.PROBES_VERSION)))
-  return first, second
-
-
-class Computer:
-  """Computes one unit from the stores; keeps the last pair's paired arrays for the next unit of that pair."""
-
-  def __init__(self, s: Study, stores, tasks, texts, workdir, mesh, models, samples):
-    self.s, self.stores, self.tasks, self.texts = s, stores, tasks, texts
-    self.workdir, self.mesh, self.models, self.samples = workdir, mesh, models, samples
-    self._data = (None, None)
-
-  def data(self, pair, seed):
-    key = (pair, self.stores.get(pair.b, seed).path)  # a real pair's arrays are the same for every seed
-    if self._data[0] != key:
-      self._data = (key, extraction.pair_data(self.stores, pair, seed))
-    return self._data[1]
-
-  def __call__(self, unit):
-    s, seed = self.s, unit.seed if unit.seed is not None else self.s.seeds[0]
-    data = self.data(unit.pair, seed)
-    if unit.kind == "similarity":
-      return similarity_step.compute(data, unit.measure, unit.preprocess, seed, unit.rows, s.similarity, self.mesh)
-    if unit.kind == "maps":
-      return transfer_step.compute_maps(data, s.transfer, seed, self.workdir, s.similarity.min_layer,
-                                        s.similarity.ci_resamples, self.mesh)
-    if unit.kind == "probes":
-      return transfer_step.compute_task_probes(data, s.transfer, seed, self.workdir, self.tasks[unit.task],
-                                               self.stores.tasks[(unit.task, unit.pair.a)],
-                                               self.stores.tasks[(unit.task, unit.pair.b)], s.similarity.min_layer,
-                                               s.similarity.ci_resamples, self.mesh)
-    return next_token.compute(data, self.samples[unit.pair.b], s.transfer, s.next_token, s.extraction, seed,
-                              self.workdir, self.models, s.similarity.min_layer, s.similarity.ci_resamples,
-                              self.mesh)
+def compute(ctx: context.Context, unit: units.Unit):
+  """One unit's result, computed by its stage."""
+  stage = STAGE_BY_NAME[unit.stage]
+  return stage.compute(ctx.settings(stage.NAME), ctx, unit)
 
 
 def read_info(spec: study.ModelSpec) -> extraction.ModelInfo:
@@ -158,26 +77,6 @@ def environment() -> dict:
           "devices": [str(d) for d in jax.devices()], "processes": jax.process_count()}
 
 
-def compare(first, second, compute, workdir: str, process: int, num_processes: int) -> dict:
-  """Runs this process's share of both phases (waiting for every process after each) and records its work.
-
-  -> on process 0, {"planned": units, "computed": {process: {"assigned", "computed"}}} once every process has
-  recorded its work; {} elsewhere.
-  """
-  computed = 0
-  for phase in (first, second):
-    computed += units.run(phase, compute, workdir, process, num_processes)
-    units.wait(phase, workdir, num_processes)
-  record = lambda p: os.path.join(workdir, "cache", "work", f"process-{p}.json")
-  assigned = len(units.assigned(first, process, num_processes)) + len(units.assigned(second, process, num_processes))
-  cache.write(record(process), {"computed": computed, "assigned": assigned}, producer=f"process {process}")
-  if process != 0:
-    return {}
-  units.wait_for_files([record(p) for p in range(num_processes)], workdir, num_processes)
-  return {"planned": len(first) + len(second),
-          "computed": {str(p): cache.read(record(p)) for p in range(num_processes)}}
-
-
 def run(cfg, workdir: str, lock_wait_s: float = 0.0, xla_cache: bool = True) -> dict:
   """Runs the whole study; returns the summary written to workdir/summary.json (process 0; {} elsewhere).
   xla_cache: keep compiled programs in workdir/cache/xla (see workdir.compilation_cache)."""
@@ -186,42 +85,33 @@ def run(cfg, workdir: str, lock_wait_s: float = 0.0, xla_cache: bool = True) -> 
   from xsim import distributed
   distributed.initialize_from_env()
   validate_config(cfg)
-  s = Study(cfg)
+  s = study.Study.from_config(cfg)
   process, num_processes = jax.process_index(), jax.process_count()
   with workdir_lib.lock(workdir, distributed.run_id(), process, wait_s=lock_wait_s), \
        workdir_lib.compilation_cache(workdir, xla_cache):
     if os.path.exists(units.failure_path(workdir, process)):
       os.remove(units.failure_path(workdir, process))
-    mesh = xa.make_mesh(*s.mesh_shape)
-    texts = study.load_texts(s.data["source"], s.data["num_texts"], s.data["max_words"], s.data["min_chars"],
-                             s.data["seed"])
-    logging.info("%d texts from %s.", len(texts), s.data["source"])
-    tasks = {name: xdata.load_task(name, num_examples=s.num_examples, seed=s.data["seed"]) for name in s.tasks}
+    mesh = xa.make_mesh(s.mesh.data, s.mesh.model)
+    texts = study.load_texts(s.data)
+    logging.info("%d texts from %s.", len(texts), s.data.source)
+    probes = s.stages["probes"]
+    tasks = {name: xdata.load_task(name, num_examples=probes.num_examples, seed=s.data.seed) for name in probes.tasks}
     models = extraction.ModelCache(s.models, _memory_budget())
     infos = {spec.name: read_info(spec) for spec in s.models}
     validate_depths(cfg, {name: info.num_layers for name, info in infos.items()})
-    pairs = study.model_pairs([m.name for m in s.models], {n: i.family for n, i in infos.items()}, s.chosen_pairs,
-                              s.random_init)
+    pairs = study.model_pairs([m.name for m in s.models], {n: i.family for n, i in infos.items()}, s.pairs,
+                              s.baselines.random_init)
     stores = extraction.extract_all(s.models, pairs, s.seeds, texts, tasks, s.extraction, workdir, mesh, models,
                                     lambda spec: infos[spec.name])
-    samples = {}
-    if s.next_token.enabled:
-      for b in sorted({p.b for p in pairs if not p.is_random}):
-        spec = next(m for m in s.models if m.name == b)
-        path = next_token.samples_path(workdir, b, texts, s.next_token, (spec.path, spec.dtype))
-        samples[b] = cache.cached(path, lambda: next_token.compute_samples(models.get(b), texts, s.next_token),
-                                  producer=f"next-token samples of {b}")
-    first, second = plan_units(s, pairs, stores, workdir)
-    work = compare(first, second, Computer(s, stores, tasks, texts, workdir, mesh, models, samples), workdir,
-                   process, num_processes)
+    ctx = context.Context(s, stores, texts, tasks, workdir, mesh, models)
+    phases = units.plan(STAGES, ctx, pairs)
+    work = units.run_phases(phases, lambda unit: compute(ctx, unit), workdir, process, num_processes)
     if process != 0:
       return {}
-    summary = tables.assemble(s, pairs, stores, first, second, workdir, len(texts), work)
-    if not s.transfer.keep_maps:
-      freed = sum(transfer_step.drop_checkpoints(
-          workdir, u.pair, (stores.get(u.pair.a, u.seed).manifest, stores.get(u.pair.b, u.seed).manifest), s.transfer,
-          u.seed) for u in first if u.kind == "maps")
-      logging.info("Removed the map checkpoints (transfer.keep_maps=False): %.2f GB freed.", freed / 1e9)
+    summary = tables.assemble(ctx, STAGES, pairs, work)
+    for stage in STAGES:
+      if hasattr(stage, "finish"):
+        stage.finish(ctx.settings(stage.NAME), ctx, pairs)
     results.write_json(os.path.join(workdir, "config.json"), cfg.to_dict())
     from experiments import report
     report.write_report(workdir, cfg.to_dict(), environment())

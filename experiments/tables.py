@@ -1,7 +1,7 @@
 """The tables step: a run's results turned into tidy rows and headline numbers, once.
 
-assemble: unit entries (experiments/units.py) -> the tidy tables of experiments/results.py, each pair's statistics
-per measure and seed (max, mean, argmax, permutation null and subsampling CI of the max over the scored layer
+assemble: every stage's rows from its unit entries (each stage's tabulate, experiments/stages) -> the tidy tables of
+experiments/results.py, each pair's statistics per measure and seed (max, mean, argmax, permutation null and subsampling CI of the max over the scored layer
 pairs), the headline numbers (seed-averaged grids' maxima and means, within / cross-family groups and ratios, best
 maps, best probes) and the answer (experiments/answer.py). Everything is written to the workdir; the report, the
 plots and `experiments.compare` only read and draw it.
@@ -18,29 +18,14 @@ from __future__ import annotations
 
 import collections
 import os
-from typing import NamedTuple, Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from experiments import answer, cache, results
+from experiments.grids import best_cell, layer_grids
 from experiments.study import RELATIONS
 from xsim import layer_select
-
-CI_LEVEL = 0.95
-
-
-class Grid(NamedTuple):
-  """One group of tidy rows as matrices over layer pairs (A's layers on rows).
-
-  layers_a [La], layers_b [Lb]: layer indices, ascending; depths_a [La], depths_b [Lb]: relative depths;
-  values: column name -> [La, Lb] float64, the mean over seeds; seeds: the seeds present.
-  """
-  layers_a: np.ndarray
-  layers_b: np.ndarray
-  depths_a: np.ndarray
-  depths_b: np.ndarray
-  values: dict
-  seeds: tuple
 
 
 def relation_rank(relation: str) -> int:
@@ -53,66 +38,6 @@ def relation_rank(relation: str) -> int:
 def scored_rows(rows: Sequence[dict], min_layer: int) -> list[dict]:
   """The table rows whose layer pair counts for maxima, means and best pairs (xsim.layer_select.is_scored)."""
   return [r for r in rows if layer_select.is_scored(r["layer_a"], r["layer_b"], min_layer)]
-
-
-def _layer_depths(cells, layer: str, depth: str, where: str) -> tuple[np.ndarray, np.ndarray]:
-  depths = {}
-  for row in cells:
-    known = depths.setdefault(row[layer], row[depth])
-    if not np.isclose(known, row[depth], rtol=0, atol=1e-9):
-      raise ValueError(f"{where}: {layer}={row[layer]} has two depths ({known} and {row[depth]}); a layer's "
-                       "relative depth must be the same in every row.")
-  layers = np.array(sorted(depths), dtype=np.int64)
-  return layers, np.array([depths[l] for l in layers], dtype=np.float64)
-
-
-def layer_grids(rows: Sequence[dict], keys: Sequence[str], values: Sequence[str]) -> dict[tuple, Grid]:
-  """Groups tidy rows by the `keys` columns into `Grid`s of the `values` columns, in sorted key order.
-
-  Every seed of a group must fill the whole grid of the group's layers (a mean or max over a partial grid
-  would silently change meaning); a cell may appear once per seed. Values are averaged over seeds per cell.
-  """
-  need = set(keys) | set(values) | {"layer_a", "layer_b", "depth_a", "depth_b", "seed"}
-  groups = collections.defaultdict(dict)
-  for i, row in enumerate(rows):
-    missing = need - set(row)
-    if missing:
-      raise ValueError(f"table row {i} lacks columns {sorted(missing)}; write tables with the columns in "
-                       "experiments/results.py.")
-    key = tuple(row[k] for k in keys)
-    cell = (row["layer_a"], row["layer_b"], row["seed"])
-    if cell in groups[key]:
-      raise ValueError(f"{dict(zip(keys, key))}: layers ({cell[0]}, {cell[1]}) appear twice for seed {cell[2]}; "
-                       "each layer pair needs exactly one row per seed.")
-    groups[key][cell] = row
-  out = {}
-  for key in sorted(groups):
-    cells = groups[key]
-    where = ", ".join(f"{k}={v}" for k, v in zip(keys, key))
-    layers_a, depths_a = _layer_depths(cells.values(), "layer_a", "depth_a", where)
-    layers_b, depths_b = _layer_depths(cells.values(), "layer_b", "depth_b", where)
-    seeds = tuple(sorted({c[2] for c in cells}))
-    stacked = {v: np.full((len(seeds), len(layers_a), len(layers_b)), np.nan) for v in values}
-    index_a = {l: i for i, l in enumerate(layers_a.tolist())}
-    index_b = {l: i for i, l in enumerate(layers_b.tolist())}
-    index_s = {s: i for i, s in enumerate(seeds)}
-    for (la, lb, seed), row in cells.items():
-      for v in values:
-        stacked[v][index_s[seed], index_a[la], index_b[lb]] = row[v]
-    expected = len(seeds) * len(layers_a) * len(layers_b)
-    if len(cells) != expected:
-      raise ValueError(f"{where}: {expected - len(cells)} of {expected} (seed, layer pair) cells are missing; "
-                       "every seed must cover all layer pairs of the group (finish or rerun the run).")
-    out[key] = Grid(layers_a, layers_b, depths_a, depths_b, {v: s.mean(0) for v, s in stacked.items()}, seeds)
-  return out
-
-
-def best_cell(matrix: np.ndarray) -> tuple[int, int]:
-  """matrix [La, Lb] -> (row, col) of the largest finite value (first in row-major order on ties)."""
-  if not np.isfinite(matrix).any():
-    raise ValueError("the matrix has no finite value to take a maximum of.")
-  return tuple(int(i) for i in np.unravel_index(np.argmax(np.where(np.isfinite(matrix), matrix, -np.inf)),
-                                                 matrix.shape))
 
 
 _ACCURACIES = ("acc_mapped", "acc_mapped_lo", "acc_mapped_hi", "acc_shuffled", "acc_target", "acc_source",
@@ -259,134 +184,56 @@ def headline(similarity, transfer, probes, min_layer: int) -> dict:
   return out
 
 
-def grid_statistics(matrix: np.ndarray, layers_a, layers_b, min_layer: int, null_max: Optional[Sequence],
-                    subsample_max: Optional[Sequence], n: int) -> dict:
-  """A [La, Lb] grid's max, mean and argmax over its scored layer pairs and, where the resamples exist, the 95th
-  percentile of the permutation null of that max, its permutation p-value and its subsampling CI."""
-  from xsim import similarity as sim
-  ia = layer_select.scored_positions(layers_a, min_layer)
-  ib = layer_select.scored_positions(layers_b, min_layer)
-  scored = matrix[np.ix_(ia, ib)]
-  i, j = np.unravel_index(np.argmax(scored), scored.shape)
-  out = {"max": float(scored.max()), "mean": float(scored.mean()),
-         "argmax": [int(layers_a[ia[i]]), int(layers_b[ib[j]])]}
-  if null_max is not None:
-    null_max = np.asarray(null_max, np.float64)
-    out.update(null_max_q95=float(np.quantile(null_max, 0.95)),
-               p_value=float(sim.p_value(np.float64(scored.max()), null_max)),
-               max_ci=[float(v) for v in sim.subsample_interval(float(scored.max()), subsample_max, n,
-                                                                level=CI_LEVEL)])
-  return out
+class Tables:
+  """What the stages' tabulate functions add up: each table's rows, each pair's summary and, for the answer's CIs,
+  every real pair's figures with their subsamples (first seed)."""
+
+  def __init__(self, first_seed: int):
+    self.first_seed = first_seed
+    self.rows = collections.defaultdict(list)
+    self.pairs = {}
+    self.resamples = {}
+
+  def add(self, table: str, rows: Sequence[dict]) -> None:
+    self.rows[table] += rows
+
+  def pair_summary(self, pair, seed: int, num_samples: int) -> dict:
+    """The pair's summary entry for `seed` (its measures; the first seed's are also the pair's "measures")."""
+    entry = self.pairs.setdefault(pair.name, {"relation": pair.relation, "measures_by_seed": {}})
+    entry["num_samples"] = num_samples
+    measures = entry["measures_by_seed"].setdefault(str(seed), {})
+    if seed == self.first_seed:
+      entry["measures"] = measures
+    return measures
+
+  def resample(self, figure, pair, seed: int, estimate: float, samples, n: int) -> None:
+    """A real pair's figure (its max over the scored layer pairs) and its values on the shared subsamples of n
+    rows, for the ratio CIs of the answer (first seed only)."""
+    if seed == self.first_seed and not pair.is_random:
+      self.resamples.setdefault(figure, {})[pair.name] = {"estimate": estimate, "samples": samples, "n": n}
 
 
-def assemble(s, pairs, stores, first, second, workdir: str, num_texts: int, work: dict) -> dict:
-  """Process 0: the tables and summary.json from the verified unit entries of a run (s: experiments.run.Study;
-  first, second: the planned units of both phases; work: each process's unit counts)."""
-  sim_rows, transfer_rows, probe_rows, next_rows, pairs_summary = [], [], [], [], {}
-  resamples, relations = {}, {}  # for the answer's CIs: real pairs, first seed
-  grouped = {}
-  for unit in first:
-    if unit.kind == "similarity":
-      grouped.setdefault((unit.pair, unit.measure, unit.preprocess, unit.seed), []).append(unit)
+def assemble(ctx, stages, pairs, work: dict) -> dict:
+  """Process 0: the tables and summary.json from the verified unit entries of a run (ctx: the run's
+  experiments/context.Context; stages: experiments/stages.STAGES; work: each process's unit counts)."""
+  out = Tables(ctx.study.seeds[0])
   for pair in pairs:
-    for seed in s.seeds:
-      data_info = _layers(stores, pair, seed)
-      entry = pairs_summary.setdefault(pair.name, {"relation": pair.relation, "num_samples": None,
-                                                   "measures_by_seed": {}})
-      measures = entry["measures_by_seed"].setdefault(str(seed), {})
-      for measure in s.similarity.measures:
-        for prep in s.similarity.preprocess:
-          seeded = s.similarity.depends_on(measure, pair.is_random)[1]
-          chunk_units = grouped[(pair, measure, prep, seed if seeded else None)]
-          parts = [cache.read(u.path) for u in chunk_units]
-          matrix = np.concatenate([np.asarray(p["matrix"], np.float64) for p in parts])
-          combine = lambda name: None if parts[0][name] is None else np.max([p[name] for p in parts], axis=0)
-          n = data_info["num_samples"]
-          entry["num_samples"] = n
-          measures[f"{measure}|{prep}"] = grid_statistics(
-              matrix, data_info["layers_a"], data_info["layers_b"], s.similarity.min_layer, combine("null_max"),
-              combine("subsample_max"), n)
-          if seed == s.seeds[0] and not pair.is_random and parts[0]["subsample_max"] is not None:
-            resamples.setdefault((measure, prep), {})[pair.name] = {
-                "estimate": measures[f"{measure}|{prep}"]["max"], "samples": combine("subsample_max"), "n": n}
-          for i, j in np.ndindex(matrix.shape):
-            sim_rows.append(dict(model_a=pair.a, model_b=pair.b, relation=pair.relation, measure=measure,
-                                 preprocess=prep, **_cell(data_info, i, j), value=float(matrix[i, j]), seed=seed))
-      maps = cache.read(_find(first, "maps", pair, seed).path)
-      r2, shuffled = np.asarray(maps["r2"]), np.asarray(maps["r2_shuffled"])
-      if seed == s.seeds[0] and not pair.is_random:
-        best = grid_statistics(r2, data_info["layers_a"], data_info["layers_b"], s.similarity.min_layer, None, None,
-                               maps["num_test"])["max"]
-        resamples.setdefault("r2", {})[pair.name] = {"estimate": best, "samples": maps["r2_subsample_max"],
-                                                     "n": maps["num_test"]}
-      for i, j in np.ndindex(r2.shape):
-        transfer_rows.append(dict(source=pair.a, target=pair.b, relation=pair.relation, method=s.transfer.method,
-                                  **_cell(data_info, i, j), r2=float(r2[i, j]), r2_shuffled=float(shuffled[i, j]),
-                                  r2_mean=float(maps["r2_mean"][j]), seed=seed))
-      if pair.is_random:
-        continue
-      relations[pair.name] = pair.relation
-      probe_scores = []  # (task, scores, layers_a, layers_b)
-      if s.next_token.enabled:
-        result = cache.read(_find(second, "next_token", pair, seed).path)
-        next_rows += [dict(source=pair.a, target=pair.b, relation=pair.relation, **row, seed=seed)
-                      for row in result["patching"]]
-        probe_scores += [(f"next_token_top{k}", scores, result["layers_a"], result["layers_b"])
-                         for k, scores in result.get("token_probes", {}).items()]
-      probe_scores += [(task, cache.read(_find(second, "probes", pair, seed, task).path), data_info["layers_a"],
-                        data_info["layers_b"]) for task in s.tasks]
-      for task, scores, layers_a, layers_b in probe_scores:
-        probe_rows += _probe_rows(task, pair, seed, scores, layers_a, layers_b, data_info)
-        if seed == s.seeds[0]:
-          best = grid_statistics(np.asarray(scores["mapped"]), layers_a, layers_b, s.similarity.min_layer, None,
-                                 None, scores["num_test"])["max"]
-          resamples.setdefault(("probe", task), {})[pair.name] = {
-              "estimate": best, "samples": scores["mapped_subsample_max"], "n": scores["num_test"]}
-    pairs_summary[pair.name]["measures"] = pairs_summary[pair.name]["measures_by_seed"][str(s.seeds[0])]
-  outputs = (("similarity.csv", results.SIMILARITY_COLUMNS, sim_rows),
-             ("transfer.csv", results.TRANSFER_COLUMNS, transfer_rows),
-             ("probes.csv", results.PROBE_COLUMNS, probe_rows),
-             ("next_token.csv", results.NEXT_TOKEN_COLUMNS, next_rows))
-  for name, columns, rows in outputs:
-    if rows:
-      results.write_table(os.path.join(workdir, name), columns, rows)
-  numbers = headline(sim_rows, transfer_rows, probe_rows, s.similarity.min_layer)
-  summary = {"pairs": pairs_summary, "ci_level": CI_LEVEL, "seeds": list(s.seeds),
-             "min_layer": s.similarity.min_layer, "num_texts": num_texts, "headline": numbers,
-             "answer": answer.answer(numbers, resamples, relations, CI_LEVEL),
-             "activation_stats": {name: store.stats["layers"] for name, store in stores.texts.items()},
+    for seed in ctx.study.seeds:
+      for stage in stages:
+        settings = ctx.settings(stage.NAME)
+        entries = [(u, cache.read(u.path)) for u in stage.units(settings, ctx, pair, seed)]
+        if entries:
+          stage.tabulate(settings, ctx, pair, seed, entries, out)
+  for name, columns in results.TABLES.items():
+    if out.rows[name]:
+      results.write_table(os.path.join(ctx.workdir, name), columns, out.rows[name])
+  stats = ctx.stats
+  numbers = headline(out.rows["similarity.csv"], out.rows["transfer.csv"], out.rows["probes.csv"], stats.min_layer)
+  relations = {p.name: p.relation for p in pairs if not p.is_random}
+  summary = {"pairs": out.pairs, "ci_level": stats.ci_level, "seeds": list(ctx.study.seeds),
+             "min_layer": stats.min_layer, "num_texts": len(ctx.texts), "headline": numbers,
+             "answer": answer.answer(numbers, out.resamples, relations, stats.ci_level),
+             "activation_stats": {name: store.stats["layers"] for name, store in ctx.stores.texts.items()},
              "work": work}
-  results.write_json(os.path.join(workdir, "summary.json"), summary)
+  results.write_json(os.path.join(ctx.workdir, "summary.json"), summary)
   return summary
-
-
-def _layers(stores, pair, seed) -> dict:
-  """A pair's layer lists, depths and paired sample count."""
-  from xsim import activations as xa
-  store_a, store_b = stores.get(pair.a, seed), stores.get(pair.b, seed)
-  return {"layers_a": list(store_a.layers), "layers_b": list(store_b.layers),
-          "num_layers_a": stores.info[pair.a].num_layers, "num_layers_b": stores.info[pair.b].num_layers,
-          "num_samples": int(len(xa.paired_rows(store_a, store_b)[0]))}
-
-
-def _cell(info: dict, i: int, j: int) -> dict:
-  la, lb = info["layers_a"][i], info["layers_b"][j]
-  return dict(layer_a=la, layer_b=lb, depth_a=layer_select.relative_depth(la, info["num_layers_a"]),
-              depth_b=layer_select.relative_depth(lb, info["num_layers_b"]))
-
-
-def _find(planned, kind, pair, seed, task=""):
-  return next(u for u in planned if (u.kind, u.pair, u.seed, u.task) == (kind, pair, seed, task))
-
-
-def _probe_rows(task: str, pair, seed: int, scores: dict, layers_a, layers_b, info: dict) -> list[dict]:
-  """probes.csv rows of one task: every layer pair's mapped accuracy with its CI, floors and ceilings."""
-  cells = {"layers_a": list(layers_a), "layers_b": list(layers_b), "num_layers_a": info["num_layers_a"],
-           "num_layers_b": info["num_layers_b"]}
-  mapped = np.asarray(scores["mapped"])
-  return [dict(task=task, source=pair.a, target=pair.b, relation=pair.relation, **_cell(cells, i, j),
-               acc_mapped=float(mapped[i, j]), acc_mapped_lo=float(scores["mapped_lo"][i][j]),
-               acc_mapped_hi=float(scores["mapped_hi"][i][j]), acc_shuffled=float(scores["shuffled"][i][j]),
-               acc_target=float(scores["target"][j]), acc_source=float(scores["source"][i]),
-               acc_majority=float(scores["majority"]), seed=seed)
-          for i, j in np.ndindex(mapped.shape)]

@@ -1,10 +1,11 @@
-"""The comparison work of a study as units, split across processes, each unit one verified cache entry.
+"""The comparison work of a study as units, planned from the stages, split across processes, each unit one verified
+cache entry.
 
-Phase 1: "similarity" units (a pair, measure, preprocessing, seed and chunk of the source's layers) and "maps"
-units (a pair's maps and floors for one seed). Phase 2 reads the maps back: "probes" units (a pair, seed and
-task) and "next_token" units (a pair and seed). Under jax.distributed, process p computes the units at positions
-p, p + P, ... of the planned list (skipping those already cached), then every process waits for the phase's
-entries, so results do not depend on which process computed what. Process 0 alone assembles the tables.
+plan() asks every stage (experiments/stages) for the units each pair and seed needs, in a fixed order (the same on
+every process), phase by phase: phase 1 (similarity chunks, maps) before phase 2 (probes, next-token transfer), which
+read phase 1's maps back. Under jax.distributed, process p computes the units at positions p, p + P, ... of a
+phase (skipping those already cached), then every process waits for the phase's entries, so results do not depend
+on which process computed what. Process 0 alone assembles the tables.
 """
 from __future__ import annotations
 
@@ -15,35 +16,51 @@ from typing import Callable, Optional, Sequence
 
 from absl import logging
 
-from experiments import cache
+from experiments import cache, keys
 from experiments.study import Pair
-
-KINDS = ("similarity", "maps", "probes", "next_token")
 
 
 @dataclasses.dataclass(frozen=True)
 class Unit:
-  """One cache entry's worth of comparison work. seed None: the result is the same for every seed."""
-  kind: str
+  """One cache entry's worth of a stage's work for a pair. part: the stage's coordinates within the pair and seed
+  (e.g. measure, preprocessing, layer rows); seed None: the result is the same for every seed."""
+  stage: str
   pair: Pair
   seed: Optional[int]
+  part: tuple
   path: str
-  measure: str = ""
-  preprocess: str = ""
-  rows: tuple = ()  # (start, stop) positions of the source's layers (similarity units)
-  task: str = ""
 
   @property
   def label(self) -> str:
-    parts = [self.kind, self.pair.a, self.pair.b, self.measure, self.preprocess, self.task,
-             f"layers {self.rows[0]}-{self.rows[1] - 1}" if self.rows else "",
-             "" if self.seed is None else f"seed {self.seed}"]
-    return " ".join(p for p in parts if p)
+    seed = [] if self.seed is None else [f"seed {self.seed}"]
+    return " ".join([self.stage, self.pair.a, self.pair.b, *map(_readable, self.part), *seed])
 
 
-def entry_path(workdir: str, kind: str, name_parts: Sequence[str], *identity) -> str:
-  """cache/KIND/A__B__...-KEY.json: readable names, KEY from everything the entry depends on."""
-  return os.path.join(workdir, "cache", kind, "__".join(name_parts) + f"-{cache.key(*identity)}.json")
+def _readable(value) -> str:
+  return "-".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def make_unit(workdir: str, stage: str, pair: Pair, seed: Optional[int], part: tuple, inputs: tuple) -> Unit:
+  """The unit of `stage` for (pair, seed, part), its entry cache/STAGE/A__B__PART...-KEY.json keyed by `inputs`:
+  everything its result is computed from (the activations' identities, the settings it reads, its seed)."""
+  name = "__".join([pair.a, pair.b, *map(_readable, part), *([] if seed is None else [str(seed)])])
+  return Unit(stage, pair, seed, part, keys.path(workdir, os.path.join("cache", stage), name, *inputs,
+                                                  suffix=".json"))
+
+
+def plan(stages: Sequence, ctx, pairs: Sequence[Pair]) -> list[list[Unit]]:
+  """[phase 1 units, phase 2 units]: every stage's units for every pair and seed, each unit once."""
+  phases = [[], []]
+  seen = set()
+  for phase, units in zip((1, 2), phases):
+    for pair in pairs:
+      for seed in ctx.study.seeds:
+        for stage in (s for s in stages if s.PHASE == phase):
+          for unit in stage.units(ctx.settings(stage.NAME), ctx, pair, seed):
+            if unit.path not in seen:
+              seen.add(unit.path)
+              units.append(unit)
+  return phases
 
 
 def chunks(num_layers: int, per_unit: int) -> list[tuple[int, int]]:
@@ -102,3 +119,24 @@ def wait_for_files(paths: Sequence[str], workdir: str, num_processes: int, timeo
     if time.time() > deadline:
       raise TimeoutError(f"{len(pending)} results never appeared (first: {pending[0][1]}); did a process die?")
     time.sleep(poll_s)
+
+
+def run_phases(phases: Sequence[Sequence[Unit]], compute: Callable[[Unit], object], workdir: str, process: int,
+               num_processes: int) -> dict:
+  """Runs this process's share of every phase (waiting for every process after each) and records its work.
+
+  -> on process 0, {"planned": units, "computed": {process: {"assigned", "computed"}}} once every process has
+  recorded its work; {} elsewhere.
+  """
+  computed = 0
+  for phase in phases:
+    computed += run(phase, compute, workdir, process, num_processes)
+    wait(phase, workdir, num_processes)
+  record = lambda p: os.path.join(workdir, "cache", "work", f"process-{p}.json")
+  assigned_units = sum(len(assigned(phase, process, num_processes)) for phase in phases)
+  cache.write(record(process), {"computed": computed, "assigned": assigned_units}, producer=f"process {process}")
+  if process != 0:
+    return {}
+  wait_for_files([record(p) for p in range(num_processes)], workdir, num_processes)
+  return {"planned": sum(len(phase) for phase in phases),
+          "computed": {str(p): cache.read(record(p)) for p in range(num_processes)}}

@@ -8,19 +8,16 @@ from __future__ import annotations
 
 from typing import Mapping
 
-SECTIONS = {
-    "models": None, "seeds": None, "pairs": None,
-    "data": {"source", "num_texts", "max_words", "min_chars", "seed"},
-    "extraction": {"pooling", "layers", "batch_size", "max_tokens", "keep_bos", "site", "truncate_tokens"},
-    "similarity": {"measures", "preprocess", "knn_k", "permutations", "ci_resamples", "min_layer"},
-    "baselines": {"random_init"},
-    "transfer": {"method", "val_fraction", "test_fraction", "next_token", "standardize", "penalties", "keep_maps"},
-    "probes": {"tasks", "num_examples"},
-    "mesh": {"data", "model", "layers_per_unit"},
-}
-MODEL_KEYS = {"name", "path", "dtype", "family"}
-NEXT_TOKEN_KEYS = {"enabled", "max_words", "num_samples", "num_depths", "probe_classes", "probe_samples"}
-DATA_SOURCES = ("corpus", "jsonl", "text", "hf", "pile10k")
+TOP_LEVEL = ("models", "seeds", "pairs")
+
+
+def sections() -> dict:
+  """Every config section and the settings class whose fields are its keys (experiments/settings.py)."""
+  from experiments import extraction, statistics, study
+  from experiments.stages import STAGES
+  return {"data": study.DataSettings, "extraction": extraction.ExtractionSettings,
+          "statistics": statistics.StatisticsSettings, "baselines": study.BaselineSettings, "mesh": study.MeshSettings,
+          **{stage.SECTION: stage.Settings for stage in STAGES}}
 
 
 def override_error(cfg, path: str) -> str | None:
@@ -45,26 +42,21 @@ def override_error(cfg, path: str) -> str | None:
 
 
 def validate_config(cfg) -> None:
-  """Raises ValueError listing every unknown key, impossible value, unsafe name and missing model or data source."""
-  from experiments.similarity_step import MEASURES
+  """Raises ValueError listing every unknown key, value of the wrong type, impossible value, unsafe name and missing
+  model or data source."""
+  from experiments import settings as settings_lib
+  from experiments.study import ModelSpec
   from experiments.workdir import name_error
-  from xsim import layer_select
-  from xsim.activations import POOLINGS, SITES
-  from xsim.data import TASKS
   from xsim.models import model_source
   from xsim.models.model import DTYPES
-  from xsim.similarity.preprocess import METHODS as PREPROCESSINGS
-  from xsim.transfer.maps import METHODS as MAP_METHODS
-  errors = []
+  errors, known = [], sections()
   check = lambda ok, message: ok or errors.append(message)
   for key in cfg.keys():
-    check(key in SECTIONS, f"unknown top-level key {key!r} (known: {sorted(SECTIONS)})")
-  for section, keys in SECTIONS.items():
-    if keys is None or section not in cfg:
-      check(section in cfg or section == "pairs", f"missing section {section!r}")
-      continue
-    for key in cfg[section].keys():
-      check(key in keys, f"unknown key {section}.{key} (known: {sorted(keys)})")
+    check(key in known or key in TOP_LEVEL, f"unknown top-level key {key!r} (known: {sorted([*known, *TOP_LEVEL])})")
+  read = {}
+  for name, cls in known.items():
+    read[name], problems = settings_lib.check(cls, cfg.get(name), name)
+    errors += problems
   seeds = cfg.get("seeds")
   check(isinstance(seeds, (list, tuple)) and len(seeds) >= 1 and all(isinstance(x, int) for x in seeds)
         and len(set(seeds)) == len(seeds), f"seeds must be a non-empty list of distinct ints, got {seeds!r}")
@@ -76,98 +68,59 @@ def validate_config(cfg) -> None:
     check(len(pair) == 2 and all(name in names for name in pair) and pair[0] != pair[1],
           f"pair {list(pair)} must name two different listed models ({names})")
   for m in models:
-    for key in m.keys():
-      check(key in MODEL_KEYS, f"unknown model key {key!r} in {m.get('name')} (known: {sorted(MODEL_KEYS)})")
+    spec, problems = settings_lib.check(ModelSpec, m, f"model {m.get('name')}")
+    errors += problems
     error = name_error(m.get("name"), "model name")
     check(error is None, error)
-    path = str(m.get("path", ""))
+    if spec is None:
+      continue
     try:
-      model_source(path)
+      model_source(m["path"])
     except FileNotFoundError as e:
       errors.append(f"model {m.get('name')}: {e}")
     check(m.get("dtype", "float32") in DTYPES, f"model {m.get('name')}: dtype {m.get('dtype')!r} not in {sorted(DTYPES)}")
-  if "data" in cfg:
-    kind = str(cfg.data.source).partition(":")[0]
-    check(kind in DATA_SOURCES, f"data.source {cfg.data.source!r} must be corpus:NAME, jsonl:PATH, text:PATH, hf:NAME "
-          "or pile10k")
-    check(cfg.data.num_texts >= 16, f"data.num_texts={cfg.data.num_texts} is too small for CKA statistics (>= 16)")
-    check(cfg.data.max_words is None or cfg.data.max_words >= 2,
-          f"data.max_words={cfg.data.max_words} must be >= 2 (or None for no cut)")
-  if "extraction" in cfg:
-    ex = cfg.extraction
-    check(ex.pooling in POOLINGS and ex.pooling != "tokens",
-          f"extraction.pooling {ex.pooling!r} must be one of {[p for p in POOLINGS if p != 'tokens']}")
-    check(ex.site in SITES, f"extraction.site {ex.site!r} not in {SITES}")
-    check(ex.batch_size >= 1 and ex.max_tokens >= 2, "extraction.batch_size and max_tokens must be positive")
-    error = layer_select.spec_error(layer_select.parse(ex.layers))
-    check(error is None, f"extraction.layers: {error}")
-  if "similarity" in cfg:
-    for measure in cfg.similarity.measures:
-      check(measure in MEASURES, f"similarity measure {measure!r} not in {MEASURES}")
-    for prep in cfg.similarity.preprocess:
-      check(prep in PREPROCESSINGS, f"similarity preprocess {prep!r} not in {PREPROCESSINGS}")
-    check(cfg.similarity.permutations >= 19, "similarity.permutations must be >= 19 for a 5% test")
-    check(cfg.similarity.ci_resamples >= 20, "similarity.ci_resamples must be >= 20 for a 95% interval")
-    check(isinstance(cfg.similarity.min_layer, int) and cfg.similarity.min_layer >= 0,
-          f"similarity.min_layer={cfg.similarity.min_layer!r} must be a hidden-state index >= 0 (1 leaves out the "
-          "embeddings)")
-  if "transfer" in cfg:
-    check(cfg.transfer.method in MAP_METHODS, f"transfer.method {cfg.transfer.method!r} not in {MAP_METHODS}")
-    nt = cfg.transfer.get("next_token") or {}
-    check(set(nt.keys()) <= NEXT_TOKEN_KEYS,
-          f"unknown transfer.next_token keys {sorted(set(nt.keys()) - NEXT_TOKEN_KEYS)} (known: {sorted(NEXT_TOKEN_KEYS)})")
-    if nt.get("enabled"):
-      check(nt.get("max_words", 0) >= 2 and nt.get("num_samples", 0) >= 8 and nt.get("num_depths", 0) >= 2,
-            "transfer.next_token needs max_words >= 2, num_samples >= 8 and num_depths >= 2")
-      classes, samples = nt.get("probe_classes", 0), nt.get("probe_samples", 0)
-      if "data" in cfg:  # the samples are cut from the texts, so at most num_texts of them
-        samples = min(samples, cfg.data.num_texts)
-      check(classes == 0 or (classes >= 5 and samples >= 2 * classes),
-            f"transfer.next_token.probe_classes={classes} must be 0 (no token probe) or >= 5 (top-5 is scored), with "
-            f"at least 2 x probe_classes samples (min(probe_samples, data.num_texts) = {samples}) so the training "
-            "rows can hold that many tokens")
-      if "data" in cfg and cfg.data.max_words is not None:
-        check(nt.get("max_words", 0) < cfg.data.max_words,
-              f"transfer.next_token.max_words must be below data.max_words ({cfg.data.max_words}) so a next word exists")
-    check(0 < cfg.transfer.val_fraction and 0 < cfg.transfer.test_fraction
-          and cfg.transfer.val_fraction + cfg.transfer.test_fraction < 1, "transfer fractions must leave training rows")
-  if "probes" in cfg:
-    for task in cfg.probes.tasks:
-      check(task in TASKS, f"probe task {task!r} not in {sorted(TASKS)}")
-  if "mesh" in cfg:
-    import jax
-    data, model = cfg.mesh.data, cfg.mesh.model
-    total = jax.local_device_count()
-    check(model >= 1 and total % model == 0, f"mesh.model={model} must divide the {total} local devices")
-    check(data == -1 or data * model <= total, f"mesh {data} x {model} needs more than the {total} local devices")
-    check(cfg.mesh.get("layers_per_unit", 16) >= 1, "mesh.layers_per_unit must be >= 1")
-    if "extraction" in cfg and model >= 1 and total % model == 0:
-      data_size = total // model if data == -1 else data
-      check(cfg.extraction.batch_size % max(data_size, 1) == 0,
-            f"extraction.batch_size={cfg.extraction.batch_size} must be a multiple of the mesh data axis ({data_size})")
+  errors += _cross_section_problems(read)
   if errors:
     raise ValueError("Invalid config:\n  - " + "\n  - ".join(errors))
+
+
+def _cross_section_problems(read: dict) -> list[str]:
+  """Rules between sections (read: each section's settings, None where a key or type is wrong)."""
+  errors = []
+  data, nt, mesh, extraction = (read.get(k) for k in ("data", "next_token", "mesh", "extraction"))
+  if nt is not None and nt.enabled:
+    samples = nt.probe_samples if data is None else min(nt.probe_samples, data.num_texts)
+    if nt.probe_classes and (nt.probe_classes < 5 or samples < 2 * nt.probe_classes):
+      errors.append(f"next_token.probe_classes={nt.probe_classes} must be 0 (no token probe) or >= 5 (top-5 is "
+                    f"scored), with at least 2 x probe_classes samples (min(probe_samples, data.num_texts) = "
+                    f"{samples}) so the training rows can hold that many tokens")
+    if data is not None and data.max_words is not None and nt.max_words >= data.max_words:
+      errors.append(f"next_token.max_words must be below data.max_words ({data.max_words}) so a next word exists")
+  if mesh is not None and extraction is not None and not mesh.problems():
+    if extraction.batch_size % max(mesh.data_size, 1):
+      errors.append(f"extraction.batch_size={extraction.batch_size} must be a multiple of the mesh data axis "
+                    f"({mesh.data_size})")
+  return errors
 
 
 def validate_depths(cfg, num_layers: Mapping[str, int]) -> None:
   """Raises ValueError listing every setting that does not fit a model's depth; num_layers: model name -> blocks
   (from its configuration, xsim.models.read_config)."""
+  from experiments.study import Study
   from xsim import layer_select
-  errors = []
-  spec = layer_select.parse(cfg.extraction.layers)
-  min_layer = cfg.similarity.min_layer
-  nt = cfg.transfer.get("next_token") or {}
+  s = Study.from_config(cfg)
+  errors, min_layer, next_token = [], s.statistics.min_layer, s.stages["next_token"]
   for name, blocks in num_layers.items():
-    error = layer_select.depth_error(spec, blocks, name)
+    error = layer_select.depth_error(s.extraction.layers, blocks, name)
     if error:
       errors.append(f"extraction.layers: {error}")
       continue
-    layers = layer_select.resolve(spec, blocks)
+    layers = layer_select.resolve(s.extraction.layers, blocks)
     if max(layers) < min_layer:
-      errors.append(f"similarity.min_layer={min_layer} leaves no layer of {name} to score (its layers: "
+      errors.append(f"statistics.min_layer={min_layer} leaves no layer of {name} to score (its layers: "
                     f"{layers}); lower it")
-    if nt.get("enabled") and not any(l >= 1 for l in layers):
-      errors.append(f"transfer.next_token matches block outputs, but {name} extracts only {layers}; add block "
-                    "layers or disable next_token")
+    if next_token.enabled and not any(l >= 1 for l in layers):
+      errors.append(f"next_token matches block outputs, but {name} extracts only {layers}; add block layers or "
+                    "disable next_token")
   if errors:
     raise ValueError("Invalid config for these models:\n  - " + "\n  - ".join(errors))

@@ -16,8 +16,7 @@ def main(per_device: int, rows: int, cols: int, kind: str) -> None:
   import jax.numpy as jnp
   from jax.sharding import NamedSharding, PartitionSpec
 
-  from xsim import activations, linalg
-  from xsim.similarity import sharding
+  from xsim import activations, linalg, sharding
 
   mesh = activations.make_mesh(-1, 1)
   stack = np.random.default_rng(jax.process_index()).normal(size=(mesh.size * per_device, rows, cols))

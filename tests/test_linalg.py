@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from launch.local import launch
-from xsim import linalg
-from xsim.similarity import sharding
+from xsim import linalg, sharding
 
 
 def _stack(*shape):

@@ -86,7 +86,7 @@ def scored_positions(layers: Sequence[int], min_layer: int, model: str = "the mo
   """Positions in `layers` (hidden-state indices) that maxima, means and best pairs are taken over: >= min_layer."""
   where = np.flatnonzero(np.asarray(layers) >= min_layer)
   if not len(where):
-    raise ValueError(f"{model} has no layer >= similarity.min_layer={min_layer} among {list(layers)}; lower it.")
+    raise ValueError(f"{model} has no layer >= statistics.min_layer={min_layer} among {list(layers)}; lower it.")
   return where
 
 

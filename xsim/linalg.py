@@ -7,7 +7,7 @@ of the pool while the work they queued waits behind them, and the program hangs:
 time in a loop (jax.lax.map), also when it is vmapped; on other platforms it is jnp.linalg.svd, batched.
 
 A loop over an axis laid out over several devices would make XLA gather it onto each of them, so callers whose
-batch is sharded decompose inside shard_map (`xsim.similarity.sharding.blockwise`), where each device loops over
+batch is sharded decompose inside shard_map (`xsim.sharding.blockwise`), where each device loops over
 its own block.
 """
 from __future__ import annotations

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from xsim import similarity as sim
-from xsim.activations.sharding import make_mesh
+from xsim.sharding import make_mesh
 from xsim.similarity.cka import gram_tiles
 
 

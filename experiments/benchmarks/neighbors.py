@@ -56,7 +56,7 @@ def main(argv=None):
   force_cpu_devices(a.devices)  # before JAX's first computation
   import jax
   from xsim import similarity as sim
-  from xsim.activations.sharding import make_mesh
+  from xsim.sharding import make_mesh
 
   xs_np, ys_np = make_data(a.la, a.n, a.dx, a.dy, a.seed, layers_y=a.lb)
   xs, ys = jax.numpy.asarray(xs_np), jax.numpy.asarray(ys_np)

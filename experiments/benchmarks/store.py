@@ -71,7 +71,8 @@ def write_xsim(path: str, shards, layers: list[int], dtype: str) -> None:
 
 def write_npy(path: str, shards, layers: list[int], dtype: str) -> None:
   """The store layout before checksums: .npy shards, then a consolidated memmapped activations.npy."""
-  from xsim.activations.store import atomic_write, summarize_stats
+  from xsim.activations.store import summarize_stats
+  from xsim.io import atomic_write
 
   def save(name, write, mode="wb"):
     def write_file(tmp):

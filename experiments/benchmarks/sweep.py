@@ -12,7 +12,7 @@ Activations are synthetic (speed does not depend on values): K models share a lo
 noised differently per model and layer, so CKA, maps and nulls have real structure. --protocol demo compares
 them with the demo's settings (debiased CKA and mutual k-NN on standardized rows, tuned ridge maps); --protocol seed
 with the seed protocol's (debiased CKA on raw rows, untuned ridge maps). Every configuration runs in
-its own subprocess (forced host devices on CPU) through the runner's own planning (experiments.run.plan_units),
+its own subprocess (forced host devices on CPU) through the runner's own stages (experiments/stages),
 units (experiments.units) and tables step, into its own workdir; the runner's cache is cold each time. Printed:
 wall time of the comparison stage, units per process, devices per process, the speedup against one device and
 one process, and the largest difference of any table cell from the one-device run.
@@ -84,9 +84,9 @@ def config(args, names):
     c.pairs = [list(p) for p in itertools.combinations(names, 2)]  # its own pairs name real models
   else:
     c.similarity.update(measures=["cka_debiased", "mutual_knn"], preprocess=["standardize"])
-  c.similarity.update(permutations=args.permutations, ci_resamples=args.ci_resamples)
+  c.statistics.update(permutations=args.permutations, ci_resamples=args.ci_resamples)
   c.baselines.random_init = False
-  c.transfer.next_token.enabled = False
+  c.next_token.enabled = False
   c.probes.tasks = []
   return c
 
@@ -94,24 +94,25 @@ def config(args, names):
 def child(args) -> dict:
   """One configuration: the comparison stage over this process's devices; process 0 writes the tables."""
   import jax
-  from experiments import run as runner, study, tables
+  from experiments import context, run as runner, study, tables, units
+  from experiments.stages import STAGES
   from xsim import activations as xa
   from xsim import distributed
   distributed.initialize_from_env()
   names, stores = synthetic_stores(args)
-  s = runner.Study(config(args, names))
+  s = study.Study.from_config(config(args, names))
   pairs = study.model_pairs(names, {n: stores.info[n].family for n in names}, None, False)
-  workdir = args.child
-  first, second = runner.plan_units(s, pairs, stores, workdir)
-  mesh = xa.make_mesh(-1, 1)
-  compute = runner.Computer(s, stores, {}, [], workdir, mesh, None, {})
+  texts = [f"synthetic text {i}" for i in range(args.n)]  # what the synthetic rows stand for
+  ctx = context.Context(s, stores, texts, {}, args.child, xa.make_mesh(-1, 1))
+  phases = units.plan(STAGES, ctx, pairs)
   start = time.perf_counter()
-  work = runner.compare(first, second, compute, workdir, jax.process_index(), jax.process_count())
+  work = units.run_phases(phases, lambda unit: runner.compute(ctx, unit), args.child, jax.process_index(),
+                          jax.process_count())
   seconds = time.perf_counter() - start
   if jax.process_index() == 0:
-    tables.assemble(s, pairs, stores, first, second, workdir, args.n, work)
+    tables.assemble(ctx, STAGES, pairs, work)
   return {"seconds": seconds, "work": work, "devices": jax.local_device_count(), "processes": jax.process_count(),
-          "units": len(first) + len(second), "pairs": len(pairs)}
+          "units": sum(len(phase) for phase in phases), "pairs": len(pairs)}
 
 
 def _run(args, workdir: str, devices: int, processes: int) -> dict:

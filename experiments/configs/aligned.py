@@ -17,7 +17,8 @@ def get_config(arg=None):
   c.extraction = dict(pooling="last_word", layers="all", batch_size=32, max_tokens=512, keep_bos=False,
                       site="residual", truncate_tokens=None)
   c.similarity = dict(measures=["cka", "cka_debiased", "mutual_knn"], preprocess=["none", "standardize", "clip"],
-                      knn_k=10, permutations=500, ci_resamples=500, min_layer=1)
+                      knn_k=10)
+  c.statistics = dict(min_layer=1, permutations=500, ci_resamples=500, ci_level=0.95)
   c.baselines = dict(random_init=True)
   c.seeds = [0, 1, 2]  # splits, random-init copies, nulls and CIs vary with the seed
   c.transfer.standardize = True

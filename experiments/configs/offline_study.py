@@ -68,8 +68,8 @@ def get_config(arg=None):
                       max_tokens=512, keep_bos="last_word" not in on, site="residual",
                       truncate_tokens=None if "words" in on else 40)
   c.similarity = dict(measures=["cka_debiased", "mutual_knn"],
-                      preprocess=["none", "standardize"] if "standardize" in on else ["none"], knn_k=10,
-                      permutations=100, ci_resamples=100, min_layer=1)
+                      preprocess=["none", "standardize"] if "standardize" in on else ["none"], knn_k=10)
+  c.statistics = dict(min_layer=1, permutations=100, ci_resamples=100, ci_level=0.95)
   c.baselines = dict(random_init="random_floor" in on)
   if "tuned_ridge" in on:
     c.transfer = dict(method="ridge", val_fraction=0.2, test_fraction=0.2, standardize=True, penalties=None)
@@ -81,8 +81,8 @@ def get_config(arg=None):
   c.transfer.keep_maps = False
   # Patching runs the target once per sample batch, depth pair and condition (27 passes of a Qwen at 9 depths):
   # one batch of 16 samples; the token probe reads all 128 texts' prefixes.
-  c.transfer.next_token = dict(enabled=True, max_words=16, num_samples=16, num_depths=9, probe_classes=16,
-                               probe_samples=NUM_TEXTS)
+  c.next_token = dict(enabled=True, max_words=16, num_samples=16, num_depths=9, probe_classes=16,
+                      probe_samples=NUM_TEXTS)
   c.probes = dict(tasks=["cities", "larger_than"], num_examples=128)
   c.mesh = dict(data=-1, model=1, layers_per_unit=16)
   c.seeds = [0]

@@ -29,15 +29,15 @@ def get_config(arg=None):
   c.extraction = dict(pooling="last", layers="depths:9", batch_size=32, max_tokens=4096, keep_bos=True,
                       site="residual", truncate_tokens=128)
   # The published max is over its 81 pairs of block outputs (depths:9 excludes the embeddings already).
-  c.similarity = dict(measures=["cka_debiased"], preprocess=["none"], knn_k=10, permutations=500, ci_resamples=200,
-                      min_layer=0)
+  c.similarity = dict(measures=["cka_debiased"], preprocess=["none"], knn_k=10)
+  c.statistics = dict(min_layer=0, permutations=500, ci_resamples=200, ci_level=0.95)
   c.baselines = dict(random_init=False)
   # Untuned ridge on raw activations: sklearn Ridge(alpha=1e-4) is lambda = 1e-4; xsim's penalty is lambda per
   # training row, and 60% of 5,000 rows train.
-  c.transfer = dict(method="ridge", val_fraction=0.2, test_fraction=0.2, standardize=False, penalties=[1e-4 / 3000],
-                    # The published token probe: the 500 most frequent next tokens, top-1 / top-5.
-                    next_token=dict(enabled=True, max_words=24, num_samples=1000, num_depths=9, probe_classes=500,
-                                    probe_samples=5000))
+  c.transfer = dict(method="ridge", val_fraction=0.2, test_fraction=0.2, standardize=False, penalties=[1e-4 / 3000])
+  # The published token probe: the 500 most frequent next tokens, top-1 / top-5.
+  c.next_token = dict(enabled=True, max_words=24, num_samples=1000, num_depths=9, probe_classes=500,
+                      probe_samples=5000)
   c.probes = dict(tasks=TASKS, num_examples=5000)
   c.mesh = dict(data=-1, model=1)
   c.seeds = [0]

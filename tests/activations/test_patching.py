@@ -19,6 +19,12 @@ def samples(target):
   return patching.next_token_samples(target, texts, max_words=3)
 
 
+def _scores(target, samples, layer, values):
+  """The per-sample scores of a patched pass, as the runner takes them."""
+  return metrics.patching_scores(patching.clean_logits(target, samples),
+                                 patching.patched_logits(target, samples, layer, values), samples.next_tokens)
+
+
 def test_labels_come_from_the_text_after_the_cut(target, samples):
   for prefix, ids, p, label in zip(samples.prefixes, samples.ids, samples.positions, samples.next_tokens):
     assert ids[p + 1] == label and p + 2 == len(ids)
@@ -29,7 +35,7 @@ def test_labels_come_from_the_text_after_the_cut(target, samples):
 @pytest.mark.parametrize("layer", [0, 2, 3])
 def test_identity_patch_has_zero_kl_and_full_agreement(target, samples, layer):
   own = patching.own_activations(target, samples, [layer])[0]
-  scores = patching.patched_scores(target, samples, layer, own)
+  scores = _scores(target, samples, layer, own)
   np.testing.assert_allclose(scores["kl"], 0.0, atol=1e-6)
   np.testing.assert_array_equal(scores["top1_agreement"], 1.0)
   np.testing.assert_array_equal(scores["next_token_accuracy"], scores["clean_accuracy"])
@@ -38,7 +44,7 @@ def test_identity_patch_has_zero_kl_and_full_agreement(target, samples, layer):
 def test_mean_ablation_moves_the_prediction(target, samples):
   own = patching.own_activations(target, samples, [2])[0]
   ablated = np.broadcast_to(own.mean(0), own.shape)  # the mean-ablation baseline
-  scores = patching.patched_scores(target, samples, 2, ablated)
+  scores = _scores(target, samples, 2, ablated)
   assert scores["kl"].mean() > 1e-3 and scores["top1_agreement"].mean() < 1.0
 
 
@@ -46,7 +52,7 @@ def test_reference_kl_in_numpy(target, samples):
   """KL from a direct forward pass with the patched vector written in by hand (float64 NumPy)."""
   own = patching.own_activations(target, samples, [1])[0]
   values = own + np.random.default_rng(1).normal(size=own.shape).astype(np.float32)
-  scores = patching.patched_scores(target, samples, 1, values)
+  scores = _scores(target, samples, 1, values)
   k = 0
   ids = samples.ids[k][None]
   clean = np.asarray(target.forward(ids).logits[0, samples.positions[k]], np.float64)
@@ -70,7 +76,8 @@ def test_batches_are_scored_in_sample_order(target, samples, monkeypatch):
   values = rng.normal(size=(n, d)).astype(np.float32)
   clean = rng.normal(size=(n, vocab)).astype(np.float32)
   assert n % 2 == 1  # batches of 2: the last one is padded
-  got = patching.patched_scores(target, samples, 1, values, batch_size=2, clean=clean)
+  got = metrics.patching_scores(clean, patching.patched_logits(target, samples, 1, values, batch_size=2),
+                                samples.next_tokens, batch_size=2)
   want = metrics.next_token_scores(clean, values @ readout, samples.next_tokens)
   assert set(got) == set(want)
   for name in want:
@@ -79,4 +86,4 @@ def test_batches_are_scored_in_sample_order(target, samples, monkeypatch):
 
 def test_wrong_shape_is_refused(target, samples):
   with pytest.raises(ValueError, match="values must be"):
-    patching.patched_scores(target, samples, 1, np.zeros((2, 3)))
+    patching.patched_logits(target, samples, 1, np.zeros((2, 3)))

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from xsim.activations.rows import INDEX_DTYPE
-from xsim.activations.store import (ActivationStore, CorruptStore, IncompleteStore, WriteError, atomic_write,
-                                    load_store, shard_stats)
+from xsim.activations.store import ActivationStore, CorruptStore, IncompleteStore, load_store, shard_stats
 
 LAYERS = [0, 2, 5]
 HIDDEN = 32
@@ -180,38 +179,11 @@ def test_a_store_of_no_rows(tmp_path):
   assert np.asarray(acts.array).shape == (len(LAYERS), 0, HIDDEN)
 
 
-FIXES = {errno.ENOSPC: "free space", errno.EDQUOT: "free space", errno.EFBIG: "ulimit -f",
-         errno.EROFS: "writable --workdir", errno.EACCES: "writable --workdir"}
-
-
-@pytest.mark.parametrize("code", sorted(FIXES))
-def test_a_refused_write_names_the_file_and_the_fix(tmp_path, code):
-  target = str(tmp_path / "entry.json")
-
-  def write(tmp):
-    with open(tmp, "w") as f:
-      f.write("partial")
-    raise OSError(code, os.strerror(code))
-
-  with pytest.raises(WriteError) as error:
-    atomic_write(target, write)
-  assert isinstance(error.value, OSError) and error.value.errno == code
-  assert target in str(error.value) and FIXES[code] in str(error.value)
-  assert os.listdir(tmp_path) == []  # no temporary file left, no partial target
-
-
-def test_other_write_errors_pass_through(tmp_path):
-  def write(tmp):
-    raise FileNotFoundError(errno.ENOENT, "gone")
-  with pytest.raises(FileNotFoundError):
-    atomic_write(str(tmp_path / "x"), write)
-  assert os.listdir(tmp_path) == []
-
-
 _FILE_SIZE_LIMIT = """
 import json, os, resource, signal, sys
 import numpy as np
-from xsim.activations.store import ActivationStore, atomic_write, shard_stats
+from xsim.activations.store import ActivationStore, shard_stats
+from xsim.io import atomic_write
 from xsim.activations.rows import INDEX_DTYPE
 directory = sys.argv[1]
 store = ActivationStore(os.path.join(directory, "store"), {"model": "m", "layers": [0, 1]})

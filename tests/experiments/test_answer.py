@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from experiments import answer, report, tables
+from experiments import answer, document, report, tables
 from experiments.configs import offline_study
 from experiments.validate import validate_config
 
@@ -53,8 +53,8 @@ def test_a_negative_cross_family_r2_has_no_ratio():
   r2 = answer.answer(worse, resamples, {"q1|q0": "within", "q1|s": "cross"})["figures"][1]
   assert r2["figure"] == "best transfer R²" and r2["cross"] == pytest.approx(-0.27)
   assert np.isnan(r2["ratio"]) and r2["ratio_ci"] is None
-  text = report.to_markdown(report._answer_blocks(answer.answer(worse, resamples, {"q1|q0": "within",
-                                                                                  "q1|s": "cross"}), 0.95))
+  text = document.to_markdown(report._answer_blocks(answer.answer(worse, resamples, {"q1|q0": "within",
+                                                                                    "q1|s": "cross"}), 0.95))
   (row,) = [line for line in text.splitlines() if line.startswith("| best transfer R²")]
   assert "| 0.500 | -0.270 | no ratio | - |" in row and "nan" not in row  # as in ladder.md
 
@@ -108,7 +108,8 @@ def test_the_ladder_table_follows_each_steps_own_cka():
 
 def test_r2_subsamples_are_the_best_scored_r2_on_half_the_test_rows():
   import jax
-  from experiments import extraction, study, transfer_step
+  from experiments import extraction, statistics, study
+  from experiments.stages import maps as maps_stage
   from xsim import similarity as sim
   from xsim import transfer
   rng = np.random.default_rng(0)
@@ -116,7 +117,8 @@ def test_r2_subsamples_are_the_best_scored_r2_on_half_the_test_rows():
   ys = (xs[:2] @ rng.normal(size=(5, 4)) + 0.5 * rng.normal(size=(2, 60, 4))).astype(np.float32)
   data = extraction.PairData(study.Pair("a", "b", "cross"), xs, ys, np.arange(60), (0, 1, 2), (0, 1), 2, 1, ())
   fit = transfer.fit_linear_maps(xs, ys, method="ridge", seed=3)
-  got = transfer_step.r2_subsample_max(fit, data, seed=3, min_layer=1, num_resamples=7)
+  stats = statistics.StatisticsSettings(min_layer=1, ci_resamples=7)
+  got = maps_stage.r2_subsample_max(fit, data, seed=3, stats=stats)
   test = fit.split.test
   subsets = np.asarray(sim.permutations(jax.random.fold_in(jax.random.PRNGKey(3), 2), 7, len(test)))[:, :len(test) // 2]
   for r, s in enumerate(subsets):
@@ -128,7 +130,8 @@ def test_r2_subsamples_are_the_best_scored_r2_on_half_the_test_rows():
 
 def test_probe_subsamples_are_the_best_scored_accuracy_on_half_the_test_rows():
   import jax
-  from experiments import transfer_step
+  from experiments import statistics
+  from experiments.stages import probes
   from xsim import similarity as sim
   from xsim import transfer
   rng = np.random.default_rng(1)
@@ -138,8 +141,8 @@ def test_probe_subsamples_are_the_best_scored_accuracy_on_half_the_test_rows():
   maps = transfer.fit_linear_maps(xs[:, :40], ys[:, :40], method="ridge", seed=0)  # maps from other rows
   shuffled = transfer.fit_shuffled_maps(xs[:, :40], ys[:, :40], method="ridge", seed=0)
   target, source = (transfer.fit_logistic_probes(f[:, 40:], labels[40:], seed=2) for f in (ys, xs))
-  got = transfer_step.probe_scores(maps, shuffled, target, source, xs[:, 40:], labels[40:], seed=2,
-                                   scored=(np.array([1, 2]), np.array([1])), num_resamples=9)
+  got = probes.scores(maps, shuffled, target, source, xs[:, 40:], labels[40:], seed=2,
+                      scored=(np.array([1, 2]), np.array([1])), stats=statistics.StatisticsSettings(ci_resamples=9))
   test = target.split.test
   assert got["num_test"] == len(test) and len(got["mapped_subsample_max"]) == 9
   subsets = np.asarray(sim.permutations(jax.random.fold_in(jax.random.PRNGKey(2), 2), 9, len(test)))[:, :len(test) // 2]

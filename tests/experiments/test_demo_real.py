@@ -12,10 +12,10 @@ def test_reduced_demo_on_real_checkpoints(tmp_path):
   c = demo.get_config()
   c.data.num_texts = 32
   c.data.max_words = 24
-  c.similarity.permutations = 19
-  c.similarity.ci_resamples = 20
+  c.statistics.permutations = 19
+  c.statistics.ci_resamples = 20
   c.probes.num_examples = 48
-  c.transfer.next_token.update(num_samples=16, probe_classes=5, probe_samples=32)
+  c.next_token.update(num_samples=16, probe_classes=5, probe_samples=32)
   summary = runner.run(c, str(tmp_path))
   for name in ("similarity.csv", "transfer.csv", "probes.csv", "next_token.csv", "summary.json", "report.md",
                "report.html"):

@@ -9,7 +9,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from experiments import compare, plots, report, results
+from experiments import compare, document, grids, plots, report, results
 from experiments import tables as tables_step
 
 # Layers each model contributes and its depth, layer / num_layers, as results.py defines it.
@@ -179,8 +179,8 @@ def test_ratio_is_nan_when_cross_family_mean_is_not_positive(tmp_path):
   ratio = tables_step.headline_numbers(rows)["ratios"][("cka", "none")]
   assert np.isnan(ratio["mean"]) and np.isnan(ratio["max"])
   md = open(report.write_report(write_run(tmp_path / "run", sim=rows), {}, {})[0], encoding="utf-8").read()
-  assert (f"Within / cross-family ratio: {report.NO_RATIO} of the means, {report.NO_RATIO} of the maxima "
-          f"({report.NO_RATIO} where the cross-family value is <= 0).") in md  # as in the answer table
+  assert (f"Within / cross-family ratio: {document.NO_RATIO} of the means, {document.NO_RATIO} of the maxima "
+          f"({document.NO_RATIO} where the cross-family value is <= 0).") in md  # as in the answer table
 
 
 def test_transfer_numbers_match_numpy():
@@ -204,7 +204,7 @@ def test_report_numbers_equal_the_tables(tmp_path):
   md = open(md_path, encoding="utf-8").read()
   tables = md_tables(md)
   assert "Not in this run" not in md
-  tol = 0.5 * 10.0**-report.DECIMALS + 1e-12
+  tol = 0.5 * 10.0**-document.DECIMALS + 1e-12
   ref = reference_pairs(sim)
   for m in MEASURES:
     for p in PREPS:
@@ -233,7 +233,7 @@ def test_report_numbers_equal_the_tables(tmp_path):
         assert abs(float(mean_max) - groups[(m, p, rel)][0]) <= tol
         assert abs(float(mean_mean) - groups[(m, p, rel)][1]) <= tol
       within, cross = groups[(m, p, "within")][1], groups[(m, p, "cross")][1]
-      assert f"Within / cross-family ratio: {within / cross:.{report.DECIMALS}f} of the means" in md
+      assert f"Within / cross-family ratio: {within / cross:.{document.DECIMALS}f} of the means" in md
   assert [row[0] for row in tables["cka, preprocess=none"][1][1:]] == ["within", "cross", "random"]
 
   transfer_table = tables["Transfer maps"][0]
@@ -360,7 +360,7 @@ def test_plots_are_deterministic_and_mark_the_right_files(tmp_path):
 
 def test_layer_grids_average_seeds():
   rows = similarity_rows(pairs=PAIRS[:1], measures=("cka",), seeds_of=lambda rel: (0, 1, 2))
-  grid = tables_step.layer_grids(rows, ("model_a", "model_b", "measure", "preprocess"), ("value",))[
+  grid = grids.layer_grids(rows, ("model_a", "model_b", "measure", "preprocess"), ("value",))[
       ("org/llama-1b", "org/llama-3b", "cka", "none")]
   assert grid.seeds == (0, 1, 2) and grid.values["value"].shape == (3, 4)
   np.testing.assert_array_equal(grid.layers_a, [0, 2, 4])
@@ -378,7 +378,7 @@ def test_compare_lists_matches_and_one_sided_entries(tmp_path):
   pair_rows = tables["Model pairs"][0]
   assert len(pair_rows) == 1 + 2 * 2  # two shared pairs, cka with two preprocessings
   ref_a, ref_b = reference_pairs(sim_a), reference_pairs(sim_b)
-  tol = 0.5 * 10.0**-report.DECIMALS + 1e-12
+  tol = 0.5 * 10.0**-document.DECIMALS + 1e-12
   for row in pair_rows[1:]:
     cell = dict(zip(pair_rows[0], row))
     key = (cell["model A"], cell["model B"], cell["measure"], cell["preprocess"])
@@ -411,7 +411,7 @@ def test_compare_puts_transfer_and_probe_numbers_side_by_side(tmp_path):
   run_a = write_run(tmp_path / "a", sim=sim, transfer=tr_a, probes=pr)
   run_b = write_run(tmp_path / "b", sim=sim, transfer=tr_b, probes=pr_b)
   tables = md_tables(compare.compare_runs(run_a, run_b))
-  tol = 0.5 * 10.0**-report.DECIMALS + 1e-12
+  tol = 0.5 * 10.0**-document.DECIMALS + 1e-12
   header, *rows = tables["Transfer maps"][0]
   assert len(rows) == 2
   for row in rows:

@@ -9,7 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from experiments import cache, extraction, results, run as runner, similarity_step, study, units, workdir as workdir_lib
+from experiments import cache, extraction, results, run as runner, study, units, workdir as workdir_lib
+from experiments.stages import similarity as similarity_stage
 from launch.local import launch
 from tests.experiments import tiny_config as tiny
 
@@ -172,7 +173,7 @@ def test_summary_and_report_match_the_table(finished_run):
 
 def test_rerun_reuses_every_cached_result_without_loading_a_model(finished_run, tiny_config, monkeypatch):
   workdir, summary = finished_run
-  for module, name in ((similarity_step, "grid"), (extraction.ModelCache, "get")):
+  for module, name in ((similarity_stage, "grid"), (extraction.ModelCache, "get")):
     monkeypatch.setattr(module, name, lambda *a, name=name: pytest.fail(f"{name} called on a rerun"))
   from xsim.activations import ActivationStore
   monkeypatch.setattr(ActivationStore, "write_shard", lambda *a: pytest.fail("activations re-extracted"))
@@ -206,8 +207,8 @@ def test_changed_config_recomputes_only_what_changed(finished_run, tiny_config, 
   config = tiny_config.copy_and_resolve_references()
   config.similarity.preprocess = ["none", "standardize", "l2"]
   computed = []
-  original = similarity_step.grid
-  monkeypatch.setattr(similarity_step, "grid", lambda m, p, *a: (computed.append((m, p)), original(m, p, *a))[1])
+  original = similarity_stage.grid
+  monkeypatch.setattr(similarity_stage, "grid", lambda m, p, *a: (computed.append((m, p)), original(m, p, *a))[1])
   runner.run(config, workdir)
   assert sorted(set(computed)) == [("cka", "l2"), ("cka_debiased", "l2"), ("mutual_knn", "l2")]
 
@@ -217,8 +218,8 @@ def test_changed_texts_get_new_activation_stores(finished_run, tiny_config):
   config = tiny_config.copy_and_resolve_references()
   config.data.num_texts = 40  # a store refuses other inputs, so new texts need new store directories
   before = set(os.listdir(os.path.join(workdir, "activations")))
-  s = runner.Study(config)
-  texts = study.load_texts(**{k: config.data[k] for k in ("source", "num_texts", "max_words", "min_chars", "seed")})
+  s = study.Study.from_config(config)
+  texts = study.load_texts(s.data)
   from xsim import data as xdata
   tasks = {"capitals": xdata.load_task("capitals", num_examples=config.probes.num_examples, seed=config.data.seed)}
   infos = {m.name: runner.read_info(m) for m in s.models}
@@ -234,22 +235,22 @@ def test_a_run_killed_mid_way_resumes_to_the_same_results(finished_run, tiny_con
   one_process, _ = finished_run
   config = tiny_config.copy_and_resolve_references()
   config.seeds = [0]
-  original = similarity_step.compute
+  original = similarity_stage.compute
 
-  def crash_at_the_random_pair(data, *args):
-    if data.pair.is_random:
+  def crash_at_the_random_pair(settings, ctx, unit):
+    if unit.pair.is_random:
       raise KeyboardInterrupt("preempted")
-    return original(data, *args)
+    return original(settings, ctx, unit)
 
-  monkeypatch.setattr(similarity_step, "compute", crash_at_the_random_pair)
+  monkeypatch.setattr(similarity_stage, "compute", crash_at_the_random_pair)
   with pytest.raises(KeyboardInterrupt):
     runner.run(config, str(tmp_path))
   assert not os.path.exists(tmp_path / "similarity.csv")
   assert not os.path.exists(tmp_path / workdir_lib.LOCK_NAME)  # the lock goes with the run
-  monkeypatch.setattr(similarity_step, "compute", original)
+  monkeypatch.setattr(similarity_stage, "compute", original)
   computed = []
-  matrix = similarity_step.grid
-  monkeypatch.setattr(similarity_step, "grid", lambda m, p, *a: (computed.append(a[1].shape), matrix(m, p, *a))[1])
+  matrix = similarity_stage.grid
+  monkeypatch.setattr(similarity_stage, "grid", lambda m, p, *a: (computed.append(a[1].shape), matrix(m, p, *a))[1])
   runner.run(config, str(tmp_path))
   assert len(computed) == 6  # only the random pair's 3 measures x 2 preprocessings; the cross pair was cached
   for table in TABLES:
@@ -285,7 +286,7 @@ def test_two_processes_give_the_one_process_results(finished_run, model_root, tm
 def test_next_token_settings_leave_the_maps_cached(finished_run, tiny_config, monkeypatch):
   workdir, _ = finished_run
   config = tiny_config.copy_and_resolve_references()
-  config.transfer.next_token.num_depths = 3
+  config.next_token.num_depths = 3
   from xsim.transfer import checkpoint
   monkeypatch.setattr(checkpoint.ChunkStore, "save", lambda *a: pytest.fail("maps refit"))
   runner.run(config, workdir)
@@ -372,7 +373,7 @@ def test_sources_without_enough_usable_texts_say_how_many_and_which(tmp_path):
   path = tmp_path / "texts.jsonl"
   path.write_text("\n".join(json.dumps({"text": t}) for t in ["Hello", "今天天气很好", "Two words here."]) + "\n")
   with pytest.raises(ValueError) as error:
-    study.load_texts(f"jsonl:{path}", num_texts=2, max_words=None, min_chars=1, seed=0)
+    study.load_texts(study.DataSettings(f"jsonl:{path}", num_texts=2, max_words=None, min_chars=1, seed=0))
   message = str(error.value)
   assert "gave 1 usable texts" in message and "2 of its 3 texts have fewer words" in message and "'Hello'" in message
 

@@ -25,9 +25,9 @@ def test_every_problem_is_listed():
   c.data.num_texts = 3
   c.transfer.val_fraction = 0.9
   c.seeds = [0, 0]
-  c.similarity.min_layer = -1
-  c.similarity.ci_resamples = 5
-  c.transfer.next_token.probe_classes = 200  # more classes than 384 samples can train
+  c.statistics.min_layer = -1
+  c.statistics.ci_resamples = 5
+  c.next_token.probe_classes = 200  # more classes than 384 samples can train
   with pytest.raises(ValueError) as error:
     validate_config(c)
   message = str(error.value)
@@ -63,7 +63,7 @@ def test_hub_ids_follow_load_model():
 
 def test_depth_dependent_settings_are_checked_against_each_model():
   c = seed_protocol.get_config()
-  c.similarity.min_layer = 40
+  c.statistics.min_layer = 40
   with pytest.raises(ValueError) as error:
     validate_depths(c, {"llama-3.2-1b": 16, "gemma-2-2b": 26})
   message = str(error.value)
@@ -81,7 +81,7 @@ def test_unknown_overrides_list_the_valid_keys():
   assert "has no key 'foo' (valid: ['baselines', 'data'" in override_error(c, "foo")
   assert "extraction has no key 'layerz'" in override_error(c, "extraction.layerz")
   assert "models has entries 0..1, not '3'" in override_error(c, "models[3].name")
-  assert override_error(c, "models[1].dtype") is None and override_error(c, "transfer.next_token.enabled") is None
+  assert override_error(c, "models[1].dtype") is None and override_error(c, "next_token.enabled") is None
 
 
 def test_command_line_overrides_reach_validation_before_any_work(tmp_path):

@@ -11,9 +11,9 @@ def get_config(arg):
   c.data.num_texts = 48
   c.data.max_words = 20
   c.extraction.batch_size = 8
-  c.similarity.permutations = 19
-  c.similarity.ci_resamples = 20
+  c.statistics.permutations = 19
+  c.statistics.ci_resamples = 20
   c.probes.num_examples = 64
-  c.transfer.next_token.update(num_samples=32, probe_classes=5, probe_samples=48)
+  c.next_token.update(num_samples=32, probe_classes=5, probe_samples=48)
   c.seeds = [0, 1]
   return c

@@ -1,6 +1,6 @@
 """Grids, nulls and intervals split over 8 forced CPU devices (tests/conftest.py) equal the single-device ones.
 
-Meshes 8 x 1 and 4 x 2 (xsim.activations.sharding.make_mesh, auto axes) and one with explicit axes; 3 x
+Meshes 8 x 1 and 4 x 2 (xsim.sharding.make_mesh, auto axes) and one with explicit axes; 3 x
 layers, 5 y layers and 10 resamples do not split evenly over 8 devices. Tolerance: float32 (rtol 1e-5).
 """
 import jax
@@ -9,7 +9,7 @@ import pytest
 from jax.sharding import AxisType
 
 from xsim import similarity as sim
-from xsim.activations.sharding import make_mesh
+from xsim.sharding import make_mesh
 
 F32 = dict(rtol=1e-5, atol=1e-6)
 OPTIONS = {"mutual_knn": dict(k=4), "cknna": dict(k=4), "svcca": dict(dims=3)}

@@ -69,20 +69,3 @@ def test_next_token_scores_per_position(logits):
   np.testing.assert_allclose(identity["kl"], 0.0, atol=1e-6)
   np.testing.assert_array_equal(identity["top1_agreement"], 1.0)
   np.testing.assert_array_equal(identity["next_token_accuracy"], identity["clean_accuracy"])
-
-
-def test_bootstrap_mean_ci_matches_the_normal_approximation():
-  rng = np.random.default_rng(3)
-  hits = (rng.random((2, 4000)) < np.array([[0.7], [0.2]])).astype(np.float32)
-  ci = np.asarray(metrics.bootstrap_mean_ci(hits, num_resamples=2000, seed=1))
-  mean = hits.mean(axis=1)
-  half = 1.96 * np.sqrt(mean * (1 - mean) / hits.shape[1])
-  np.testing.assert_allclose(ci[:, 0], mean - half, atol=0.15 * half.max())
-  np.testing.assert_allclose(ci[:, 1], mean + half, atol=0.15 * half.max())
-  # Rows are drawn once for all entries (paired): identical entries get identical intervals.
-  paired = np.asarray(metrics.bootstrap_mean_ci(np.stack([hits[0], hits[0]]), num_resamples=200, seed=4))
-  np.testing.assert_array_equal(paired[0], paired[1])
-  np.testing.assert_allclose(metrics.bootstrap_mean_ci(np.full((5,), 0.25), num_resamples=50), [0.25, 0.25],
-                             rtol=1e-6)
-  with pytest.raises(ValueError, match="level"):
-    metrics.bootstrap_mean_ci(hits, level=1.5)

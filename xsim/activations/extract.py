@@ -20,8 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from xsim import layer_select
-from xsim.activations import sharding as shard_lib
+from xsim import layer_select, sharding as shard_lib
 from xsim.activations.rows import INDEX_DTYPE, POOLINGS, TokenizedText, pad_id, sample_rows, tokenize
 from xsim.activations.store import Activations, ActivationStore, shard_stats
 from xsim.data.text import text_hash

@@ -1,5 +1,5 @@
 """Next-token transfer by patching: write a (mapped) vector into the target's residual stream at one layer and
-position, run the target's remaining layers, and score its next-token prediction.
+position, run the target's remaining layers, and return its next-token logits; scoring them is the caller's.
 
 Samples are texts split after a whole word (`xsim.data.next_word_split`): the sample position is the last token of
 the prefix, the label is the first token of the continuation, so the label always comes from the text after the
@@ -17,7 +17,6 @@ from xsim.activations.rows import pad_id, tokenize
 from xsim.data.text import next_word_split
 from xsim.models.model import Model
 from xsim.models.transformer import Patch
-from xsim.transfer import metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,30 +85,22 @@ def clean_logits(model: Model, samples: NextTokenSamples, batch_size: int = 16) 
   return np.concatenate(out)
 
 
-def patched_scores(model: Model, samples: NextTokenSamples, layer: int, values, batch_size: int = 16,
-                   clean=None) -> dict:
-  """Per-sample scores of writing values [n, D] into hidden state `layer` (0 = embeddings) at each sample position.
-
-  clean: the unpatched logits from `clean_logits`, to share them between calls (computed when None).
-  Returns metrics.next_token_scores of each sample as [n] arrays: {"kl": KL(clean || patched) in nats,
-  "top1_agreement", "next_token_accuracy" of the patched pass, "clean_accuracy" of the unpatched pass}.
-  """
+def patched_logits(model: Model, samples: NextTokenSamples, layer: int, values, batch_size: int = 16) -> np.ndarray:
+  """The float32 logits [n, V] at every sample position after writing values [n, D] into hidden state `layer`
+  (0 = embeddings) at that position."""
   values = np.asarray(values, np.float32)
   if values.shape != (len(samples.ids), model.config.hidden_size):
     raise ValueError(f"values must be [{len(samples.ids)}, {model.config.hidden_size}], got {values.shape}.")
   if not 0 <= layer <= model.config.num_layers:
     raise ValueError(f"layer {layer} is out of range 0..{model.config.num_layers}.")
-  if clean is None:
-    clean = clean_logits(model, samples, batch_size)
-  batches = []
+  out = []
   for rows, ids, mask, positions in _batches(samples, batch_size, pad_id(model.tokenizer)):
     batch_values = np.zeros((batch_size, values.shape[1]), np.float32)
     batch_values[:len(rows)] = values[rows]
     row_positions = np.where(np.arange(batch_size) < len(rows), positions, -1)
     patch = Patch(jnp.int32(layer), jnp.asarray(row_positions), jnp.asarray(batch_values))
-    patched = _logits_at(model, ids, mask, positions, patch)[:len(rows)]
-    batches.append(metrics.next_token_scores(clean[rows], patched, samples.next_tokens[rows]))
-  return {name: np.concatenate([np.asarray(b[name], np.float64) for b in batches]) for name in batches[0]}
+    out.append(np.asarray(_logits_at(model, ids, mask, positions, patch))[:len(rows)])
+  return np.concatenate(out)
 
 
 def _logits_at(model: Model, ids, mask, positions, patch) -> jnp.ndarray:

@@ -16,34 +16,23 @@ The store's array is the shards' arrays side by side along rows: nothing is copi
 from __future__ import annotations
 
 import dataclasses
-import errno
-import hashlib
 import io
 import json
 import os
 import re
-import tempfile
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import ml_dtypes  # noqa: F401  registers bfloat16 with NumPy, so store_dtype="bfloat16" names a NumPy dtype
 import numpy as np
 import tensorstore as ts
 
 from xsim.activations.rows import INDEX_DTYPE
+from xsim.io import WRITE_FIXES, sha256, write_bytes, write_error
 
 MANIFEST_VERSION = 3  # 1: activations.npy without checksums; 2: index with a `valid` field (both refused)
 _PROGRESS_KEYS = ("complete", "num_rows", "shard_rows", "files", "sha256")  # not part of a store's identity
 _CHUNK_BYTES = 4 << 20  # rows per chunk: one layer's rows up to ~4 MiB, so one layer or a few rows read little
 _CHECK_BYTES = 256 << 20  # read_all reads at most this much at a time
-
-_WRITE_FIXES = {
-    errno.ENOSPC: "the disk is full: free space there or choose a --workdir on another disk",
-    errno.EDQUOT: "the disk quota is used up: free space there or choose a --workdir on another disk",
-    errno.EFBIG: "the file is over the process's file-size limit: raise it (`ulimit -f unlimited`)",
-    errno.EROFS: "the file system is read-only: choose a writable --workdir",
-    errno.EACCES: "permission denied: choose a writable --workdir",
-    errno.EPERM: "permission denied: choose a writable --workdir",
-}
 
 
 class CorruptStore(ValueError):
@@ -53,55 +42,6 @@ class CorruptStore(ValueError):
 
 class IncompleteStore(ValueError):
   """A store whose extraction has not finished (rerunning the extraction resumes it)."""
-
-
-class WriteError(OSError):
-  """A file could not be written (disk full, quota, file-size limit, read-only or not permitted); the message
-  names the file and the fix. errno is the original one."""
-
-
-def _write_error(path: str, code: Optional[int], detail: str) -> WriteError:
-  fix = _WRITE_FIXES.get(code, "check free space (df), the file-size limit (ulimit -f) and that --workdir is "
-                               "writable")
-  message = f"Could not write {path}: {detail}; {fix}."
-  return WriteError(code, message) if code is not None else WriteError(message)
-
-
-def atomic_write(path: str, write: Callable[[str], Any]) -> None:
-  """Calls write(tmp_path), then renames tmp onto path, so readers never see a partial file. A write that fails
-  for lack of space, quota, file-size limit or permission (or an OSError without errno, as NumPy's tofile raises)
-  raises WriteError naming `path` and the fix; the temporary file is removed whatever happens."""
-  tmp = None
-  try:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix=os.path.basename(path))
-    os.close(fd)
-    write(tmp)
-    os.replace(tmp, path)
-  except WriteError:
-    raise
-  except OSError as e:
-    if e.errno in _WRITE_FIXES or e.errno is None:
-      raise _write_error(path, e.errno, e.strerror or str(e)) from e
-    raise
-  finally:
-    if tmp is not None and os.path.exists(tmp):
-      os.remove(tmp)
-
-
-def _sha256(data: bytes) -> str:
-  return hashlib.sha256(data).hexdigest()
-
-
-def write_bytes(path: str, data: bytes) -> str:
-  """Writes data atomically (synced to disk before the rename) and returns its SHA-256."""
-  def write(tmp):
-    with open(tmp, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-  atomic_write(path, write)
-  return _sha256(data)
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -117,7 +57,7 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 
 
 def _manifest_sha256(manifest: dict) -> str:
-  return _sha256(json.dumps({k: v for k, v in manifest.items() if k != "sha256"}, sort_keys=True).encode())
+  return sha256(json.dumps({k: v for k, v in manifest.items() if k != "sha256"}, sort_keys=True).encode())
 
 
 def _corrupt(path: str, what: str, manifest: Optional[dict]) -> CorruptStore:
@@ -287,14 +227,14 @@ class ActivationStore:
   def _corrupt(self, what: str) -> CorruptStore:
     return _corrupt(self.path, what, self.manifest)
 
-  def _read_checked(self, name: str, sha256: str) -> bytes:
-    """The bytes of file `name` (relative to the store), which must match sha256."""
+  def _read_checked(self, name: str, expected: str) -> bytes:
+    """The bytes of file `name` (relative to the store), whose SHA-256 must be `expected`."""
     try:
       with open(os.path.join(self.path, name), "rb") as f:
         data = f.read()
     except FileNotFoundError as e:
       raise self._corrupt(f"{name} is missing") from e
-    if _sha256(data) != sha256:
+    if sha256(data) != expected:
       raise self._corrupt(f"{name} does not match its SHA-256 ({len(data)} bytes)")
     return data
 
@@ -342,11 +282,11 @@ class ActivationStore:
       array.write(acts).result()
     except ValueError as e:
       code = re.search(r"os_error_code='(\d+)'", str(e))
-      if code and int(code.group(1)) in _WRITE_FIXES:
-        raise _write_error(path, int(code.group(1)), _tensorstore_error(e)) from e
+      if code and int(code.group(1)) in WRITE_FIXES:
+        raise write_error(path, int(code.group(1)), _tensorstore_error(e)) from e
       raise
     with open(os.path.join(path, "zarr.json"), "rb") as f:
-      return _sha256(f.read())
+      return sha256(f.read())
 
   def _shard_record(self, k: int) -> dict:
     try:

@@ -28,7 +28,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from xsim.similarity import checks, kernels, sharding
+from xsim import sharding
+from xsim.similarity import checks, kernels
 from xsim.similarity.checks import HIGHEST
 from xsim.similarity.preprocess import Preprocess, as_preprocess, preprocess as apply_preprocess
 

@@ -13,12 +13,13 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from xsim.similarity import checks, sharding
+from xsim import sharding
+from xsim.resampling import permutations
+from xsim.similarity import checks
 from xsim.similarity.checks import HIGHEST
 from xsim.similarity.cka import (GramSums, add_tile_rows, cka_from_hsic, gram_features, gram_shift, gram_tiles,
                                  hsic_from_sums, pad_axis, shifted_tile)
 from xsim.similarity.preprocess import Preprocess, as_preprocess, preprocess as apply_preprocess
-from xsim.similarity.stats import permutations
 
 
 def _layer_stats(xs, ys, tiles, n: int, side: int):

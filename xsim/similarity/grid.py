@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from xsim.similarity import cca, checks, neighbors, procrustes, rsa, sharding, stats
+from xsim import resampling, sharding
+from xsim.similarity import cca, checks, neighbors, procrustes, rsa, stats
 from xsim.similarity.cka import cka_matrix
 from xsim.similarity.cka_null import cka_matrix_null
 from xsim.similarity.preprocess import Preprocess, as_preprocess
@@ -225,7 +226,7 @@ def grid_null_max(measure: str, xs, ys, *, key: jax.Array, num_permutations: int
     null = cka_matrix_null(xs, ys, key=key, num_permutations=num_permutations, debiased=measure == "cka_debiased",
                            preprocess=grid.prep, chunk_size=grid.option("chunk_size"), mesh=mesh, dtype=dtype)
     return null.max((1, 2))
-  return _layer_null_max(grid, xs, ys, stats.permutations(key, num_permutations, n), batch_size, mesh)
+  return _layer_null_max(grid, xs, ys, resampling.permutations(key, num_permutations, n), batch_size, mesh)
 
 
 def grid_subsample_max(measure: str, xs, ys, *, key: jax.Array, num_resamples: int = 200,
@@ -235,7 +236,7 @@ def grid_subsample_max(measure: str, xs, ys, *, key: jax.Array, num_resamples: i
   the rows of stats.subsample with the same key; every layer's summary is rebuilt on each subsample, with
   its preprocessing. `mesh` splits the subsamples over all its devices."""
   grid, xs, ys, n = _inputs(measure, xs, ys, preprocess, dtype, options)
-  grid.check(stats.subsample_size(size, n), xs.shape[2], ys.shape[2])
+  grid.check(resampling.subsample_size(size, n), xs.shape[2], ys.shape[2])
   return stats.subsample(_GridMax(grid), xs, ys, key=key, num_resamples=num_resamples, size=size,
                          batch_size=batch_size, mesh=mesh, dtype=dtype)
 
@@ -246,6 +247,6 @@ def grid_max_ci(measure: str, xs, ys, *, key: jax.Array, num_resamples: int = 20
   """-> (low, high): stats.subsample_ci of the max over the [La, Lb] grid of `measure` (subsamples as in
   grid_subsample_max). `mesh` splits the subsamples over all its devices."""
   grid, xs, ys, n = _inputs(measure, xs, ys, preprocess, dtype, options)
-  grid.check(stats.subsample_size(size, n), xs.shape[2], ys.shape[2])
+  grid.check(resampling.subsample_size(size, n), xs.shape[2], ys.shape[2])
   return stats.subsample_ci(_GridMax(grid), xs, ys, key=key, num_resamples=num_resamples, level=level, size=size,
                             batch_size=batch_size, mesh=mesh, dtype=dtype)

@@ -1,5 +1,6 @@
-"""Baselines and statistics for similarity scores: permutation nulls, bootstrap and subsampling intervals,
-p-values; resamples are mapped inside one compiled call and, with a mesh, split over its devices.
+"""Baselines and statistics for similarity scores: permutation nulls, bootstrap and subsampling intervals of any
+measure; resamples are mapped inside one compiled call and, with a mesh, split over its devices. The primitives
+(permutations, subsets, subsample_interval, p_value) live in xsim.resampling.
 
 A permutation of the rows of y breaks the sample correspondence and keeps everything else, so the null
 distribution of any measure (and of the maximum over all layer pairs, which the published study reported
@@ -15,14 +16,11 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from xsim.similarity import checks, sharding
+from xsim import sharding
+from xsim.resampling import permutations, subsample_interval, subsample_size, subsets
+from xsim.similarity import checks
 
 Measure = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
-
-
-def permutations(key: jax.Array, num: int, n: int) -> jnp.ndarray:
-  """-> [num, n] independent uniform permutations of range(n)."""
-  return jax.vmap(lambda k: jax.random.permutation(k, n))(jax.random.split(key, num))
 
 
 @functools.partial(jax.jit, static_argnames=("measure", "resample_x", "batch_size", "mesh"))
@@ -94,24 +92,16 @@ def bootstrap_ci(measure: Measure, x, y, *, key: jax.Array, num_resamples: int =
   return jnp.quantile(samples, alpha, axis=0), jnp.quantile(samples, 1.0 - alpha, axis=0)
 
 
-def subsample_size(size: Optional[int], n: int) -> int:
-  size = n // 2 if size is None else size
-  if not 2 <= size < n:
-    raise ValueError(f"size={size} must satisfy 2 <= size < n={n} (rows drawn without replacement); pass "
-                     f"size=None for n // 2 = {n // 2}, or use more samples.")
-  return int(size)
-
-
 def subsample(measure: Measure, x, y, *, key: jax.Array, num_resamples: int = 200, size: Optional[int] = None,
               batch_size: Optional[int] = 8, mesh: Optional[Mesh] = None, dtype=None) -> jnp.ndarray:
   """-> [R, *S.shape] of measure on `size` rows drawn without replacement (default n // 2).
 
-  The same rows for x and y and for every layer; resample r uses rows permutations(key, R, n)[r, :size].
+  The same rows for x and y and for every layer; resample r uses rows subsets(key, R, n, size)[r], i.e.
+  permutations(key, R, n)[r, :size].
   No row is repeated, so each subsample is an ordinary sample of size m and debiased HSIC stays unbiased.
   """
   x, y, n = _arrays(x, y, dtype)
-  size = subsample_size(size, n)
-  index = permutations(key, num_resamples, n)[:, :size]
+  index = subsets(key, num_resamples, n, size)
   return _resample_map(measure, x, y, index, True, batch_size, mesh)
 
 
@@ -138,27 +128,3 @@ def subsample_ci(measure: Measure, x, y, *, key: jax.Array, num_resamples: int =
   samples = subsample(measure, x, y, key=key, num_resamples=num_resamples, size=size, batch_size=batch_size,
                       mesh=mesh, dtype=dtype)
   return subsample_interval(measure(x, y), samples, n, size=size, level=level)
-
-
-def subsample_interval(estimate, samples, n: int, *, size: Optional[int] = None, level: float = 0.95):
-  """-> (low, high): subsample_ci's basic interval from an estimate t (shape S) on all n rows and its values
-  samples [R, *S] on subsamples of `size` rows (default n // 2), however they were computed (e.g. combined from
-  chunks of a layer grid, or a ratio of several pairs' values on shared subsamples)."""
-  if not 0.0 < level < 1.0:
-    raise ValueError(f"level={level} must lie in (0, 1), e.g. 0.95.")
-  size = subsample_size(size, n)
-  estimate = jnp.asarray(estimate)
-  deviations = jnp.asarray(samples) - estimate
-  scale = (size / (n - size)) ** 0.5
-  alpha = (1.0 - level) / 2.0
-  return (estimate - scale * jnp.quantile(deviations, 1.0 - alpha, axis=0),
-          estimate - scale * jnp.quantile(deviations, alpha, axis=0))
-
-
-def p_value(observed, null) -> jnp.ndarray:
-  """observed: S, null: [P, *S] -> (1 + #{null >= observed}) / (P + 1), elementwise (never 0: the observed
-  arrangement is itself one of the equally likely permutations under the null)."""
-  observed, null = jnp.asarray(observed), jnp.asarray(null)
-  if null.shape[1:] != observed.shape:
-    raise ValueError(f"null must be [P, *observed.shape]; got {null.shape} for observed {observed.shape}.")
-  return (1.0 + jnp.sum(null >= observed, axis=0)) / (null.shape[0] + 1.0)

@@ -6,13 +6,15 @@
 
 Modules: splits (row split, standardization), ridge / procrustes / train (the three ways to fit a chunk of
 pairs), maps (the sweep driver), controls (shuffled-pair and mean floors), probes (logistic and token probes,
-probe-transfer table), metrics (R^2, next-token scores of a patched pass, bootstrap CIs), checkpoint (verified
-per-chunk checkpoints). Every function takes and returns arrays; models run in xsim.activations.
+probe-transfer table), metrics (R^2, next-token scores of patched logits), checkpoint (verified per-chunk
+checkpoints); bootstrap_mean_ci (bootstrap CIs of per-row scores) is re-exported from xsim.resampling. Every
+function takes and returns arrays; models run in xsim.activations.
 """
+from xsim.resampling import bootstrap_mean_ci
 from xsim.transfer.controls import fit_shuffled_maps, mean_predictor_r2
 from xsim.transfer.maps import LinearMapFit, fit_linear_maps
-from xsim.transfer.metrics import (bootstrap_mean_ci, kl_divergence, next_token_scores, r2_score,
-                                   top1_agreement, topk_accuracy)
+from xsim.transfer.metrics import (kl_divergence, next_token_scores, patching_scores, r2_score, top1_agreement,
+                                   topk_accuracy)
 from xsim.transfer.probes import (ProbeFit, ProbeTransfer, fit_logistic_probes, fit_token_probes,
                                   probe_transfer)
 from xsim.transfer.ridge import ridge_path, ridge_weights
@@ -21,6 +23,6 @@ from xsim.transfer.splits import Split, make_split
 __all__ = [
     "LinearMapFit", "ProbeFit", "ProbeTransfer", "Split", "bootstrap_mean_ci", "fit_linear_maps",
     "fit_logistic_probes", "fit_shuffled_maps", "fit_token_probes", "kl_divergence", "make_split",
-    "mean_predictor_r2", "next_token_scores", "probe_transfer", "r2_score", "ridge_path", "ridge_weights",
-    "top1_agreement", "topk_accuracy",
+    "mean_predictor_r2", "next_token_scores", "patching_scores", "probe_transfer", "r2_score", "ridge_path",
+    "ridge_weights", "top1_agreement", "topk_accuracy",
 ]

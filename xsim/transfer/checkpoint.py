@@ -34,7 +34,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import safetensors.numpy
 
-from xsim.activations.store import write_bytes
+from xsim.io import write_bytes
 
 _ARRAYS_FILE = "arrays.safetensors"
 

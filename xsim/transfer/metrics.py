@@ -1,4 +1,4 @@
-"""Scores for maps, probes and patched forward passes (R^2, KL, top-1 agreement, top-k accuracy) and bootstrap CIs.
+"""Scores for maps, probes and patched forward passes (R^2, KL, top-1 agreement, top-k accuracy).
 
 Pure functions of arrays; each reduces only the axes named in its docstring, so callers vmap or mask freely.
 """
@@ -101,34 +101,22 @@ def next_token_scores(clean_logits, patched_logits, next_tokens):
   }
 
 
-def bootstrap_mean_ci(values, *, num_resamples: int = 1000, level: float = 0.95, seed: int = 0):
-  """Percentile bootstrap confidence interval of the mean over the last axis (the rows).
+def patching_scores(clean_logits, patched_logits, next_tokens, batch_size: int = 16) -> dict:
+  """Per-sample next_token_scores of a patched pass, as float64 NumPy arrays (means over samples in float64).
 
-  Unlike xsim.similarity.bootstrap_ci (any measure of two arrays, a JAX key, a tuple of bounds), this takes
-  per-row scores, whose resampled means need no recomputation: a resample's mean is counts . values / m with
-  counts the multiplicity of each row in the draw, so all resamples cost one [..., m] x [m, R] matmul. Every
-  entry of the leading axes is resampled with the same row draws, so intervals of scores taken on the same rows
-  (a map, its ceiling, its baseline) are paired.
+  Rows are scored `batch_size` at a time, in the batches patched_logits runs: XLA rounds a reduction over the
+  vocabulary differently for different row counts, so the same blocks give the numbers of scoring each batch.
 
   Args:
-    values: [..., m] per-row scores (e.g. 0/1 hits).
-    num_resamples: R, number of bootstrap resamples.
-    level: coverage of the interval, in (0, 1).
-    seed: seeds the row draws.
+    clean_logits: [n, vocab] the target's unpatched logits (xsim.activations.patching.clean_logits).
+    patched_logits: [n, vocab] its logits after patching (xsim.activations.patching.patched_logits).
+    next_tokens: [n] the true next token of each sample.
+    batch_size: rows scored at a time (patched_logits' batch_size).
 
   Returns:
-    [..., 2] lower and upper bounds.
+    dict of [n] float64: `kl`, `top1_agreement`, `next_token_accuracy` and `clean_accuracy` (see next_token_scores).
   """
-  if not 0.0 < level < 1.0:
-    raise ValueError(f"level={level} must lie in (0, 1), e.g. 0.95.")
-  if num_resamples < 2:
-    raise ValueError(f"num_resamples={num_resamples} must be at least 2.")
-  values = jnp.asarray(values, jnp.float32)
-  num_rows = values.shape[-1]
-  draws = np.random.default_rng(seed).integers(0, num_rows, size=(num_resamples, num_rows))
-  offsets = num_rows * np.arange(num_resamples)[:, None]  # one bincount for all resamples (XLA's CPU scatter is slow)
-  counts = np.bincount((draws + offsets).ravel(), minlength=num_resamples * num_rows).reshape(draws.shape)
-  means = jnp.einsum("...m,rm->...r", values, jnp.asarray(counts, jnp.float32),
-                     precision=jax.lax.Precision.HIGHEST) / num_rows
-  tail = (1.0 - level) / 2.0
-  return jnp.moveaxis(jnp.quantile(means, jnp.array([tail, 1.0 - tail]), axis=-1), 0, -1)
+  blocks = [next_token_scores(clean_logits[start:start + batch_size], patched_logits[start:start + batch_size],
+                              next_tokens[start:start + batch_size])
+            for start in range(0, len(next_tokens), batch_size)]
+  return {name: np.concatenate([np.asarray(b[name], np.float64) for b in blocks]) for name in blocks[0]}

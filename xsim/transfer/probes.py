@@ -23,8 +23,7 @@ import optax
 from jax.lax import Precision
 from jax.sharding import Mesh, PartitionSpec
 
-from xsim import linalg
-from xsim.similarity import sharding
+from xsim import linalg, resampling, sharding
 from xsim.transfer import maps, metrics, splits, train
 
 DEFAULT_PENALTIES = (1e-4, 1e-3, 1e-2, 1e-1)
@@ -157,7 +156,7 @@ def probe_transfer(map_fit: maps.LinearMapFit, target_probe: ProbeFit, source_pr
     source_features: [La, n, da] the source model's task activations (the rows the probes were fit on).
     labels: [n] task labels (0/1, or token ids for token probes).
     k: top-k accuracy (1 for binary probes).
-    num_resamples, level, seed: bootstrap settings (metrics.bootstrap_mean_ci).
+    num_resamples, level, seed: bootstrap settings (resampling.bootstrap_mean_ci).
     mesh: split the layer pairs of each source layer over all devices of this mesh.
 
   Returns:
@@ -189,7 +188,7 @@ def probe_transfer(map_fit: maps.LinearMapFit, target_probe: ProbeFit, source_pr
   majority = np.isin(target_probe.class_index(test_labels), frequent).astype(np.float32)
 
   def scored(hits):
-    ci = metrics.bootstrap_mean_ci(hits, num_resamples=num_resamples, level=level, seed=seed)
+    ci = resampling.bootstrap_mean_ci(hits, num_resamples=num_resamples, level=level, seed=seed)
     return hits.mean(axis=-1), np.asarray(ci)
 
   mapped_acc, mapped_ci = scored(mapped)

@@ -17,8 +17,7 @@ import jax.numpy as jnp
 from jax.lax import Precision
 from jax.sharding import Mesh
 
-from xsim import linalg
-from xsim.similarity import sharding
+from xsim import linalg, sharding
 
 
 def fit_procrustes(x_train, y_train, mesh: Optional[Mesh] = None):

@@ -1,0 +1,120 @@
+"""The similarity stage: every measure and preprocessing over all layer pairs, with the statistics of the max.
+
+A unit computes the rows [start, stop) of a pair's [La, Lb] grid of one measure and preprocessing and, for measures
+with statistics, over the chunk's scored layer pairs (both hidden-state indices >= min_layer), the grid max under
+each permutation of the rows (the null of the max) and on each half-sized subsample of the rows (its CI). Every
+chunk of one (pair, measure, preprocessing, seed) draws the same permutations and subsamples (experiments/
+statistics.py), so the maxima over the whole grid are the maxima over chunks: tabulate combines them exactly,
+whichever process computed which chunk. Writes similarity.csv and each pair's measures in summary.json.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from experiments import statistics
+from experiments.units import chunks, make_unit
+from xsim import layer_select
+from xsim.similarity.grid import GRID_MEASURES
+from xsim.similarity.preprocess import METHODS as PREPROCESSINGS
+
+NAME, SECTION, PHASE = "similarity", "similarity", 1
+# Measures whose permutation null and subsampling CI of the max are computed.
+WITH_STATISTICS = ("cka", "cka_debiased")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """The config's `similarity` section: measures (xsim.similarity.GRID_MEASURES), preprocessings, k of the
+  neighbour measures."""
+  measures: tuple[str, ...]
+  preprocess: tuple[str, ...]
+  knn_k: int = 10
+
+  def problems(self) -> list[str]:
+    out = [f"similarity measure {m!r} not in {GRID_MEASURES}" for m in self.measures if m not in GRID_MEASURES]
+    out += [f"similarity preprocess {p!r} not in {PREPROCESSINGS}" for p in self.preprocess
+            if p not in PREPROCESSINGS]
+    if self.knn_k < 1:
+      out.append(f"similarity.knn_k={self.knn_k} must be >= 1")
+    return out
+
+  def options(self, measure: str) -> dict:
+    """The measure's options beyond the preprocessing."""
+    return {"k": self.knn_k} if measure in ("mutual_knn", "cknna") else {}
+
+
+def units(settings: Settings, ctx, pair, seed: int) -> list:
+  """One unit per measure, preprocessing and chunk of the source's layers. The seed moves only the statistics'
+  resamples and a random baseline's weights, so other measures of a real pair are computed once for all seeds."""
+  out = []
+  num_layers_a = len(ctx.stores.get(pair.a, seed).layers)
+  for measure in settings.measures:
+    seeded = measure in WITH_STATISTICS or pair.is_random
+    reads = [ctx.stats.permutations, ctx.stats.ci_resamples, ctx.stats.min_layer] if measure in WITH_STATISTICS else []
+    for prep in settings.preprocess:
+      for rows in chunks(num_layers_a, ctx.study.mesh.layers_per_unit):
+        unit_seed = seed if seeded else None
+        out.append(make_unit(ctx.workdir, NAME, pair, unit_seed, (measure, prep, rows),
+                              (ctx.identity(pair, seed), measure, prep, settings.options(measure), reads, rows,
+                               unit_seed)))
+  return out
+
+
+def grid(measure: str, prep: str, xs, ys, settings: Settings, mesh=None) -> np.ndarray:
+  """xs: [La, n, da], ys: [Lb, n, db] -> [La, Lb] float64 values of `measure` for every layer pair."""
+  from xsim import similarity as sim
+  return np.asarray(sim.similarity_grid(measure, xs, ys, preprocess=prep, mesh=mesh, **settings.options(measure)),
+                    np.float64)
+
+
+def compute(settings: Settings, ctx, unit) -> dict:
+  """{"matrix": [stop - start, Lb] values, "null_max": [P] or None, "subsample_max": [R] or None}.
+
+  null_max / subsample_max are maxima over the chunk's scored layer pairs (None when the measure has no
+  statistics; -inf when the chunk holds no scored layer pair).
+  """
+  from xsim import similarity as sim
+  measure, prep, (start, stop) = unit.part
+  stats = ctx.stats
+  seed = ctx.study.seeds[0] if unit.seed is None else unit.seed
+  data = ctx.pair_data(unit.pair, seed)
+  xs = data.xs[start:stop]
+  out = {"matrix": grid(measure, prep, xs, data.ys, settings, ctx.mesh).tolist(), "null_max": None,
+         "subsample_max": None}
+  if measure not in WITH_STATISTICS:
+    return out
+  ia = np.flatnonzero(np.asarray(data.layers_a[start:stop]) >= stats.min_layer)
+  ib = layer_select.scored_positions(data.layers_b, stats.min_layer, data.pair.b)
+  if not len(ia):
+    out.update(null_max=[-np.inf] * stats.permutations, subsample_max=[-np.inf] * stats.ci_resamples)
+    return out
+  xs, ys = xs[ia], data.ys[ib]
+  options = dict(preprocess=prep, mesh=ctx.mesh, **settings.options(measure))
+  null = sim.grid_null_max(measure, xs, ys, key=statistics.null_key(seed), num_permutations=stats.permutations,
+                           **options)
+  samples = sim.grid_subsample_max(measure, xs, ys, key=statistics.text_subsets_key(seed),
+                                   num_resamples=stats.ci_resamples, batch_size=8, **options)
+  out.update(null_max=np.asarray(null, np.float64).tolist(), subsample_max=np.asarray(samples, np.float64).tolist())
+  return out
+
+
+def tabulate(settings: Settings, ctx, pair, seed: int, entries, out) -> None:
+  """similarity.csv rows of every measure and preprocessing, and their grid statistics in the pair's summary."""
+  layout = ctx.layout(pair, seed)
+  summary = out.pair_summary(pair, seed, layout.num_samples)
+  for measure in settings.measures:
+    for prep in settings.preprocess:
+      parts = [result for unit, result in entries if unit.part[:2] == (measure, prep)]
+      matrix = np.concatenate([np.asarray(p["matrix"], np.float64) for p in parts])
+      combine = lambda name: None if parts[0][name] is None else np.max([p[name] for p in parts], axis=0)
+      stats = statistics.grid_max(matrix, layout.layers_a, layout.layers_b, ctx.stats, combine("null_max"),
+                                  combine("subsample_max"), layout.num_samples)
+      summary[f"{measure}|{prep}"] = stats
+      if parts[0]["subsample_max"] is not None:
+        out.resample((measure, prep), pair, seed, stats["max"], combine("subsample_max"), layout.num_samples)
+      out.add("similarity.csv", [
+          dict(model_a=pair.a, model_b=pair.b, relation=pair.relation, measure=measure, preprocess=prep,
+               **layout.cell(layout.layers_a[i], layout.layers_b[j]), value=float(matrix[i, j]), seed=seed)
+          for i, j in np.ndindex(matrix.shape)])
