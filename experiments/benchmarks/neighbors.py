@@ -26,8 +26,6 @@ import numpy as np
 
 from experiments.benchmarks.cka import best_time, compiled, force_cpu_devices, make_data
 
-PAIR_OPTIONS = {"mutual_knn": ("k",), "cknna": ("k",)}
-
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -66,7 +64,7 @@ def main(argv=None):
         f"dx = {a.dx}, dy = {a.dy}, k = {a.k}, float32")
   rows = []  # (workload, xsim seconds, alternative, alternative seconds, note)
   for measure in a.measures.split(","):
-    options = {"k": a.k} if measure in PAIR_OPTIONS else {}
+    options = {"k": a.k} if "k" in sim.MEASURES[measure].options else {}
     pair = getattr(sim, measure)
     grid = compiled(lambda p, q: sim.similarity_grid(measure, p, q, **options), xs, ys)
     contenders = {

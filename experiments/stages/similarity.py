@@ -16,12 +16,10 @@ import numpy as np
 from experiments import statistics
 from experiments.units import chunks, make_unit
 from xsim import layer_select
-from xsim.similarity.grid import GRID_MEASURES
+from xsim.similarity.grid import GRID_MEASURES, MEASURES
 from xsim.similarity.preprocess import METHODS as PREPROCESSINGS
 
 NAME, SECTION, PHASE = "similarity", "similarity", 1
-# Measures whose permutation null and subsampling CI of the max are computed.
-WITH_STATISTICS = ("cka", "cka_debiased")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +40,7 @@ class Settings:
 
   def options(self, measure: str) -> dict:
     """The measure's options beyond the preprocessing."""
-    return {"k": self.knn_k} if measure in ("mutual_knn", "cknna") else {}
+    return {"k": self.knn_k} if "k" in MEASURES[measure].options else {}
 
 
 def units(settings: Settings, ctx, pair, seed: int) -> list:
@@ -51,8 +49,9 @@ def units(settings: Settings, ctx, pair, seed: int) -> list:
   out = []
   num_layers_a = len(ctx.stores.get(pair.a, seed).layers)
   for measure in settings.measures:
-    seeded = measure in WITH_STATISTICS or pair.is_random
-    reads = [ctx.stats.permutations, ctx.stats.ci_resamples, ctx.stats.min_layer] if measure in WITH_STATISTICS else []
+    with_statistics = MEASURES[measure].with_statistics
+    seeded = with_statistics or pair.is_random
+    reads = [ctx.stats.permutations, ctx.stats.ci_resamples, ctx.stats.min_layer] if with_statistics else []
     for prep in settings.preprocess:
       for rows in chunks(num_layers_a, ctx.study.mesh.layers_per_unit):
         unit_seed = seed if seeded else None
@@ -83,7 +82,7 @@ def compute(settings: Settings, ctx, unit) -> dict:
   xs = data.xs[start:stop]
   out = {"matrix": grid(measure, prep, xs, data.ys, settings, ctx.mesh).tolist(), "null_max": None,
          "subsample_max": None}
-  if measure not in WITH_STATISTICS:
+  if not MEASURES[measure].with_statistics:
     return out
   ia = np.flatnonzero(np.asarray(data.layers_a[start:stop]) >= stats.min_layer)
   ib = layer_select.scored_positions(data.layers_b, stats.min_layer, data.pair.b)

@@ -26,17 +26,29 @@ from xsim.similarity.cka import cka_matrix
 from xsim.similarity.cka_null import cka_matrix_null
 from xsim.similarity.preprocess import Preprocess, as_preprocess
 
-GRID_MEASURES = ("cka", "cka_debiased", "mutual_knn", "cknna", "procrustes", "svcca", "rsa")
-# Each measure's options and their defaults (those of the per-pair functions).
-OPTIONS = {
-    "cka": dict(method="auto", chunk_size=512),
-    "cka_debiased": dict(method="auto", chunk_size=512),
-    "mutual_knn": dict(k=10),
-    "cknna": dict(k=10, debiased=True),
-    "procrustes": dict(),
-    "svcca": dict(keep=0.99, dims=None),
-    "rsa": dict(rdm="correlation", compare="spearman"),
+
+
+@dataclasses.dataclass(frozen=True)
+class MeasureInfo:
+  """A layer-grid measure: its options with their defaults (those of the per-pair functions); gram: CKA, computed
+  from Gram tiles (cka_matrix, cka_matrix_null) rather than per-layer summaries; with_statistics: studies report
+  the permutation null and the subsampling CI of its grid max."""
+  options: dict
+  gram: bool = False
+  with_statistics: bool = False
+
+
+# The measures, in report order.
+MEASURES = {
+    "cka": MeasureInfo(dict(method="auto", chunk_size=512), gram=True, with_statistics=True),
+    "cka_debiased": MeasureInfo(dict(method="auto", chunk_size=512), gram=True, with_statistics=True),
+    "mutual_knn": MeasureInfo(dict(k=10)),
+    "cknna": MeasureInfo(dict(k=10, debiased=True)),
+    "procrustes": MeasureInfo({}),
+    "svcca": MeasureInfo(dict(keep=0.99, dims=None)),
+    "rsa": MeasureInfo(dict(rdm="correlation", compare="spearman")),
 }
+GRID_MEASURES = tuple(MEASURES)
 # Plain Python values, so equal settings hash alike (one compilation) whatever numeric types they came in.
 _AS = {"chunk_size": int, "k": int, "debiased": bool, "keep": float, "dims": lambda v: None if v is None else int(v),
        "method": str, "rdm": str, "compare": str}
@@ -71,7 +83,7 @@ class GridMeasure:
     min_n = {"cka_debiased": 4, "rsa": 3, "cknna": 4 if o.get("debiased") else 2}.get(self.name, 2)
     if n < min_n:
       raise ValueError(f"{self.name} needs at least {min_n} samples, got n={n}.")
-    if self.name in ("mutual_knn", "cknna"):
+    if "k" in o:
       neighbors.check_k(o["k"], n)
     if self.name == "svcca":
       cca.check_svcca(o["keep"], o["dims"], min(n, da, db))
@@ -95,7 +107,7 @@ class GridMeasure:
     raise ValueError(f"{self.name} is not built from per-layer summaries.")
 
   def __call__(self, xs, ys) -> jnp.ndarray:
-    if self.name in ("cka", "cka_debiased"):
+    if MEASURES[self.name].gram:
       return cka_matrix(xs, ys, debiased=self.name == "cka_debiased", preprocess=self.prep,
                         method=self.option("method"), chunk_size=self.option("chunk_size"), dtype=xs.dtype)
     self.check(xs.shape[1], xs.shape[2], ys.shape[2])
@@ -112,16 +124,16 @@ class _GridMax:
 
 
 def grid_measure(measure: str, *, preprocess: str | Preprocess = "none", **options) -> GridMeasure:
-  """A GridMeasure for `measure` (one of GRID_MEASURES) with its options (see OPTIONS; unset ones take the
+  """A GridMeasure for `measure` (one of GRID_MEASURES) with its options (see MEASURES; unset ones take the
   defaults of the per-pair functions) after `preprocess`."""
   if measure not in GRID_MEASURES:
     raise ValueError(f"measure={measure!r} is unknown; use one of {GRID_MEASURES}.")
-  allowed = OPTIONS[measure]
+  allowed = MEASURES[measure].options
   unknown = sorted(set(options) - set(allowed))
   if unknown:
     raise ValueError(f"{measure} takes options {sorted(allowed)}, not {unknown}.")
   o = {key: _AS[key](value) for key, value in {**allowed, **options}.items()}
-  if measure in ("cka", "cka_debiased") and o["chunk_size"] < 1:
+  if MEASURES[measure].gram and o["chunk_size"] < 1:
     raise ValueError(f"chunk_size={o['chunk_size']} must be a positive Gram tile side, e.g. 512.")
   if measure == "svcca":
     cca.check_svcca(o["keep"], o["dims"])
@@ -193,11 +205,11 @@ def similarity_grid(measure: str, xs, ys, *, preprocess: str | Preprocess = "non
   """xs: [La, n, da], ys: [Lb, n, db] -> [La, Lb] `measure` (one of GRID_MEASURES) of every layer pair, in one
   compiled call; the same values as the per-pair functions (cka, mutual_knn, cknna, procrustes, svcca, rsa).
 
-  options: see OPTIONS, e.g. k=10 for mutual_knn. `mesh` splits the work over all its devices (same numbers).
+  options: see MEASURES, e.g. k=10 for mutual_knn. `mesh` splits the work over all its devices (same numbers).
   """
   grid, xs, ys, n = _inputs(measure, xs, ys, preprocess, dtype, options)
   grid.check(n, xs.shape[2], ys.shape[2])
-  if measure in ("cka", "cka_debiased"):
+  if MEASURES[measure].gram:
     out = cka_matrix(xs, ys, debiased=measure == "cka_debiased", preprocess=grid.prep,
                      method=grid.option("method"), chunk_size=grid.option("chunk_size"), mesh=mesh, dtype=dtype)
   else:
@@ -222,7 +234,7 @@ def grid_null_max(measure: str, xs, ys, *, key: jax.Array, num_permutations: int
   grid.check(n, xs.shape[2], ys.shape[2])
   if num_permutations < 1:
     raise ValueError(f"num_permutations={num_permutations} must be positive.")
-  if measure in ("cka", "cka_debiased"):
+  if MEASURES[measure].gram:
     null = cka_matrix_null(xs, ys, key=key, num_permutations=num_permutations, debiased=measure == "cka_debiased",
                            preprocess=grid.prep, chunk_size=grid.option("chunk_size"), mesh=mesh, dtype=dtype)
     return null.max((1, 2))
