@@ -14,7 +14,7 @@ import os
 
 from absl import app, flags
 
-from experiments import document, results
+from experiments import document, outputs
 
 # Checked in main rather than marked required: a required flag would break flag parsing in any other absl
 # program (or test) that imports this module.
@@ -30,7 +30,7 @@ def _headline(workdir: str) -> dict:
   path = os.path.join(workdir, "summary.json")
   if not os.path.exists(path):
     raise ValueError(f"{path} does not exist; --a and --b must be workdirs of finished runs.")
-  headline = results.read_json(path).get("headline")
+  headline = outputs.read_json(path).get("headline")
   if not headline or "similarity" not in headline:
     raise ValueError(f"{path} has no headline numbers; rerun that run with this version of xsim (its cached "
                      "results are reused) to write them.")

@@ -45,7 +45,7 @@ def layer_grids(rows: Sequence[dict], keys: Sequence[str], values: Sequence[str]
     missing = need - set(row)
     if missing:
       raise ValueError(f"table row {i} lacks columns {sorted(missing)}; write tables with the columns in "
-                       "experiments/results.py.")
+                       "experiments/outputs.py.")
     key = tuple(row[k] for k in keys)
     cell = (row["layer_a"], row["layer_b"], row["seed"])
     if cell in groups[key]:

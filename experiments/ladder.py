@@ -16,7 +16,7 @@ import shutil
 
 from absl import app, flags, logging
 
-from experiments import document, results, run as runner
+from experiments import document, outputs, run as runner
 
 # --workdir is the runner's flag (experiments.run defines it): the directory for the ladder's runs and tables.
 _CONFIG = flags.DEFINE_string("ladder_config", "experiments/configs/offline_study.py",
@@ -79,7 +79,7 @@ def main(argv):
     switched = "published protocol" if k == 0 else descriptions[ladder[k - 1]]
     steps.append((f"{k}: {'published' if k == 0 else ladder[k - 1]}", switched, summary["answer"]))
   rows = ladder_rows(steps)
-  results.write_json(os.path.join(workdir, "ladder.json"), rows)
+  outputs.write_json(os.path.join(workdir, "ladder.json"), rows)
   note = ("Each step switches one more choice of the published protocol to the corrected one (cumulatively); "
           "each cell is the cross / within-family ratio of that figure with its 95% CI where the run has "
           "resamples for it (texts subsampled, ratio recomputed). Step reports are under step-K/.")

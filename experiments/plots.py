@@ -1,4 +1,4 @@
-"""Figures of a run's tidy tables (experiments/results.py): similarity heatmaps over all layer pairs, transfer
+"""Figures of a run's tidy tables (experiments/outputs.py): similarity heatmaps over all layer pairs, transfer
 R^2 maps against their shuffled-pair floor, and probe accuracies against their ceilings and chance.
 
 Each figure is drawn on its own `matplotlib.figure.Figure` with the Agg canvas (no pyplot state, no display),

@@ -1,7 +1,7 @@
 """The run report: report.md and report.html in a run's workdir, drawn from what the tables step wrote.
 
 Inputs read from the workdir; each is optional and a section whose input is absent is left out (and named):
-  similarity.csv, transfer.csv, probes.csv, next_token.csv   the tidy tables of experiments/results.py (drawn as
+  similarity.csv, transfer.csv, probes.csv, next_token.csv   the tidy tables of experiments/outputs.py (drawn as
                  heatmaps and charts; next_token.csv is listed as it is)
   summary.json   the numbers (experiments/tables.py): "headline" (seed-averaged maxima and means, groups,
                  within / cross ratios, best maps and probes), per-pair statistics with the permutation null
@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from experiments import plots, results
+from experiments import outputs, plots
 from experiments.document import (DECIMALS, MISSING, NO_RATIO, Bullets, Code, Heading, Image, Para, Table, fmt,
                                   fmt_ci, fmt_ci_label, fmt_layers, fmt_ratio, to_html, to_markdown)
 from xsim.io import atomic_write
@@ -192,7 +192,7 @@ def _read(workdir: str, name: str):
   path = os.path.join(workdir, name)
   if not os.path.exists(path):
     return None
-  return results.read_json(path) if name.endswith(".json") else results.read_table(path)
+  return outputs.read_json(path) if name.endswith(".json") else outputs.read_table(path)
 
 
 def write_report(workdir: str, config_dict: Mapping, environment: Mapping) -> tuple[str, str]:

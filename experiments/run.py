@@ -25,11 +25,10 @@ import sys
 import threading
 
 import jax
-import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments import context, extraction, results, study, tables, units, workdir as workdir_lib
+from experiments import context, extraction, outputs, study, tables, units, workdir as workdir_lib
 from experiments.stages import STAGES
 from experiments.validate import override_error, validate_config, validate_depths
 
@@ -112,7 +111,7 @@ def run(cfg, workdir: str, lock_wait_s: float = 0.0, xla_cache: bool = True) -> 
     for stage in STAGES:
       if hasattr(stage, "finish"):
         stage.finish(ctx.settings(stage.NAME), ctx, pairs)
-    results.write_json(os.path.join(workdir, "config.json"), cfg.to_dict())
+    outputs.write_json(os.path.join(workdir, "config.json"), cfg.to_dict())
     from experiments import report
     report.write_report(workdir, cfg.to_dict(), environment())
     logging.info("Report: %s", os.path.join(workdir, "report.md"))

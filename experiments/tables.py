@@ -1,7 +1,7 @@
 """The tables step: a run's results turned into tidy rows and headline numbers, once.
 
 assemble: every stage's rows from its unit entries (each stage's tabulate, experiments/stages) -> the tidy tables of
-experiments/results.py, each pair's statistics per measure and seed (max, mean, argmax, permutation null and subsampling CI of the max over the scored layer
+experiments/outputs.py, each pair's statistics per measure and seed (max, mean, argmax, permutation null and subsampling CI of the max over the scored layer
 pairs), the headline numbers (seed-averaged grids' maxima and means, within / cross-family groups and ratios, best
 maps, best probes) and the answer (experiments/answer.py). Everything is written to the workdir; the report, the
 plots and `experiments.compare` only read and draw it.
@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from experiments import answer, cache, results
+from experiments import answer, cache, outputs
 from experiments.grids import best_cell, layer_grids
 from experiments.study import RELATIONS
 from xsim import layer_select
@@ -224,9 +224,9 @@ def assemble(ctx, stages, pairs, work: dict) -> dict:
         entries = [(u, cache.read(u.path)) for u in stage.units(settings, ctx, pair, seed)]
         if entries:
           stage.tabulate(settings, ctx, pair, seed, entries, out)
-  for name, columns in results.TABLES.items():
+  for name, columns in outputs.TABLES.items():
     if out.rows[name]:
-      results.write_table(os.path.join(ctx.workdir, name), columns, out.rows[name])
+      outputs.write_table(os.path.join(ctx.workdir, name), columns, out.rows[name])
   stats = ctx.stats
   numbers = headline(out.rows["similarity.csv"], out.rows["transfer.csv"], out.rows["probes.csv"], stats.min_layer)
   relations = {p.name: p.relation for p in pairs if not p.is_random}
@@ -235,5 +235,5 @@ def assemble(ctx, stages, pairs, work: dict) -> dict:
              "answer": answer.answer(numbers, out.resamples, relations, stats.ci_level),
              "activation_stats": {name: store.stats["layers"] for name, store in ctx.stores.texts.items()},
              "work": work}
-  results.write_json(os.path.join(ctx.workdir, "summary.json"), summary)
+  outputs.write_json(os.path.join(ctx.workdir, "summary.json"), summary)
   return summary

@@ -139,10 +139,10 @@ def _run(args, workdir: str, devices: int, processes: int) -> dict:
 
 
 def _table_difference(a: str, b: str) -> float:
-  from experiments import results
+  from experiments import outputs
   worst = 0.0
   for name in ("similarity.csv", "transfer.csv"):
-    ra, rb = results.read_table(os.path.join(a, name)), results.read_table(os.path.join(b, name))
+    ra, rb = outputs.read_table(os.path.join(a, name)), outputs.read_table(os.path.join(b, name))
     if len(ra) != len(rb):
       return float("inf")
     for x, y in zip(ra, rb):

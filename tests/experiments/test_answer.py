@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from experiments import answer, document, report, tables
+from experiments import answer, document, report
 from experiments.configs import offline_study
 from experiments.validate import validate_config
 

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from experiments import results, run as runner
+from experiments import outputs, run as runner
 from experiments.configs import demo
 
 
@@ -20,11 +20,11 @@ def test_reduced_demo_on_real_checkpoints(tmp_path):
   for name in ("similarity.csv", "transfer.csv", "probes.csv", "next_token.csv", "summary.json", "report.md",
                "report.html"):
     assert os.path.getsize(tmp_path / name) > 0, name
-  rows = results.read_table(str(tmp_path / "similarity.csv"))
+  rows = outputs.read_table(str(tmp_path / "similarity.csv"))
   assert {r["relation"] for r in rows} == {"cross", "random"}
   # all 31 x 19 hidden-state pairs of SmolLM2-135M and Gemma 3 270M, 3 measures x 2 preprocessings, 2 pairs
   assert len(rows) == 2 * 3 * 2 * 31 * 19
-  probes = results.read_table(str(tmp_path / "probes.csv"))
+  probes = outputs.read_table(str(tmp_path / "probes.csv"))
   assert {r["task"] for r in probes} == {"capitals", "next_token_top1", "next_token_top5"}
   stats = summary["activation_stats"]
   assert len(stats["smollm2-135m"]) == 31 and len(stats["gemma3-270m"]) == 19

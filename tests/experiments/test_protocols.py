@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from experiments import compare, results, run as runner
+from experiments import compare, outputs, run as runner
 from experiments.configs import aligned, seed_protocol
 
 
@@ -51,12 +51,12 @@ def test_seed_protocol_keeps_the_published_choices(runs):
   (store,) = manifests(workdir, "llama-1b")
   assert (store["pooling"], store["keep_bos"], store["truncate_tokens"], store["dtype"]) == (
       "last", True, 128, "float16")
-  rows = results.read_table(os.path.join(workdir, "similarity.csv"))
+  rows = outputs.read_table(os.path.join(workdir, "similarity.csv"))
   assert {(r["measure"], r["preprocess"], r["relation"]) for r in rows} == {("cka_debiased", "none", "cross")}
   assert {r["layer_a"] for r in rows} == {1, 2, 3}  # the relative depths of 3 blocks, embeddings excluded
-  transfer = results.read_table(os.path.join(workdir, "transfer.csv"))
+  transfer = outputs.read_table(os.path.join(workdir, "transfer.csv"))
   assert {r["method"] for r in transfer} == {"ridge"}
-  probes = results.read_table(os.path.join(workdir, "probes.csv"))
+  probes = outputs.read_table(os.path.join(workdir, "probes.csv"))
   assert {r["task"] for r in probes} == {"capitals", "next_token_top1", "next_token_top5"}
 
 
@@ -64,12 +64,12 @@ def test_aligned_protocol_applies_the_corrections(runs):
   workdir = runs["aligned"]
   (store,) = manifests(workdir, "llama-1b")
   assert (store["pooling"], store["keep_bos"], store["truncate_tokens"]) == ("last_word", False, None)
-  rows = results.read_table(os.path.join(workdir, "similarity.csv"))
+  rows = outputs.read_table(os.path.join(workdir, "similarity.csv"))
   assert {r["preprocess"] for r in rows} == {"none", "standardize", "clip"}
   assert {r["measure"] for r in rows} == {"cka", "cka_debiased", "mutual_knn"}
   assert {r["relation"] for r in rows} == {"cross", "random"}
   assert {r["layer_a"] for r in rows} == {0, 1, 2, 3}
-  assert results.read_json(os.path.join(workdir, "summary.json"))["min_layer"] == 1
+  assert outputs.read_json(os.path.join(workdir, "summary.json"))["min_layer"] == 1
 
 
 def test_the_two_protocols_compare_side_by_side(runs):

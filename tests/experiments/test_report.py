@@ -9,10 +9,10 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from experiments import compare, document, grids, plots, report, results
+from experiments import compare, document, grids, outputs, plots, report
 from experiments import tables as tables_step
 
-# Layers each model contributes and its depth, layer / num_layers, as results.py defines it.
+# Layers each model contributes and its depth, layer / num_layers, as outputs.py defines it.
 LAYERS = {"org/llama-1b": ([0, 2, 4], 4), "org/llama-3b": ([0, 1, 2, 3], 4), "gemma-2b": ([1, 2], 2),
           "rand/llama-1b": ([0, 2, 4], 4)}
 PAIRS = (("org/llama-1b", "org/llama-3b", "within"), ("org/llama-1b", "gemma-2b", "cross"),
@@ -97,14 +97,14 @@ def summary_for(rows):
 def write_run(workdir, sim=None, transfer=None, probes=None, summary=None):
   """Writes the tables and, as the tables step does, summary.json with their headline numbers."""
   os.makedirs(workdir, exist_ok=True)
-  for name, columns, rows in (("similarity", results.SIMILARITY_COLUMNS, sim),
-                              ("transfer", results.TRANSFER_COLUMNS, transfer),
-                              ("probes", results.PROBE_COLUMNS, probes)):
+  for name, columns, rows in (("similarity", outputs.SIMILARITY_COLUMNS, sim),
+                              ("transfer", outputs.TRANSFER_COLUMNS, transfer),
+                              ("probes", outputs.PROBE_COLUMNS, probes)):
     if rows is not None:
-      results.write_table(os.path.join(workdir, f"{name}.csv"), columns, rows)
+      outputs.write_table(os.path.join(workdir, f"{name}.csv"), columns, rows)
   summary = dict(summary or {})
   summary["headline"] = tables_step.headline(sim, transfer, probes, summary.get("min_layer", 0))
-  results.write_json(os.path.join(workdir, "summary.json"), summary)
+  outputs.write_json(os.path.join(workdir, "summary.json"), summary)
   return str(workdir)
 
 
@@ -294,7 +294,7 @@ def test_min_layer_leaves_the_embeddings_out_of_maxima_but_not_out_of_the_heatma
     assert layer_a >= 1 and layer_b >= 1 and float(row[4]) < 0.99
   # Every layer pair is still drawn: the llama-1b vs llama-3b heatmap has 3 x 4 cells, layer 0 included.
   assert os.path.exists(os.path.join(workdir, "figures"))
-  assert {(r["layer_a"], r["layer_b"]) for r in results.read_table(os.path.join(workdir, "similarity.csv"))
+  assert {(r["layer_a"], r["layer_b"]) for r in outputs.read_table(os.path.join(workdir, "similarity.csv"))
           if r["model_b"] == "org/llama-3b"} == {(i, j) for i in (0, 2, 4) for j in (0, 1, 2, 3)}
 
 

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from experiments import cache, extraction, results, run as runner, study, units, workdir as workdir_lib
+from experiments import cache, extraction, outputs, run as runner, study, workdir as workdir_lib
 from experiments.stages import similarity as similarity_stage
 from launch.local import launch
 from tests.experiments import tiny_config as tiny
@@ -59,7 +59,7 @@ def test_writes_every_output(finished_run):
                "report.md", "report.html"):
     assert os.path.getsize(os.path.join(workdir, name)) > 0, name
   assert any(f.endswith(".png") for f in os.listdir(os.path.join(workdir, "figures")))
-  rows = results.read_table(os.path.join(workdir, "similarity.csv"))
+  rows = outputs.read_table(os.path.join(workdir, "similarity.csv"))
   relations = {(r["model_a"], r["model_b"]): r["relation"] for r in rows}
   assert relations == {("tiny-llama", "tiny-gemma"): "cross", ("tiny-llama", "tiny-gemma@random"): "random"}
   # 4 x 4 hidden states per model, 3 measures x 2 preprocessings, 2 pairs, 2 seeds
@@ -90,12 +90,12 @@ def test_units_are_named_by_their_inputs_and_each_process_counts_its_work(finish
 
 def test_seeds_vary_the_random_baselines_and_splits_but_not_the_real_pair(finished_run):
   workdir, summary = finished_run
-  rows = results.read_table(os.path.join(workdir, "similarity.csv"))
+  rows = outputs.read_table(os.path.join(workdir, "similarity.csv"))
   grid = lambda pair, seed: np.array([r["value"] for r in rows if (r["model_b"], r["seed"], r["measure"]) == (
       pair, seed, "cka")])
   np.testing.assert_array_equal(grid("tiny-gemma", 0), grid("tiny-gemma", 1))  # the same texts and models
   assert np.abs(grid("tiny-gemma@random", 0) - grid("tiny-gemma@random", 1)).max() > 1e-3  # other random weights
-  transfer = results.read_table(os.path.join(workdir, "transfer.csv"))
+  transfer = outputs.read_table(os.path.join(workdir, "transfer.csv"))
   r2 = lambda seed: np.array([r["r2"] for r in transfer if (r["target"], r["seed"]) == ("tiny-gemma", seed)])
   assert len(r2(0)) == len(r2(1)) == 16 and np.abs(r2(0) - r2(1)).max() > 1e-4  # other splits
   assert summary["seeds"] == [0, 1]
@@ -107,7 +107,7 @@ def test_seeds_vary_the_random_baselines_and_splits_but_not_the_real_pair(finish
 
 def test_summary_maxima_leave_out_the_embeddings(finished_run):
   workdir, summary = finished_run
-  rows = results.read_table(os.path.join(workdir, "similarity.csv"))
+  rows = outputs.read_table(os.path.join(workdir, "similarity.csv"))
   assert summary["min_layer"] == 1
   for key, stats in summary["pairs"]["tiny-llama|tiny-gemma"]["measures"].items():
     measure, prep = key.split("|")
@@ -122,7 +122,7 @@ def test_summary_maxima_leave_out_the_embeddings(finished_run):
 
 def test_token_probe_rows_have_floors_and_ceilings(finished_run):
   workdir, _ = finished_run
-  rows = [r for r in results.read_table(os.path.join(workdir, "probes.csv")) if r["task"].startswith("next_token")]
+  rows = [r for r in outputs.read_table(os.path.join(workdir, "probes.csv")) if r["task"].startswith("next_token")]
   assert {r["task"] for r in rows} == {"next_token_top1", "next_token_top5"}
   # top-1 / top-5 x 2 seeds x the 3 x 3 depth-matched block outputs (of 4 hidden states), llama -> gemma
   assert len(rows) == 2 * 2 * 3 * 3 and {(r["layer_a"], r["layer_b"]) for r in rows} == {
@@ -136,7 +136,7 @@ def test_token_probe_rows_have_floors_and_ceilings(finished_run):
 
 def test_next_token_rows_have_floors(finished_run):
   workdir, _ = finished_run
-  rows = results.read_table(os.path.join(workdir, "next_token.csv"))
+  rows = outputs.read_table(os.path.join(workdir, "next_token.csv"))
   assert rows and {r["relation"] for r in rows} == {"cross"}
   for r in rows:
     assert 0 <= r["top1_mapped"] <= 1 and r["kl_mapped"] >= 0 and r["kl_mean_ablation"] >= 0
@@ -149,7 +149,7 @@ def test_next_token_rows_have_floors(finished_run):
 def test_summary_and_report_match_the_table(finished_run):
   """summary.json holds each seed's statistics over block outputs; the report averages the seeds' grids."""
   workdir, summary = finished_run
-  rows = results.read_table(os.path.join(workdir, "similarity.csv"))
+  rows = outputs.read_table(os.path.join(workdir, "similarity.csv"))
   report = open(os.path.join(workdir, "report.md")).read()
   for pair, entry in summary["pairs"].items():
     a, b = pair.split("|")
@@ -254,8 +254,8 @@ def test_a_run_killed_mid_way_resumes_to_the_same_results(finished_run, tiny_con
   runner.run(config, str(tmp_path))
   assert len(computed) == 6  # only the random pair's 3 measures x 2 preprocessings; the cross pair was cached
   for table in TABLES:
-    resumed = results.read_table(os.path.join(tmp_path, table))
-    reference = [r for r in results.read_table(os.path.join(one_process + "-pristine", table)) if r["seed"] == 0]
+    resumed = outputs.read_table(os.path.join(tmp_path, table))
+    reference = [r for r in outputs.read_table(os.path.join(one_process + "-pristine", table)) if r["seed"] == 0]
     assert len(resumed) == len(reference) > 0
     for a, b in zip(resumed, reference):
       assert a.keys() == b.keys()
@@ -270,12 +270,12 @@ def test_two_processes_give_the_one_process_results(finished_run, model_root, tm
   code = launch(["-m", "experiments.run", f"--config=tests/experiments/tiny_config.py:{model_root}",
                  f"--workdir={tmp_path}"], 2, devices_per_process, timeout_s=1200)
   assert code == 0
-  work = results.read_json(os.path.join(tmp_path, "summary.json"))["work"]
+  work = outputs.read_json(os.path.join(tmp_path, "summary.json"))["work"]
   shares = [work["computed"][str(p)]["computed"] / work["planned"] for p in (0, 1)]
   assert sum(shares) == 1 and all(abs(share - 0.5) <= 0.05 for share in shares), shares  # within 10% of 1/P
   for table in TABLES:
-    one = results.read_table(os.path.join(workdir + "-pristine", table))
-    two = results.read_table(os.path.join(tmp_path, table))
+    one = outputs.read_table(os.path.join(workdir + "-pristine", table))
+    two = outputs.read_table(os.path.join(tmp_path, table))
     assert len(one) == len(two)
     for a, b in zip(one, two):
       assert a.keys() == b.keys()

@@ -1,4 +1,4 @@
-"""The tidy result tables a run writes to its workdir, and their atomic CSV reading and writing.
+"""The files a run writes to its workdir: the tidy tables' columns, their atomic CSV reading and writing, JSON files.
 
 similarity.csv  one row per model pair x layer pair x measure x preprocessing x seed:
   model_a, model_b, relation ("within" | "cross" | "random"), measure, preprocess, layer_a, layer_b,
