@@ -1,9 +1,13 @@
 """A run's workdir: one run at a time (a lock naming its holder), and names that are safe as path components.
 
-The lock is `WORKDIR/.xsim.lock`, created exclusively by process 0 with the holder's host, pid, start time and
-run id; the other processes of the same run (same run id, see xsim.distributed.run_id) join it. A second run on
-the same workdir stops at once with a message naming the holder, or waits for it with `wait_s`. A lock left by a
-killed run on this host (its pid is gone) is taken over with a warning.
+The lock is an exclusive flock(2) on `WORKDIR/.xsim.lock`, taken by process 0; the file names the holder's host, pid,
+start time and run id, as information only. The kernel releases the lock when its holder dies, however it dies
+(kill -9, a container's pid 1, a lost node), so a rerun takes over a dead run's workdir at once and two runs started
+together never both hold it. The other processes of the same run (same run id, see xsim.distributed.run_id) join
+it by reading the holder's run id. A second run stops at once with a message naming the holder, or waits for it
+with `wait_s`. flock works on local disks and on the shared filesystems clusters use where they support it (NFS
+maps it to byte-range locks; Lustre needs its `flock` mount option; without lock support, a mount refuses flock and
+the run stops naming the workdir).
 
 Compiled XLA programs are kept in `WORKDIR/cache/xla` (JAX's persistent compilation cache, written by process 0),
 so a rerun after a crash or preemption loads them instead of compiling again; a cache folder the user set for JAX
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import fcntl
 import json
 import os
 import re
@@ -45,37 +50,68 @@ def _holder(path: str) -> dict | None:
     return None
 
 
-def _alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
-
-
 def _describe(holder: dict) -> str:
   return (f"host {holder.get('host')}, pid {holder.get('pid')}, started {holder.get('started')} (run id "
           f"{holder.get('run_id')})")
 
 
-def _try_create(path: str, info: dict) -> bool:
+_HELD: dict = {}  # workdir -> the open, flock-ed lock file of this process
+
+
+def _writable_error(path: str, e: OSError) -> OSError:
+  return OSError(e.errno, f"Cannot write the lock {path} ({e.strerror}): the workdir must be writable; pass a "
+                          "writable --workdir (or free space on its disk).")
+
+
+def _try_lock(path: str, info: dict) -> bool:
+  """Takes the flock on `path` and writes `info` into it; False when another process holds it. A lock file
+  removed or replaced by its releasing holder while we waited is opened again, so two holders never share a
+  path."""
+  while True:
+    try:
+      fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    except OSError as e:
+      raise _writable_error(path, e) from e
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      os.close(fd)
+      return False
+    except OSError as e:
+      os.close(fd)
+      raise OSError(e.errno, f"Cannot lock {path} ({e.strerror}): the workdir's filesystem does not support "
+                             "flock; use a --workdir on a local disk or a filesystem with lock support.") from e
+    try:
+      same = os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+      same = False
+    if same:
+      break
+    os.close(fd)
+  previous = _holder(path)
   try:
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-  except FileExistsError:
-    return False
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps(info).encode())
+    os.fsync(fd)
   except OSError as e:
-    raise OSError(e.errno, f"Cannot write the lock {path} ({e.strerror}): the workdir must be writable; pass a "
-                           "writable --workdir (or free space on its disk).") from e
-  with os.fdopen(fd, "w") as f:
-    json.dump(info, f)
+    _unlock(path, fd)
+    raise _writable_error(path, e) from e
+  if previous:
+    logging.warning("Taking over the lock of a run that is gone (%s).", _describe(previous))
+  _HELD[os.path.normpath(os.path.dirname(path))] = fd
   return True
+
+
+def _unlock(path: str, fd: int) -> None:
+  """Removes the lock file, then releases the flock (waiters reopen the path, see _try_lock)."""
+  with contextlib.suppress(FileNotFoundError):
+    os.remove(path)
+  os.close(fd)
 
 
 @contextlib.contextmanager
 def lock(workdir: str, run_id: str, process: int, wait_s: float = 0.0, join_s: float = 600.0, poll_s: float = 0.5):
-  """Holds WORKDIR's lock for the block. Process 0 creates it; other processes wait (up to join_s) to join it.
+  """Holds WORKDIR's lock for the block. Process 0 takes it; other processes wait (up to join_s) to join it.
 
   Raises LockHeld naming the holder when another run holds it (after wait_s seconds of waiting).
   """
@@ -88,21 +124,16 @@ def lock(workdir: str, run_id: str, process: int, wait_s: float = 0.0, join_s: f
           "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
   deadline = time.time() + max(wait_s, 0.0 if process == 0 else join_s)
   while True:
-    holder = _holder(path)
-    if process != 0:
-      if holder is not None and holder.get("run_id") == run_id:
+    if process == 0:
+      if _try_lock(path, info):
         break
-    elif _try_create(path, info):
+    elif (_holder(path) or {}).get("run_id") == run_id:
       break
-    elif holder is not None and holder.get("host") == info["host"] and not _alive(int(holder.get("pid", -1))):
-      logging.warning("Taking over the lock of a run that is gone (%s).", _describe(holder))
-      with contextlib.suppress(FileNotFoundError):
-        os.remove(path)
-      continue
     if time.time() >= deadline:
-      what = _describe(holder) if holder else "unreadable lock file"
+      holder = _holder(path)
+      what = _describe(holder) if holder else "its holder has not named itself yet"
       raise LockHeld(f"{workdir} is in use by another xsim run ({what}). Wait for it to finish, use another "
-                     f"--workdir, or pass --lock_wait_s to wait; if no such run is alive, delete {path}.")
+                     "--workdir, or pass --lock_wait_s to wait.")
     time.sleep(poll_s)
   try:
     yield
@@ -112,11 +143,10 @@ def lock(workdir: str, run_id: str, process: int, wait_s: float = 0.0, join_s: f
 
 
 def release(workdir: str) -> None:
-  """Removes WORKDIR's lock if this process holds it (as `lock` does when its block ends)."""
-  path = os.path.join(workdir, LOCK_NAME)
-  if (_holder(path) or {}).get("pid") == os.getpid():
-    with contextlib.suppress(FileNotFoundError):
-      os.remove(path)
+  """Releases WORKDIR's lock if this process holds it (as `lock` does when its block ends)."""
+  fd = _HELD.pop(os.path.normpath(workdir), None)
+  if fd is not None:
+    _unlock(os.path.join(workdir, LOCK_NAME), fd)
 
 
 @contextlib.contextmanager
