@@ -14,7 +14,8 @@ import os
 
 from absl import app, flags
 
-from experiments import document, outputs
+from experiments import cli, document, outputs
+from xsim.errors import InputError
 
 # Checked in main rather than marked required: a required flag would break flag parsing in any other absl
 # program (or test) that imports this module.
@@ -29,10 +30,10 @@ def _headline(workdir: str) -> dict:
   """A finished run's headline numbers (summary.json, written by experiments/tables.py)."""
   path = os.path.join(workdir, "summary.json")
   if not os.path.exists(path):
-    raise ValueError(f"{path} does not exist; --a and --b must be workdirs of finished runs.")
+    raise InputError(f"{path} does not exist; --a and --b must be workdirs of finished runs.")
   headline = outputs.read_json(path).get("headline")
   if not headline or "similarity" not in headline:
-    raise ValueError(f"{path} has no headline numbers; rerun that run with this version of xsim (its cached "
+    raise InputError(f"{path} has no headline numbers; rerun that run with this version of xsim (its cached "
                      "results are reused) to write them.")
   return headline
 
@@ -118,11 +119,12 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments {argv[1:]}; use --a, --b and --out.")
   if not _A.value or not _B.value:
     raise app.UsageError("both --a and --b are required: the workdirs of the two runs to compare.")
-  text = compare_runs(_A.value, _B.value)
-  if _OUT.value:
-    with open(_OUT.value, "w", encoding="utf-8") as f:
-      f.write(text)
-  else:
+  with cli.user_errors():
+    text = compare_runs(_A.value, _B.value)
+    if _OUT.value:
+      with open(_OUT.value, "w", encoding="utf-8") as f:
+        f.write(text)
+  if not _OUT.value:
     print(text, end="")
 
 

@@ -19,6 +19,7 @@ from absl import logging
 from experiments import keys
 from experiments.study import ModelSpec, Pair, RANDOM_SUFFIX
 from xsim import layer_select
+from xsim.errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,7 +184,7 @@ def check_rows(store, texts: Sequence[str], what: str, settings: ExtractionSetti
   missing = sorted(set(range(len(texts))) - set(np.asarray(store.index["text"]).tolist()))
   examples = "; ".join(f"text {i}: {texts[i][:60]!r}" for i in missing[:3])
   if not covered:
-    raise ValueError(
+    raise InputError(
         f"{what}: none of the {len(texts)} texts gave a sample row ({examples}). A text is skipped when it has more "
         f"than extraction.max_tokens={settings.max_tokens} tokens, and gives no row when no usable token follows its "
         f"first word (BOS and the first word are excluded unless keep_bos=True, e.g. one-word texts or texts "
@@ -262,7 +263,7 @@ def pair_data(stores: Stores, pair: Pair, seed: int) -> PairData:
   store_a, store_b = stores.get(pair.a, seed), stores.get(pair.b, seed)
   xs, ys, rows = paired_arrays(store_a, store_b)
   if xs.shape[1] < 4:
-    raise ValueError(f"{pair.a} and {pair.b} share only {xs.shape[1]} usable samples (rows both stores hold); "
+    raise InputError(f"{pair.a} and {pair.b} share only {xs.shape[1]} usable samples (rows both stores hold); "
                      "similarity and maps need at least 4. Use more or longer texts, or raise extraction.max_tokens.")
   return PairData(pair, xs, ys, rows, tuple(store_a.layers), tuple(store_b.layers),
                   stores.info[pair.a].num_layers, stores.info[pair.b].num_layers,

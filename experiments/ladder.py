@@ -16,7 +16,7 @@ import shutil
 
 from absl import app, flags, logging
 
-from experiments import document, outputs, run as runner
+from experiments import cli, document, outputs, run as runner
 
 # --workdir is the runner's flag (experiments.run defines it): the directory for the ladder's runs and tables.
 _CONFIG = flags.DEFINE_string("ladder_config", "experiments/configs/offline_study.py",
@@ -64,9 +64,14 @@ def main(argv):
   if not flags.FLAGS.workdir:
     raise app.UsageError("Pass --workdir=DIR.")
   runner.quiet_third_party_info()
+  with cli.user_errors():
+    climb(flags.FLAGS.workdir)
+
+
+def climb(workdir: str) -> None:
+  """Runs every step of the ladder in `workdir` and writes ladder.json and ladder.md."""
   module = runpy.run_path(_CONFIG.value)
   ladder, descriptions = module["LADDER"], module["STEPS"]
-  workdir = flags.FLAGS.workdir
   steps = []
   for k in range(len(ladder) + 1):
     logging.info("Ladder step %d of %d.", k, len(ladder))

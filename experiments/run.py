@@ -28,9 +28,10 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments import context, extraction, outputs, study, tables, units, workdir as workdir_lib
+from experiments import cli, context, extraction, outputs, study, tables, units, workdir as workdir_lib
 from experiments.stages import STAGES
 from experiments.validate import override_error, validate_config, validate_depths
+from xsim.errors import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an experiments/configs/*.py file.",
                                           lock_config=True)
@@ -173,7 +174,8 @@ def main(argv):
     raise app.UsageError("Pass --config=experiments/configs/NAME.py and --workdir=DIR.")
   signal.signal(signal.SIGTERM, sigterm_handler(_WORKDIR.value, _STOP_GRACE.value))
   quiet_third_party_info()
-  run(_CONFIG.value, _WORKDIR.value, _LOCK_WAIT.value, _XLA_CACHE.value)
+  with cli.user_errors():
+    run(_CONFIG.value, _WORKDIR.value, _LOCK_WAIT.value, _XLA_CACHE.value)
 
 
 def check_overrides(argv: list[str]) -> None:
@@ -186,14 +188,21 @@ def check_overrides(argv: list[str]) -> None:
     return
   config_arg = given[-1]
   path, _, arg = config_arg.partition(":")
-  cfg = runpy.run_path(path)["get_config"](*([arg] if arg else []))
+  if not os.path.isfile(path):
+    raise ConfigError(f"--config={config_arg}: there is no config file {path!r}; pass "
+                      "--config=experiments/configs/NAME.py (optionally NAME.py:ARG).")
+  try:
+    cfg = runpy.run_path(path)["get_config"](*([arg] if arg else []))
+  except ValueError as e:  # a config's own refusal of its argument
+    raise ConfigError(f"--config={config_arg}: {e}") from e
   errors = [override_error(cfg, a.partition("=")[0][len("--config."):]) for a in argv if a.startswith("--config.")]
   errors = [e for e in errors if e]
   if errors:
-    sys.exit("Invalid command line:\n  - " + "\n  - ".join(errors))
+    raise ConfigError("Invalid command line:\n  - " + "\n  - ".join(errors))
 
 
 if __name__ == "__main__":
   sys.argv = bracket_list_indices(sys.argv)  # config_flags reads its overrides from sys.argv
-  check_overrides(sys.argv)
+  with cli.user_errors():
+    check_overrides(sys.argv)
   app.run(main)

@@ -8,6 +8,7 @@ import itertools
 from typing import Any, Optional, Sequence
 
 from experiments import settings as settings_lib
+from xsim.errors import InputError
 
 RANDOM_SUFFIX = "@random"
 RELATIONS = ("within", "cross", "random")
@@ -172,7 +173,7 @@ def load_texts(data: DataSettings) -> list[str]:
   usable = [t for t in texts if len(xdata.word_spans(t)) >= 2]
   if len(usable) < data.num_texts:
     short = [t for t in texts if len(xdata.word_spans(t)) < 2]
-    raise ValueError(f"data.source {data.source} gave {len(usable)} usable texts (two words or more; the first word "
+    raise InputError(f"data.source {data.source} gave {len(usable)} usable texts (two words or more; the first word "
                      f"of each is left out of its samples), fewer than num_texts={data.num_texts}; {len(short)} of "
                      f"its {len(texts)} texts have fewer words (e.g. {short[:3]!r}). Lower num_texts or use a "
                      "larger source.")

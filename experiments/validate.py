@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Mapping
 
+from xsim.errors import ConfigError
+
 TOP_LEVEL = ("models", "seeds", "pairs")
 
 
@@ -42,7 +44,7 @@ def override_error(cfg, path: str) -> str | None:
 
 
 def validate_config(cfg) -> None:
-  """Raises ValueError listing every unknown key, value of the wrong type, impossible value, unsafe name and missing
+  """Raises ConfigError listing every unknown key, value of the wrong type, impossible value, unsafe name and missing
   model or data source."""
   from experiments import settings as settings_lib
   from experiments.study import ModelSpec
@@ -81,7 +83,7 @@ def validate_config(cfg) -> None:
     check(m.get("dtype", "float32") in DTYPES, f"model {m.get('name')}: dtype {m.get('dtype')!r} not in {sorted(DTYPES)}")
   errors += _cross_section_problems(read)
   if errors:
-    raise ValueError("Invalid config:\n  - " + "\n  - ".join(errors))
+    raise ConfigError("Invalid config:\n  - " + "\n  - ".join(errors))
 
 
 def _cross_section_problems(read: dict) -> list[str]:
@@ -104,7 +106,7 @@ def _cross_section_problems(read: dict) -> list[str]:
 
 
 def validate_depths(cfg, num_layers: Mapping[str, int]) -> None:
-  """Raises ValueError listing every setting that does not fit a model's depth; num_layers: model name -> blocks
+  """Raises ConfigError listing every setting that does not fit a model's depth; num_layers: model name -> blocks
   (from its configuration, xsim.models.read_config)."""
   from experiments.study import Study
   from xsim import layer_select
@@ -123,4 +125,4 @@ def validate_depths(cfg, num_layers: Mapping[str, int]) -> None:
       errors.append(f"next_token matches block outputs, but {name} extracts only {layers}; add block layers or "
                     "disable next_token")
   if errors:
-    raise ValueError("Invalid config for these models:\n  - " + "\n  - ".join(errors))
+    raise ConfigError("Invalid config for these models:\n  - " + "\n  - ".join(errors))

@@ -26,6 +26,8 @@ import time
 
 from absl import logging
 
+from xsim import errors
+
 LOCK_NAME = ".xsim.lock"
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")
 
@@ -38,7 +40,7 @@ def name_error(name, what: str) -> str | None:
   return None
 
 
-class LockHeld(RuntimeError):
+class LockHeld(errors.WorkdirInUse):
   """Another run holds the workdir."""
 
 

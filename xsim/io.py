@@ -8,6 +8,8 @@ import os
 import tempfile
 from typing import Any, Callable, Optional
 
+from xsim.errors import StorageError
+
 # The errno of each write failure a user can fix, and how.
 WRITE_FIXES = {
     errno.ENOSPC: "the disk is full: free space there or choose a --workdir on another disk",
@@ -19,7 +21,7 @@ WRITE_FIXES = {
 }
 
 
-class WriteError(OSError):
+class WriteError(StorageError):
   """A file could not be written (disk full, quota, file-size limit, read-only or not permitted); the message
   names the file and the fix. errno is the original one."""
 

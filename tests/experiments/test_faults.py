@@ -157,6 +157,7 @@ def test_two_runs_on_one_workdir_one_stops_naming_the_holder(reference, model_ro
     time.sleep(0.2)
   code, log = finish(start(model_root, str(tmp_path)))
   assert code != 0 and "is in use by another xsim run" in log and f"pid {first.pid}" in log
+  assert code == 4 and "Traceback" not in log  # the workdir in use: its message, exit code 4
   code, log = finish(first)
   assert code == 0, log[-2000:]
   assert tables(str(tmp_path)) == expected

@@ -94,7 +94,7 @@ def test_command_line_overrides_reach_validation_before_any_work(tmp_path):
       [sys.executable, "-m", "experiments.run", "--config=experiments/configs/demo.py:qwen",
        "--config.models.0.dtype=float8", "--config.models[3].path=./nowhere", "--config.data.num_texts=3",
        f"--workdir={tmp_path / 'run'}"], cwd=root, capture_output=True, text=True, timeout=300)
-  assert result.returncode != 0
+  assert result.returncode == 2 and "Traceback" not in result.stderr  # a config error: its message, exit code 2
   for fragment in ("Invalid config", "model smollm2-135m: dtype 'float8'", "model qwen-coder-1.5b: No model directory or GGUF file at './nowhere'",
                    "num_texts=3", "min(probe_samples, data.num_texts) = 3"):
     assert fragment in result.stderr, fragment
@@ -103,3 +103,4 @@ def test_command_line_overrides_reach_validation_before_any_work(tmp_path):
       [sys.executable, "-m", "experiments.run", "--config=experiments/configs/demo.py", "--config.foo=1",
        f"--workdir={tmp_path / 'run'}"], cwd=root, capture_output=True, text=True, timeout=300)
   assert result.returncode != 0 and "--config.foo: the config has no key 'foo' (valid: [" in result.stderr
+  assert result.returncode == 2 and "Traceback" not in result.stderr

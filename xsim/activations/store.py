@@ -27,6 +27,7 @@ import numpy as np
 import tensorstore as ts
 
 from xsim.activations.rows import INDEX_DTYPE
+from xsim.errors import InputError
 from xsim.io import WRITE_FIXES, sha256, write_bytes, write_error
 
 MANIFEST_VERSION = 3  # 1: activations.npy without checksums; 2: index with a `valid` field (both refused)
@@ -35,7 +36,7 @@ _CHUNK_BYTES = 4 << 20  # rows per chunk: one layer's rows up to ~4 MiB, so one 
 _CHECK_BYTES = 256 << 20  # read_all reads at most this much at a time
 
 
-class CorruptStore(ValueError):
+class CorruptStore(InputError):
   """A store that cannot be trusted: a file or chunk that is missing, truncated or does not match its checksum, or
   a store in an older format. The message names the store, the file, the model and the fix."""
 
