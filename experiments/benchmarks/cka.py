@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import cli
 from xsim import similarity as sim
 from xsim.sharding import make_mesh
 from xsim.similarity.cka import gram_tiles
@@ -327,4 +328,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  with cli.user_errors():
+    main()

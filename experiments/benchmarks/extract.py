@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 
+from experiments import cli
 from experiments.benchmarks import devices
 from experiments.benchmarks.forward import SHAPES, write_random_checkpoint
 
@@ -182,4 +183,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  with cli.user_errors():
+    main()

@@ -30,6 +30,7 @@ import torch
 import transformers
 
 import xsim
+from experiments import cli
 from experiments.benchmarks import devices
 
 # SmolLM2-135M's architecture (HuggingFaceTB/SmolLM2-135M config.json), given random weights.
@@ -290,4 +291,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  with cli.user_errors():
+    main()

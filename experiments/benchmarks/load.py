@@ -24,6 +24,8 @@ import sys
 import tempfile
 import time
 
+from experiments import cli
+
 PACKAGED = ("smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
 SAFETENSORS = "safetensors"
 SIDES = ("xsim", "transformers")
@@ -169,4 +171,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  with cli.user_errors():
+    main()

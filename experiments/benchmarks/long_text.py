@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 
+from experiments import cli
 from experiments.benchmarks import devices
 
 SHAPES = {
@@ -289,4 +290,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  with cli.user_errors():
+    main()

@@ -24,6 +24,7 @@ import time
 
 import numpy as np
 
+from experiments import cli
 from experiments.benchmarks.cka import best_time, compiled, force_cpu_devices, make_data
 
 
@@ -113,5 +114,6 @@ def main(argv=None):
 
 if __name__ == "__main__":
   start = time.perf_counter()
-  main()
+  with cli.user_errors():
+    main()
   print(f"total {time.perf_counter() - start:.0f} s")

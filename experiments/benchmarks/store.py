@@ -29,6 +29,8 @@ import time
 
 import numpy as np
 
+from experiments import cli
+
 
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -200,4 +202,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  with cli.user_errors():
+    main()

@@ -29,6 +29,7 @@ import sys
 import time
 from typing import Callable, Optional
 
+from experiments import cli
 from experiments.benchmarks import devices
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -446,4 +447,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  with cli.user_errors():
+    main()

@@ -30,6 +30,8 @@ import time
 
 import numpy as np
 
+from experiments import cli
+
 
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -192,4 +194,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  with cli.user_errors():
+    main()

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.lax import Precision
 
+from experiments import cli
 from xsim import transfer
 from xsim.transfer import splits, train
 
@@ -297,4 +298,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  with cli.user_errors():
+    main()
