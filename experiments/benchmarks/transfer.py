@@ -6,7 +6,7 @@
 
 Workloads, on the same random float32 activations (target layer j, --d_target wide, is a noisy linear map of
 source layer j, --d wide):
-  optax: `fit_linear_maps(method="adam")` (per chunk of target layers one jitted while-loop, every pair of the
+  optax: `fit_linear_maps(..., Adam(...))` (per chunk of target layers one jitted while-loop, every pair of the
          chunk in one vmapped step) vs the honest alternative: a Python loop over pairs calling a jitted
          single-pair step `steps` times, with xsim's own optimizer step (`train.model_step`), minibatches,
          step count and validation cadence:
@@ -15,7 +15,7 @@ source layer j, --d wide):
                        of batching pairs from that of the statistics).
          Early stopping is off (patience above the number of evaluations) so every run takes every step.
          xsim's executed matmul FLOP/s is compared with plain float32 matmuls at HIGHEST precision.
-  ridge: `fit_linear_maps(method="ridge")` (one SVD per source layer, --lambdas penalties from it) vs a
+  ridge: `fit_linear_maps(..., Ridge(...))` (one SVD per source layer, --lambdas penalties from it) vs a
          per-pair jitted ridge solving (X'X + lambda I) W = X'Y for each lambda, and vs the optax loop.
 Accuracy: xsim's float32 ridge map on raw-activation-like features (scales log-spaced over 1e-2..1e2, four
 massive dimensions at 1e3; the published untuned penalty 1e-4 / 3000 per row) against float64 NumPy.
@@ -168,8 +168,7 @@ def raw_feature_accuracy(n: int, d: int, seed: int) -> tuple[float, float, float
   mix = rng.standard_normal((d, d)) / scales[:, None] / np.sqrt(d)  # every dimension matters to the target
   y = (x @ mix + 0.3 * rng.standard_normal((n, d))).astype(np.float32)
   penalty = 1e-4 / 3000
-  fit = transfer.fit_linear_maps(x[None], y[None], method="ridge", penalties=[penalty], standardize=False,
-                                 seed=seed)
+  fit = transfer.fit_linear_maps(x[None], y[None], transfer.Ridge([penalty], standardize=False), seed=seed)
   x64, y64 = x.astype(np.float64), y.astype(np.float64)
   x_mean = x64[fit.split.train].mean(axis=0)
   xc, yc = x64[fit.split.train] - x_mean, y64[fit.split.train] - y64[fit.split.train].mean(axis=0)
@@ -201,13 +200,13 @@ def main(argv=None):
         f"targets, the loops on {len(loop_targets)}; {len(sources)} of {L} source layers, best of {a.rounds} "
         f"rounds; totals extrapolated to all {L} x {L} pairs")
 
-  def xsim_fit(layer, **options):
-    return transfer.fit_linear_maps(source, target, pairs=[(layer, j) for j in range(L)], seed=a.seed,
-                                    keep_maps=False, **options)
+  def xsim_fit(layer, solver):
+    """Held-out R^2 [L, L] of the maps from source layer `layer` (the maps themselves are dropped)."""
+    return transfer.fit_linear_maps(source, target, solver, pairs=[(layer, j) for j in range(L)], seed=a.seed).r2
 
-  optax_options = dict(method="adam", penalties=penalties, steps=a.steps, batch_size=a.batch_size,
-                       eval_every=a.eval_every, patience=a.steps + 1)
-  ridge_options = dict(method="ridge", penalties=lambdas, chunk_size=L)
+  optax_options = dict(penalties=penalties, steps=a.steps, batch_size=a.batch_size, eval_every=a.eval_every,
+                       patience=a.steps + 1)
+  ridge = transfer.Ridge(lambdas, chunk_size=L)
 
   # The loops get standardized device arrays (standardization is not timed: a gift to the loops).
   step_fn, keep_best = make_loop_functions(settings)
@@ -240,11 +239,11 @@ def main(argv=None):
             for y in target_parts]
 
   def workloads(layer, x_parts):
-    jobs = {f"xsim optax, chunk {c}": functools.partial(xsim_fit, layer, chunk_size=c, **optax_options)
+    jobs = {f"xsim optax, chunk {c}": functools.partial(xsim_fit, layer, transfer.Adam(chunk_size=c, **optax_options))
             for c in chunk_sizes}
     jobs["loop, rows step"] = functools.partial(loop, x_parts, row_batches)
     jobs["loop, statistics step"] = functools.partial(loop, x_parts, statistics_batches)
-    jobs["xsim ridge path"] = functools.partial(xsim_fit, layer, **ridge_options)
+    jobs["xsim ridge path"] = functools.partial(xsim_fit, layer, ridge)
     jobs["loop, direct ridge"] = functools.partial(direct_ridge, x_parts)
     return jobs
 
@@ -270,8 +269,8 @@ def main(argv=None):
     print(f"xsim optax, chunk {c}: {flops / 1e12:.2f} TFLOP of matmuls at {rate / 1e9:.1f} GFLOP/s = "
           f"{rate / rate_mm:.0%} of the {a.matmul}^3 matmul, {rate / rate_mm_d:.0%} of the {d}^3 one")
   layer = sources[-1]
-  optax_r2 = results[f"xsim optax, chunk {chunk_sizes[0]}", layer].r2[layer, layer]
-  ridge_r2 = results["xsim ridge path", layer].r2[layer]
+  optax_r2 = results[f"xsim optax, chunk {chunk_sizes[0]}", layer][layer, layer]
+  ridge_r2 = results["xsim ridge path", layer][layer]
   direct_r2 = results["loop, direct ridge", layer]
   print(f"held-out R^2 of planted pair ({layer}, {layer}): optax {optax_r2:.4f}, ridge {ridge_r2[layer]:.4f}; "
         f"ridge path vs direct solves: max |R^2 diff| {np.max(np.abs(ridge_r2[loop_targets] - direct_r2)):.1e}")

@@ -17,7 +17,7 @@ from absl import logging
 
 from experiments import keys, statistics
 from experiments.units import make_unit
-from xsim.transfer.maps import METHODS
+from xsim.transfer import solvers
 
 NAME, SECTION, PHASE = "maps", "transfer", 1
 # Part of every maps key: bump it when a solver's numbers or its stored maps change (2: ridge from the SVD of
@@ -27,7 +27,7 @@ SOLVERS_VERSION = 3
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-  """The config's `transfer` section: the map solver (xsim.transfer.maps.METHODS) and its validation and test
+  """The config's `transfer` section: the map solver (xsim.transfer.solvers.METHODS) and its validation and test
   shares of the rows; standardize: fit on per-dimension standardized activations; penalties: ridge penalties to
   choose from on the validation rows (None: the default path); keep_maps: False removes a run's map checkpoints
   once its tables are written."""
@@ -39,19 +39,32 @@ class Settings:
   keep_maps: bool = True
 
   def problems(self) -> list[str]:
-    out = [] if self.method in METHODS else [f"transfer.method {self.method!r} not in {METHODS}"]
+    out = []
+    if self.method not in solvers.METHODS:
+      out.append(f"transfer.method {self.method!r} not in {solvers.METHODS}")
+    else:
+      try:
+        self.solver()
+      except ValueError as e:  # an option the method does not take, or a bad penalty grid
+        out.append(f"transfer: {e}")
     if not (0 < self.val_fraction and 0 < self.test_fraction and self.val_fraction + self.test_fraction < 1):
       out.append("transfer fractions must leave training rows (0 < val_fraction, test_fraction; their sum < 1)")
     return out
 
-  def fit_options(self, seed: int) -> dict:
-    return dict(method=self.method, val_fraction=self.val_fraction, test_fraction=self.test_fraction, seed=seed,
-                standardize=self.standardize, penalties=None if self.penalties is None else list(self.penalties))
+  def solver(self) -> solvers.Solver:
+    """The maps' solver record: the method with standardize and, where set, its penalties."""
+    penalties = {} if self.penalties is None else {"penalties": self.penalties}
+    return solvers.solver(self.method, standardize=self.standardize, **penalties)
+
+  def split(self, seed: int) -> dict:
+    """The row split's arguments (xsim.transfer.make_split), the same for the maps and the mean predictor."""
+    return dict(val_fraction=self.val_fraction, test_fraction=self.test_fraction, seed=seed)
 
 
 def identity(settings: Settings, ctx, pair, seed: int) -> tuple:
-  """What a pair's maps are fit from: its activations, the fit's options and the solvers' version."""
-  return ctx.identity(pair, seed), settings.fit_options(seed), SOLVERS_VERSION
+  """What a pair's maps are fit from: its activations, the solver (its method and every option), the row split and
+  the solvers' version."""
+  return ctx.identity(pair, seed), dataclasses.asdict(settings.solver()), settings.split(seed), SOLVERS_VERSION
 
 
 def units(settings: Settings, ctx, pair, seed: int) -> list:
@@ -72,10 +85,11 @@ def load(ctx, data, seed: int):
   checkpoints, or fit there first."""
   from xsim import transfer
   settings = ctx.settings(NAME)
-  options = settings.fit_options(seed)
+  solver, split = settings.solver(), settings.split(seed)
   where, shuffled_where = checkpoint_dirs(settings, ctx, data.pair, seed)
-  fit = transfer.fit_linear_maps(data.xs, data.ys, checkpoint_dir=where, mesh=ctx.mesh, **options)
-  shuffled = transfer.fit_shuffled_maps(data.xs, data.ys, checkpoint_dir=shuffled_where, mesh=ctx.mesh, **options)
+  fit = transfer.fit_linear_maps(data.xs, data.ys, solver, checkpoint_dir=where, mesh=ctx.mesh, **split)
+  shuffled = transfer.fit_shuffled_maps(data.xs, data.ys, solver, checkpoint_dir=shuffled_where, mesh=ctx.mesh,
+                                        **split)
   return fit, shuffled
 
 
@@ -86,8 +100,7 @@ def compute(settings: Settings, ctx, unit) -> dict:
   from xsim import transfer
   data = ctx.pair_data(unit.pair, unit.seed)
   fit, shuffled = load(ctx, data, unit.seed)
-  mean_r2 = transfer.mean_predictor_r2(data.ys, val_fraction=settings.val_fraction,
-                                       test_fraction=settings.test_fraction, seed=unit.seed)
+  mean_r2 = transfer.mean_predictor_r2(data.ys, **settings.split(unit.seed))
   return {"r2": np.asarray(fit.r2, np.float64).tolist(), "r2_shuffled": np.asarray(shuffled.r2, np.float64).tolist(),
           "r2_mean": np.asarray(mean_r2, np.float64).tolist(),
           "r2_subsample_max": r2_subsample_max(fit, data, unit.seed, ctx.stats),

@@ -70,8 +70,9 @@ def scores(maps_fit, shuffled, target_probe, source_probe, source_features, labe
   La, positions in Lb)) on the seed's half-sized subsets of the test rows (statistics.test_subsets; None for fewer
   than 4 test rows), "num_test": test rows}."""
   from xsim import transfer
-  mapped, floor = (transfer.probe_transfer(m, target_probe, source_probe, source_features, labels, k=k, seed=seed,
-                                           num_resamples=200, mesh=mesh) for m in (maps_fit, shuffled))
+  bootstrap = transfer.Bootstrap(num_resamples=200, seed=seed)
+  mapped, floor = (transfer.probe_transfer(m, target_probe, source_probe, source_features, labels, k=k,
+                                           bootstrap=bootstrap, mesh=mesh) for m in (maps_fit, shuffled))
   hits = mapped.mapped_hits[np.ix_(*scored)].reshape(-1, mapped.mapped_hits.shape[-1])  # [scored pairs, T]
   subsets = statistics.test_subsets(seed, stats.ci_resamples, hits.shape[1])
   subsample_max = None if subsets is None else np.nanmax(hits[:, subsets].mean(-1), axis=0)

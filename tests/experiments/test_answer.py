@@ -116,7 +116,7 @@ def test_r2_subsamples_are_the_best_scored_r2_on_half_the_test_rows():
   xs = rng.normal(size=(3, 60, 5)).astype(np.float32)
   ys = (xs[:2] @ rng.normal(size=(5, 4)) + 0.5 * rng.normal(size=(2, 60, 4))).astype(np.float32)
   data = extraction.PairData(study.Pair("a", "b", "cross"), xs, ys, np.arange(60), (0, 1, 2), (0, 1), 2, 1, ())
-  fit = transfer.fit_linear_maps(xs, ys, method="ridge", seed=3)
+  fit = transfer.fit_linear_maps(xs, ys, transfer.Ridge(), seed=3)
   stats = statistics.StatisticsSettings(min_layer=1, ci_resamples=7)
   got = maps_stage.r2_subsample_max(fit, data, seed=3, stats=stats)
   test = fit.split.test
@@ -138,8 +138,8 @@ def test_probe_subsamples_are_the_best_scored_accuracy_on_half_the_test_rows():
   xs = rng.normal(size=(3, 80, 5)).astype(np.float32)
   ys = (xs[:2] @ rng.normal(size=(5, 4)) + 0.3 * rng.normal(size=(2, 80, 4))).astype(np.float32)
   labels = (ys[1, :, 0] > 0).astype(np.int64)
-  maps = transfer.fit_linear_maps(xs[:, :40], ys[:, :40], method="ridge", seed=0)  # maps from other rows
-  shuffled = transfer.fit_shuffled_maps(xs[:, :40], ys[:, :40], method="ridge", seed=0)
+  maps = transfer.fit_linear_maps(xs[:, :40], ys[:, :40], transfer.Ridge(), seed=0)  # maps from other rows
+  shuffled = transfer.fit_shuffled_maps(xs[:, :40], ys[:, :40], transfer.Ridge(), seed=0)
   target, source = (transfer.fit_logistic_probes(f[:, 40:], labels[40:], seed=2) for f in (ys, xs))
   got = probes.scores(maps, shuffled, target, source, xs[:, 40:], labels[40:], seed=2,
                       scored=(np.array([1, 2]), np.array([1])), stats=statistics.StatisticsSettings(ci_resamples=9))

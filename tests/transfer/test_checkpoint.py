@@ -12,7 +12,7 @@ from tests.transfer import checkpoint_worker
 from xsim import transfer
 from xsim.transfer import checkpoint
 
-OPTIONS = dict(method="adam", steps=60, batch_size=64, eval_every=20, patience=2, chunk_size=2)
+SOLVER = transfer.Adam(steps=60, batch_size=64, eval_every=20, patience=2, chunk_size=2)
 # 2 source layers x (2 + 1) targets = 4 chunks; chunk 2 = source layer 1, targets 0 and 1.
 CHUNK2_PAIRS = [[1, 0], [1, 1]]
 
@@ -29,7 +29,7 @@ def _data():
 def _fresh(data, tmp_path_factory):
   """A fit from scratch and the checkpoint directory it wrote (copy it before changing it)."""
   directory = tmp_path_factory.mktemp("fresh")
-  fit = transfer.fit_linear_maps(*data, checkpoint_dir=str(directory), **OPTIONS)
+  fit = transfer.fit_linear_maps(*data, SOLVER, checkpoint_dir=str(directory))
   assert fit.restored_chunks == ()
   return fit, directory
 
@@ -51,7 +51,7 @@ def _copy(directory, tmp_path):
 def test_rerun_resumes_finished_chunks_with_identical_results(data, fresh, tmp_path):
   fit, directory = fresh
   directory = _copy(directory, tmp_path)
-  resumed = transfer.fit_linear_maps(*data, checkpoint_dir=str(directory), **OPTIONS)
+  resumed = transfer.fit_linear_maps(*data, SOLVER, checkpoint_dir=str(directory))
   assert resumed.restored_chunks == (0, 1, 2, 3)
   _assert_same(fit, resumed)
 
@@ -61,7 +61,7 @@ def test_rerun_resumes_finished_chunks_with_identical_results(data, fresh, tmp_p
   marked = store.load(1, [[0, 2]])
   marked["r2"] = np.full_like(marked["r2"], -7.0)
   store.save(1, [[0, 2]], marked)
-  partial = transfer.fit_linear_maps(*data, checkpoint_dir=str(directory), **OPTIONS)
+  partial = transfer.fit_linear_maps(*data, SOLVER, checkpoint_dir=str(directory))
   assert partial.restored_chunks == (0, 1, 3)
   assert partial.r2[0, 2] == -7.0  # chunk 1 = source layer 0, target layer 2
   np.testing.assert_array_equal(partial.r2[1], fit.r2[1])  # chunk 2 refit identically
@@ -101,7 +101,7 @@ def test_damaged_chunk_is_named_deleted_and_refit_identically(data, fresh, tmp_p
   directory = _copy(directory, tmp_path)
   DAMAGE[damage](directory)
   with caplog.at_level(logging.WARNING):
-    refit = transfer.fit_linear_maps(*data, checkpoint_dir=str(directory), **OPTIONS)
+    refit = transfer.fit_linear_maps(*data, SOLVER, checkpoint_dir=str(directory))
   assert refit.restored_chunks == (0, 1, 3)
   _assert_same(fit, refit)
   warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -110,7 +110,7 @@ def test_damaged_chunk_is_named_deleted_and_refit_identically(data, fresh, tmp_p
   assert "method adam" in warnings[0] and str(CHUNK2_PAIRS) in warnings[0]
   # The refit chunk was saved again, verified: a third run reads every chunk back.
   caplog.clear()
-  again = transfer.fit_linear_maps(*data, checkpoint_dir=str(directory), **OPTIONS)
+  again = transfer.fit_linear_maps(*data, SOLVER, checkpoint_dir=str(directory))
   assert again.restored_chunks == (0, 1, 2, 3) and not caplog.records
   _assert_same(fit, again)
 
@@ -125,7 +125,7 @@ def test_orbax_metadata_damage_alone_is_harmless(data, fresh, tmp_path, caplog):
   for path in metadata:
     _flip(path, "middle")
   with caplog.at_level(logging.WARNING):
-    resumed = transfer.fit_linear_maps(*data, checkpoint_dir=str(directory), **OPTIONS)
+    resumed = transfer.fit_linear_maps(*data, SOLVER, checkpoint_dir=str(directory))
   assert resumed.restored_chunks == (0, 1, 2, 3) and not caplog.records
   _assert_same(fit, resumed)
 
@@ -141,23 +141,22 @@ def test_save_killed_midway_does_not_break_the_next_save(data, fresh, tmp_path, 
   partial.mkdir()
   (partial / "_CHECKPOINT_METADATA").write_text("{")
   with caplog.at_level(logging.WARNING):
-    resumed = transfer.fit_linear_maps(*data, checkpoint_dir=str(directory), **OPTIONS)
+    resumed = transfer.fit_linear_maps(*data, SOLVER, checkpoint_dir=str(directory))
   assert resumed.restored_chunks == (0, 1, 3) and not caplog.records  # an unfinished chunk is no damage
   _assert_same(fit, resumed)
-  assert transfer.fit_linear_maps(*data, checkpoint_dir=str(directory), **OPTIONS).restored_chunks == (0, 1, 2, 3)
+  assert transfer.fit_linear_maps(*data, SOLVER, checkpoint_dir=str(directory)).restored_chunks == (0, 1, 2, 3)
 
 
 def test_checkpoint_dir_of_other_settings_is_refused(data, tmp_path):
   source, target = data
-  transfer.fit_linear_maps(source, target, method="ridge", checkpoint_dir=str(tmp_path), chunk_size=3)
+  transfer.fit_linear_maps(source, target, transfer.Ridge(chunk_size=3), checkpoint_dir=str(tmp_path))
   with pytest.raises(ValueError, match="other settings .*penalties"):
-    transfer.fit_linear_maps(source, target, method="ridge", penalties=(1.0,), checkpoint_dir=str(tmp_path),
-                             chunk_size=3)
+    transfer.fit_linear_maps(source, target, transfer.Ridge((1.0,), chunk_size=3), checkpoint_dir=str(tmp_path))
   with pytest.raises(ValueError, match="other settings .*data"):
-    transfer.fit_linear_maps(source, target * 2, method="ridge", checkpoint_dir=str(tmp_path), chunk_size=3)
+    transfer.fit_linear_maps(source, target * 2, transfer.Ridge(chunk_size=3), checkpoint_dir=str(tmp_path))
   (tmp_path / "settings.json").write_text("{\"method\": ")
   with pytest.raises(ValueError, match="settings.json is unreadable.*delete the directory"):
-    transfer.fit_linear_maps(source, target, method="ridge", checkpoint_dir=str(tmp_path), chunk_size=3)
+    transfer.fit_linear_maps(source, target, transfer.Ridge(chunk_size=3), checkpoint_dir=str(tmp_path))
 
 
 @pytest.mark.slow  # 2 processes under jax.distributed

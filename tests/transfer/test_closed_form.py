@@ -155,10 +155,10 @@ def test_fit_ridge_on_raw_features_picks_the_float64_penalty():
 
 @pytest.mark.parametrize("n, da", [(500, 40), (150, 120)])  # 300 and 90 training rows
 def test_published_untuned_ridge_on_raw_activations_matches_float64(n, da):
-  """fit_linear_maps(standardize=False) with the published penalty: ridge with an intercept on raw rows."""
+  """Ridge(standardize=False) with the published penalty: ridge with an intercept on raw rows."""
   x, y = _raw_features(np.random.default_rng(da), n, da)
   penalty = 1e-4 / 3000
-  fit = transfer.fit_linear_maps(x[None], y[None], method="ridge", penalties=[penalty], standardize=False)
+  fit = transfer.fit_linear_maps(x[None], y[None], transfer.Ridge([penalty], standardize=False))
   train = fit.split.train
   x64, y64 = x.astype(np.float64), y.astype(np.float64)
   x_mean, y_mean = x64[train].mean(axis=0), y64[train].mean(axis=0)

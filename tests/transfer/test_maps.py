@@ -1,4 +1,6 @@
 """Linear-map sweeps on planted data: optax vs closed-form ridge vs theory, floors, batching and sharding."""
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -35,13 +37,13 @@ def _planted_fixture():
 @pytest.fixture(scope="module", name="adam_fit")
 def _adam_fit(planted):
   source, target, _ = planted
-  return transfer.fit_linear_maps(source, target, method="adam", **OPTAX)
+  return transfer.fit_linear_maps(source, target, transfer.Adam(**OPTAX))
 
 
 def test_optax_maps_reach_ridge_and_theory(planted, adam_fit):
   source, target, theory = planted
-  ridge_fit = transfer.fit_linear_maps(source, target, method="ridge")
-  adamw_fit = transfer.fit_linear_maps(source, target, method="adamw", **OPTAX)
+  ridge_fit = transfer.fit_linear_maps(source, target, transfer.Ridge())
+  adamw_fit = transfer.fit_linear_maps(source, target, transfer.AdamW(**OPTAX))
   np.testing.assert_allclose(adam_fit.r2[0], ridge_fit.r2[0], atol=1e-3)
   np.testing.assert_allclose(adamw_fit.r2[0], ridge_fit.r2[0], atol=1e-3)
   # Finite n costs about (1 - R^2) * da / n_train of held-out R^2, and the 600 test rows add sampling noise.
@@ -68,7 +70,7 @@ def _np_reduced_rank_r2(source, target, split, rank):
 def test_low_rank_maps_match_reduced_rank_regression():
   source, target, theory = _planted(seed=3, layers=(1, 2), rank=2)
   for rank in (1, 2):
-    fit = transfer.fit_linear_maps(source, target, method="adam", rank=rank, **OPTAX)
+    fit = transfer.fit_linear_maps(source, target, transfer.Adam(rank=rank, **OPTAX))
     expected = [_np_reduced_rank_r2(source[0], target[j], fit.split, rank) for j in range(2)]
     np.testing.assert_allclose(fit.r2[0], expected, atol=3e-3, err_msg=f"rank={rank}")
   np.testing.assert_allclose(fit.r2[0], theory, atol=0.02)  # rank 2 carries the whole planted relation
@@ -79,7 +81,7 @@ def test_procrustes_maps_recover_a_planted_rotation():
   source = rng.normal(size=(1, 2000, 5)).astype(np.float32)
   rotation = np.linalg.qr(rng.normal(size=(8, 8)))[0][:5]
   target = (source[0] @ rotation + 0.1 * rng.normal(size=(2000, 8)))[None].astype(np.float32)
-  fit = transfer.fit_linear_maps(source, target, method="procrustes")
+  fit = transfer.fit_linear_maps(source, target, transfer.Procrustes())
   signal = (rotation**2).sum(axis=0)
   np.testing.assert_allclose(fit.r2[0, 0], np.mean(signal / (signal + 0.01)), atol=0.02)
   assert np.isnan(fit.penalty[0, 0]) and fit.best_step[0, 0] == -1
@@ -88,7 +90,7 @@ def test_procrustes_maps_recover_a_planted_rotation():
 def test_shuffled_pairs_and_mean_predictor_are_floors(planted, adam_fit):
   source, target, _ = planted
   for method, options in (("ridge", {}), ("adam", OPTAX)):
-    shuffled = transfer.fit_shuffled_maps(source, target, method=method, **options)
+    shuffled = transfer.fit_shuffled_maps(source, target, transfer.solver(method, **options))
     assert np.all(shuffled.r2 <= 0.005), (method, shuffled.r2)
   floor = transfer.mean_predictor_r2(target)
   test = target[:, adam_fit.split.test].astype(np.float64)
@@ -129,7 +131,7 @@ def test_select_keeps_the_chosen_layers_maps_renumbered(planted, adam_fit):
 def test_vmapped_sweep_equals_fitting_each_pair_alone(planted, adam_fit):
   source, target, _ = planted
   for i, j in [(0, 0), (0, 2), (1, 1)]:
-    alone = transfer.fit_linear_maps(source, target, method="adam", pairs=[(i, j)], **OPTAX)
+    alone = transfer.fit_linear_maps(source, target, transfer.Adam(**OPTAX), pairs=[(i, j)])
     row = adam_fit.pair_index(i, j)
     np.testing.assert_allclose(alone.params["weight"][0], adam_fit.params["weight"][row], atol=1e-6)
     np.testing.assert_allclose(alone.r2[i, j], adam_fit.r2[i, j], atol=1e-6)
@@ -140,12 +142,12 @@ def test_vmapped_sweep_equals_fitting_each_pair_alone(planted, adam_fit):
 def test_sweep_sharded_over_eight_devices_equals_one_device(planted, adam_fit):
   source, target, _ = planted
   mesh = Mesh(np.array(jax.devices()[:8]), ("pairs",))
-  sharded = transfer.fit_linear_maps(source, target, method="adam", mesh=mesh, **OPTAX)  # 3 targets padded to 8
+  sharded = transfer.fit_linear_maps(source, target, transfer.Adam(**OPTAX), mesh=mesh)  # 3 targets padded to 8
   np.testing.assert_allclose(sharded.r2, adam_fit.r2, atol=1e-6)
   np.testing.assert_allclose(sharded.params["weight"], adam_fit.params["weight"], atol=1e-6)
   np.testing.assert_array_equal(sharded.best_step, adam_fit.best_step)
-  ridge_single = transfer.fit_linear_maps(source, target, method="ridge", chunk_size=2)
-  ridge_sharded = transfer.fit_linear_maps(source, target, method="ridge", mesh=mesh)
+  ridge_single = transfer.fit_linear_maps(source, target, transfer.Ridge(chunk_size=2))
+  ridge_sharded = transfer.fit_linear_maps(source, target, transfer.Ridge(), mesh=mesh)
   np.testing.assert_allclose(ridge_sharded.r2, ridge_single.r2, atol=1e-5)
 
 
@@ -154,14 +156,14 @@ def test_uneven_sweeps_and_shuffled_maps_sharded_over_eight_devices_equal_one_de
   mesh = Mesh(np.array(jax.devices()[:8]), ("pairs",))
   # 5, 2 and 1 target layers per source layer (8 of 15 pairs): every chunk is padded to 8 targets.
   pairs = [(0, j) for j in range(5)] + [(1, 1), (1, 3), (2, 4)]
-  options = dict(method="adam", steps=60, batch_size=128, eval_every=20, pairs=pairs)
-  single = transfer.fit_linear_maps(source, target, **options)
-  sharded = transfer.fit_linear_maps(source, target, mesh=mesh, **options)
+  solver = transfer.Adam(steps=60, batch_size=128, eval_every=20)
+  single = transfer.fit_linear_maps(source, target, solver, pairs=pairs)
+  sharded = transfer.fit_linear_maps(source, target, solver, pairs=pairs, mesh=mesh)
   np.testing.assert_allclose(sharded.params["weight"], single.params["weight"], atol=1e-6)
   # NaN (pairs not fit) in the same places; R^2 reduces the test rows in another order on 8 devices.
   np.testing.assert_allclose(sharded.r2, single.r2, atol=2e-5)
-  shuffled = transfer.fit_shuffled_maps(source, target, **options)  # compiled above: same shapes and settings
-  shuffled_sharded = transfer.fit_shuffled_maps(source, target, mesh=mesh, **options)
+  shuffled = transfer.fit_shuffled_maps(source, target, solver, pairs=pairs)  # compiled above: same shapes, settings
+  shuffled_sharded = transfer.fit_shuffled_maps(source, target, solver, pairs=pairs, mesh=mesh)
   np.testing.assert_allclose(shuffled_sharded.params["weight"], shuffled.params["weight"], atol=1e-6)
   np.testing.assert_array_equal(shuffled_sharded.best_step, shuffled.best_step)
   # The targets are centred, so a bias's gradient is rounding noise, which Adam scales up to steps of the learning
@@ -213,42 +215,67 @@ def test_minibatches_tile_the_training_rows():
 def test_early_stopping_keeps_the_best_parameters():
   # More dims than training rows and no penalty: training to the end interpolates noise.
   source, target, _ = _planted(seed=7, layers=(1, 1), n=400, da=150, db=4)
-  options = dict(method="adam", penalties=(0.0,), steps=800, batch_size=64, learning_rate=1e-2)
-  stopped = transfer.fit_linear_maps(source, target, eval_every=10, patience=3, **options)
-  last = transfer.fit_linear_maps(source, target, eval_every=800, patience=1, **options)  # keeps step 800's
+  options = dict(penalties=(0.0,), steps=800, batch_size=64, learning_rate=1e-2)
+  stopped = transfer.fit_linear_maps(source, target, transfer.Adam(eval_every=10, patience=3, **options))
+  last = transfer.fit_linear_maps(source, target, transfer.Adam(eval_every=800, patience=1, **options))  # step 800's
   assert last.best_step[0, 0] == 800
   assert 0 < stopped.best_step[0, 0] < 400
   assert stopped.r2[0, 0] > last.r2[0, 0] + 0.03
 
 
-@pytest.mark.parametrize("options, message", [
-    (dict(method="lasso"), "method='lasso'"),
-    (dict(pairs=[(0, 3)]), r"pair \(0, 3\) is out of range"),
-    (dict(pairs=[(0, 1), (0, 1)]), "more than once"),
-    (dict(pairs="diagonal"), "pairs='diagonal'"),
-    (dict(method="ridge", rank=2), "rank applies"),
-    (dict(method="ridge", penalties=(0.0, 1.0)), "positive for ridge"),
-    (dict(rank=7), r"rank=7 must lie in \[1, min\(da, db\)\]"),
-    (dict(steps=0), "steps=0"),
-    (dict(chunk_size=0), "chunk_size=0"),
+@pytest.mark.parametrize("method, options, pairs, message", [
+    ("lasso", {}, "all", "method='lasso'"),
+    ("adam", {}, [(0, 3)], r"pair \(0, 3\) is out of range"),
+    ("adam", {}, [(0, 1), (0, 1)], "more than once"),
+    ("adam", {}, "diagonal", "pairs='diagonal'"),
+    ("ridge", dict(rank=2), "all", "Ridge .*takes no option 'rank'"),
+    ("ridge", dict(penalties=(0.0, 1.0)), "all", "positive for ridge"),
+    ("adam", dict(rank=7), "all", r"rank=7 must lie in \[1, min\(da, db\)\]"),
+    ("adam", dict(steps=0), "all", "steps=0"),
+    ("adam", dict(chunk_size=0), "all", "chunk_size=0"),
 ])
-def test_bad_options_raise_clear_errors(options, message):
+def test_bad_options_raise_clear_errors(method, options, pairs, message):
   source, target, _ = _planted(seed=8, layers=(1, 3), n=50)
   with pytest.raises(ValueError, match=message):
-    transfer.fit_linear_maps(source, target, **options)
+    transfer.fit_linear_maps(source, target, transfer.solver(method, **options), pairs=pairs)
+
+
+def test_solver_builds_the_record_of_a_method_and_refuses_options_of_other_solvers():
+  assert transfer.solver("ridge", penalties=[0.1, 1]) == transfer.Ridge(penalties=(0.1, 1.0))
+  assert transfer.solver("procrustes", standardize=False) == transfer.Procrustes(standardize=False)
+  adamw = transfer.solver("adamw", steps=50, rank=2, chunk_size=4)
+  assert type(adamw) is transfer.AdamW and (adamw.method, adamw.steps, adamw.rank, adamw.chunk_size) == (
+      "adamw", 50, 2, 4)
+  assert transfer.solver("adam") == transfer.Adam() != transfer.AdamW()
+  # The record names its method and every option, so content keys built from it tell all settings apart.
+  assert dataclasses.asdict(transfer.Adam())["method"] == "adam"
+  assert dataclasses.asdict(transfer.Ridge())["penalties"] == transfer.solvers.RIDGE_PENALTIES
+  with pytest.raises(ValueError, match=r"Procrustes \(method='procrustes'\) takes no option 'penalties'; its "
+                     "options are standardize, chunk_size."):
+    transfer.solver("procrustes", penalties=[1.0])
+  with pytest.raises(ValueError, match=r"Ridge \(method='ridge'\) takes no option 'learning_rate'; its options "
+                     "are standardize, chunk_size, penalties."):
+    transfer.solver("ridge", learning_rate=0.1, penalties=[1.0])
+  with pytest.raises(ValueError, match=r"Adam \(method='adam'\) takes no option 'method'"):
+    transfer.solver("adam", method="adamw")
+  with pytest.raises(TypeError, match="Ridge.*'rank'"):
+    transfer.Ridge(rank=2)
+  source, target, _ = _planted(seed=8, layers=(1, 3), n=50)
+  with pytest.raises(ValueError, match="solver='ridge' is not a record"):
+    transfer.fit_linear_maps(source, target, "ridge")
 
 
 def test_bad_inputs_raise_clear_errors():
   source, target, _ = _planted(seed=8, layers=(1, 3), n=50)
   with pytest.raises(ValueError, match="same rows"):
-    transfer.fit_linear_maps(source, target[:, :40])
+    transfer.fit_linear_maps(source, target[:, :40], transfer.Adam())
   with pytest.raises(ValueError, match=r"shape \[layers, n, d\]"):
-    transfer.fit_linear_maps(source[0], target)
+    transfer.fit_linear_maps(source[0], target, transfer.Adam())
   with pytest.raises(ValueError, match="procrustes needs da <= db"):
-    transfer.fit_linear_maps(source, target, method="procrustes")
+    transfer.fit_linear_maps(source, target, transfer.Procrustes())
   mesh = Mesh(np.array(jax.devices()[:8]), ("pairs",))
   with pytest.raises(ValueError, match="multiple of the mesh size 8"):
-    transfer.fit_linear_maps(source, target, method="ridge", mesh=mesh, chunk_size=4)
+    transfer.fit_linear_maps(source, target, transfer.Ridge(chunk_size=4), mesh=mesh)
 
 
 def test_unstandardized_ridge_is_least_squares_on_raw_features():
@@ -256,8 +283,8 @@ def test_unstandardized_ridge_is_least_squares_on_raw_features():
   rng = np.random.default_rng(3)
   x = rng.normal(size=(1, 400, 6)) * np.array([1.0, 10.0, 0.1, 5.0, 1.0, 100.0])
   y = x[0] @ rng.normal(size=(6, 4)) + 3.0 + 0.1 * rng.normal(size=(400, 4))
-  fit = transfer.fit_linear_maps(x.astype(np.float32), y[None].astype(np.float32), method="ridge", penalties=[1e-10],
-                        standardize=False)
+  fit = transfer.fit_linear_maps(x.astype(np.float32), y[None].astype(np.float32),
+                                 transfer.Ridge([1e-10], standardize=False))
   train = fit.split.train
   design = np.concatenate([x[0][train], np.ones((len(train), 1))], axis=1)
   coef = np.linalg.lstsq(design, y[train], rcond=None)[0]
@@ -272,8 +299,8 @@ def test_unstandardized_ridge_penalizes_raw_weights():
   x = rng.normal(size=(1, 300, 5)) * np.array([1.0, 20.0, 0.2, 3.0, 1.0])
   y = x[0] @ rng.normal(size=(5, 3)) + 0.5 * rng.normal(size=(300, 3))
   penalty = 0.5
-  fit = transfer.fit_linear_maps(x.astype(np.float32), y[None].astype(np.float32), method="ridge",
-                                 penalties=[penalty], standardize=False)
+  fit = transfer.fit_linear_maps(x.astype(np.float32), y[None].astype(np.float32),
+                                 transfer.Ridge([penalty], standardize=False))
   train = fit.split.train
   xt, yt = x[0][train], y[train]
   xm, ym = xt.mean(0), yt.mean(0)
@@ -289,7 +316,7 @@ def test_ridge_maps_from_fewer_rows_than_dims_are_stored_factored_and_equal_the_
   x = rng.normal(size=(2, 67, 120))
   y = np.einsum("lna,ab->lnb", x, rng.normal(size=(120, 100)) / 11) + 0.3 * rng.normal(size=(2, 67, 100))
   penalty = 0.05
-  fit = transfer.fit_linear_maps(x.astype(np.float32), y.astype(np.float32), method="ridge", penalties=[penalty])
+  fit = transfer.fit_linear_maps(x.astype(np.float32), y.astype(np.float32), transfer.Ridge([penalty]))
   train = fit.split.train
   assert len(train) == 41 and "weight" not in fit.params
   assert fit.params["up"].shape == (4, 100, 40) and fit.params["down"].shape == (4, 40, 120)

@@ -7,6 +7,7 @@ from jax.sharding import Mesh
 from xsim import transfer
 
 PENALTIES = (1e-3, 3e-2, 1.0)
+TRAINING = transfer.ProbeTraining(PENALTIES)
 
 
 def _standardized(x, rows):
@@ -59,10 +60,10 @@ def test_probes_wider_than_their_training_rows_match_the_full_space_newton_solut
   features = rng.normal(size=(1, 70, 80)).astype(np.float32)
   if binary:
     labels = (features[0, :, 0] + 0.5 * rng.normal(size=70) > 0).astype(np.int64)
-    probe = transfer.fit_logistic_probes(features, labels, penalties=(0.05,))
+    probe = transfer.fit_logistic_probes(features, labels, transfer.ProbeTraining((0.05,)))
   else:
     labels = rng.integers(0, 3, size=70)
-    probe = transfer.fit_token_probes(features, labels, num_classes=3, penalties=(0.05,))
+    probe = transfer.fit_token_probes(features, labels, transfer.ProbeTraining((0.05,)), num_classes=3)
   split = probe.split
   x = _standardized(features[0], split.train)
   weights, bias = _np_softmax_probe(x[split.train], labels[split.train], 2 if binary else 3, 0.05, binary)
@@ -85,7 +86,7 @@ def _task():
 
 @pytest.fixture(scope="module", name="target_probe")
 def _target_probe(task):
-  return transfer.fit_logistic_probes(task[1], task[2], penalties=PENALTIES)
+  return transfer.fit_logistic_probes(task[1], task[2], TRAINING)
 
 
 def test_binary_probe_matches_numpy_irls_with_the_penalty_chosen_on_validation_rows(task, target_probe):
@@ -109,7 +110,7 @@ def test_token_probe_matches_numpy_newton_softmax_regression():
   features = rng.normal(size=(1, 900, 5)).astype(np.float32)
   token_ids = 100 + rng.choice(8, size=900, p=[0.25, 0.2, 0.15, 0.12, 0.1, 0.08, 0.06, 0.04])
   token_ids[features[0, :, 0] > 1.0] = 103  # a learnable signal
-  probe = transfer.fit_token_probes(features, token_ids, num_classes=6, penalties=(1e-2,))
+  probe = transfer.fit_token_probes(features, token_ids, transfer.ProbeTraining((1e-2,)), num_classes=6)
   split = transfer.make_split(900)
   ids, counts = np.unique(token_ids[split.train], return_counts=True)
   classes = np.sort(ids[np.argsort(-counts, kind="stable")[:6]])
@@ -132,13 +133,14 @@ def test_token_probe_matches_numpy_newton_softmax_regression():
 
 def test_probe_transfer_table_scores_frozen_maps(task, target_probe):
   source, target, labels, rotation = task
-  source_probe = transfer.fit_logistic_probes(source, labels, penalties=PENALTIES)
+  source_probe = transfer.fit_logistic_probes(source, labels, TRAINING)
   rng = np.random.default_rng(2)  # the maps are fit on other, generic rows of the same two models
   generic_target = rng.normal(size=(2, 2000, 6))
   generic_source = generic_target @ rotation + 0.05 * rng.normal(size=generic_target.shape)
   maps = transfer.fit_linear_maps(generic_source.astype(np.float32), generic_target.astype(np.float32),
-                                  method="ridge")
-  table = transfer.probe_transfer(maps, target_probe, source_probe, source, labels, num_resamples=300)
+                                  transfer.Ridge())
+  table = transfer.probe_transfer(maps, target_probe, source_probe, source, labels,
+                                  bootstrap=transfer.Bootstrap(num_resamples=300))
 
   test = target_probe.split.test
   for i in range(2):
@@ -155,7 +157,7 @@ def test_probe_transfer_table_scores_frozen_maps(task, target_probe):
   assert table.chance == 0.5
   assert np.all(table.mapped_ci[..., 0] <= table.mapped) and np.all(table.mapped <= table.mapped_ci[..., 1])
 
-  other_rows = transfer.fit_logistic_probes(source, labels, penalties=PENALTIES, seed=3)
+  other_rows = transfer.fit_logistic_probes(source, labels, TRAINING, seed=3)
   with pytest.raises(ValueError, match="same rows, split and classes"):
     transfer.probe_transfer(maps, target_probe, other_rows, source, labels)
   with pytest.raises(ValueError, match="k=5 is not scored"):
@@ -169,13 +171,14 @@ def test_token_probe_transfer_scores_top_k_against_the_k_most_frequent_tokens():
   centres = rng.normal(size=(11, 5))
   target = (centres[token_ids - 100] + 0.8 * rng.normal(size=(900, 5)))[None].astype(np.float32)
   source = target[..., ::-1].copy()  # a permutation of the target's dimensions
-  maps = transfer.fit_linear_maps(source, target, method="ridge")
-  fit_probes = lambda x: transfer.fit_token_probes(x, token_ids, num_classes=8, penalties=(1e-2,))
+  maps = transfer.fit_linear_maps(source, target, transfer.Ridge())
+  fit_probes = lambda x: transfer.fit_token_probes(x, token_ids, transfer.ProbeTraining((1e-2,)), num_classes=8)
   target_probe, source_probe = fit_probes(target), fit_probes(source)
   test_labels = token_ids[target_probe.split.test]
   counts = {t: np.sum(token_ids[target_probe.split.train] == t) for t in target_probe.classes}
   for k in (1, 5):
-    table = transfer.probe_transfer(maps, target_probe, source_probe, source, token_ids, k=k, num_resamples=50)
+    table = transfer.probe_transfer(maps, target_probe, source_probe, source, token_ids, k=k,
+                                    bootstrap=transfer.Bootstrap(num_resamples=50))
     frequent = sorted(counts, key=lambda t: (-counts[t], t))[:k]
     assert table.majority == pytest.approx(np.mean(np.isin(test_labels, frequent)))
     assert table.chance == k / 8
@@ -200,7 +203,7 @@ def _mesh():
 
 
 def test_probes_sharded_over_eight_devices_equal_one_device(task, target_probe, mesh):
-  sharded = transfer.fit_logistic_probes(task[1], task[2], penalties=PENALTIES, mesh=mesh)  # 2 layers padded to 8
+  sharded = transfer.fit_logistic_probes(task[1], task[2], TRAINING, mesh=mesh)  # 2 layers padded to 8
   np.testing.assert_allclose(sharded.weights, target_probe.weights, atol=1e-6)
   np.testing.assert_allclose(sharded.bias, target_probe.bias, atol=1e-6)
   np.testing.assert_array_equal(sharded.penalty, target_probe.penalty)
@@ -209,14 +212,15 @@ def test_probes_sharded_over_eight_devices_equal_one_device(task, target_probe, 
 
 def test_probe_transfer_sharded_over_eight_devices_equals_one_device(task, target_probe, mesh):
   source, _, labels, rotation = task
-  source_probe = transfer.fit_logistic_probes(source, labels, penalties=PENALTIES)
+  source_probe = transfer.fit_logistic_probes(source, labels, TRAINING)
   rng = np.random.default_rng(5)
   generic_target = rng.normal(size=(2, 1000, 6))
   generic_source = generic_target @ rotation + 0.05 * rng.normal(size=generic_target.shape)
   maps = transfer.fit_linear_maps(generic_source.astype(np.float32), generic_target.astype(np.float32),
-                                  method="ridge", pairs=[(0, 0), (0, 1), (1, 1)])  # 2 and 1 pairs per source
-  one = transfer.probe_transfer(maps, target_probe, source_probe, source, labels, num_resamples=100)
-  eight = transfer.probe_transfer(maps, target_probe, source_probe, source, labels, num_resamples=100, mesh=mesh)
+                                  transfer.Ridge(), pairs=[(0, 0), (0, 1), (1, 1)])  # 2 and 1 pairs per source
+  bootstrap = transfer.Bootstrap(num_resamples=100)
+  one = transfer.probe_transfer(maps, target_probe, source_probe, source, labels, bootstrap=bootstrap)
+  eight = transfer.probe_transfer(maps, target_probe, source_probe, source, labels, bootstrap=bootstrap, mesh=mesh)
   np.testing.assert_array_equal(eight.mapped, one.mapped)  # NaN where no map was fit: (1, 0)
   np.testing.assert_array_equal(eight.mapped_ci, one.mapped_ci)
   assert np.isnan(one.mapped[1, 0]) and np.isfinite(one.mapped[0, 1])

@@ -1,28 +1,31 @@
 """Linear transfer between two models' activations: maps for every layer pair, their floors, probes and scores.
 
-  fit = transfer.fit_linear_maps(source, target, method="adam")   # source [La, n, da], target [Lb, n, db]
-  fit.r2                                                           # [La, Lb] held-out R^2
-  fit.predict(i, j, x)                                             # source layer i -> target layer j
+  fit = transfer.fit_linear_maps(source, target, transfer.Adam())   # source [La, n, da], target [Lb, n, db]
+  fit.r2                                                             # [La, Lb] held-out R^2
+  fit.predict(i, j, x)                                               # source layer i -> target layer j
 
 Modules: splits (row split, standardization), ridge / procrustes / train (the three ways to fit a chunk of
-pairs), maps (the sweep driver), controls (shuffled-pair and mean floors), probes (logistic and token probes,
-probe-transfer table), metrics (R^2, next-token scores of patched logits), checkpoint (verified per-chunk
-checkpoints); bootstrap_mean_ci (bootstrap CIs of per-row scores) is re-exported from xsim.resampling. Every
-function takes and returns arrays; models run in xsim.activations.
+pairs), solvers (their options as records: what the sweep is told to fit), maps (the sweep driver), controls
+(shuffled-pair and mean floors), probes (logistic and token probes, probe-transfer table), metrics (R^2,
+next-token scores of patched logits), checkpoint (verified per-chunk checkpoints); bootstrap_mean_ci (bootstrap
+CIs of per-row scores) is re-exported from xsim.resampling. Every function takes and returns arrays; models run in
+xsim.activations.
 """
 from xsim.resampling import bootstrap_mean_ci
 from xsim.transfer.controls import fit_shuffled_maps, mean_predictor_r2
 from xsim.transfer.maps import LinearMapFit, fit_linear_maps
 from xsim.transfer.metrics import (kl_divergence, next_token_scores, patching_scores, r2_score, top1_agreement,
                                    topk_accuracy)
-from xsim.transfer.probes import (ProbeFit, ProbeTransfer, fit_logistic_probes, fit_token_probes,
-                                  probe_transfer)
+from xsim.transfer.probes import (Bootstrap, ProbeFit, ProbeTraining, ProbeTransfer, fit_logistic_probes,
+                                  fit_token_probes, probe_transfer)
 from xsim.transfer.ridge import ridge_path, ridge_weights
+from xsim.transfer.solvers import METHODS, Adam, AdamW, Procrustes, Ridge, Solver, solver
 from xsim.transfer.splits import Split, make_split
 
 __all__ = [
-    "LinearMapFit", "ProbeFit", "ProbeTransfer", "Split", "bootstrap_mean_ci", "fit_linear_maps",
-    "fit_logistic_probes", "fit_shuffled_maps", "fit_token_probes", "kl_divergence", "make_split",
-    "mean_predictor_r2", "next_token_scores", "patching_scores", "probe_transfer", "r2_score", "ridge_path",
-    "ridge_weights", "top1_agreement", "topk_accuracy",
+    "METHODS", "Adam", "AdamW", "Bootstrap", "LinearMapFit", "ProbeFit", "ProbeTraining", "ProbeTransfer",
+    "Procrustes", "Ridge", "Solver", "Split", "bootstrap_mean_ci", "fit_linear_maps", "fit_logistic_probes",
+    "fit_shuffled_maps", "fit_token_probes", "kl_divergence", "make_split", "mean_predictor_r2",
+    "next_token_scores", "patching_scores", "probe_transfer", "r2_score", "ridge_path", "ridge_weights", "solver",
+    "top1_agreement", "topk_accuracy",
 ]

@@ -5,27 +5,33 @@ below the mean predictor (the published study's ridge did, STUDY.md point 5).
 """
 from __future__ import annotations
 
+from typing import Optional, Sequence, Union
+
 import numpy as np
+from jax.sharding import Mesh
 
-from xsim.transfer import maps, metrics, splits
+from xsim.transfer import maps, metrics, solvers, splits
 
 
-def fit_shuffled_maps(source, target, *, seed: int = 0, **fit_options) -> maps.LinearMapFit:
-  """Maps fit exactly like `maps.fit_linear_maps(source, target, seed=seed, **fit_options)`, after permuting
-  the target's rows (one permutation for all target layers), so source and target rows no longer describe the
-  same input. Their held-out R^2 is the chance level (about 0 or below) of the real maps.
+def fit_shuffled_maps(source, target, solver: solvers.Solver, *, pairs: Union[str, Sequence] = "all",
+                      val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0,
+                      mesh: Optional[Mesh] = None, checkpoint_dir: Optional[str] = None) -> maps.LinearMapFit:
+  """Maps fit exactly like `maps.fit_linear_maps` with the same arguments, after permuting the target's rows (one
+  permutation for all target layers), so source and target rows no longer describe the same input. Their held-out
+  R^2 is the chance level (about 0 or below) of the real maps.
 
   Args:
     source: [La, n, da]; target: [Lb, n, db].
+    solver, pairs, val_fraction, test_fraction, mesh, checkpoint_dir: as for fit_linear_maps.
     seed: seeds the split and the fit, as for the real maps; the row permutation is drawn from it too.
-    **fit_options: any other fit_linear_maps argument (mesh= shards the fit as for the real maps).
 
   Returns:
     LinearMapFit of the shuffled pairing.
   """
   splits.check_layers(target, "target")
   permutation = np.random.default_rng([seed, 1]).permutation(target.shape[1])
-  return maps.fit_linear_maps(source, target[:, permutation], seed=seed, **fit_options)
+  return maps.fit_linear_maps(source, target[:, permutation], solver, pairs=pairs, val_fraction=val_fraction,
+                              test_fraction=test_fraction, seed=seed, mesh=mesh, checkpoint_dir=checkpoint_dir)
 
 
 def mean_predictor_r2(target, *, val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0):

@@ -21,18 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from xsim.transfer import checkpoint, metrics, procrustes, ridge, splits, train
-
-METHODS = ("adam", "adamw", "ridge", "procrustes")
-
-# Per-row penalties (ridge lambda = penalty * n_train; see ridge.fit_ridge). Ridge's path is nearly free, so it
-# scans finely; each optax penalty trains another copy of every model, so that grid is short.
-DEFAULT_PENALTIES = {
-    "ridge": tuple(float(p) for p in np.logspace(-5, 3, 17)),
-    "adam": (1e-4, 1e-2, 1.0),
-    "adamw": (1e-4, 1e-2, 1.0),
-    "procrustes": (),
-}
+from xsim.transfer import checkpoint, metrics, procrustes, ridge, solvers, splits, train
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -52,9 +41,9 @@ class LinearMapFit:
   source_std: np.ndarray  # [La, da]
   target_mean: np.ndarray  # [Lb, db]
   target_std: np.ndarray  # [Lb, db]
-  params: Optional[dict]  # "weight" [P, db, da] or factored W = up down ("up" [P, db, r], "down" [P, r, da]: optax
-  #                         maps of a given rank, ridge maps from fewer training rows than dims) and "bias" [P, db],
-  #                         in the order of `pairs`, y = x W' + bias; None when keep_maps=False
+  params: dict  # "weight" [P, db, da] or factored W = up down ("up" [P, db, r], "down" [P, r, da]: optax maps of a
+  #               given rank, ridge maps from fewer training rows than dims) and "bias" [P, db], in the order of
+  #               `pairs`, y = x W' + bias
   restored_chunks: tuple  # chunk indices read back from checkpoint_dir instead of fit
 
   def pair_index(self, i: int, j: int) -> int:
@@ -78,7 +67,7 @@ class LinearMapFit:
     order = np.lexsort((pairs[:, 1], pairs[:, 0]))
     rows = np.asarray(kept, np.int64)[order]
     grid = np.ix_(source_layers, target_layers)
-    params = None if self.params is None else jax.tree_util.tree_map(lambda leaf: leaf[rows], self.params)
+    params = jax.tree_util.tree_map(lambda leaf: leaf[rows], self.params)
     return dataclasses.replace(
         self, r2=self.r2[grid], penalty=self.penalty[grid], best_step=self.best_step[grid], pairs=pairs[order],
         source_mean=self.source_mean[source_layers], source_std=self.source_std[source_layers],
@@ -86,9 +75,6 @@ class LinearMapFit:
 
   def predict(self, i: int, j: int, x):
     """Maps raw source-layer-i activations x: [m, da] to raw target-layer-j activations [m, db]."""
-    if self.params is None:
-      raise ValueError("this fit was made with keep_maps=False; rerun fit_linear_maps with keep_maps=True (with "
-                       "the same checkpoint_dir it reads the maps back instead of refitting).")
     row = self.pair_index(i, j)
     chex.assert_rank(x, 2)
     chex.assert_axis_dimension(x, 1, self.source_mean.shape[1])
@@ -97,36 +83,23 @@ class LinearMapFit:
     return mapped * self.target_std[j] + self.target_mean[j]
 
 
-def fit_linear_maps(source, target, *, method: str = "adam", pairs: Union[str, Sequence] = "all",
+def fit_linear_maps(source, target, solver: solvers.Solver, *, pairs: Union[str, Sequence] = "all",
                     val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0,
-                    penalties: Optional[Sequence[float]] = None, rank: Optional[int] = None, steps: int = 1000,
-                    batch_size: int = 1024, learning_rate: float = 1e-2, eval_every: int = 25, patience: int = 8,
-                    chunk_size: Optional[int] = None, mesh: Optional[Mesh] = None,
-                    checkpoint_dir: Optional[str] = None, keep_maps: bool = True,
-                    standardize: bool = True) -> LinearMapFit:
+                    mesh: Optional[Mesh] = None, checkpoint_dir: Optional[str] = None) -> LinearMapFit:
   """Fits an affine map from each source layer to each target layer and scores it on held-out rows.
 
   Args:
     source: [La, n, da] activations of the source model (NumPy or JAX).
     target: [Lb, n, db] activations of the target model; row r of both describes the same input.
-    method: "adam" / "adamw" (optax, minibatches, early stopping; see train.py), "ridge" (closed form, whole
-      penalty path) or "procrustes" (scaled orthogonal, needs da <= db).
+    solver: a record of solvers.py: Adam / AdamW (optax, minibatches, early stopping; see train.py), Ridge
+      (closed form, whole penalty path) or Procrustes (scaled orthogonal, needs da <= db); solvers.solver builds
+      one from a method name. Penalties are searched on the validation rows, per-row units (see ridge.fit_ridge).
     pairs: "all" or a sequence of (source layer, target layer).
     val_fraction, test_fraction, seed: the row split (splits.make_split); the penalty and early stopping use
-      the validation rows, `r2` the test rows.
-    penalties: grid searched on the validation rows, per-row units (see ridge.fit_ridge); None for
-      DEFAULT_PENALTIES[method].
-    rank: low-rank weight W = up @ down (optax methods only).
-    steps, batch_size, learning_rate, eval_every, patience: optax settings (train.TrainSettings); the seed is
-      `seed`.
-    chunk_size: target layers fit together per chunk; None for all targets of a source layer. With a mesh it
-      must be a multiple of the mesh size.
+      the validation rows, `r2` the test rows. The seed also seeds the optax trainer.
     mesh: shard each chunk's target axis over all devices of this mesh.
     checkpoint_dir: save each finished chunk here and, on a rerun, read finished chunks back (checked against
       their SHA-256; a damaged chunk is logged and fit again).
-    keep_maps: keep the parameters in the result (needed by `predict`); False keeps only scores.
-    standardize: scale inputs and targets to unit training-row std (default). False only centres them, which
-      with a fixed tiny penalty reproduces the published study's untuned ridge on raw activations.
 
   Returns:
     LinearMapFit.
@@ -136,10 +109,11 @@ def fit_linear_maps(source, target, *, method: str = "adam", pairs: Union[str, S
   (num_source, n, da), (num_target, n_target, db) = source.shape, target.shape
   if n != n_target:
     raise ValueError(f"source and target must hold the same rows: source has n={n}, target n={n_target}.")
-  settings, penalties = _method_settings(method, penalties, rank, da, db, steps, batch_size, learning_rate,
-                                         eval_every, patience, seed)
+  settings = _method_settings(solver, da, db, seed)
+  penalties = getattr(solver, "penalties", ())  # Procrustes takes none
   pairs = _parse_pairs(pairs, num_source, num_target)
   devices = 1 if mesh is None else mesh.size
+  chunk_size = solver.chunk_size
   if chunk_size is None:
     widest = np.bincount(pairs[:, 0]).max()
     chunk_size = -(-widest // devices) * devices
@@ -150,19 +124,19 @@ def fit_linear_maps(source, target, *, method: str = "adam", pairs: Union[str, S
   # Only layers that appear in `pairs` are read; the others keep NaN statistics.
   source_mean, source_std = splits.layer_moments(source, split.train, "source", np.unique(pairs[:, 0]))
   target_mean, target_std = splits.layer_moments(target, split.train, "target", np.unique(pairs[:, 1]))
-  if not standardize:  # the published protocol: centred (ridge's intercept) but unscaled features
+  if not solver.standardize:  # the published protocol: centred (ridge's intercept) but unscaled features
     source_std, target_std = np.ones_like(source_std), np.ones_like(target_std)
   store = None
   if checkpoint_dir is not None:
     store = checkpoint.ChunkStore(checkpoint_dir, {
-        "layout": "y = x weight' + bias, weight [db, da] or up [db, r] @ down [r, da]", "method": method,
+        "layout": "y = x weight' + bias, weight [db, da] or up [db, r] @ down [r, da]", "method": solver.method,
         "penalties": list(penalties),
         "train": None if settings is None else dataclasses.asdict(settings), "pairs": pairs.tolist(),
         "chunk_size": int(chunk_size), "split": [val_fraction, test_fraction, seed],
         "shapes": [num_source, num_target, n, da, db],
         "data": checkpoint.fingerprint(source_mean, source_std, target_mean, target_std)})
 
-  fit_chunk = _chunk_function(method, settings, penalties, mesh)
+  fit_chunk = _chunk_function(solver.method, settings, penalties, mesh)
   results, restored = [], []
   for index, (layer, rows) in enumerate(_plan_chunks(pairs, chunk_size)):
     result = None if store is None else store.load(index, pairs[rows])
@@ -171,9 +145,9 @@ def fit_linear_maps(source, target, *, method: str = "adam", pairs: Union[str, S
       restored.append(index)
       continue
     targets = np.resize(pairs[rows, 1], chunk_size)  # padding repeats real targets; dropped below
-    out = fit_chunk(source[layer], _put(target[targets], mesh), source_mean[layer], source_std[layer],
-                    _put(target_mean[targets], mesh), _put(target_std[targets], mesh), split.train, split.val,
-                    split.test)
+    out = fit_chunk(source[layer], _put(target[targets], mesh), (source_mean[layer], source_std[layer]),
+                    (_put(target_mean[targets], mesh), _put(target_std[targets], mesh)),
+                    (split.train, split.val, split.test))
     result = jax.tree_util.tree_map(lambda a: np.asarray(a)[:len(rows)], out)
     if store is not None:
       store.save(index, pairs[rows], result)
@@ -185,39 +159,26 @@ def fit_linear_maps(source, target, *, method: str = "adam", pairs: Union[str, S
                                      ("best_step", -1, np.int32))}
   for name, values in table.items():
     values[pairs[:, 0], pairs[:, 1]] = merged[name]
-  return LinearMapFit(method=method, **table, pairs=pairs, split=split, source_mean=source_mean,
+  return LinearMapFit(method=solver.method, **table, pairs=pairs, split=split, source_mean=source_mean,
                       source_std=source_std, target_mean=target_mean, target_std=target_std,
-                      params=merged["params"] if keep_maps else None, restored_chunks=tuple(restored))
+                      params=merged["params"], restored_chunks=tuple(restored))
 
 
-def _method_settings(method, penalties, rank, da, db, steps, batch_size, learning_rate, eval_every, patience,
-                     seed):
-  """Validates the method's options; returns (TrainSettings or None, penalties tuple)."""
-  if method not in METHODS:
-    raise ValueError(f"method={method!r} is not one of {METHODS}.")
-  penalties = DEFAULT_PENALTIES[method] if penalties is None else tuple(float(p) for p in penalties)
-  if method == "procrustes":
-    if da > db:
-      raise ValueError(f"procrustes needs da <= db for an orthogonal map, got da={da}, db={db}; use "
-                       "method='ridge' or a low-rank optax map, or swap source and target.")
-    if penalties or rank is not None:
-      raise ValueError("procrustes takes no penalties and no rank; leave both unset.")
-    return None, ()
-  if not penalties or min(penalties) < 0 or (method == "ridge" and min(penalties) <= 0):
-    raise ValueError(f"penalties={penalties} must be a non-empty sequence of non-negative values (positive for "
-                     "ridge, whose path divides by e + lambda).")
-  if method == "ridge":
-    if rank is not None:
-      raise ValueError("rank applies to the optax methods ('adam', 'adamw'); ridge maps are full rank.")
-    return None, penalties
-  if rank is not None and not 1 <= rank <= min(da, db):
-    raise ValueError(f"rank={rank} must lie in [1, min(da, db)] = [1, {min(da, db)}].")
-  for name, value in (("steps", steps), ("batch_size", batch_size), ("eval_every", eval_every),
-                      ("patience", patience)):
-    if value < 1:
-      raise ValueError(f"{name}={value} must be at least 1.")
-  return train.TrainSettings(optimizer=method, learning_rate=learning_rate, steps=steps, batch_size=batch_size,
-                             eval_every=eval_every, patience=patience, rank=rank, seed=seed), penalties
+def _method_settings(solver: solvers.Solver, da: int, db: int, seed: int) -> Optional[train.TrainSettings]:
+  """Checks the solver against the layers' widths; returns the optax trainer's settings (None for closed forms)."""
+  if not isinstance(solver, tuple(solvers.SOLVERS.values())):
+    raise ValueError(f"solver={solver!r} is not a record of {solvers.METHODS}; build one with "
+                     "transfer.solver(method, **options) or e.g. transfer.Ridge().")
+  if isinstance(solver, solvers.Procrustes) and da > db:
+    raise ValueError(f"procrustes needs da <= db for an orthogonal map, got da={da}, db={db}; use "
+                     "Ridge or a low-rank optax map, or swap source and target.")
+  if not isinstance(solver, solvers.Optax):
+    return None
+  if solver.rank is not None and not 1 <= solver.rank <= min(da, db):
+    raise ValueError(f"rank={solver.rank} must lie in [1, min(da, db)] = [1, {min(da, db)}].")
+  return train.TrainSettings(optimizer=solver.method, learning_rate=solver.learning_rate, steps=solver.steps,
+                             batch_size=solver.batch_size, eval_every=solver.eval_every, patience=solver.patience,
+                             rank=solver.rank, seed=seed)
 
 
 def _parse_pairs(pairs, num_source: int, num_target: int) -> np.ndarray:
@@ -264,8 +225,8 @@ def _chunk_function(method: str, settings: Optional[train.TrainSettings], penalt
     return jax.jit(fit)
   replicated = NamedSharding(mesh, PartitionSpec())
   per_target = NamedSharding(mesh, PartitionSpec(mesh.axis_names))
-  return jax.jit(fit, in_shardings=(replicated, per_target, replicated, replicated, per_target, per_target,
-                                    replicated, replicated, replicated), out_shardings=per_target)
+  return jax.jit(fit, in_shardings=(replicated, per_target, replicated, per_target, replicated),
+                 out_shardings=per_target)
 
 
 def _ridge_params(weight, basis, bias) -> dict:
@@ -283,28 +244,27 @@ def _ridge_params(weight, basis, bias) -> dict:
   return {"up": up, "down": jnp.broadcast_to(basis, (num_targets, rank, da)), "bias": bias}
 
 
-def _fit_chunk(method, settings, penalties, mesh, x, y, x_mean, x_std, y_mean, y_std, train_rows, val_rows,
-               test_rows):
+def _fit_chunk(method, settings, penalties, mesh, x, y, x_moments, y_moments, rows):
   """Fits one source layer to T target layers and scores the test rows.
 
   Args:
     mesh: None, or the mesh y's target axis is laid out over.
     x: [n, da] raw source layer; y: [T, n, db] raw target layers.
-    x_mean, x_std: [da]; y_mean, y_std: [T, db] training-row statistics.
-    train_rows, val_rows, test_rows: row indices of the split.
+    x_moments: (mean, std) [da]; y_moments: (mean, std) [T, db] training-row statistics.
+    rows: (train, val, test) row indices of the split.
 
   Returns:
     dict of params (leaves [T, ...]), r2 [T], penalty [T], best_step [T].
   """
   num_targets = y.shape[0]
-  xs = [splits.standardize(x[rows], x_mean, x_std) for rows in (train_rows, val_rows, test_rows)]
-  ys = [splits.standardize(y[:, rows], y_mean, y_std) for rows in (train_rows, val_rows, test_rows)]
+  xs = [splits.standardize(x[part], *x_moments) for part in rows]
+  ys = [splits.standardize(y[:, part], *y_moments) for part in rows]
   no_step = jnp.full((num_targets,), -1, jnp.int32)
   zero_bias = jnp.zeros((num_targets, y.shape[2]), jnp.float32)
   if method in ("ridge", "procrustes"):  # closed forms without intercept: centre the training rows exactly
     x_train, y_train = splits.centered_rows(xs[0]), splits.centered_rows(ys[0])
   if method == "ridge":
-    weight, penalty, basis = ridge.fit_ridge(x_train, y_train, xs[1], ys[1], penalties, num_rows=len(train_rows))
+    weight, penalty, basis = ridge.fit_ridge(x_train, y_train, xs[1], ys[1], penalties, num_rows=len(rows[0]))
     params, best_step = _ridge_params(weight, basis, zero_bias), no_step
   elif method == "procrustes":
     params, best_step = {"weight": procrustes.fit_procrustes(x_train, y_train, mesh), "bias": zero_bias}, no_step

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Optional, Sequence
+from typing import Optional
 
 import chex
 import jax
@@ -27,6 +27,29 @@ from xsim import linalg, resampling, sharding
 from xsim.transfer import maps, metrics, splits, train
 
 DEFAULT_PENALTIES = (1e-4, 1e-3, 1e-2, 1e-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeTraining:
+  """How every probe is trained: the L2 penalty grid (see module docstring), chosen per layer on the validation
+  rows; L-BFGS's iteration cap max_iters, and its stop once the gradient norm falls below tolerance."""
+  penalties: tuple[float, ...] = DEFAULT_PENALTIES
+  max_iters: int = 500
+  tolerance: float = 1e-5
+
+  def __post_init__(self):
+    penalties = tuple(float(p) for p in self.penalties)
+    if not penalties or min(penalties) < 0:
+      raise ValueError(f"penalties={penalties} must be a non-empty sequence of non-negative values.")
+    object.__setattr__(self, "penalties", penalties)
+
+
+@dataclasses.dataclass(frozen=True)
+class Bootstrap:
+  """The probe-transfer table's paired bootstrap CIs: resampling.bootstrap_mean_ci's settings."""
+  num_resamples: int = 1000
+  level: float = 0.95
+  seed: int = 0
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -65,17 +88,16 @@ class ProbeFit:
     return _hits(self.logits(layer, x), jnp.asarray(self.class_index(labels)), k)
 
 
-def fit_logistic_probes(features, labels, *, penalties: Sequence[float] = DEFAULT_PENALTIES,
+def fit_logistic_probes(features, labels, training: ProbeTraining = ProbeTraining(), *,
                         val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0,
-                        max_iters: int = 500, tolerance: float = 1e-5, mesh: Optional[Mesh] = None) -> ProbeFit:
+                        mesh: Optional[Mesh] = None) -> ProbeFit:
   """Binary logistic-regression probes for every layer.
 
   Args:
     features: [L, n, d] activations.
     labels: [n] 0/1 (or bool) labels.
-    penalties: L2 grid (see module docstring), chosen per layer on the validation rows.
+    training: the penalty grid and L-BFGS's stopping rule.
     val_fraction, test_fraction, seed: the row split (splits.make_split).
-    max_iters: L-BFGS iteration cap; tolerance: stop once the gradient norm falls below it.
     mesh: split the layers over all devices of this mesh (same probes as on one device).
 
   Returns:
@@ -87,14 +109,12 @@ def fit_logistic_probes(features, labels, *, penalties: Sequence[float] = DEFAUL
     raise ValueError(f"labels must be a [n={features.shape[1]}] array of 0/1 values, got shape {labels.shape} "
                      f"with values {np.unique(labels)[:5]}.")
   split = splits.make_split(features.shape[1], val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
-  return _fit(features, labels.astype(np.int64), np.array([0, 1]), 1, split, penalties, (1,), max_iters,
-              tolerance, mesh)
+  return _fit(features, labels.astype(np.int64), np.array([0, 1]), 1, split, training, (1,), mesh)
 
 
-def fit_token_probes(features, token_ids, *, num_classes: int = 500,
-                     penalties: Sequence[float] = DEFAULT_PENALTIES, val_fraction: float = 0.2,
-                     test_fraction: float = 0.2, seed: int = 0, max_iters: int = 500,
-                     tolerance: float = 1e-5, mesh: Optional[Mesh] = None) -> ProbeFit:
+def fit_token_probes(features, token_ids, training: ProbeTraining = ProbeTraining(), *, num_classes: int = 500,
+                     val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0,
+                     mesh: Optional[Mesh] = None) -> ProbeFit:
   """The published protocol's token probe: softmax regression over the `num_classes` most frequent token ids.
 
   The classes are the most frequent ids among the training rows (ties to the smaller id); rows whose token is
@@ -121,8 +141,7 @@ def fit_token_probes(features, token_ids, *, num_classes: int = 500,
                      "lower num_classes or use more rows.")
   classes = np.sort(ids[np.lexsort((ids, -counts))[:num_classes]])
   split = split.keep(np.isin(token_ids, classes))
-  return _fit(features, np.searchsorted(classes, token_ids), classes, num_classes, split, penalties, (1, 5),
-              max_iters, tolerance, mesh)
+  return _fit(features, np.searchsorted(classes, token_ids), classes, num_classes, split, training, (1, 5), mesh)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +161,7 @@ class ProbeTransfer:
 
 
 def probe_transfer(map_fit: maps.LinearMapFit, target_probe: ProbeFit, source_probe: ProbeFit, source_features,
-                   labels, *, k: int = 1, num_resamples: int = 1000, level: float = 0.95, seed: int = 0,
+                   labels, *, k: int = 1, bootstrap: Bootstrap = Bootstrap(),
                    mesh: Optional[Mesh] = None) -> ProbeTransfer:
   """Scores frozen maps on a task: the target's probe applied to mapped source activations, per layer pair.
 
@@ -150,13 +169,13 @@ def probe_transfer(map_fit: maps.LinearMapFit, target_probe: ProbeFit, source_pr
   (STUDY.md). Both probes must come from the same task rows and split, so all scores share the test rows.
 
   Args:
-    map_fit: maps from the source model to the target model (keep_maps=True).
+    map_fit: maps from the source model to the target model.
     target_probe: probes trained on the target model's task activations.
     source_probe: probes trained on the source model's task activations.
     source_features: [La, n, da] the source model's task activations (the rows the probes were fit on).
     labels: [n] task labels (0/1, or token ids for token probes).
     k: top-k accuracy (1 for binary probes).
-    num_resamples, level, seed: bootstrap settings (resampling.bootstrap_mean_ci).
+    bootstrap: settings of the CIs (resampling.bootstrap_mean_ci).
     mesh: split the layer pairs of each source layer over all devices of this mesh.
 
   Returns:
@@ -172,9 +191,6 @@ def probe_transfer(map_fit: maps.LinearMapFit, target_probe: ProbeFit, source_pr
       target_probe.mean.shape[1] != map_fit.target_mean.shape[1]):
     raise ValueError("map_fit's dimensions do not match source_features / target_probe; pass the maps from this "
                      "source model to this target model.")
-  if map_fit.params is None:
-    raise ValueError("map_fit was made with keep_maps=False; refit with keep_maps=True (with the same "
-                     "checkpoint_dir it reads the maps back instead of refitting).")
   test = target_probe.split.test
   num_source, num_target = map_fit.r2.shape
   test_labels = np.asarray(labels)[test]
@@ -188,7 +204,8 @@ def probe_transfer(map_fit: maps.LinearMapFit, target_probe: ProbeFit, source_pr
   majority = np.isin(target_probe.class_index(test_labels), frequent).astype(np.float32)
 
   def scored(hits):
-    ci = resampling.bootstrap_mean_ci(hits, num_resamples=num_resamples, level=level, seed=seed)
+    ci = resampling.bootstrap_mean_ci(hits, num_resamples=bootstrap.num_resamples, level=bootstrap.level,
+                                      seed=bootstrap.seed)
     return hits.mean(axis=-1), np.asarray(ci)
 
   mapped_acc, mapped_ci = scored(mapped)
@@ -311,18 +328,22 @@ def _lbfgs(x, labels, penalty, num_outputs: int, max_iters: int, tolerance: floa
 
 
 @functools.partial(jax.jit, static_argnames=("num_outputs", "max_iters", "tolerance", "mesh"))
-def _train(features, mean, std, labels, train_rows, val_rows, test_rows, penalties, num_outputs, max_iters,
-           tolerance, mesh):
+def _train(features, moments, labels, rows, penalties, num_outputs, max_iters, tolerance, mesh):
   """Probes for every layer and penalty; keeps per layer the penalty with the lowest validation loss.
+
+  Args:
+    features: [L, n, d]; moments: (mean, std) [L, d] training-row statistics; labels: [n] class indices.
+    rows: (train, val, test) row indices of the split; penalties: [P].
 
   Returns:
     (params with leaves [L, ...], penalty [L], test logits [L, m_test, c]).
   """
   num_layers = features.shape[0]
+  mean, std = moments
   if mesh is not None:
     features, mean, std = _split(mesh, features, mean, std)
-  x_train, x_val, x_test = (splits.standardize(features[:, rows], mean, std)
-                            for rows in (train_rows, val_rows, test_rows))
+  train_rows, val_rows, _ = rows
+  x_train, x_val, x_test = (splits.standardize(features[:, part], mean, std) for part in rows)
   fit = functools.partial(_lbfgs, num_outputs=num_outputs, max_iters=max_iters, tolerance=tolerance)
   basis = jax.vmap(_row_space)(x_train) if mesh is None else sharding.blockwise(jax.vmap(_row_space), mesh, x_train)
   coordinates = jnp.einsum("lmd,ldr->lmr", x_train, basis, precision=Precision.HIGHEST)
@@ -336,19 +357,16 @@ def _train(features, mean, std, labels, train_rows, val_rows, test_rows, penalti
   return jax.tree_util.tree_map(lambda a: a[:num_layers], (params, penalties[chosen], test_logits))
 
 
-def _fit(features, class_index, classes, num_outputs, split, penalties, ks, max_iters, tolerance,
-         mesh) -> ProbeFit:
+def _fit(features, class_index, classes, num_outputs, split, training, ks, mesh) -> ProbeFit:
   """Shared body of the binary (num_outputs = 1) and token probes; class_index: [n] class of each row (rows
   outside `split` are never read); ks: the top-k hits to record."""
-  penalties = tuple(float(p) for p in penalties)
-  if not penalties or min(penalties) < 0:
-    raise ValueError(f"penalties={penalties} must be a non-empty sequence of non-negative values.")
   if len(np.unique(class_index[split.train])) < 2:
     raise ValueError("the training rows hold a single class; a probe needs at least two.")
   mean, std = splits.layer_moments(features, split.train, "features")
-  params, penalty, test_logits = _train(jnp.asarray(features), mean, std, jnp.asarray(class_index), split.train,
-                                        split.val, split.test, jnp.asarray(penalties, jnp.float32),
-                                        num_outputs, max_iters, tolerance, mesh)
+  params, penalty, test_logits = _train(jnp.asarray(features), (mean, std), jnp.asarray(class_index),
+                                        (split.train, split.val, split.test),
+                                        jnp.asarray(training.penalties, jnp.float32), num_outputs,
+                                        training.max_iters, training.tolerance, mesh)
   test_labels = jnp.asarray(class_index[split.test])
   return ProbeFit(classes=classes, weights=np.asarray(params["weights"]), bias=np.asarray(params["bias"]),
                   mean=mean, std=std, penalty=np.asarray(penalty), split=split,
