@@ -6,6 +6,7 @@ import types
 import pytest
 
 from xsim.data import sources
+from xsim.errors import InputError
 from xsim.data.sources import (DataUnavailableError, load_hf_texts, load_jsonl_texts, load_pile_10k,
                                load_text_file, save_jsonl_texts)
 from tests.data.fakes import FakeDataset
@@ -76,6 +77,53 @@ def test_jsonl_errors_name_the_line(tmp_path):
     load_jsonl_texts(path)
   with pytest.raises(ValueError, match="single string"):
     save_jsonl_texts(path, "one string")
+
+
+@pytest.mark.parametrize("content, line, named", [
+    ('{"text": "ok"}\nnot json\n', 2, "is not valid JSON"),
+    ('{"text": "ok"}\n\n{"body": "no text field"}\n', 3, "has no field 'text'"),
+])
+def test_jsonl_bad_line_is_an_input_error_naming_file_and_line(tmp_path, content, line, named):
+  path = tmp_path / "bad.jsonl"
+  path.write_text(content, encoding="utf-8")
+  with pytest.raises(InputError, match=rf"^{path} line {line} {named}"):
+    load_jsonl_texts(path)
+
+
+# "Zoë" in Latin-1 (ë = 0xEB) after 11 good UTF-8 bytes (two of them the "é"): byte 11, on line 2.
+NOT_UTF8 = "café ok\nZo".encode("utf-8") + b"\xeb\n"
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".txt.gz"])
+def test_text_file_not_utf8_names_file_and_byte_offset(tmp_path, suffix):
+  path = tmp_path / ("latin1" + suffix)
+  with (gzip.open if suffix.endswith(".gz") else open)(path, "wb") as f:
+    f.write(NOT_UTF8)
+  decompressed = "of its decompressed content " if suffix.endswith(".gz") else ""
+  with pytest.raises(InputError, match=rf"^{path} is not UTF-8 text: byte 11 {decompressed}\(line 2\)"):
+    load_text_file(path)
+
+
+def test_jsonl_not_utf8_names_file_and_byte_offset(tmp_path):
+  path = tmp_path / "latin1.jsonl"
+  good = '{"text": "naïve"}\n'.encode("utf-8")
+  path.write_bytes(good * 2 + b'{"text": "caf\xe9"}\n')
+  offset = 2 * len(good) + len(b'{"text": "caf')
+  with pytest.raises(InputError, match=rf"^{path} is not UTF-8 text: byte {offset} \(line 3\)"):
+    load_jsonl_texts(path)
+
+
+def test_not_utf8_offset_is_exact_across_read_chunks(tmp_path):
+  """The offset counts every byte before the bad one, also past the 1 MiB read chunks and when a 3-byte character
+  straddles a chunk boundary; a character cut off by the end of the file is named where it starts."""
+  path = tmp_path / "big.txt"
+  head = b"a\n" * (2**19 - 1) + b"a" + "東".encode("utf-8")  # "東" spans bytes 2**20 - 1 .. 2**20 + 1
+  path.write_bytes(head + b"\xff")
+  with pytest.raises(InputError, match=rf"byte {len(head)} \(line {2**19}\)"):
+    load_text_file(path)
+  path.write_bytes(head + "東".encode("utf-8")[:2])
+  with pytest.raises(InputError, match=rf"byte {len(head)} \(line {2**19}\)"):
+    load_text_file(path)
 
 
 def test_hf_loader_without_datasets_names_offline_alternatives(monkeypatch):

@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from xsim.models import assets
+from xsim.errors import InputError
+from xsim.models import assets, read_config
 from xsim.models import gguf as xsim_gguf
 from xsim.models.gguf import SUPPORTED_ARCHITECTURES, load_gguf_tokenizer, read_gguf
 
@@ -503,6 +504,50 @@ def test_bad_dtype(tmp_path):
   _, _, path = tiny_llama(tmp_path, tied=True)
   with pytest.raises(ValueError, match="not a float type"):
     read_gguf(path, dtype=np.int8)
+
+
+# Impossible headers: llama.cpp's writer lets any value through; the tiny models have d 32, 4 heads, FFN 48,
+# 2 blocks (6 for gemma3), 2 KV heads (none for gptneox), head_dim 8 (16 for gemma) and 267 tokens.
+@pytest.mark.parametrize("arch, hparams, named", [
+    ("llama", lambda w: w.add_block_count(0), "llama.block_count=0 is impossible"),
+    ("llama", lambda w: w.add_head_count(0), "llama.attention.head_count=0 is impossible"),
+    ("gptneox", lambda w: w.add_head_count(0), "gptneox.attention.head_count=0 is impossible"),  # was ZeroDivisionError
+    ("llama", lambda w: w.add_head_count_kv(0), "llama.attention.head_count_kv=0 is impossible"),
+    ("llama", lambda w: w.add_embedding_length(0), "llama.embedding_length=0 is impossible"),
+    ("qwen2", lambda w: w.add_feed_forward_length(0), "qwen2.feed_forward_length=0 is impossible"),
+    ("qwen2", lambda w: w.add_head_count_kv(3), "qwen2.attention.head_count_kv=3 does not divide "
+                                                "qwen2.attention.head_count=4"),
+    ("qwen2", lambda w: w.add_head_count(6), "qwen2.embedding_length=32 is not divisible by "
+                                             "qwen2.attention.head_count=6 and no head_dim is given"),
+    ("gptneox", lambda w: w.add_head_count(3), "gptneox.embedding_length=32 is not divisible by "
+                                               "gptneox.attention.head_count=3"),
+    ("llama", lambda w: w.add_vocab_size(100), "llama.vocab_size=100, but tokenizer.ggml.tokens holds 267 tokens"),
+    ("llama", lambda w: w.add_uint32("general.alignment", 0), "is not a readable GGUF file "
+                                                              r"\(general.alignment=0 is not a positive int\)"),
+])
+def test_impossible_header_field_is_named(tmp_path, arch, hparams, named):
+  _, _, path = tiny_checkpoint(arch, tmp_path, extra_hparams=hparams)  # a later key overwrites the converter's
+  for read in (read_gguf, lambda p: read_config(str(p))):
+    with pytest.raises(InputError, match=rf"^{path}:? {named}"):
+      read(path)
+
+
+@pytest.mark.parametrize("arch, hparams, tensor, named", [
+    ("llama", lambda w: w.add_head_count(8), "blk.0.attn_q.weight",
+     r"64 rows \(llama.attention.head_count=8 heads x llama.rope.dimension_count=8\)"),
+    ("llama", lambda w: w.add_head_count_kv(1), "blk.0.attn_k.weight", r"8 rows \(llama.attention.head_count_kv=1"),
+    ("llama", lambda w: w.add_rope_dimension_count(4), "blk.0.attn_k.weight",
+     r"8 rows .*x llama.rope.dimension_count=4"),
+    ("gemma", lambda w: w.add_key_length(8), "blk.0.attn_k.weight", r"8 rows .*x gemma.attention.key_length=8"),
+    ("llama", lambda w: w.add_embedding_length(64), "token_embd.weight",
+     r"\[vocab_size, llama.embedding_length\] = \[267, 64\]"),
+])
+def test_tensor_contradicting_the_header_names_tensor_and_field(tmp_path, arch, hparams, tensor, named):
+  """Caught from the header before any data is read, where the llama q/k and GPT-NeoX qkv regrouping by heads
+  would otherwise fail to reshape (or regroup wrongly)."""
+  _, _, path = tiny_checkpoint(arch, tmp_path, extra_hparams=hparams)
+  with pytest.raises(InputError, match=rf"^{path}: (tensor )?'?{tensor}'? has shape .*{named}"):
+    read_gguf(path)
 
 
 # ---------------------------------------------------------------------------------------------------------------

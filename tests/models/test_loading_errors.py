@@ -1,4 +1,5 @@
 """load_model's errors name the problem and the fix; loading holds one parameter at a time beyond the model."""
+import dataclasses
 import json
 import weakref
 
@@ -8,14 +9,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import safetensors.numpy
+import tokenizers
 import torch
 import transformers
 
 import xsim
 from tests.models.hf_tiny import make_checkpoint
 from tests.models.test_gguf import tiny_llama
+from xsim.errors import InputError
 from xsim.models import gguf as xsim_gguf
 from xsim.models import model as model_lib
+from xsim.models import read_config
 from xsim.models.convert import convert_checkpoint
 from xsim.models.safetensors_io import SafetensorsCheckpoint
 
@@ -74,6 +78,85 @@ def test_checkpoint_config_mismatch(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps(config))
   with pytest.raises(ValueError, match="disagree"):
     xsim.load_model(str(tmp_path), load_tokenizer=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Impossible configs: InputError naming config.json, the field and its value, before transformers or any family
+# code divides by a size.
+
+
+def _edit_config(directory, **changes):
+  """Rewrites directory/config.json with `changes` (None deletes the field); returns its path."""
+  path = directory / "config.json"
+  config = json.loads(path.read_text())
+  config.update(changes)
+  path.write_text(json.dumps({k: v for k, v in config.items() if v is not None}))
+  return path
+
+
+# The tiny llama: 3 layers, d 64, 4 heads of 16 (head_dim stated), 2 KV heads, FFN 88, vocab 97.
+@pytest.mark.parametrize("changes, named", [
+    (dict(num_hidden_layers=0), "num_hidden_layers=0 is impossible"),
+    (dict(num_hidden_layers=-1), "num_hidden_layers=-1 is impossible"),
+    (dict(num_hidden_layers="3"), "num_hidden_layers='3' is impossible"),
+    (dict(hidden_size=-64), "hidden_size=-64 is impossible"),
+    (dict(intermediate_size=0), "intermediate_size=0 is impossible"),
+    (dict(vocab_size=0), "vocab_size=0 is impossible"),
+    (dict(num_attention_heads=0), "num_attention_heads=0 is impossible"),  # was a ZeroDivisionError in transformers
+    (dict(num_key_value_heads=0), "num_key_value_heads=0 is impossible"),
+    (dict(head_dim=0), "head_dim=0 is impossible"),
+    (dict(num_key_value_heads=3), "num_key_value_heads=3 does not divide num_attention_heads=4"),
+    (dict(head_dim=None, num_attention_heads=6, num_key_value_heads=1),
+     "hidden_size=64 is not divisible by num_attention_heads=6 and no head_dim is given"),
+    (dict(rms_norm_eps="small"), "transformers refuses this config: .*'rms_norm_eps'"),
+])
+def test_impossible_config_names_file_and_field(tmp_path, changes, named):
+  make_checkpoint("llama", tmp_path)
+  path = _edit_config(tmp_path, **changes)
+  for load in (lambda: xsim.load_model(str(tmp_path), load_tokenizer=False), lambda: read_config(str(tmp_path))):
+    with pytest.raises(InputError, match=rf"^{path}: {named}"):
+      load()
+
+
+def test_config_json_that_is_not_json_names_the_file(tmp_path):
+  make_checkpoint("llama", tmp_path)
+  (tmp_path / "config.json").write_text('{"model_type": "llama",')
+  with pytest.raises(InputError, match=rf"^{tmp_path / 'config.json'} is not a JSON file .*line 1"):
+    read_config(str(tmp_path))
+
+
+def test_head_dim_default_of_the_config_class_counts_as_given(tmp_path):
+  """Gemma's class gives head_dim 256 when config.json does not: d / heads need not be whole (not refused)."""
+  make_checkpoint("gemma", tmp_path)
+  _edit_config(tmp_path, head_dim=None, num_attention_heads=6, num_key_value_heads=1)
+  config = read_config(str(tmp_path))
+  assert (config.hidden_size, config.num_heads, config.head_dim) == (64, 6, 256)
+
+
+def _save_word_tokenizer(directory, size: int) -> None:
+  vocab = {f"w{i}": i for i in range(size)}
+  tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="w0"))
+  tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+  transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="w0").save_pretrained(directory)
+
+
+def test_tokenizer_ids_past_vocab_size_name_config_and_field(tmp_path):
+  """Ids >= vocab_size would read no embedding row (NaN activations much later); refused at load time."""
+  make_checkpoint("llama", tmp_path)  # vocab_size 97
+  _save_word_tokenizer(tmp_path, 97)
+  assert len(xsim.load_model(str(tmp_path)).tokenizer) == 97  # ids 0..96 fit
+  _save_word_tokenizer(tmp_path, 120)
+  with pytest.raises(InputError, match=rf"^{tmp_path / 'config.json'}: vocab_size=97, but the tokenizer in {tmp_path} "
+                                       r"has ids up to 119 \(token 'w119'\)"):
+    xsim.load_model(str(tmp_path))
+
+
+def test_model_config_refuses_non_positive_sizes(tmp_path):
+  make_checkpoint("llama", tmp_path)
+  config = read_config(str(tmp_path))
+  for field in ("num_layers", "num_kv_heads", "head_dim", "vocab_size"):
+    with pytest.raises(ValueError, match=f"^{field}=0 must be a positive int"):
+      dataclasses.replace(config, **{field: 0})
 
 
 # ---------------------------------------------------------------------------------------------------------------

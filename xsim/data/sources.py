@@ -5,12 +5,16 @@ reachable, `save_jsonl_texts` it, and load the file anywhere. Paths ending in ".
 """
 from __future__ import annotations
 
+import codecs
+import contextlib
 import gzip
 import importlib
 import json
 import os
 import re
 from typing import Any, Sequence
+
+from xsim.errors import InputError
 
 PILE_10K = "NeelNanda/pile-10k"
 
@@ -34,6 +38,40 @@ def _open_text(path: str | os.PathLike, mode: str):
   return open(path, mode, encoding="utf-8")
 
 
+@contextlib.contextmanager
+def _reading(path: str | os.PathLike):
+  """`path` opened as UTF-8 text; a byte that is not UTF-8 raises InputError naming its offset (see `_not_utf8`)."""
+  try:
+    with _open_text(path, "r") as f:
+      yield f
+  except UnicodeDecodeError as err:
+    raise _not_utf8(path) from err
+
+
+def _not_utf8(path: str | os.PathLike) -> InputError:
+  """The error for a file that is not UTF-8, naming the byte offset (and line) of its first bad byte.
+
+  Text-mode reading reports offsets within its current buffer, so the file is decoded again, in binary chunks.
+  """
+  path = os.fspath(path)
+  decoder = codecs.getincrementaldecoder("utf-8")()
+  offset = lines = 0
+  with (gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")) as f:
+    while True:
+      chunk = f.read(1 << 20)
+      try:
+        decoder.decode(chunk, final=not chunk)  # the final call refuses a character cut off by the file's end
+      except UnicodeDecodeError as err:
+        # err.object is the bytes of an unfinished character left from the last chunk, then this chunk.
+        bad = err.start - (len(err.object) - len(chunk))
+        offset, lines = offset + bad, lines + chunk[:max(bad, 0)].count(b"\n")
+        break
+      offset, lines = offset + len(chunk), lines + chunk.count(b"\n")
+  where = "of its decompressed content " if path.endswith(".gz") else ""
+  return InputError(f"{path} is not UTF-8 text: byte {offset} {where}(line {lines + 1}) is not valid UTF-8. "
+                    "Convert the file to UTF-8 (e.g. `iconv -f latin1 -t utf-8`), or pass the right file.")
+
+
 def _take(texts: list[str], num_texts: int | None, source: str) -> list[str]:
   if num_texts is None:
     return texts
@@ -50,10 +88,11 @@ def load_text_file(path: str | os.PathLike, separator: str = "line",
 
   separator: "line" (one passage per line) or "blank_line" (passages are blocks separated by blank lines;
   single newlines inside a block are kept). Empty passages are skipped. num_texts: the first n, or all.
+  A file that is not UTF-8 raises InputError naming the byte offset of its first bad byte.
   """
   if separator not in ("line", "blank_line"):
     raise ValueError(f"separator={separator!r} is unknown; use 'line' or 'blank_line'.")
-  with _open_text(path, "r") as f:
+  with _reading(path) as f:
     content = f.read().replace("\r\n", "\n")
   parts = content.split("\n") if separator == "line" else _BLANK_LINES.split(content)
   texts = [p.strip() for p in parts if p.strip()]
@@ -64,23 +103,23 @@ def load_jsonl_texts(path: str | os.PathLike, field: str = "text", num_texts: in
   """The string `field` of each JSON object in a JSONL file (one object per line), exactly as stored.
 
   Blank lines are skipped; a line that is not a JSON object, lacks `field` or holds a non-string there
-  raises ValueError naming the line.
+  raises InputError naming the line; a byte that is not UTF-8, one naming its offset.
   """
   texts = []
-  with _open_text(path, "r") as f:
+  with _reading(path) as f:
     for number, line in enumerate(f, start=1):
       if not line.strip():
         continue
       try:
         record = json.loads(line)
       except json.JSONDecodeError as err:
-        raise ValueError(f"{os.fspath(path)} line {number} is not valid JSON ({err}).") from err
+        raise InputError(f"{os.fspath(path)} line {number} is not valid JSON ({err}).") from err
       if not isinstance(record, dict) or field not in record:
         keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-        raise ValueError(f"{os.fspath(path)} line {number} has no field {field!r} (found {keys}); "
+        raise InputError(f"{os.fspath(path)} line {number} has no field {field!r} (found {keys}); "
                          "pass field= the name of the text field.")
       if not isinstance(record[field], str):
-        raise ValueError(f"{os.fspath(path)} line {number}: field {field!r} is "
+        raise InputError(f"{os.fspath(path)} line {number}: field {field!r} is "
                          f"{type(record[field]).__name__}, not a string.")
       texts.append(record[field])
   return _take(texts, num_texts, os.fspath(path))

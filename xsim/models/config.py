@@ -1,12 +1,24 @@
 """One config schema for every model family xsim ports.
 
 Each family file (`llama.py`, `qwen.py`, `gemma.py`, `gpt_neox.py`) translates a Hugging Face config into a
-`ModelConfig`; the shared decoder in `transformer.py` reads only this schema.
+`ModelConfig`; the shared decoder in `transformer.py` reads only this schema. `check_hf_shapes` refuses a
+model file whose Hugging Face config describes no possible model, before any family code divides by its sizes.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Any, Mapping, Optional
+
+from xsim.errors import InputError
+
+# The sizes of a model, as ModelConfig and as Hugging Face configs name them: each a positive int.
+_SIZES = ("num_layers", "hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_dim", "vocab_size")
+_HF_SIZES = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
+             "head_dim", "vocab_size")
+
+
+def _is_size(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +95,9 @@ class ModelConfig:
   attention: str = "blockwise"
 
   def __post_init__(self):
+    for name in _SIZES:
+      if not _is_size(getattr(self, name)):
+        raise ValueError(f"{name}={getattr(self, name)!r} must be a positive int.")
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}.")
     if len(self.layer_is_sliding) != self.num_layers:
@@ -119,3 +134,35 @@ class ModelConfig:
     per_layer = 2 * (attn_proj + mlp) + 2 * scores
     logits = 2 * self.vocab_size * d if with_logits else 0
     return self.num_layers * per_layer + logits
+
+
+def check_hf_shapes(fields: Mapping[str, Any], config_class: Any, source: str,
+                    keys: Optional[Mapping[str, str]] = None) -> None:
+  """Raises InputError naming `source`, the field and its value if a HF config's sizes describe no model.
+
+  fields: HF attribute -> value as the file states it; an absent one takes `config_class`'s default (a
+    transformers config class, or None for no defaults). keys: HF attribute -> the file's own name for it where
+    that differs (a GGUF key such as "llama.attention.head_count").
+  Every size that is set (num_hidden_layers, hidden_size, intermediate_size, num_attention_heads,
+  num_key_value_heads, head_dim, vocab_size) must be a positive int, num_key_value_heads must divide
+  num_attention_heads, and where neither the file nor the class gives head_dim (heads are then
+  hidden_size / num_attention_heads wide) the division must be exact.
+  """
+  keys = keys or {}
+  values = {f: fields[f] if f in fields else getattr(config_class, f, None) for f in _HF_SIZES}
+
+  def named(f: str) -> str:
+    return f"{keys.get(f, f)}={values[f]!r}" + ("" if f in fields else " (not set: the default)")
+
+  fix = ("The file is damaged or was edited: restore the value from the original model's config, or re-download "
+         "or re-convert the model.")
+  for f, value in values.items():
+    if value is not None and not _is_size(value):
+      raise InputError(f"{source}: {named(f)} is impossible: a size must be a positive int. {fix}")
+  heads, kv_heads, hidden = values["num_attention_heads"], values["num_key_value_heads"], values["hidden_size"]
+  if heads is not None and kv_heads is not None and heads % kv_heads:
+    raise InputError(f"{source}: {named('num_key_value_heads')} does not divide {named('num_attention_heads')}; "
+                     f"each key/value head must serve a whole number of query heads. {fix}")
+  if values["head_dim"] is None and heads is not None and hidden is not None and hidden % heads:
+    raise InputError(f"{source}: {named('hidden_size')} is not divisible by {named('num_attention_heads')} and no "
+                     f"head_dim is given, so the heads would be {hidden} / {heads} wide. {fix}")

@@ -37,8 +37,11 @@ import ml_dtypes
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 from gguf.quants import dequantize
-from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
+from huggingface_hub.errors import StrictDataclassError
+from transformers import CONFIG_MAPPING, AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
 
+from xsim.errors import InputError
+from xsim.models.config import check_hf_shapes
 from xsim.models.convert import empty_aligned
 
 _FLOAT_DTYPES = tuple(np.dtype(t) for t in (np.float16, np.float32, np.float64, ml_dtypes.bfloat16))
@@ -275,7 +278,6 @@ def build_tokenizer(source: GGUFTokenizerSource) -> PreTrainedTokenizerBase:
   # Imported here: these modules are only needed for tokenizers and pull in the tokenizer class registry.
   from transformers import TokenizersBackend
   from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer
-  from transformers.models.auto.configuration_auto import CONFIG_MAPPING
   from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING
 
   backend, extra_kwargs = convert_gguf_tokenizer(source.architecture, dict(source.vocab))
@@ -396,15 +398,17 @@ def _read_header(path: str | os.PathLike) -> _Header:
         dims = cursor.array("Q", cursor.scalar("I")).tolist()
         entries.append((name, dims, GGMLQuantizationType(cursor.scalar("I")), cursor.scalar("Q")))
       alignment = meta.get("general.alignment", 32)
+      if isinstance(alignment, bool) or not isinstance(alignment, int) or alignment < 1:
+        raise ValueError(f"general.alignment={alignment!r} is not a positive int")
       data_start = -(-cursor.pos // alignment) * alignment
   except (ValueError, OSError, struct.error) as e:  # bad magic, empty file, header cut short, bad UTF-8, ...
-    raise ValueError(f"{path} is not a readable GGUF file ({e}). {_REFETCH}") from e
+    raise InputError(f"{path} is not a readable GGUF file ({e}). {_REFETCH}") from e
   tensors = {}
   for name, dims, qtype, offset in entries:
     block, type_size = GGML_QUANT_SIZES[qtype]
     info = _TensorInfo(name, tuple(reversed(dims)), qtype, data_start + offset, math.prod(dims) * type_size // block)
     if info.offset + info.nbytes > size:
-      raise ValueError(f"{path} is truncated: tensor {name!r} ({qtype.name}, shape {info.shape}) needs bytes up to "
+      raise InputError(f"{path} is truncated: tensor {name!r} ({qtype.name}, shape {info.shape}) needs bytes up to "
                        f"{info.offset + info.nbytes}, but the file has {size}. {_REFETCH}")
     tensors[name] = info
   return _Header(meta, tensors)
@@ -435,8 +439,8 @@ def _parse(path: str | os.PathLike) -> tuple[_Header, str, dict[str, str], Pretr
   arch = _architecture(header.meta, path)
   shapes = {name: info.shape for name, info in header.tensors.items()}
   hf_names = _hf_names(_FAMILIES[arch], shapes, path)
-  config = _config(arch, header.meta, shapes)
-  _check_shapes(config, shapes, path)
+  config = _config(arch, header.meta, shapes, path)
+  _check_shapes(arch, header.meta, config, shapes, path)
   return header, arch, hf_names, config
 
 
@@ -472,18 +476,27 @@ def _hf_names(family: _Family, shapes: dict[str, tuple[int, ...]], path) -> dict
   return names
 
 
-def _config(arch: str, meta: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> PretrainedConfig:
-  """The HF config of the file, from llama.cpp's hyperparameter keys."""
+def _config(arch: str, meta: dict[str, Any], shapes: dict[str, tuple[int, ...]], path) -> PretrainedConfig:
+  """The HF config of the file, from llama.cpp's hyperparameter keys; impossible sizes raise InputError naming
+  the key (`check_hf_shapes`)."""
   family = _FAMILIES[arch]
   missing = [f"{arch}.{key}" for key in _REQUIRED_KEYS if f"{arch}.{key}" not in meta]
   if missing:
-    raise ValueError(f"The GGUF metadata lacks {missing}; the file is not a complete {arch} model.")
+    raise InputError(f"{path}: the GGUF metadata lacks {missing}; the file is not a complete {arch} model.")
   kwargs = {hf: meta[f"{arch}.{key}"] for key, hf in family.config_keys.items() if f"{arch}.{key}" in meta}
+  keys = {hf: f"{arch}.{key}" for key, hf in family.config_keys.items()}
   for name, key in _SPECIAL_IDS.items():
     if f"tokenizer.ggml.{key}" in meta:
       kwargs[f"{name}_token_id"] = meta[f"tokenizer.ggml.{key}"]
   if "vocab_size" not in kwargs:  # as transformers does: one embedding row per token
     kwargs["vocab_size"] = len(meta.get("tokenizer.ggml.tokens", ()))
+    keys["vocab_size"] = "vocab_size (the length of tokenizer.ggml.tokens)"
+  check_hf_shapes(kwargs, CONFIG_MAPPING[family.model_type], str(path), keys)
+  tokens = len(meta.get("tokenizer.ggml.tokens", ()))
+  if tokens > kwargs["vocab_size"]:
+    raise InputError(
+        f"{path}: {keys['vocab_size']}={kwargs['vocab_size']}, but tokenizer.ggml.tokens holds {tokens} tokens; the "
+        f"ids from {kwargs['vocab_size']} up would index past the embedding matrix. {_REFETCH}")
   kwargs["tie_word_embeddings"] = "output.weight" not in shapes
   kwargs.update(_rope_scaling(arch, meta))
 
@@ -494,7 +507,10 @@ def _config(arch: str, meta: dict[str, Any], shapes: dict[str, tuple[int, ...]])
   if arch == "gemma3" and "sliding_window" not in kwargs:
     # The converter omits the window exactly when the model has no sliding layers.
     kwargs["layer_types"] = ["full_attention"] * kwargs["num_hidden_layers"]
-  config = AutoConfig.for_model(family.model_type, **kwargs)
+  try:
+    config = AutoConfig.for_model(family.model_type, **kwargs)
+  except StrictDataclassError as e:  # transformers' own validation: a value of the wrong type, sizes it refuses
+    raise InputError(f"{path}: transformers refuses the config its header describes: {e}\n{_REFETCH}") from e
   if arch in ("gemma2", "gemma3"):
     # Not in the file: llama.cpp scales queries by 1/sqrt(head_dim), except for the 27B models (46 and 62
     # blocks), which use 1/sqrt(hidden / heads); HF states the same value as query_pre_attn_scalar.
@@ -514,19 +530,37 @@ def _rope_scaling(arch: str, meta: dict[str, Any]) -> dict[str, Any]:
       f"GGUF rope scaling {kind!r} is not supported (only linear); load the safetensors checkpoint instead.")
 
 
-def _check_shapes(config: PretrainedConfig, shapes: dict[str, tuple[int, ...]], path) -> None:
-  """Fail on a config the tensors contradict, before any dequantization."""
+def _check_shapes(arch: str, meta: dict[str, Any], config: PretrainedConfig, shapes: dict[str, tuple[int, ...]],
+                  path) -> None:
+  """Fail on a config the tensors contradict, before any dequantization (and before the head regrouping of
+  `_Family.fix` could meet rows that do not split into the header's heads)."""
   embed = shapes.get("token_embd.weight")
   expected = (config.vocab_size, config.hidden_size)
   if embed != expected:
-    raise ValueError(
-        f"{path}: token_embd.weight has shape {embed}, but the metadata gives [vocab_size, hidden_size] = "
+    raise InputError(
+        f"{path}: token_embd.weight has shape {embed}, but the metadata gives [vocab_size, {arch}.embedding_length] = "
         f"{list(expected)}; the file's metadata does not describe its tensors.")
   blocks = {int(m["layer"]) for name in shapes if (m := _TENSOR_NAME.fullmatch(name)) and m["layer"] is not None}
   if blocks != set(range(config.num_hidden_layers)):
-    raise ValueError(
-        f"{path}: tensors exist for blocks {sorted(blocks)[:3]}..{max(blocks, default=None)}, but block_count "
+    raise InputError(
+        f"{path}: tensors exist for blocks {sorted(blocks)[:3]}..{max(blocks, default=None)}, but {arch}.block_count "
         f"is {config.num_hidden_layers}.")
+  heads = config.num_attention_heads
+  kv_heads = getattr(config, "num_key_value_heads", None) or heads
+  head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+  count, count_kv = f"{arch}.attention.head_count={heads}", f"{arch}.attention.head_count_kv={kv_heads}"
+  dim_keys = [f"{arch}.{key}" for key, hf in _FAMILIES[arch].config_keys.items()
+              if hf == "head_dim" and f"{arch}.{key}" in meta]
+  dim = f"{dim_keys[0]}={head_dim}" if dim_keys else f"head_dim {head_dim}"
+  rows = {"attn_q": (heads, count), "attn_k": (kv_heads, count_kv), "attn_v": (kv_heads, count_kv),
+          "attn_qkv": (3 * heads, f"3 x {count}")}  # GPT-NeoX's fused q, k and v
+  for name, shape in shapes.items():
+    m = _TENSOR_NAME.fullmatch(name)
+    if m and m["stem"] in rows and shape[:1] != (rows[m["stem"]][0] * head_dim,):
+      n, fields = rows[m["stem"]]
+      raise InputError(
+          f"{path}: tensor {name!r} has shape {shape}, but the header gives it {n * head_dim} rows ({fields} heads "
+          f"x {dim}); the file's metadata does not describe its tensors. {_REFETCH}")
 
 
 def _tokenizer_source(arch: str, model_type: str, meta: dict[str, Any]) -> GGUFTokenizerSource:

