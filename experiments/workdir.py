@@ -29,15 +29,29 @@ from absl import logging
 from xsim import errors
 
 LOCK_NAME = ".xsim.lock"
+MARKER = ".xsim-workdir"  # written into every workdir a run uses: the folder is xsim's
+# What xsim writes into a workdir: the stores, cache and figures folders, tables, summary, config, report, the ladder.
+LAYOUT = re.compile(r"(activations|cache|figures|previous|step-\d+|\.xsim-workdir|\.xsim\.lock|config\.json|"
+                    r"summary\.json|report\.(md|html)|ladder\.(md|json)|(similarity|transfer|probes|next_token)\.csv)")
+# Names become parts of file names that join two of them with a content key (cache/STAGE/A__B__...-KEY.json);
+# 80 characters keep those within the 255 that file systems allow.
+MAX_NAME = 80
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")
 
 
 def name_error(name, what: str) -> str | None:
   """Why `name` cannot become a file-name component (None if it can): no separators, no '..', no leading dot."""
-  if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or ".." in name or len(name) > 120:
+  if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or ".." in name or len(name) > MAX_NAME:
     return (f"{what} {name!r} cannot name files: use letters, digits and . _ + = - only (no '/', no '..', no "
-            "leading dot, at most 120 characters)")
+            f"leading dot, at most {MAX_NAME} characters)")
   return None
+
+
+def foreign_files(workdir: str) -> list[str]:
+  """The entries of an existing workdir that xsim did not write ([] for a workdir a run has marked as xsim's)."""
+  if not os.path.isdir(workdir) or os.path.exists(os.path.join(workdir, MARKER)):
+    return []
+  return sorted(n for n in os.listdir(workdir) if not LAYOUT.fullmatch(n))
 
 
 class LockHeld(errors.WorkdirInUse):
@@ -66,9 +80,9 @@ def _writable_error(path: str, e: OSError) -> OSError:
 
 
 def _try_lock(path: str, info: dict) -> bool:
-  """Takes the flock on `path` and writes `info` into it; False when another process holds it. A lock file
-  removed or replaced by its releasing holder while we waited is opened again, so two holders never share a
-  path."""
+  """Takes the flock on `path`, writes `info` into it and marks the folder as a workdir (MARKER); False when another
+  process holds it. A lock file removed or replaced by its releasing holder while we waited is opened again, so two
+  holders never share a path."""
   while True:
     try:
       fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
@@ -95,6 +109,8 @@ def _try_lock(path: str, info: dict) -> bool:
     os.ftruncate(fd, 0)
     os.write(fd, json.dumps(info).encode())
     os.fsync(fd)
+    with open(os.path.join(os.path.dirname(path), MARKER), "w") as f:
+      f.write("This folder is an xsim run's workdir: xsim writes and removes files here.\n")
   except OSError as e:
     _unlock(path, fd)
     raise _writable_error(path, e) from e
@@ -115,8 +131,15 @@ def _unlock(path: str, fd: int) -> None:
 def lock(workdir: str, run_id: str, process: int, wait_s: float = 0.0, join_s: float = 600.0, poll_s: float = 0.5):
   """Holds WORKDIR's lock for the block. Process 0 takes it; other processes wait (up to join_s) to join it.
 
-  Raises LockHeld naming the holder when another run holds it (after wait_s seconds of waiting).
+  Raises LockHeld naming the holder when another run holds it (after wait_s seconds of waiting), and ConfigError
+  for a folder that holds files xsim did not write (a model's directory, a home folder), before writing anything.
   """
+  foreign = foreign_files(workdir)
+  if foreign:
+    raise errors.ConfigError(
+        f"--workdir {workdir} holds files xsim did not write ({', '.join(foreign[:5])}"
+        f"{', ...' if len(foreign) > 5 else ''}); a run writes config.json, tables and caches there and could "
+        "overwrite them. Pass a new or empty folder as --workdir (an earlier run's workdir is fine).")
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:

@@ -86,3 +86,26 @@ def test_a_failed_start_leaves_no_lock_behind(tmp_path, monkeypatch):
   assert not os.path.exists(tmp_path / workdir_lib.LOCK_NAME)
   with workdir_lib.lock(str(tmp_path), "run", process=0):  # and the next run starts
     pass
+
+
+def test_a_folder_with_files_xsim_did_not_write_is_refused_untouched(tmp_path):
+  model = tmp_path / "model"
+  model.mkdir()
+  (model / "config.json").write_text('{"model_type": "llama"}')
+  (model / "model.safetensors").write_bytes(b"weights")
+  before = {p.name: p.read_bytes() for p in model.iterdir()}
+  with pytest.raises(workdir_lib.errors.ConfigError, match=r"holds files xsim did not write \(model.safetensors\)"):
+    with workdir_lib.lock(str(model), "run", process=0):
+      pass
+  assert {p.name: p.read_bytes() for p in model.iterdir()} == before  # nothing written, nothing removed
+
+
+def test_a_workdir_of_an_earlier_run_is_accepted_and_marked(tmp_path):
+  (tmp_path / "similarity.csv").write_text("model_a\n")
+  (tmp_path / "activations").mkdir()
+  with workdir_lib.lock(str(tmp_path), "run", process=0):
+    pass
+  assert (tmp_path / workdir_lib.MARKER).exists()
+  (tmp_path / "notes.txt").write_text("a user's file, added later")
+  with workdir_lib.lock(str(tmp_path), "run", process=0):  # a marked workdir is xsim's whatever else is there
+    pass
