@@ -60,15 +60,20 @@ def validate_config(cfg) -> None:
     read[name], problems = settings_lib.check(cls, cfg.get(name), name)
     errors += problems
   seeds = cfg.get("seeds")
-  check(isinstance(seeds, (list, tuple)) and len(seeds) >= 1 and all(isinstance(x, int) for x in seeds)
-        and len(set(seeds)) == len(seeds), f"seeds must be a non-empty list of distinct ints, got {seeds!r}")
+  check(isinstance(seeds, (list, tuple)) and len(seeds) >= 1
+        and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2 ** 31 for x in seeds)
+        and len(set(seeds)) == len(seeds),
+        f"seeds must be a non-empty list of distinct ints in 0..2**31 - 1, got {seeds!r}")
   models = list(cfg.get("models", []))
   check(len(models) >= 2, "models must list at least two models to compare")
   names = [m.get("name") for m in models]
   check(len(set(names)) == len(names), f"model names must be unique, got {names}")
-  for pair in cfg.get("pairs") or []:
+  pairs = [tuple(p) for p in cfg.get("pairs") or []]
+  for pair in pairs:
     check(len(pair) == 2 and all(name in names for name in pair) and pair[0] != pair[1],
           f"pair {list(pair)} must name two different listed models ({names})")
+  repeated = sorted({p for p in pairs if pairs.count(p) > 1})
+  check(not repeated, f"pairs list {[list(p) for p in repeated]} more than once; list each pair once")
   for m in models:
     spec, problems = settings_lib.check(ModelSpec, m, f"model {m.get('name')}")
     errors += problems
@@ -89,7 +94,11 @@ def validate_config(cfg) -> None:
 def _cross_section_problems(read: dict) -> list[str]:
   """Rules between sections (read: each section's settings, None where a key or type is wrong)."""
   errors = []
-  data, nt, mesh, extraction = (read.get(k) for k in ("data", "next_token", "mesh", "extraction"))
+  data, nt, mesh, extraction, similarity = (read.get(k) for k in ("data", "next_token", "mesh", "extraction",
+                                                                     "similarity"))
+  if data is not None and similarity is not None and similarity.knn_k >= data.num_texts:
+    errors.append(f"similarity.knn_k={similarity.knn_k} must be below data.num_texts={data.num_texts} (each row "
+                  "needs k other rows as neighbours)")
   if nt is not None and nt.enabled:
     samples = nt.probe_samples if data is None else min(nt.probe_samples, data.num_texts)
     if nt.probe_classes and (nt.probe_classes < 5 or samples < 2 * nt.probe_classes):

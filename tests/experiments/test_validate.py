@@ -104,3 +104,23 @@ def test_command_line_overrides_reach_validation_before_any_work(tmp_path):
        f"--workdir={tmp_path / 'run'}"], cwd=root, capture_output=True, text=True, timeout=300)
   assert result.returncode != 0 and "--config.foo: the config has no key 'foo' (valid: [" in result.stderr
   assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_types_ranges_and_cross_field_rules_are_checked_before_any_work():
+  c = demo.get_config()
+  c.data = dict(c.data, num_texts="384")  # a string where an int belongs, as a config file may give it
+  c.seeds = [0, -1]
+  c.pairs = [["smollm2-135m", "gemma3-270m"], ["smollm2-135m", "gemma3-270m"]]
+  c.similarity.knn_k = 500
+  c.models[0]["name"] = "m" * 81
+  c.transfer.penalties = [-1.0]
+  with pytest.raises(ValueError) as error:
+    validate_config(c)
+  message = str(error.value)
+  for fragment in ("data.num_texts='384' must be an int", "seeds must be a non-empty list of distinct ints in 0..",
+                   "more than once", "at most 80 characters", "penalties=(-1.0,)"):
+    assert fragment in message, fragment
+  c = demo.get_config()
+  c.similarity.knn_k = 500
+  with pytest.raises(ValueError, match=r"similarity.knn_k=500 must be below data.num_texts=384"):
+    validate_config(c)
