@@ -1,8 +1,15 @@
-"""Tiny checkpoints with real (trained) fast tokenizers of two different kinds, for extraction tests."""
+"""Tiny checkpoints with real (trained) fast tokenizers of two different kinds, for extraction tests.
+
+With PyTorch, transformers initialises and saves the model; without it (the newest Python's stack, where CI runs
+the tests that need no PyTorch), the same architecture's tensors are drawn with NumPy and saved as safetensors
+under transformers' names.
+"""
 from __future__ import annotations
 
+import importlib.util
+
+import numpy as np
 import tokenizers
-import torch
 import transformers
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
@@ -52,8 +59,38 @@ def make_model_dir(directory, tokenizer_kind: str, family: str = "llama", seed: 
     config = transformers.Gemma2Config(vocab_size=vocab, hidden_size=48, intermediate_size=64, num_hidden_layers=3,
                                        num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=6,
                                        query_pre_attn_scalar=16, max_position_embeddings=512)
-  torch.manual_seed(seed)
-  model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-  model.save_pretrained(directory)
+  if importlib.util.find_spec("torch") is None:
+    _save_numpy_model(config, directory, seed)
+  else:
+    import torch
+    torch.manual_seed(seed)
+    transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(directory)
   tokenizer.save_pretrained(directory)
   return directory
+
+
+def _save_numpy_model(config, directory, seed: int) -> None:
+  """config's model with N(0, 0.02) weights (norm scales 1, Gemma's 0, its scale being 1 + w) in transformers'
+  tensor names, as model.safetensors beside config.json."""
+  from safetensors.numpy import save_file
+  rng = np.random.default_rng(seed)
+  d, f, v = config.hidden_size, config.intermediate_size, config.vocab_size
+  hd = getattr(config, "head_dim", None) or d // config.num_attention_heads
+  q, kv = config.num_attention_heads * hd, config.num_key_value_heads * hd
+  gemma = config.model_type.startswith("gemma")
+  norm = lambda: (np.zeros if gemma else np.ones)(d, np.float32)
+  weight = lambda *shape: (0.02 * rng.standard_normal(shape)).astype(np.float32)
+  tensors = {"model.embed_tokens.weight": weight(v, d), "model.norm.weight": norm()}
+  if not config.tie_word_embeddings:
+    tensors["lm_head.weight"] = weight(v, d)
+  norms = ("input_layernorm", "post_attention_layernorm") + (
+      ("pre_feedforward_layernorm", "post_feedforward_layernorm") if gemma else ())
+  for i in range(config.num_hidden_layers):
+    layer = f"model.layers.{i}."
+    tensors.update({layer + n + ".weight": norm() for n in norms})
+    tensors.update({layer + "self_attn.q_proj.weight": weight(q, d), layer + "self_attn.k_proj.weight": weight(kv, d),
+                    layer + "self_attn.v_proj.weight": weight(kv, d), layer + "self_attn.o_proj.weight": weight(d, q),
+                    layer + "mlp.gate_proj.weight": weight(f, d), layer + "mlp.up_proj.weight": weight(f, d),
+                    layer + "mlp.down_proj.weight": weight(d, f)})
+  config.save_pretrained(directory)
+  save_file(tensors, f"{directory}/model.safetensors", metadata={"format": "pt"})
