@@ -27,8 +27,10 @@ def _checksum(payload) -> str:
 
 
 def write(path: str, payload, producer: str) -> None:
-  """Writes payload (JSON-able) with its checksum and producer, atomically."""
-  entry = {"producer": producer, "sha256": _checksum(payload), "payload": payload}
+  """Writes payload (JSON-able) with its checksum, its producer and its own name (NAME-KEY: what it was computed
+  from), atomically."""
+  entry = {"producer": producer, "written_as": os.path.basename(path), "sha256": _checksum(payload),
+           "payload": payload}
 
   def write_file(tmp):
     with open(tmp, "w") as f:
@@ -39,17 +41,21 @@ def write(path: str, payload, producer: str) -> None:
 
 
 def read(path: str):
-  """The payload of a verified entry; raises CorruptEntry naming the file (and its producer) otherwise."""
+  """The payload of a verified entry; raises CorruptEntry naming the file (and its producer) otherwise: unreadable,
+  not matching its checksum, or written for another name (an entry moved or copied onto another unit's path)."""
   try:
     with open(path) as f:
       entry = json.load(f)
   except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
     raise CorruptEntry(f"cache entry {path} is unreadable ({type(e).__name__}: {e})") from e
-  if not isinstance(entry, dict) or set(entry) != {"producer", "sha256", "payload"}:
+  if not isinstance(entry, dict) or set(entry) != {"producer", "written_as", "sha256", "payload"}:
     raise CorruptEntry(f"cache entry {path} is not an xsim cache entry (keys {sorted(entry)[:5]})"
                        if isinstance(entry, dict) else f"cache entry {path} is not an xsim cache entry")
   if _checksum(entry["payload"]) != entry["sha256"]:
     raise CorruptEntry(f"cache entry {path} (written by {entry['producer']}) does not match its checksum")
+  if entry["written_as"] != os.path.basename(path):
+    raise CorruptEntry(f"cache entry {path} was written as {entry['written_as']} (by {entry['producer']}): it "
+                       "belongs to other inputs")
   return entry["payload"]
 
 

@@ -11,44 +11,32 @@ import dataclasses
 import glob
 import os
 import time
-from typing import Any, Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 from absl import logging
 
 from experiments import keys
-from experiments.study import ModelSpec, Pair, RANDOM_SUFFIX
+from experiments.study import ModelSpec, Pair, RANDOM_SUFFIX, Study
 from xsim import layer_select
+from xsim.activations import RowSpec
 from xsim.errors import InputError
 
 
-@dataclasses.dataclass(frozen=True)
-class ExtractionSettings:
-  """The config's `extraction` section: which token of each text makes its row, which layers are kept."""
-  pooling: str
-  layers: Any  # a layer spec (xsim.layer_select): "all", "depths:K" or hidden-state indices
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ExtractionSettings(RowSpec):
+  """The config's `extraction` section: what each store holds (xsim.activations.RowSpec's fields) and the batch
+  size. Texts over max_tokens are skipped by default: check_rows reports them."""
+  on_overflow: str = "skip"
   batch_size: int
-  max_tokens: int
-  keep_bos: bool
-  site: str = "residual"
-  truncate_tokens: Optional[int] = None
-
-  def __post_init__(self):
-    object.__setattr__(self, "layers", layer_select.parse(self.layers))
 
   def problems(self) -> list[str]:
-    from xsim.activations import POOLINGS, SITES
-    out = []
-    poolings = [p for p in POOLINGS if p != "tokens"]
-    if self.pooling not in poolings:
-      out.append(f"extraction.pooling {self.pooling!r} must be one of {poolings}")
-    if self.site not in SITES:
-      out.append(f"extraction.site {self.site!r} not in {SITES}")
-    if self.batch_size < 1 or self.max_tokens < 2:
-      out.append("extraction.batch_size and max_tokens must be positive")
-    error = layer_select.spec_error(self.layers)
-    if error:
-      out.append(f"extraction.layers: {error}")
+    out = [f"extraction.{p}" for p in super().problems()]
+    if self.pooling == "tokens":
+      out.append("extraction.pooling 'tokens' gives rows that do not pair across tokenizers; use last, last_word, "
+                 "mean or words")
+    if self.batch_size < 1:
+      out.append(f"extraction.batch_size={self.batch_size} must be >= 1")
     return out
 
   def identity(self) -> dict:
@@ -56,17 +44,20 @@ class ExtractionSettings:
     return {k: v for k, v in dataclasses.asdict(self).items() if k != "batch_size"}
 
 
-def source_fingerprint(path: str) -> list:
-  """What identifies a model's weights without reading them: sizes and mtimes of its files (a local GGUF file or
-  directory), or the name itself (a packaged model, pinned by sha256, or a hub id)."""
+def source_fingerprint(path: str, workdir: str) -> list:
+  """What a model's weights are: the SHA-256 of each of its files (a GGUF file, a directory's safetensors and json
+  files, or a packaged model's file in the cache; keys.file_digest), or the name of a hub id."""
+  from xsim.models import assets
   path = os.path.expanduser(path)
+  if path in assets.MODELS and (assets.default_cache_dir() / assets.MODELS[path].filename).is_file():
+    path = str(assets.default_cache_dir() / assets.MODELS[path].filename)
   if os.path.isfile(path):
     files = [path]
   elif os.path.isdir(path):
     files = sorted(glob.glob(os.path.join(path, "*.safetensors")) + glob.glob(os.path.join(path, "*.json")))
   else:
     return [path]
-  return [(os.path.basename(f), os.path.getsize(f), int(os.path.getmtime(f))) for f in files]
+  return [(os.path.basename(f), keys.file_digest(f, workdir)) for f in files]
 
 
 class ModelCache:
@@ -145,7 +136,7 @@ def store_dir(workdir: str, tag: str, *inputs) -> str:
 
 
 def open_or_extract(path: str, get_model, texts: Sequence[str], settings: ExtractionSettings, mesh,
-                    num_layers: int, distribute: bool = True, progress: bool = True, random_seed=None):
+                    distribute: bool = True, progress: bool = True, random_seed=None):
   """The complete store at `path`, or the activations of get_model() (its random-init copy when random_seed is
   set) on texts, extracted into it. A complete store is read whole once to check every chunk; a damaged one is
   named in the log, deleted and extracted again (by a single process; under jax.distributed the error is raised,
@@ -169,11 +160,8 @@ def open_or_extract(path: str, get_model, texts: Sequence[str], settings: Extrac
     name = model.name
     model = model.with_random_params(random_seed)
     model.name = f"{name}{RANDOM_SUFFIX}"
-  return xa.extract_activations(
-      model, texts, pooling=settings.pooling, layers=layer_select.resolve(settings.layers, num_layers),
-      batch_size=settings.batch_size, mesh=mesh, site=settings.site, keep_bos=settings.keep_bos,
-      max_tokens=settings.max_tokens, on_overflow="skip", truncate_tokens=settings.truncate_tokens,
-      store_dir=path, distribute=distribute, progress=progress)
+  return xa.extract_activations(model, texts, settings, batch_size=settings.batch_size, mesh=mesh, store_dir=path,
+                                distribute=distribute, progress=progress)
 
 
 def check_rows(store, texts: Sequence[str], what: str, settings: ExtractionSettings) -> None:
@@ -193,33 +181,33 @@ def check_rows(store, texts: Sequence[str], what: str, settings: ExtractionSetti
                   len(missing), len(texts), examples)
 
 
-def extract_all(specs: Sequence[ModelSpec], pairs: Sequence[Pair], seeds: Sequence[int], texts: Sequence[str],
-                tasks: dict, settings: ExtractionSettings, workdir: str, mesh, models: ModelCache,
-                read_info) -> Stores:
-  """Every store the comparisons need: each model on the texts and on each task, and the random-init copy of
-  each model that is the target of a random baseline, per seed. read_info(spec) -> ModelInfo without weights."""
-  from experiments.study import family_of
+def extract_all(study: Study, pairs: Sequence[Pair], texts: Sequence[str], tasks: dict, workdir: str, mesh,
+                models: ModelCache, read_info) -> Stores:
+  """Every store the comparisons need: each of the study's models on the texts and on each task, and the random-init
+  copy of each model that is the target of a random baseline, per seed. read_info(spec) -> ModelInfo without
+  weights."""
+  settings = study.extraction
   stores = Stores({}, {}, {}, {})
   random_targets = {p.target for p in pairs if p.is_random}
-  for spec in specs:
+  for spec in study.models:
     info = read_info(spec)
     stores.info[spec.name] = info
-    identity = (spec.path, source_fingerprint(spec.path), spec.dtype, settings.identity())
+    identity = (spec.path, source_fingerprint(spec.path, workdir), spec.dtype, settings.identity())
     get = lambda name=spec.name: models.get(name)
     stores.texts[spec.name] = open_or_extract(
-        store_dir(workdir, spec.name, *identity, keys.texts(texts)), get, texts, settings, mesh, info.num_layers)
+        store_dir(workdir, spec.name, *identity, keys.texts(texts)), get, texts, settings, mesh)
     check_rows(stores.texts[spec.name], texts, spec.name, settings)
     if spec.name in random_targets:
       stores.info[spec.name + RANDOM_SUFFIX] = dataclasses.replace(info, name=spec.name + RANDOM_SUFFIX,
                                                                    family="random")
-      for seed in seeds:
+      for seed in study.seeds:
         stores.random[(spec.name, seed)] = open_or_extract(
             store_dir(workdir, f"{spec.name}{RANDOM_SUFFIX}{seed}", *identity, keys.texts(texts), seed), get, texts,
-            settings, mesh, info.num_layers, random_seed=seed)
+            settings, mesh, random_seed=seed)
     for task_name, task in tasks.items():
       stores.tasks[(task_name, spec.name)] = open_or_extract(
           store_dir(workdir, f"{spec.name}-task-{task_name}", *identity, keys.texts(task.texts)), get,
-          list(task.texts), settings, mesh, info.num_layers)
+          list(task.texts), settings, mesh)
       check_rows(stores.tasks[(task_name, spec.name)], list(task.texts), f"{spec.name} on task {task_name}", settings)
     models.release(spec.name)
   return stores
@@ -259,12 +247,23 @@ def paired_arrays(store_a, store_b) -> tuple[np.ndarray, np.ndarray, np.ndarray]
   return np.asarray(store_a.array[:, ia], np.float32), np.asarray(store_b.array[:, ib], np.float32), ia
 
 
+def check_spread(acts: np.ndarray, model: str) -> None:
+  """Refuses rows [L, n, d] that are the same at every layer (e.g. one text repeated): no measure, map or probe is
+  defined on them. A single layer without spread gives undefined values there, reported as such."""
+  if not np.any(acts.max(axis=1) > acts.min(axis=1)):
+    raise InputError(f"{model}: its {acts.shape[1]} rows are identical at every layer (the texts give the same "
+                     "sample, e.g. one text repeated); similarity, maps and probes need rows that differ. Use "
+                     "distinct texts.")
+
+
 def pair_data(stores: Stores, pair: Pair, seed: int) -> PairData:
   store_a, store_b = stores.get(pair.a, seed), stores.get(pair.b, seed)
   xs, ys, rows = paired_arrays(store_a, store_b)
   if xs.shape[1] < 4:
     raise InputError(f"{pair.a} and {pair.b} share only {xs.shape[1]} usable samples (rows both stores hold); "
                      "similarity and maps need at least 4. Use more or longer texts, or raise extraction.max_tokens.")
+  for name, acts in ((pair.a, xs), (pair.b, ys)):
+    check_spread(acts, name)
   return PairData(pair, xs, ys, rows, tuple(store_a.layers), tuple(store_b.layers),
                   stores.info[pair.a].num_layers, stores.info[pair.b].num_layers,
                   (store_a.manifest, store_b.manifest))

@@ -26,3 +26,23 @@ def texts(items: Sequence[str]) -> str:
   """The key of a list of texts (xsim.data.text_hash: exact strings, in order)."""
   from xsim.data.text import text_hash
   return text_hash(list(items))
+
+
+def file_digest(file: str, workdir: str) -> str:
+  """The SHA-256 of a file's content, computed once per version of the file: kept in WORKDIR/cache/digests under
+  the file's full stat signature (device, inode, size, mtime_ns, ctime_ns), which any write, replacement or rename
+  onto the path changes (ctime cannot be set back), so a file replaced in place is always hashed again."""
+  import hashlib
+
+  from experiments import cache
+  st = os.stat(file)
+  signature = [os.path.realpath(file), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+  def digest() -> str:
+    h = hashlib.sha256()
+    with open(file, "rb") as f:
+      for block in iter(lambda: f.read(1 << 24), b""):
+        h.update(block)
+    return h.hexdigest()
+  return cache.cached(path(workdir, os.path.join("cache", "digests"), os.path.basename(file), signature,
+                           suffix=".json"), digest, producer=f"sha256 of {file}")

@@ -65,6 +65,19 @@ def read_table(path: str) -> list[dict]:
   return [{k: parse(k, v) for k, v in row.items()} for row in rows]
 
 
+PREVIOUS = "previous"  # where a rerun moves the outputs that its own config no longer writes
+
+
+def move_aside(workdir: str, names: Sequence[str]) -> list[str]:
+  """Moves the files `names` of an earlier run in workdir (those this run's config does not write) into
+  WORKDIR/previous/, so the workdir shows one config's results; -> the names moved."""
+  moved = [n for n in names if os.path.exists(os.path.join(workdir, n))]
+  for name in moved:
+    os.makedirs(os.path.join(workdir, PREVIOUS), exist_ok=True)
+    os.replace(os.path.join(workdir, name), os.path.join(workdir, PREVIOUS, name))
+  return moved
+
+
 def write_json(path: str, obj) -> None:
   def write(tmp):
     with open(tmp, "w") as f:

@@ -58,7 +58,8 @@ def _similarity_blocks(headline: dict, summary: dict, figures: list[Image]) -> l
   non_finite = [f"{p['model_a']} vs {p['model_b']}, {p['measure']}|{p['preprocess']}" for p in headline["similarity"]
                 if p["argmax"] is None]
   if non_finite:
-    blocks.append(Bullets(tuple(f"{name}: non-finite values in the grid; max and mean are NaN." for name in non_finite)))
+    blocks.append(Bullets(tuple(f"{name}: undefined: non-finite values in the grid (e.g. a layer whose rows have no "
+                                "spread), so no max, mean, null or p-value." for name in non_finite)))
   by_section = {}
   for p in headline["similarity"]:
     by_section.setdefault((p["measure"], p["preprocess"]), []).append(p)
@@ -244,6 +245,10 @@ def write_report(workdir: str, config_dict: Mapping, environment: Mapping) -> tu
       "next_token.csv) and summary.json, which also holds the permutation nulls and subsampling CIs.")]
   if absent:
     head.append(Para("Not in this run: " + "; ".join(absent) + "."))
+  if summary.get("moved_aside"):
+    head.append(Para(f"An earlier run in this workdir, with another config, wrote {', '.join(summary['moved_aside'])}, "
+                     f"which this run's config does not: moved to {outputs.PREVIOUS}/, so every table here is this "
+                     "run's."))
   blocks = head + body
   md_path, html_path = os.path.join(workdir, "report.md"), os.path.join(workdir, "report.html")
   _write_text(md_path, to_markdown(blocks))

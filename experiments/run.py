@@ -101,8 +101,7 @@ def run(cfg, workdir: str, lock_wait_s: float = 0.0, xla_cache: bool = True) -> 
     validate_depths(cfg, {name: info.num_layers for name, info in infos.items()})
     pairs = study.model_pairs([m.name for m in s.models], {n: i.family for n, i in infos.items()}, s.pairs,
                               s.baselines.random_init)
-    stores = extraction.extract_all(s.models, pairs, s.seeds, texts, tasks, s.extraction, workdir, mesh, models,
-                                    lambda spec: infos[spec.name])
+    stores = extraction.extract_all(s, pairs, texts, tasks, workdir, mesh, models, lambda spec: infos[spec.name])
     ctx = context.Context(s, stores, texts, tasks, workdir, mesh, models)
     phases = units.plan(STAGES, ctx, pairs)
     work = units.run_phases(phases, lambda unit: compute(ctx, unit), workdir, process, num_processes)

@@ -70,11 +70,15 @@ def grid_max(matrix: np.ndarray, layers_a: Sequence[int], layers_b: Sequence[int
              n: int = 0) -> dict:
   """A [La, Lb] grid's max, mean and argmax over its scored layer pairs and, where the resamples are given, the
   95th percentile of the permutation null of that max, its permutation p-value and its subsampling CI (n: the
-  rows the grid was computed on)."""
+  rows the grid was computed on). A grid with a non-finite scored value is undefined: max and mean NaN, argmax,
+  null, p-value and CI None."""
   from xsim import resampling
   ia = layer_select.scored_positions(layers_a, stats.min_layer)
   ib = layer_select.scored_positions(layers_b, stats.min_layer)
   scored = matrix[np.ix_(ia, ib)]
+  if not np.isfinite(scored).all():  # e.g. a layer whose rows have no spread: undefined, never a number with a p
+    undefined = {"max": float("nan"), "mean": float("nan"), "argmax": None}
+    return undefined if null_max is None else dict(undefined, null_max_q95=None, p_value=None, max_ci=None)
   i, j = np.unravel_index(np.argmax(scored), scored.shape)
   out = {"max": float(scored.max()), "mean": float(scored.mean()),
          "argmax": [int(layers_a[ia[i]]), int(layers_b[ib[j]])]}

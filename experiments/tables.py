@@ -10,7 +10,8 @@ summary.json:
   {"pairs": {"A|B": {"relation", "num_samples", "measures": {"MEASURE|PREP": stats of the first seed},
                      "measures_by_seed": {"SEED": {"MEASURE|PREP": stats}}}},
    "headline": {"similarity": [...], "groups": [...], "ratios": [...], "transfer": [...], "probes": [...]},
-   "seeds", "min_layer", "num_texts", "ci_level", "activation_stats": {MODEL: per-layer stats}, "work": {...}}
+   "seeds", "min_layer", "num_texts", "ci_level", "activation_stats": {MODEL: per-layer stats}, "work": {...},
+   "moved_aside": [tables of an earlier run this config does not write, moved to WORKDIR/previous/] (when any)}
   stats = {"max", "mean", "argmax": [layer_a, layer_b], "null_max_q95", "p_value", "max_ci": [lo, hi]} (the last
   three for measures with statistics).
 """
@@ -227,6 +228,7 @@ def assemble(ctx, stages, pairs, work: dict) -> dict:
   for name, columns in outputs.TABLES.items():
     if out.rows[name]:
       outputs.write_table(os.path.join(ctx.workdir, name), columns, out.rows[name])
+  moved = outputs.move_aside(ctx.workdir, [name for name in outputs.TABLES if not out.rows[name]])
   stats = ctx.stats
   numbers = headline(out.rows["similarity.csv"], out.rows["transfer.csv"], out.rows["probes.csv"], stats.min_layer)
   relations = {p.name: p.relation for p in pairs if not p.is_random}
@@ -234,6 +236,6 @@ def assemble(ctx, stages, pairs, work: dict) -> dict:
              "min_layer": stats.min_layer, "num_texts": len(ctx.texts), "headline": numbers,
              "answer": answer.answer(numbers, out.resamples, relations, stats.ci_level),
              "activation_stats": {name: store.stats["layers"] for name, store in ctx.stores.texts.items()},
-             "work": work}
+             "work": work, **({"moved_aside": moved} if moved else {})}
   outputs.write_json(os.path.join(ctx.workdir, "summary.json"), summary)
   return summary

@@ -13,8 +13,8 @@ peak RSS (ru_maxrss) is its own:
   hf:   AutoModelForCausalLM in --dtype on the --platform's device, padded batches in corpus order,
         output_hidden_states=True, the last non-pad token of every hidden state copied to NumPy per batch, under
         torch.inference_mode (the study's pattern). One untimed warm-up batch, then one timed pass.
-  xsim: extract_activations(pooling="last", layers="all") including its store writes, run twice into fresh store
-        directories: the first call includes XLA compilation, the second is the steady-state figure.
+  xsim: extract_activations(RowSpec(pooling="last", layers="all")) including its store writes, run twice into
+        fresh store directories: the first call includes XLA compilation, the second is the steady-state figure.
 Throughput counts real (non-pad) tokens only; model loading is outside the timings.
 """
 from __future__ import annotations
@@ -126,7 +126,7 @@ def run_xsim(args: argparse.Namespace, texts: list[str]) -> dict:
   seconds = []
   for run in range(2):
     start = time.perf_counter()
-    acts = xa.extract_activations(model, texts, pooling="last", layers="all", batch_size=args.batch,
+    acts = xa.extract_activations(model, texts, xa.RowSpec(pooling="last", layers="all"), batch_size=args.batch,
                                   store_dir=os.path.join(args.workdir, f"store{run}"), progress=False)
     seconds.append(time.perf_counter() - start)
   return dict(first_seconds=seconds[0], seconds=seconds[1], tokens=tokens, shape=list(acts.array.shape))

@@ -13,7 +13,7 @@ peak): RSS after loading is printed too, as both sides import transformers and t
   hf:   AutoModelForCausalLM (sdpa attention), one padded batch, output_hidden_states=True, logits for the last
         position only, every hidden state pooled ("last" token or "mean" over real tokens) to NumPy, under
         torch.inference_mode. One warm-up call, then --repeats timed calls.
-  xsim: extract_activations(layers="all", batch_size=--num_texts) into a fresh store each call (never one an
+  xsim: extract_activations(RowSpec(layers="all"), batch_size=--num_texts) into a fresh store each call (never one an
         earlier round wrote: that would load, not extract): one warm-up call, whose XLA compilation is timed
         apart (jax.monitoring), then --repeats timed calls, which reuse the warm-up's compiled forward
         (extraction caches it per model, layers, site and mesh).
@@ -170,6 +170,7 @@ def run_xsim(args: argparse.Namespace, texts: list[str]) -> dict:
   import jax
   import xsim
   from experiments.benchmarks.forward import CompileTimer
+  from xsim.activations import RowSpec
   from xsim.activations.rows import tokenize
   from xsim.models.layers import default_block_size
   model = xsim.load_model(args.workdir, dtype=args.dtype).with_attention(args.attention, args.attention_block_size)
@@ -178,8 +179,8 @@ def run_xsim(args: argparse.Namespace, texts: list[str]) -> dict:
 
   def extract():
     with CompileTimer() as timer:
-      acts = xsim.extract_activations(model, texts, pooling=args.pooling, layers="all", batch_size=len(texts),
-                                      max_tokens=args.tokens, progress=False,
+      acts = xsim.extract_activations(model, texts, RowSpec(pooling=args.pooling, layers="all", max_tokens=args.tokens),
+                                      batch_size=len(texts), progress=False,
                                       store_dir=tempfile.mkdtemp(prefix="store", dir=args.workdir))
     compile_seconds.append(timer.seconds)
     return acts.array.shape

@@ -89,8 +89,8 @@ def _prefix_activations(ctx, model: str, target: str, prefixes, layers, data_ide
                                  truncate_tokens=None, site="residual")
   path = store_dir(ctx.workdir, f"{model}-prefixes-for-{target}", keys.texts(prefixes), extraction.identity(),
                    *data_identity)
-  acts = open_or_extract(path, lambda: ctx.models.get(model), prefixes, settings, None, max(layers),
-                         distribute=False, progress=False)
+  acts = open_or_extract(path, lambda: ctx.models.get(model), prefixes, settings, None, distribute=False,
+                         progress=False)
   if len(acts.index) != len(prefixes):
     raise ValueError(f"{acts.manifest['model']} gave {len(acts.index)} rows for {len(prefixes)} prefixes; every "
                      "prefix needs a token.")

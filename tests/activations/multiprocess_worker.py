@@ -13,6 +13,6 @@ if __name__ == "__main__":
   import jax
   assert jax.process_count() == 2, jax.process_count()
   model = xsim.load_model(model_dir)
-  acts = xa.extract_activations(model, TEXTS, pooling="words", shard_size=2, batch_size=2, store_dir=store_dir,
-                                progress=False, mesh=xa.make_mesh(-1, 1))
+  acts = xa.extract_activations(model, TEXTS, xa.RowSpec(pooling="words"), shard_size=2, batch_size=2,
+                                store_dir=store_dir, progress=False, mesh=xa.make_mesh(-1, 1))
   print("rows", acts.num_rows)

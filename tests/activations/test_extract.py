@@ -37,7 +37,7 @@ def _reference_rows(model, texts, pooling, layers):
 def test_pooled_rows_equal_unbatched_forward(models, side, pooling, tmp_path):
   model = models[side]
   layers = list(range(model.config.num_layers + 1))
-  acts = xa.extract_activations(model, TEXTS, pooling=pooling, batch_size=4, store_dir=str(tmp_path),
+  acts = xa.extract_activations(model, TEXTS, xa.RowSpec(pooling=pooling), batch_size=4, store_dir=str(tmp_path),
                                 progress=False)
   assert acts.array.shape == (len(layers), acts.num_rows, model.config.hidden_size)
   np.testing.assert_allclose(acts.array, _reference_rows(model, TEXTS, pooling, layers), atol=2e-5, rtol=1e-4)
@@ -46,8 +46,10 @@ def test_pooled_rows_equal_unbatched_forward(models, side, pooling, tmp_path):
 
 @pytest.mark.parametrize("pooling", ["last_word", "words"])
 def test_tokenizers_agree_on_character_spans(models, pooling, tmp_path):
-  a = xa.extract_activations(models["left"], TEXTS, pooling=pooling, store_dir=str(tmp_path / "a"), progress=False)
-  b = xa.extract_activations(models["right"], TEXTS, pooling=pooling, store_dir=str(tmp_path / "b"), progress=False)
+  a = xa.extract_activations(models["left"], TEXTS, xa.RowSpec(pooling=pooling), store_dir=str(tmp_path / "a"),
+                             progress=False)
+  b = xa.extract_activations(models["right"], TEXTS, xa.RowSpec(pooling=pooling), store_dir=str(tmp_path / "b"),
+                             progress=False)
   ia, ib = xa.paired_rows(a, b)
   assert len(ia) == a.num_rows == b.num_rows  # every row pairs
   for field in ("text", "word", "char_start", "char_end"):
@@ -68,10 +70,10 @@ def test_bos_and_first_word_are_excluded_unless_kept(models):
 @pytest.mark.parametrize("shape", [(8, 1), (4, 2)])
 def test_sharded_equals_single_device(models, shape, tmp_path):
   model = models["right"]
-  single = xa.extract_activations(model, TEXTS, pooling="words", batch_size=8, store_dir=str(tmp_path / "one"),
-                                  progress=False)
+  single = xa.extract_activations(model, TEXTS, xa.RowSpec(pooling="words"), batch_size=8,
+                                  store_dir=str(tmp_path / "one"), progress=False)
   mesh = xa.make_mesh(*shape)
-  sharded = xa.extract_activations(model, TEXTS, pooling="words", batch_size=8, mesh=mesh,
+  sharded = xa.extract_activations(model, TEXTS, xa.RowSpec(pooling="words"), batch_size=8, mesh=mesh,
                                    store_dir=str(tmp_path / "mesh"), progress=False)
   np.testing.assert_allclose(sharded.array, single.array, atol=1e-5, rtol=1e-5)
   np.testing.assert_array_equal(sharded.index, single.index)
@@ -79,8 +81,8 @@ def test_sharded_equals_single_device(models, shape, tmp_path):
 
 def test_interrupted_run_resumes_to_the_same_store(models, tmp_path, monkeypatch):
   model = models["right"]
-  full = xa.extract_activations(model, TEXTS, pooling="last_word", shard_size=3, store_dir=str(tmp_path / "full"),
-                                progress=False)
+  full = xa.extract_activations(model, TEXTS, xa.RowSpec(pooling="last_word"), shard_size=3,
+                                store_dir=str(tmp_path / "full"), progress=False)
   original = xa.ActivationStore.write_shard
   calls = []
 
@@ -92,13 +94,13 @@ def test_interrupted_run_resumes_to_the_same_store(models, tmp_path, monkeypatch
 
   monkeypatch.setattr(xa.ActivationStore, "write_shard", crash_after_two)
   with pytest.raises(KeyboardInterrupt):
-    xa.extract_activations(model, TEXTS, pooling="last_word", shard_size=3, store_dir=str(tmp_path / "r"),
+    xa.extract_activations(model, TEXTS, xa.RowSpec(pooling="last_word"), shard_size=3, store_dir=str(tmp_path / "r"),
                            progress=False)
   monkeypatch.setattr(xa.ActivationStore, "write_shard", original)
   written = []
   monkeypatch.setattr(xa.ActivationStore, "write_shard", lambda self, k, *a: (written.append(k), original(self, k, *a)))
-  resumed = xa.extract_activations(model, TEXTS, pooling="last_word", shard_size=3, store_dir=str(tmp_path / "r"),
-                                   progress=False)
+  resumed = xa.extract_activations(model, TEXTS, xa.RowSpec(pooling="last_word"), shard_size=3,
+                                   store_dir=str(tmp_path / "r"), progress=False)
   assert written == [2]  # only the missing shard ran
   np.testing.assert_array_equal(np.asarray(resumed.array), np.asarray(full.array))
   np.testing.assert_array_equal(resumed.index, full.index)
@@ -114,7 +116,8 @@ def test_mismatched_rerun_is_refused(models, tmp_path):
 
 
 def test_stats_record_outlier_dimensions(models, tmp_path):
-  acts = xa.extract_activations(models["right"], TEXTS, pooling="words", store_dir=str(tmp_path), progress=False)
+  acts = xa.extract_activations(models["right"], TEXTS, xa.RowSpec(pooling="words"), store_dir=str(tmp_path),
+                                progress=False)
   stats = json.load(open(os.path.join(tmp_path, "stats.json")))
   x = np.asarray(acts.array, np.float64)
   for layer, s in enumerate(stats["layers"]):
@@ -129,8 +132,8 @@ def test_overflow_is_an_error_or_a_logged_skip(models, tmp_path):
   long_text = " ".join(["again"] * 40)
   texts = TEXTS[:3] + [long_text]
   with pytest.raises(ValueError, match="max_tokens=60"):
-    xa.extract_activations(model, texts, max_tokens=60, store_dir=str(tmp_path / "e"), progress=False)
-  acts = xa.extract_activations(model, texts + [long_text], max_tokens=60, on_overflow="skip", shard_size=2,
+    xa.extract_activations(model, texts, xa.RowSpec(max_tokens=60), store_dir=str(tmp_path / "e"), progress=False)
+  acts = xa.extract_activations(model, texts + [long_text], xa.RowSpec(max_tokens=60, on_overflow="skip"), shard_size=2,
                                 store_dir=str(tmp_path / "s"), progress=False)  # the last shard gives no row
   assert sorted(set(acts.index["text"])) == [0, 1, 2]
   assert acts.stats["num_rows"] == acts.num_rows == np.asarray(acts.array).shape[1]
@@ -169,13 +172,13 @@ def test_non_finite_activations_name_the_layer_and_text(models, tmp_path):
 def test_bad_arguments(models):
   model = models["right"]
   with pytest.raises(ValueError, match="pooling"):
-    xa.extract_activations(model, TEXTS, pooling="max")
+    xa.extract_activations(model, TEXTS, xa.RowSpec(pooling="max"))
   with pytest.raises(ValueError, match=r"layers=\[0, 99\].*beyond"):
-    xa.extract_activations(model, TEXTS, layers=[0, 99])
+    xa.extract_activations(model, TEXTS, xa.RowSpec(layers=[0, 99]))
   with pytest.raises(ValueError, match="depths:K"):
-    xa.extract_activations(model, TEXTS, layers="every")
+    xa.extract_activations(model, TEXTS, xa.RowSpec(layers="every"))
   with pytest.raises(ValueError, match="site 'mlp' has block outputs 1"):
-    xa.extract_activations(model, TEXTS, layers=[0, 1], site="mlp")
+    xa.extract_activations(model, TEXTS, xa.RowSpec(layers=[0, 1], site="mlp"))
   with pytest.raises(ValueError, match="data axis"):
     xa.extract_activations(model, TEXTS, batch_size=3, mesh=xa.make_mesh(8, 1))
 
@@ -194,7 +197,7 @@ def test_token_truncation_reproduces_the_published_cut(models, tmp_path):
   """truncate_tokens=N reads the last of each text's first N tokens: a different character per tokenizer."""
   spans = {}
   for side, model in models.items():
-    acts = xa.extract_activations(model, TEXTS, pooling="last", keep_bos=True, truncate_tokens=6,
+    acts = xa.extract_activations(model, TEXTS, xa.RowSpec(pooling="last", keep_bos=True, truncate_tokens=6),
                                   store_dir=str(tmp_path / side), progress=False)
     tok = tokenize(model.tokenizer, TEXTS[1])
     assert tuple(acts.index[["char_start", "char_end"]][1]) == tuple(tok.spans[5])
@@ -229,7 +232,7 @@ def test_a_damaged_store_is_named_deleted_and_extracted_again(models, tmp_path, 
     loads.append(1)
     return model
 
-  extract = lambda: open_or_extract(path, get_model, TEXTS, settings, None, model.config.num_layers, progress=False)
+  extract = lambda: open_or_extract(path, get_model, TEXTS, settings, None, progress=False)
   original = extract()
   values = np.asarray(original.array)
   np.testing.assert_array_equal(extract().index, original.index)
@@ -251,8 +254,9 @@ def test_a_damaged_store_is_named_deleted_and_extracted_again(models, tmp_path, 
 
 def test_half_precision_store(models, tmp_path):
   model = models["right"]
-  full = xa.extract_activations(model, TEXTS, pooling="words", store_dir=str(tmp_path / "f32"), progress=False)
-  half = xa.extract_activations(model, TEXTS, pooling="words", store_dtype="bfloat16",
+  full = xa.extract_activations(model, TEXTS, xa.RowSpec(pooling="words"), store_dir=str(tmp_path / "f32"),
+                                progress=False)
+  half = xa.extract_activations(model, TEXTS, xa.RowSpec(pooling="words", store_dtype="bfloat16"),
                                 store_dir=str(tmp_path / "bf16"), progress=False)
   assert half.array.dtype.name == "bfloat16"
   np.testing.assert_array_equal(np.asarray(half.array, np.float32),
@@ -260,7 +264,7 @@ def test_half_precision_store(models, tmp_path):
   assert half.stats["layers"][-1]["max_abs"] == pytest.approx(
       float(np.abs(np.asarray(half.array, np.float64)[-1]).max()), rel=1e-12)
   with pytest.raises(ValueError, match="store_dtype"):
-    xa.extract_activations(model, TEXTS, store_dtype="int8")
+    xa.extract_activations(model, TEXTS, xa.RowSpec(store_dtype="int8"))
 
 
 def test_layer_specs_resolve_through_layer_select(models, tmp_path):
@@ -269,12 +273,14 @@ def test_layer_specs_resolve_through_layer_select(models, tmp_path):
   model = models["right"]
   num = model.config.num_layers
   everything = xa.extract_activations(model, TEXTS, store_dir=str(tmp_path / "all"), progress=False)
-  depths = xa.extract_activations(model, TEXTS, layers="depths:2", store_dir=str(tmp_path / "d"), progress=False)
+  depths = xa.extract_activations(model, TEXTS, xa.RowSpec(layers="depths:2"), store_dir=str(tmp_path / "d"),
+                                  progress=False)
   assert depths.layers == layer_select.resolve("depths:2", num) == [1, num]
   np.testing.assert_array_equal(np.asarray(depths.array), np.asarray(everything.array)[[1, num]])
-  listed = xa.extract_activations(model, TEXTS, layers=(num, 0), store_dir=str(tmp_path / "l"), progress=False)
+  listed = xa.extract_activations(model, TEXTS, xa.RowSpec(layers=(num, 0)), store_dir=str(tmp_path / "l"),
+                                  progress=False)
   assert listed.layers == [0, num]
-  mlp = xa.extract_activations(model, TEXTS, site="mlp", store_dir=str(tmp_path / "m"), progress=False)
+  mlp = xa.extract_activations(model, TEXTS, xa.RowSpec(site="mlp"), store_dir=str(tmp_path / "m"), progress=False)
   assert mlp.layers == list(range(1, num + 1))
 
 
@@ -285,13 +291,13 @@ def test_a_second_call_with_the_same_model_compiles_nothing(models, tmp_path):
   model = models["right"]
   compiles = []
   listener = lambda event, duration, **_: compiles.append(event)
-  options = dict(pooling="words", batch_size=4, progress=False)
-  xa.extract_activations(model, TEXTS, store_dir=str(tmp_path / "first"), **options)
+  rows, options = xa.RowSpec(pooling="words"), dict(batch_size=4, progress=False)
+  xa.extract_activations(model, TEXTS, rows, store_dir=str(tmp_path / "first"), **options)
   random = model.with_random_params(1)  # (initialising compiles)
   jax.monitoring.register_event_duration_secs_listener(listener)
   try:
-    xa.extract_activations(model, TEXTS, store_dir=str(tmp_path / "second"), **options)
-    xa.extract_activations(random, TEXTS, store_dir=str(tmp_path / "random"), **options)
+    xa.extract_activations(model, TEXTS, rows, store_dir=str(tmp_path / "second"), **options)
+    xa.extract_activations(random, TEXTS, rows, store_dir=str(tmp_path / "random"), **options)
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)
   assert "/jax/core/compile/backend_compile_duration" not in compiles, compiles
@@ -309,7 +315,7 @@ def test_pooling_accumulates_in_float32(models, dtype, tolerance):
   model = xsim.Model(config=base.config, tokenizer=base.tokenizer, dtype=jnp.dtype(dtype).type, name=dtype,
                      params=jax.tree_util.tree_map(lambda x: x.astype(dtype), base.params))
   layers = tuple(range(model.config.num_layers + 1))
-  items = extract._prepare(model, TEXTS, 0, "words", False, 1024, "error", None)
+  items = extract._prepare(model, TEXTS, 0, xa.RowSpec(pooling="words"))
   ids, mask, weights, index, _ = extract._host_batch(items, len(items), 0, False, 16)
   pooled = extract._pooled_forward(model.module, layers, "residual", None, None)(model.params, ids, mask, weights)
   assert pooled.dtype == jnp.float32

@@ -12,8 +12,8 @@ from xsim import activations as xa
 @pytest.mark.parametrize("devices_per_process", [1, 2])  # 2 x 2: several hosts of several devices, as a cluster
 def test_two_processes_equal_one(tmp_path, devices_per_process):
   model_dir = str(make_model_dir(tmp_path / "model", "bytelevel"))
-  one = xa.extract_activations(xsim.load_model(model_dir), TEXTS, pooling="words", shard_size=2, batch_size=2,
-                               store_dir=str(tmp_path / "one"), progress=False)
+  one = xa.extract_activations(xsim.load_model(model_dir), TEXTS, xa.RowSpec(pooling="words"), shard_size=2,
+                               batch_size=2, store_dir=str(tmp_path / "one"), progress=False)
   code = launch(["-m", "tests.activations.multiprocess_worker", model_dir, str(tmp_path / "two")], 2,
                 devices_per_process, timeout_s=600)
   assert code == 0

@@ -224,8 +224,7 @@ def test_changed_texts_get_new_activation_stores(finished_run, tiny_config):
   tasks = {"capitals": xdata.load_task("capitals", num_examples=config.probes.num_examples, seed=config.data.seed)}
   infos = {m.name: runner.read_info(m) for m in s.models}
   models = extraction.ModelCache(s.models, 1 << 30)
-  stores = extraction.extract_all(s.models, [], s.seeds, texts, tasks, s.extraction, workdir, None, models,
-                                  lambda spec: infos[spec.name])
+  stores = extraction.extract_all(s, [], texts, tasks, workdir, None, models, lambda spec: infos[spec.name])
   store = stores.texts["tiny-llama"]
   assert os.path.basename(store.path) not in before and store.manifest["num_texts"] == 40
   assert os.path.basename(stores.tasks[("capitals", "tiny-llama")].path) in before  # the task texts did not change
@@ -410,5 +409,44 @@ def test_keep_maps_false_removes_the_map_checkpoints_and_keeps_the_tables(finish
   maps = os.path.join(workdir, "cache", "maps")
   assert [n for n in os.listdir(maps) if os.path.isdir(os.path.join(maps, n))] == []
   assert any(n.endswith(".json") for n in os.listdir(maps))  # the units' verified entries stay
+  for table in TABLES:
+    assert open(os.path.join(workdir, table)).read() == open(os.path.join(finished_run[0] + "-pristine", table)).read()
+
+
+def test_a_rerun_with_stages_disabled_shows_only_its_own_tables(finished_run, tiny_config, tmp_path):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(finished_run[0], workdir)
+  config = tiny_config.copy_and_resolve_references()
+  config.next_token.enabled = False
+  config.probes.tasks = []
+  summary = runner.run(config, workdir)
+  assert summary["moved_aside"] == ["probes.csv", "next_token.csv"]
+  for name in ("probes.csv", "next_token.csv"):
+    assert not os.path.exists(os.path.join(workdir, name)) and os.path.exists(os.path.join(workdir, "previous", name))
+  report = open(os.path.join(workdir, "report.md")).read()
+  assert "Next-token transfer by patching" not in report and "Probe transfer" not in report
+  assert "moved to previous/" in report
+  for table in ("similarity.csv", "transfer.csv"):
+    assert open(os.path.join(workdir, table)).read() == open(os.path.join(finished_run[0] + "-pristine", table)).read()
+
+
+def test_cache_entries_swapped_between_units_are_named_and_recomputed(finished_run, tiny_config, tmp_path):
+  """Each entry verifies its checksum and that it was written for its own name (the unit's inputs): two entries of
+  other units swapped on disk are both intact, yet neither may stand for the other."""
+  workdir = str(tmp_path / "run")
+  shutil.copytree(finished_run[0], workdir)
+  folder = os.path.join(workdir, "cache", "similarity")
+  planned = sorted(n for n in os.listdir(folder) if "__cka__none__" in n)  # units the tiny config plans
+  first, second = (os.path.join(folder, n) for n in planned[:2])
+  a, b = open(first).read(), open(second).read()
+  with open(first, "w") as f:
+    f.write(b)
+  with open(second, "w") as f:
+    f.write(a)
+  with pytest.raises(cache.CorruptEntry, match="belongs to other inputs"):
+    cache.read(first)
+  runner.run(tiny_config, workdir)
+  for entry in (first, second):  # each recomputed for its own unit (a swapped one would still fail to read)
+    assert json.load(open(entry))["written_as"] == os.path.basename(entry) and cache.read(entry) is not None
   for table in TABLES:
     assert open(os.path.join(workdir, table)).read() == open(os.path.join(finished_run[0] + "-pristine", table)).read()

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import dataclasses
 import hashlib
 import logging
 import os
 import tempfile
 import time
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +29,48 @@ from xsim.models.model import Model
 
 SITES = ("residual", "attn", "mlp", "final_norm")
 STORE_DTYPES = ("float32", "bfloat16", "float16")
+OVERFLOWS = ("error", "skip")
+_MIN_SEQ = 16  # the shortest padded length: shorter texts share one compiled shape
+
+
+@dataclasses.dataclass(frozen=True)
+class RowSpec:
+  """What a store holds of each text: its rows (see xsim.activations.rows) at which layers and site, in which dtype.
+
+  layers: a layer spec of xsim.layer_select ("all", "depths:K" or hidden-state indices, 0 = embeddings). site:
+  "residual", "attn" / "mlp" (block outputs, layers 1..L) or "final_norm" (the one output, whatever layers says).
+  A text over max_tokens is an error or skipped (on_overflow); truncate_tokens keeps each text's first N tokens
+  (the published protocol's per-tokenizer cut). store_dtype: the dtype rows are stored in (the statistics describe
+  the stored values).
+  """
+  pooling: str = "last"
+  layers: Any = "all"  # parsed: "1,4,8" or "[1, 4, 8]" from a command line becomes [1, 4, 8]
+  site: str = "residual"
+  keep_bos: bool = False
+  max_tokens: int = 1024
+  on_overflow: str = "error"
+  truncate_tokens: Optional[int] = None
+  store_dtype: str = "float32"
+
+  def __post_init__(self):
+    object.__setattr__(self, "layers", layer_select.parse(self.layers))
+
+  def problems(self) -> list[str]:
+    """Each field whose value cannot be extracted, named with its value and the choices (empty if none)."""
+    out = []
+    for name, value, choices in (("pooling", self.pooling, POOLINGS), ("site", self.site, SITES),
+                                 ("on_overflow", self.on_overflow, OVERFLOWS),
+                                 ("store_dtype", self.store_dtype, STORE_DTYPES)):
+      if value not in choices:
+        out.append(f"{name} {value!r} must be one of {choices}")
+    if self.max_tokens < 2:
+      out.append(f"max_tokens={self.max_tokens} must be >= 2")
+    if self.truncate_tokens is not None and self.truncate_tokens < 1:
+      out.append(f"truncate_tokens={self.truncate_tokens} must be >= 1 (or None for no cut)")
+    error = layer_select.spec_error(self.layers)
+    if error:
+      out.append(f"layers: {error}")
+    return out
 
 
 def model_fingerprint(model: Model) -> str:
@@ -92,21 +135,20 @@ def _pooled_forward(module, layers: tuple[int, ...], site: str, mesh: Optional[M
   return jitted
 
 
-def _resolve_layers(model: Model, layers, site: str) -> list[int]:
-  """A layer spec (xsim.layer_select: "all", "depths:K" or hidden-state indices) -> indices for `site`.
+def _resolve_layers(model: Model, rows: RowSpec) -> list[int]:
+  """rows.layers (a layer spec) -> hidden-state indices of `model` for rows.site.
 
   "attn" / "mlp" are block outputs, 1..L ("all" drops the embeddings); "final_norm" is the one output [L].
   """
-  num = model.config.num_layers
+  num, layers, site = model.config.num_layers, rows.layers, rows.site
   if site == "final_norm":
     return [num]
-  spec = layer_select.parse(layers)
   try:
-    resolved = layer_select.resolve(spec, num)
+    resolved = layer_select.resolve(layers, num)
   except ValueError as e:
     raise ValueError(f"layers={layers!r} for site {site!r} of {model.name or 'the model'}: {e}") from None
   if site in ("attn", "mlp"):
-    if isinstance(spec, str) and spec == "all":
+    if isinstance(layers, str) and layers == "all":
       return resolved[1:]
     if 0 in resolved:
       raise ValueError(f"layers={layers!r}: site {site!r} has block outputs 1..{num} only (0 is the embeddings, "
@@ -114,27 +156,26 @@ def _resolve_layers(model: Model, layers, site: str) -> list[int]:
   return resolved
 
 
-def _prepare(model: Model, texts: Sequence[str], start: int, pooling: str, keep_bos: bool, max_tokens: int,
-             on_overflow: str, truncate_tokens: Optional[int]):
-  """Tokenizes texts[start:...] into (text index, ids, rows); logs skipped texts and texts past the context."""
+def _prepare(model: Model, texts: Sequence[str], start: int, rows: RowSpec):
+  """Tokenizes texts[start:...] into (text index, ids, its rows); logs skipped texts and texts past the context."""
   prepared, too_long = [], []
-  context = model.config.max_position_embeddings
+  context, cut = model.config.max_position_embeddings, rows.truncate_tokens
   for offset, text in enumerate(texts):
     i = start + offset
     tok = tokenize(model.tokenizer, text)
-    if truncate_tokens is not None:  # the published protocol's per-tokenizer cut
-      tok = TokenizedText(tok.ids[:truncate_tokens], tok.spans[:truncate_tokens], tok.special[:truncate_tokens])
+    if cut is not None:  # the published protocol's per-tokenizer cut
+      tok = TokenizedText(tok.ids[:cut], tok.spans[:cut], tok.special[:cut])
       text = text[:int(tok.spans[:, 1].max(initial=0))]
-    if len(tok.ids) > max_tokens:
-      message = (f"Text {i} has {len(tok.ids)} tokens for {model.name}, over max_tokens={max_tokens}; cut texts "
-                 "by characters or words before extraction (xsim.data.cut_text) or raise max_tokens.")
-      if on_overflow == "error":
+    if len(tok.ids) > rows.max_tokens:
+      message = (f"Text {i} has {len(tok.ids)} tokens for {model.name}, over max_tokens={rows.max_tokens}; cut "
+                 "texts by characters or words before extraction (xsim.data.cut_text) or raise max_tokens.")
+      if rows.on_overflow == "error":
         raise ValueError(message)
       logging.warning("Skipping: %s", message)
       continue
-    rows = sample_rows(tok, text, pooling, keep_bos)
-    if rows:
-      prepared.append((i, tok.ids, rows))
+    text_rows = sample_rows(tok, text, rows.pooling, rows.keep_bos)
+    if text_rows:
+      prepared.append((i, tok.ids, text_rows))
       if context is not None and len(tok.ids) > context:
         too_long.append(f"text {i}: {len(tok.ids)} tokens")
   if too_long:  # one warning per call (a shard), naming the first few
@@ -162,31 +203,20 @@ def _host_batch(items, batch_size: int, pad: int, left_pad: bool, min_seq: int):
   return ids, mask, weights, index, int(sum(len(t) for _, t, _ in items))
 
 
-def extract_activations(model: Model, texts: Sequence[str], pooling: str = "last",
-                        layers: Union[str, Sequence[int]] = "all", batch_size: int = 32, mesh: Optional[Mesh] = None,
-                        store_dir: Optional[str] = None, site: str = "residual", keep_bos: bool = False,
-                        max_tokens: int = 1024, on_overflow: str = "error", shard_size: int = 1024,
-                        store_dtype: str = "float32", min_seq: int = 16, truncate_tokens: Optional[int] = None,
+def extract_activations(model: Model, texts: Sequence[str], rows: RowSpec = RowSpec(), *, batch_size: int = 32,
+                        mesh: Optional[Mesh] = None, store_dir: Optional[str] = None, shard_size: int = 1024,
                         distribute: bool = True, progress: bool = True) -> Activations:
-  """Activations of `model` on `texts`, one row per sample (see xsim.activations.rows for the poolings).
+  """Activations of `model` on `texts`: the rows, layers and site that `rows` names (see RowSpec).
 
   Returns Activations with array [len(layers), num_rows, hidden] and index [num_rows] (which text, word, token and
-  character span each row is). layers: a layer spec of xsim.layer_select ("all", "depths:K" or hidden-state
-  indices, 0 = embeddings). site: "residual" (default),
-  "attn" / "mlp" (block outputs, layers 1..L) or "final_norm". mesh: a (data, model) Mesh from
-  `xsim.activations.make_mesh`; batch_size must be a multiple of its data axis. With jax.distributed initialised,
-  each process extracts every process_count-th shard of texts into the shared store_dir and all return the same
-  store. store_dir: where shards are written (a temporary directory if None); a rerun resumes. store_dtype: the
-  dtype rows are stored in (one of STORE_DTYPES; the statistics describe the stored values).
+  character span each row is). mesh: a (data, model) Mesh from `xsim.activations.make_mesh`; batch_size must be a
+  multiple of its data axis. With jax.distributed initialised (and distribute), each process extracts every
+  process_count-th shard of shard_size texts into the shared store_dir and all return the same store. store_dir:
+  where shards are written (a temporary directory if None); a rerun resumes.
   """
-  if pooling not in POOLINGS:
-    raise ValueError(f"pooling={pooling!r} is not one of {POOLINGS}.")
-  if site not in SITES:
-    raise ValueError(f"site={site!r} is not one of {SITES}.")
-  if store_dtype not in STORE_DTYPES:
-    raise ValueError(f"store_dtype={store_dtype!r} is not one of {STORE_DTYPES}.")
-  if on_overflow not in ("error", "skip"):
-    raise ValueError(f"on_overflow={on_overflow!r} must be 'error' or 'skip'.")
+  problems = rows.problems()
+  if problems:
+    raise ValueError("; ".join(problems) + ".")
   if model.tokenizer is None:
     raise ValueError(f"{model.name} has no tokenizer; load it with load_tokenizer=True.")
   if not len(texts) or not all(isinstance(t, str) and t.strip() for t in texts):
@@ -194,15 +224,15 @@ def extract_activations(model: Model, texts: Sequence[str], pooling: str = "last
   if mesh is not None and batch_size % mesh.shape[shard_lib.DATA]:
     raise ValueError(f"batch_size={batch_size} is not a multiple of the mesh's data axis "
                      f"({mesh.shape[shard_lib.DATA]}).")
-  layer_list = _resolve_layers(model, layers, site)
+  layer_list = _resolve_layers(model, rows)
   store_dir = store_dir or tempfile.mkdtemp(prefix="xsim-acts-")
   num_shards = -(-len(texts) // shard_size)
   store = ActivationStore(store_dir, {
       "model": model.name, "model_hash": model_fingerprint(model), "dtype": jnp.dtype(model.dtype).name,
-      "pooling": pooling, "keep_bos": keep_bos, "site": site, "layers": layer_list, "text_hash": text_hash(texts),
-      "num_texts": len(texts), "shard_size": shard_size, "max_tokens": max_tokens, "on_overflow": on_overflow,
-      "truncate_tokens": truncate_tokens,
-      "store_dtype": store_dtype, "hidden_size": model.config.hidden_size})
+      "pooling": rows.pooling, "keep_bos": rows.keep_bos, "site": rows.site, "layers": layer_list,
+      "text_hash": text_hash(texts), "num_texts": len(texts), "shard_size": shard_size, "max_tokens": rows.max_tokens,
+      "on_overflow": rows.on_overflow, "truncate_tokens": rows.truncate_tokens, "store_dtype": rows.store_dtype,
+      "hidden_size": model.config.hidden_size})
   if store.complete:
     logging.info("Activation store %s is complete; nothing to extract.", store_dir)
     return store.load()
@@ -215,19 +245,18 @@ def extract_activations(model: Model, texts: Sequence[str], pooling: str = "last
   if mesh is not None:
     param_shardings = shard_lib.param_shardings(params, mesh)
     params = jax.device_put(params, param_shardings)
-  fn = _pooled_forward(model.module, tuple(layer_list), site, mesh, param_shardings)
+  fn = _pooled_forward(model.module, tuple(layer_list), rows.site, mesh, param_shardings)
   pad, left_pad = pad_id(model.tokenizer), getattr(model.tokenizer, "padding_side", "right") == "left"
+  empty = np.zeros((len(layer_list), 0, model.config.hidden_size), rows.store_dtype)  # a shard that gives no row
 
-  prepare = lambda k: _prepare(model, texts[k * shard_size:(k + 1) * shard_size], k * shard_size, pooling,
-                               keep_bos, max_tokens, on_overflow, truncate_tokens)
+  prepare = lambda k: _prepare(model, texts[k * shard_size:(k + 1) * shard_size], k * shard_size, rows)
   bar = _progress(sum(min(shard_size, len(texts) - k * shard_size) for k in todo), model.name) if progress else None
   with concurrent.futures.ThreadPoolExecutor(1) as pool:  # tokenizes shard k+1 while shard k runs
     upcoming = pool.submit(prepare, todo[0]) if todo else None
     for n, k in enumerate(todo):
       items = upcoming.result()
       upcoming = pool.submit(prepare, todo[n + 1]) if n + 1 < len(todo) else None
-      acts, index = _run_shard(fn, params, items, batch_size, pad, left_pad, min_seq, bar, store_dtype,
-                               (len(layer_list), 0, model.config.hidden_size))
+      acts, index = _run_shard(fn, params, items, batch_size, pad, left_pad, bar, empty)
       _check_finite(acts, index, layer_list, model.name)
       store.write_shard(k, acts, index, shard_stats(acts))
   if bar is not None:
@@ -238,15 +267,15 @@ def extract_activations(model: Model, texts: Sequence[str], pooling: str = "last
   return _wait_complete(store)
 
 
-def _run_shard(fn, params, items, batch_size, pad, left_pad, min_seq, bar, store_dtype, empty_shape):
-  """Runs one shard's texts (sorted by length into batches) -> acts [layers, rows, D] in text order (empty_shape
-  when no text gave a row), index."""
+def _run_shard(fn, params, items, batch_size, pad, left_pad, bar, empty):
+  """Runs one shard's texts (sorted by length into batches) -> acts [layers, rows, D] in text order and the store's
+  dtype (`empty`, [layers, 0, D], when no text gave a row), index."""
   order = sorted(range(len(items)), key=lambda i: len(items[i][1]))
   batches = [[items[i] for i in order[s:s + batch_size]] for s in range(0, len(order), batch_size)]
   pieces, pending = [], None
   start = time.perf_counter()
   for batch in batches:
-    ids, mask, weights, index, tokens = _host_batch(batch, batch_size, pad, left_pad, min_seq)
+    ids, mask, weights, index, tokens = _host_batch(batch, batch_size, pad, left_pad, _MIN_SEQ)
     result = fn(params, ids, mask, weights)  # dispatched asynchronously
     if pending is not None:
       pieces.append(_collect(*pending))
@@ -258,11 +287,11 @@ def _run_shard(fn, params, items, batch_size, pad, left_pad, min_seq, bar, store
   if pending is not None:
     pieces.append(_collect(*pending))
   if not pieces:
-    return np.zeros(empty_shape, store_dtype), np.zeros(0, INDEX_DTYPE)
+    return empty, np.zeros(0, INDEX_DTYPE)
   acts = np.concatenate([p[0] for p in pieces], axis=1)
   index = np.concatenate([p[1] for p in pieces])
   order = np.lexsort((index["token"], index["word"], index["text"]))
-  return acts[:, order].astype(store_dtype), index[order]
+  return acts[:, order].astype(empty.dtype), index[order]
 
 
 def _collect(result, index):
