@@ -120,9 +120,9 @@ def compute(settings: Settings, ctx, unit) -> dict:
     target_probe, source_probe = fit_probes(x_target), fit_probes(x_source)
     scored = (layer_select.scored_positions(layers_a, ctx.stats.min_layer, pair.a),
               layer_select.scored_positions(layers_b, ctx.stats.min_layer, pair.b))
-    out["token_probes"] = {str(k): probes.scores(fit.select(ia, ib), shuffled.select(ia, ib), target_probe,
-                                                 source_probe, x_source, labels, seed, scored, ctx.stats, k=k,
-                                                 mesh=ctx.mesh)
+    out["token_probes"] = {str(k): probes.scores((fit.select(ia, ib), shuffled.select(ia, ib)),
+                                                 (target_probe, source_probe), x_source, labels, seed, scored,
+                                                 ctx.stats, k=k, mesh=ctx.mesh)
                            for k in TOP_K}
   target = ctx.models.get(pair.b)
   patch = samples.take(np.flatnonzero(samples.text_index < settings.num_samples))

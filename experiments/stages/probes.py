@@ -19,8 +19,8 @@ from experiments.units import make_unit
 
 NAME, SECTION, PHASE = "probes", "probes", 2
 # Part of every probe and next-token key: bump it when the probe solver's numbers change (2: L-BFGS in the span of
-# the training rows).
-PROBES_VERSION = 2
+# the training rows; 3: cell CIs from statistics.ci_resamples and ci_level, were 200 resamples at 95%).
+PROBES_VERSION = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,21 +58,23 @@ def compute(settings: Settings, ctx, unit) -> dict:
   labels = np.asarray(ctx.tasks[task].labels)[ctx.stores.tasks[(task, pair.a)].index["text"][rows]]
   target_probe = transfer.fit_logistic_probes(ft, labels, seed=seed, mesh=ctx.mesh)
   source_probe = transfer.fit_logistic_probes(fs, labels, seed=seed, mesh=ctx.mesh)
-  return scores(fit, shuffled, target_probe, source_probe, fs, labels, seed,
+  return scores((fit, shuffled), (target_probe, source_probe), fs, labels, seed,
                 data.scored_positions(ctx.stats.min_layer), ctx.stats, mesh=ctx.mesh)
 
 
-def scores(maps_fit, shuffled, target_probe, source_probe, source_features, labels, seed: int, scored: tuple,
+def scores(map_fits: tuple, probe_fits: tuple, source_features, labels, seed: int, scored: tuple,
            stats: statistics.StatisticsSettings, k: int = 1, mesh=None) -> dict:
-  """The probe transfer of the maps and of the shuffled-pair maps, as table columns per layer-pair position:
+  """The probe transfer of map_fits = (the maps, the shuffled-pair maps) with probe_fits = (the target's probes, the
+  source's), as table columns per layer-pair position (mapped_lo / mapped_hi: the bootstrap CI of each cell's
+  accuracy, with the statistics' ci_resamples and ci_level):
   {"mapped", "mapped_lo", "mapped_hi", "shuffled": [La, Lb], "target": [Lb], "source": [La], "majority": [],
   "mapped_subsample_max": [R] the best mapped accuracy over the scored layer-pair positions (scored: (positions in
   La, positions in Lb)) on the seed's half-sized subsets of the test rows (statistics.test_subsets; None for fewer
   than 4 test rows), "num_test": test rows}."""
   from xsim import transfer
-  bootstrap = transfer.Bootstrap(num_resamples=200, seed=seed)
-  mapped, floor = (transfer.probe_transfer(m, target_probe, source_probe, source_features, labels, k=k,
-                                           bootstrap=bootstrap, mesh=mesh) for m in (maps_fit, shuffled))
+  bootstrap = transfer.Bootstrap(num_resamples=stats.ci_resamples, level=stats.ci_level, seed=seed)
+  mapped, floor = (transfer.probe_transfer(m, *probe_fits, source_features, labels, k=k, bootstrap=bootstrap,
+                                           mesh=mesh) for m in map_fits)
   hits = mapped.mapped_hits[np.ix_(*scored)].reshape(-1, mapped.mapped_hits.shape[-1])  # [scored pairs, T]
   subsets = statistics.test_subsets(seed, stats.ci_resamples, hits.shape[1])
   subsample_max = None if subsets is None else np.nanmax(hits[:, subsets].mean(-1), axis=0)

@@ -141,7 +141,7 @@ def test_probe_subsamples_are_the_best_scored_accuracy_on_half_the_test_rows():
   maps = transfer.fit_linear_maps(xs[:, :40], ys[:, :40], transfer.Ridge(), seed=0)  # maps from other rows
   shuffled = transfer.fit_shuffled_maps(xs[:, :40], ys[:, :40], transfer.Ridge(), seed=0)
   target, source = (transfer.fit_logistic_probes(f[:, 40:], labels[40:], seed=2) for f in (ys, xs))
-  got = probes.scores(maps, shuffled, target, source, xs[:, 40:], labels[40:], seed=2,
+  got = probes.scores((maps, shuffled), (target, source), xs[:, 40:], labels[40:], seed=2,
                       scored=(np.array([1, 2]), np.array([1])), stats=statistics.StatisticsSettings(ci_resamples=9))
   test = target.split.test
   assert got["num_test"] == len(test) and len(got["mapped_subsample_max"]) == 9
