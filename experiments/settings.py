@@ -1,9 +1,10 @@
 """Config sections as frozen dataclasses: each field is a config key, its annotation the type the key takes.
 
 `check(cls, section, where)` lists every unknown key, missing key and value of the wrong type, named by its
-config path, and the class's own rules; `read(cls, section)` builds the settings (lists become tuples, ints given for floats become floats).
-A settings class adds its own range and cross-field rules as `problems(self) -> list[str]`. The validator and
-the runner read every section through these two functions, so the keys are declared once, by the fields.
+config path, and the class's own rules; `read(cls, section)` builds the settings (lists become tuples, ints given
+for floats become floats). A settings class adds its own range and cross-field rules as `problems(self) ->
+list[str]`. The validator and the runner read every section through these two functions, so the keys are declared
+once, by the fields.
 """
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
 """The tables step: a run's results turned into tidy rows and headline numbers, once.
 
 assemble: every stage's rows from its unit entries (each stage's tabulate, experiments/stages) -> the tidy tables of
-experiments/outputs.py, each pair's statistics per measure and seed (max, mean, argmax, permutation null and subsampling CI of the max over the scored layer
-pairs), the headline numbers (seed-averaged grids' maxima and means, within / cross-family groups and ratios, best
-maps, best probes) and the answer (experiments/answer.py). Everything is written to the workdir; the report, the
-plots and `experiments.compare` only read and draw it.
+experiments/outputs.py, each pair's statistics per measure and seed (max, mean, argmax, permutation null and
+subsampling CI of the max over the scored layer pairs), the headline numbers (seed-averaged grids' maxima and
+means, within / cross-family groups and ratios, best maps, best probes) and the answer (experiments/answer.py).
+Everything is written to the workdir; the report, the plots and `experiments.compare` only read and draw it.
 
 summary.json:
   {"pairs": {"A|B": {"relation", "num_samples", "measures": {"MEASURE|PREP": stats of the first seed},

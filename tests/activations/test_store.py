@@ -224,3 +224,17 @@ def test_a_real_file_size_limit(tmp_path):
   leftovers = [f for _, _, files in os.walk(tmp_path) for f in files if f.startswith(".tmp-") or "__lock" in f]
   assert leftovers == []
   assert not os.path.exists(tmp_path / "entry.json") and not os.path.exists(tmp_path / "big.npy")
+
+
+def test_chunks_swapped_between_layers_are_found_though_each_passes_its_crc(written):
+  """A chunk is intact on its own (its CRC32C holds wherever it lies); the per-layer SHA-256s bind it to its layer."""
+  path, x, _ = written
+  first, second = (os.path.join(path, "acts", "00002", "c", str(layer), "0", "0") for layer in (0, 2))
+  a, b = open(first, "rb").read(), open(second, "rb").read()
+  with open(first, "wb") as f:
+    f.write(b)
+  with open(second, "wb") as f:
+    f.write(a)
+  np.testing.assert_array_equal(load_store(path).array[0, 40:70], x[2, 40:70])  # swapped: reads pass, rows exchanged
+  with pytest.raises(CorruptStore, match="acts/00002: the rows of layer position 0 do not match their SHA-256"):
+    load_store(path, read_all=True)

@@ -3,7 +3,9 @@ each process writes its shards' rows in place, and a rerun resumes by skipping f
 
 Layout of a store directory:
   manifest.json            what the store holds (model, texts hash, pooling, layers, ...), progress, the SHA-256 of
-                           each file below that is not a chunk, and its own SHA-256
+                           each file below that is not a chunk, the SHA-256 of each shard's rows of each layer (so a
+                           chunk is bound to its layer and rows: chunks swapped between layers are found, though
+                           each passes its CRC32C), and its own SHA-256
   acts/NNNNN/              zarr v3 array [layers, rows, hidden] (store_dtype) of the rows of shard NNNNN, one chunk
                            per layer and block of rows, each chunk ending in its CRC32C (tensorstore checks it on
                            every read; a missing chunk is an error, never zeros)
@@ -30,8 +32,10 @@ from xsim.activations.rows import INDEX_DTYPE
 from xsim.errors import InputError
 from xsim.io import WRITE_FIXES, sha256, write_bytes, write_error
 
-MANIFEST_VERSION = 3  # 1: activations.npy without checksums; 2: index with a `valid` field (both refused)
-_PROGRESS_KEYS = ("complete", "num_rows", "shard_rows", "files", "sha256")  # not part of a store's identity
+# 1: activations.npy without checksums; 2: index with a `valid` field; 3: no per-layer digests (all refused)
+MANIFEST_VERSION = 4
+# Not part of a store's identity: what it has written so far.
+_PROGRESS_KEYS = ("complete", "num_rows", "shard_rows", "files", "layer_sha256", "sha256")
 _CHUNK_BYTES = 4 << 20  # rows per chunk: one layer's rows up to ~4 MiB, so one layer or a few rows read little
 _CHECK_BYTES = 256 << 20  # read_all reads at most this much at a time
 
@@ -43,6 +47,11 @@ class CorruptStore(InputError):
 
 class IncompleteStore(ValueError):
   """A store whose extraction has not finished (rerunning the extraction resumes it)."""
+
+
+def _layer_digests(acts: np.ndarray) -> list[str]:
+  """acts: [layers, rows, hidden] -> the SHA-256 of each layer's rows, as stored."""
+  return [sha256(np.ascontiguousarray(layer).tobytes()) for layer in acts]
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -155,12 +164,18 @@ class StoredArray:
       return self[...]
     return self._read(ts.cast(self._data, np.dtype(dtype)))  # converted chunk by chunk, no stored-dtype copy
 
-  def check(self) -> None:
-    """Reads every chunk once (each checked against its CRC32C), a few layers of one shard at a time."""
-    for part in self._parts:
+  def check(self, layer_sha256: list) -> None:
+    """Reads every chunk once (each checked against its CRC32C), a few layers of one shard at a time, and each
+    shard's rows of each layer against their SHA-256. layer_sha256: per part, (its array's name, the SHA-256 of
+    each layer's rows as _layer_digests wrote them)."""
+    for part, (name, digests) in zip(self._parts, layer_sha256):
       step = max(1, _CHECK_BYTES // max(1, part.shape[1] * part.shape[2] * self.dtype.itemsize))
-      for layer in range(0, part.shape[0], step):
-        self._read(part[layer:min(layer + step, part.shape[0])])  # tensorstore refuses slices past the end
+      for start in range(0, part.shape[0], step):
+        block = self._read(part[start:min(start + step, part.shape[0])])  # tensorstore refuses slices past the end
+        for offset, found in enumerate(_layer_digests(block)):
+          if found != digests[start + offset]:
+            raise self._corrupt(f"{name}: the rows of layer position {start + offset} do not match their SHA-256 "
+                                "(its chunks hold other layers' or rows' values)")
 
 
 def _axis_key(key, n: int):
@@ -258,7 +273,7 @@ class ActivationStore:
       files["zarr.json"] = self._write_array(self._array(k), acts)
     files["index.npy"] = write_bytes(os.path.join(self.path, self._shard(k, "index.npy")), _npy_bytes(index))
     files["stats.npz"] = write_bytes(os.path.join(self.path, self._shard(k, "stats.npz")), _npz_bytes(stats))
-    record = {"rows": int(acts.shape[1]), "files": files}
+    record = {"rows": int(acts.shape[1]), "files": files, "layer_sha256": _layer_digests(acts)}
     write_bytes(os.path.join(self.path, self._shard(k, "json")), json.dumps(record, sort_keys=True).encode())
 
   def _write_array(self, name: str, acts: np.ndarray) -> str:
@@ -313,7 +328,7 @@ class ActivationStore:
     files["index.npy"] = write_bytes(os.path.join(self.path, "index.npy"), _npy_bytes(index))
     files["stats.json"] = write_bytes(os.path.join(self.path, "stats.json"), summary)
     self.manifest = dict(self.manifest, complete=True, num_rows=len(index), shard_rows=[r["rows"] for r in records],
-                         files=files)
+                         files=files, layer_sha256=[r["layer_sha256"] for r in records])
     self._save_manifest()
 
   def load(self, read_all: bool = False) -> Activations:
@@ -343,7 +358,8 @@ class ActivationStore:
     if array.shape[1] != len(index):
       raise self._corrupt(f"its arrays hold {array.shape[1]} rows but index.npy has {len(index)}")
     if read_all:
-      array.check()
+      array.check([(self._array(k), digests) for k, (digests, rows) in
+                   enumerate(zip(self.manifest["layer_sha256"], self.manifest["shard_rows"])) if rows])
     return Activations(array=array, index=index, layers=layers, manifest=self.manifest, stats=stats, path=self.path)
 
 
