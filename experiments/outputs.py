@@ -73,7 +73,7 @@ def move_aside(workdir: str, names: Sequence[str]) -> list[str]:
   WORKDIR/previous/, so the workdir shows one config's results; -> the names moved."""
   moved = [n for n in names if os.path.exists(os.path.join(workdir, n))]
   for name in moved:
-    os.makedirs(os.path.join(workdir, PREVIOUS), exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.join(workdir, PREVIOUS, name)), exist_ok=True)
     os.replace(os.path.join(workdir, name), os.path.join(workdir, PREVIOUS, name))
   return moved
 

@@ -245,6 +245,12 @@ def write_report(workdir: str, config_dict: Mapping, environment: Mapping) -> tu
       "next_token.csv) and summary.json, which also holds the permutation nulls and subsampling CIs.")]
   if absent:
     head.append(Para("Not in this run: " + "; ".join(absent) + "."))
+  drawn = {block.path for block in body if isinstance(block, Image)}
+  stale = outputs.move_aside(workdir, [f"{FIGURES}/{n}" for n in sorted(os.listdir(figures)) if n.endswith(".png")
+                                       and f"{FIGURES}/{n}" not in drawn] if os.path.isdir(figures) else [])
+  if stale:
+    head.append(Para(f"{len(stale)} figures of an earlier run in this workdir, which this run does not draw, were "
+                     f"moved to {outputs.PREVIOUS}/{FIGURES}/."))
   if summary.get("moved_aside"):
     head.append(Para(f"An earlier run in this workdir, with another config, wrote {', '.join(summary['moved_aside'])}, "
                      f"which this run's config does not: moved to {outputs.PREVIOUS}/, so every table here is this "

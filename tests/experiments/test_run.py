@@ -426,6 +426,9 @@ def test_a_rerun_with_stages_disabled_shows_only_its_own_tables(finished_run, ti
   report = open(os.path.join(workdir, "report.md")).read()
   assert "Next-token transfer by patching" not in report and "Probe transfer" not in report
   assert "moved to previous/" in report
+  stale = os.listdir(os.path.join(workdir, "previous", "figures"))  # the probes' figure, no longer drawn
+  assert stale and all(not os.path.exists(os.path.join(workdir, "figures", n)) for n in stale)
+  assert f"{len(stale)} figures of an earlier run" in report
   for table in ("similarity.csv", "transfer.csv"):
     assert open(os.path.join(workdir, table)).read() == open(os.path.join(finished_run[0] + "-pristine", table)).read()
 
