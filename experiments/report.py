@@ -51,10 +51,13 @@ def _similarity_blocks(headline: dict, summary: dict, figures: list[Image]) -> l
       "half of the samples without replacement, so debiased CKA is not inflated by duplicated rows; the interval "
       "also removes the estimate's small-sample bias, so for biased CKA, whose bias is large when the dimension "
       "exceeds the number of samples, it can lie below the estimate) and the "
-      f"permutation null are computed for the CKA measures, '{MISSING}' elsewhere. null max q95: the 95th "
+      f"permutation null are computed for CKA and the neighbour measures (mutual k-NN, CKNNA), '{MISSING}' "
+      "elsewhere. null max q95: the 95th "
       "percentile of the max over those layer pairs with the rows of one model permuted; a max below it is what "
       "chance and the choice of the best pair alone give (STUDY.md, point 6). p (max): the permutation p-value of "
-      "the observed max against that null. The heatmaps show every layer pair.")]
+      "the observed max against that null; clears null: whether the max exceeds that q95 (Groger, Wen and Brbic "
+      "2026: after calibration much global convergence disappears while neighbour agreement may survive). The "
+      "heatmaps show every layer pair.")]
   non_finite = [f"{p['model_a']} vs {p['model_b']}, {p['measure']}|{p['preprocess']}" for p in headline["similarity"]
                 if p["argmax"] is None]
   if non_finite:
@@ -72,13 +75,13 @@ def _similarity_blocks(headline: dict, summary: dict, figures: list[Image]) -> l
       rows.append((f"{a} vs {b}", p["relation"], fmt(p["max"]), fmt_ci(e.get("max_ci")),
                    fmt_ci(p["max_seed_range"]),
                    fmt_layers(p["argmax"], p["argmax_depth"]) if p["argmax"] else MISSING, fmt(p["mean"]),
-                   fmt(e.get("null_max_q95")), fmt(e.get("p_value")), "x".join(map(str, p["layers"])),
+                   fmt(e.get("null_max_q95")), fmt(e.get("p_value")), _above_null(e), "x".join(map(str, p["layers"])),
                    p["num_seeds"], n))
     groups = [(g["relation"], g["num_pairs"], fmt(g["mean_max"]), fmt(g["mean_mean"]))
               for g in headline["groups"] if (g["measure"], g["preprocess"]) == (measure, prep)]
     blocks += [Heading(3, f"{measure}, preprocess={prep}"),
                Table(("pair", "relation", "max", f"max {ci}", "seed range", "argmax layers (depths)", "mean",
-                      "null max q95", "p (max)", "grid", "seeds", "n"), tuple(rows)),
+                      "null max q95", "p (max)", "clears null", "grid", "seeds", "n"), tuple(rows)),
                Table(("relation", "pairs", "mean of max", "mean of mean"), tuple(groups))]
     ratio = next((r for r in headline["ratios"] if (r["measure"], r["preprocess"]) == (measure, prep)), None)
     if ratio is not None:
@@ -91,6 +94,14 @@ def _similarity_blocks(headline: dict, summary: dict, figures: list[Image]) -> l
         "Model A's layers on the vertical axis, B's on the horizontal, ticks 'layer (relative depth)'; the red box "
         "is the max. One colour scale per measure across all pairs and preprocessings.")] + figures
   return blocks
+
+
+def _above_null(stats: dict) -> str:
+  """'yes' where a pair's max (of the first seed) exceeds the 95th percentile of its permutation null, 'no' where it
+  does not, MISSING without a null."""
+  if stats.get("null_max_q95") is None or stats.get("max") is None:
+    return MISSING
+  return "yes" if stats["max"] > stats["null_max_q95"] else "no"
 
 
 def _answer_blocks(answer: dict, level) -> list:

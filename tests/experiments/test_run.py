@@ -101,7 +101,8 @@ def test_seeds_vary_the_random_baselines_and_splits_but_not_the_real_pair(finish
   assert summary["seeds"] == [0, 1]
   cache = os.listdir(os.path.join(workdir, "cache", "similarity"))
   knn = lambda b: [f for f in cache if f.startswith(f"tiny-llama__{b}__mutual_knn__")]
-  assert len(knn("tiny-gemma")) == 2 and len(knn("tiny-gemma@random")) == 4  # seed-free for the real pair
+  # mutual k-NN has a permutation null and CIs (drawn per seed), so like CKA its units are per seed for every pair
+  assert len(knn("tiny-gemma")) == 4 and len(knn("tiny-gemma@random")) == 4
   assert set(summary["pairs"]["tiny-llama|tiny-gemma"]["measures_by_seed"]) == {"0", "1"}
 
 
@@ -453,3 +454,14 @@ def test_cache_entries_swapped_between_units_are_named_and_recomputed(finished_r
     assert json.load(open(entry))["written_as"] == os.path.basename(entry) and cache.read(entry) is not None
   for table in TABLES:
     assert open(os.path.join(workdir, table)).read() == open(os.path.join(finished_run[0] + "-pristine", table)).read()
+
+
+def test_neighbour_measures_carry_a_null_a_p_value_and_a_ci(finished_run):
+  workdir, summary = finished_run
+  for pair in ("tiny-llama|tiny-gemma", "tiny-llama|tiny-gemma@random"):
+    for prep in ("none", "standardize"):
+      stats = summary["pairs"][pair]["measures"][f"mutual_knn|{prep}"]
+      assert 0 <= stats["null_max_q95"] <= 1 and 0 < stats["p_value"] <= 1 and len(stats["max_ci"]) == 2
+  report = open(os.path.join(workdir, "report.md")).read()
+  section = report.split("### mutual_knn, preprocess=none")[1].split("###")[0]
+  assert "| clears null |" in section and ("| yes |" in section or "| no |" in section)
