@@ -4,10 +4,11 @@ r"""Runs a study from a config: extraction, similarity for all layer pairs, tran
   python -m experiments.run --config experiments/configs/demo.py --config.data.num_texts=128 --workdir runs/small
   python -m experiments.run --config experiments/configs/demo.py:qwen --config.models.0.dtype=bfloat16 ...
 
-The stages, in order: validate the config (before any work), take the workdir's lock, extract every model's
-activations (experiments/extraction.py), compute the comparison units (experiments/units.py: similarity chunks and
-maps, then probes and next-token transfer), turn them into tables and headline numbers (experiments/tables.py)
-and render the report (experiments/report.py). Every expensive result is a content-keyed, verified entry in the
+In order: validate the config (before any work) and read it once (experiments/study.py), take the workdir's lock,
+extract every model's activations (experiments/extraction.py), let every stage of experiments/stages (similarity,
+maps, next-token transfer, probes) plan its units for each pair and seed and compute them (experiments/units.py:
+phase 1, then phase 2, which reads the maps), turn the units' results into tables and headline numbers through each
+stage's tabulate (experiments/tables.py) and render the report (experiments/report.py). Every expensive result is a content-keyed, verified entry in the
 workdir, written atomically, so a rerun after a crash or with a changed config does only what is missing. Under
 jax.distributed (see launch/), every process extracts its share of texts and computes its share of the units on
 its own devices; process 0 alone writes the tables and the report.

@@ -9,7 +9,8 @@ A stage module has:
             (experiments/units.make);
   compute(settings, ctx, unit) -> the unit's JSON-able result;
   tabulate(settings, ctx, pair, seed, entries, out) -> adds the rows, summary and resamples of the pair and seed
-            to `out` (experiments/tables.Tables) from its units' results (entries: [(unit, result)]).
+            to `out` (experiments/tables.Tables) from its units' results (entries: [(unit, result)]);
+  finish(settings, ctx, pairs), optional: after the tables are written (the maps stage removes its checkpoints).
 ctx is the run's experiments/context.Context. The runner plans, computes and tabulates by looping over STAGES; a new
 stage is a module with these parts and a line here.
 """
