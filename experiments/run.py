@@ -170,11 +170,11 @@ def sigterm_handler(workdir: str, grace_s: float):
 
 def main(argv):
   del argv
-  if _WORKDIR.value is None or _CONFIG.value is None:
-    raise app.UsageError("Pass --config=experiments/configs/NAME.py and --workdir=DIR.")
-  signal.signal(signal.SIGTERM, sigterm_handler(_WORKDIR.value, _STOP_GRACE.value))
-  quiet_third_party_info()
   with cli.user_errors():
+    if _WORKDIR.value is None or _CONFIG.value is None:
+      raise ConfigError("Pass --config=experiments/configs/NAME.py and --workdir=DIR.")
+    signal.signal(signal.SIGTERM, sigterm_handler(_WORKDIR.value, _STOP_GRACE.value))
+    quiet_third_party_info()
     run(_CONFIG.value, _WORKDIR.value, _LOCK_WAIT.value, _XLA_CACHE.value)
 
 
@@ -205,4 +205,8 @@ if __name__ == "__main__":
   sys.argv = bracket_list_indices(sys.argv)  # config_flags reads its overrides from sys.argv
   with cli.user_errors():
     check_overrides(sys.argv)
-  app.run(main)
+    try:  # an override of the wrong type (--config.data.num_texts=abc): a command-line error, exit code 2
+      remaining = flags.FLAGS(sys.argv)
+    except flags.Error as e:
+      raise ConfigError(f"Invalid command line: {e}") from e
+  app.run(main, flags_parser=lambda argv: remaining)  # parsed once: config_flags defines its overrides as it parses

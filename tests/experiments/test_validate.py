@@ -104,6 +104,11 @@ def test_command_line_overrides_reach_validation_before_any_work(tmp_path):
        f"--workdir={tmp_path / 'run'}"], cwd=root, capture_output=True, text=True, timeout=300)
   assert result.returncode != 0 and "--config.foo: the config has no key 'foo' (valid: [" in result.stderr
   assert result.returncode == 2 and "Traceback" not in result.stderr
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.run", "--config=experiments/configs/demo.py", "--config.data.num_texts=abc",
+       f"--workdir={tmp_path / 'run'}"], cwd=root, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2 and "Traceback" not in result.stderr
+  assert "Invalid command line: flag --config.data.num_texts=abc" in result.stderr
 
 
 def test_types_ranges_and_cross_field_rules_are_checked_before_any_work():
