@@ -11,7 +11,8 @@ from experiments.study import Pair, Study
 
 @dataclasses.dataclass(eq=False)
 class Context:
-  """A run's inputs for its stages. pair_data keeps the last pair's arrays for that pair's next unit."""
+  """A run's inputs for its stages. pair_data keeps the last pair's arrays for that pair's next unit; layout keeps
+  every pair's layout (tabulated by every stage)."""
   study: Study
   stores: extraction.Stores
   texts: list
@@ -20,6 +21,7 @@ class Context:
   mesh: object = None
   models: Optional[extraction.ModelCache] = None
   _data: tuple = (None, None)
+  _layouts: dict = dataclasses.field(default_factory=dict)
 
   @property
   def stats(self):
@@ -37,7 +39,10 @@ class Context:
     return self._data[1]
 
   def layout(self, pair: Pair, seed: int) -> extraction.PairLayout:
-    return extraction.pair_layout(self.stores, pair, seed)
+    key = (pair, self.stores.get(pair.b, seed).path)
+    if key not in self._layouts:
+      self._layouts[key] = extraction.pair_layout(self.stores, pair, seed)
+    return self._layouts[key]
 
   def identity(self, pair: Pair, seed: int) -> tuple:
     """What a pair's activations are: its two stores' manifests (models, texts, extraction settings)."""
