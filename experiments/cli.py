@@ -6,15 +6,13 @@ the traceback of a user's error too; an unexpected error always shows it.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import sys
 
 from absl import logging
 
 from xsim import errors
-
-_STORAGE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+from xsim.io import WRITE_FIXES
 
 
 def _exit_code(error: BaseException) -> int | None:
@@ -23,7 +21,7 @@ def _exit_code(error: BaseException) -> int | None:
     return error.exit_code
   if isinstance(error, FileNotFoundError):
     return errors.InputError.exit_code
-  if isinstance(error, OSError) and error.errno in _STORAGE:
+  if isinstance(error, OSError) and error.errno in WRITE_FIXES:  # the write failures a user can fix
     return errors.StorageError.exit_code
   return None
 

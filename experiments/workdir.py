@@ -26,13 +26,15 @@ import time
 
 from absl import logging
 
+from experiments import outputs
 from xsim import errors
 
 LOCK_NAME = ".xsim.lock"
 MARKER = ".xsim-workdir"  # written into every workdir a run uses: the folder is xsim's
 # What xsim writes into a workdir: the stores, cache and figures folders, tables, summary, config, report, the ladder.
 LAYOUT = re.compile(r"(activations|cache|figures|previous|step-\d+|\.xsim-workdir|\.xsim\.lock|config\.json|"
-                    r"summary\.json|report\.(md|html)|ladder\.(md|json)|(similarity|transfer|probes|next_token)\.csv)")
+                    r"summary\.json|report\.(md|html)|ladder\.(md|json)|"
+                    + "|".join(re.escape(name) for name in outputs.TABLES) + ")")
 # Names become parts of file names that join two of them with a content key (cache/STAGE/A__B__...-KEY.json);
 # 80 characters keep those within the 255 that file systems allow.
 MAX_NAME = 80
