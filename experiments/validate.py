@@ -94,19 +94,19 @@ def validate_config(cfg) -> None:
 def _cross_section_problems(read: dict) -> list[str]:
   """Rules between sections (read: each section's settings, None where a key or type is wrong)."""
   errors = []
-  data, nt, mesh, extraction, similarity = (read.get(k) for k in ("data", "next_token", "mesh", "extraction",
-                                                                     "similarity"))
+  data, nt, probes, mesh, extraction, similarity = (
+      read.get(k) for k in ("data", "next_token", "probes", "mesh", "extraction", "similarity"))
   if data is not None and similarity is not None and similarity.knn_k >= data.num_texts:
     errors.append(f"similarity.knn_k={similarity.knn_k} must be below data.num_texts={data.num_texts} (each row "
                   "needs k other rows as neighbours)")
-  if nt is not None and nt.enabled:
-    samples = nt.probe_samples if data is None else min(nt.probe_samples, data.num_texts)
-    if nt.probe_classes and (nt.probe_classes < 5 or samples < 2 * nt.probe_classes):
-      errors.append(f"next_token.probe_classes={nt.probe_classes} must be 0 (no token probe) or >= 5 (top-5 is "
-                    f"scored), with at least 2 x probe_classes samples (min(probe_samples, data.num_texts) = "
-                    f"{samples}) so the training rows can hold that many tokens")
+  token_probe = probes is not None and probes.token_classes
+  if token_probe and data is not None and data.num_texts < 2 * probes.token_classes:
+    errors.append(f"probes.token_classes={probes.token_classes} needs at least 2 x token_classes samples, but "
+                  f"data.num_texts={data.num_texts}; lower token_classes or use more texts")
+  if nt is not None and (nt.enabled or token_probe):
     if data is not None and data.max_words is not None and nt.max_words >= data.max_words:
-      errors.append(f"next_token.max_words must be below data.max_words ({data.max_words}) so a next word exists")
+      errors.append(f"next_token.max_words must be below data.max_words ({data.max_words}) so a next word exists "
+                    "(next-token patching and the token probe split texts there)")
   if mesh is not None and extraction is not None and not mesh.problems():
     if extraction.batch_size % max(mesh.data_size, 1):
       errors.append(f"extraction.batch_size={extraction.batch_size} must be a multiple of the mesh data axis "
@@ -120,7 +120,8 @@ def validate_depths(cfg, num_layers: Mapping[str, int]) -> None:
   from experiments.study import Study
   from xsim import layer_select
   s = Study.from_config(cfg)
-  errors, min_layer, next_token = [], s.statistics.min_layer, s.stages["next_token"]
+  errors, min_layer = [], s.statistics.min_layer
+  next_words = s.stages["next_token"].enabled or s.stages["probes"].token_classes
   for name, blocks in num_layers.items():
     error = layer_select.depth_error(s.extraction.layers, blocks, name)
     if error:
@@ -130,8 +131,8 @@ def validate_depths(cfg, num_layers: Mapping[str, int]) -> None:
     if max(layers) < min_layer:
       errors.append(f"statistics.min_layer={min_layer} leaves no layer of {name} to score (its layers: "
                     f"{layers}); lower it")
-    if next_token.enabled and not any(l >= 1 for l in layers):
-      errors.append(f"next_token matches block outputs, but {name} extracts only {layers}; add block layers or "
-                    "disable next_token")
+    if next_words and not any(l >= 1 for l in layers):
+      errors.append(f"next_token and the token probe match block outputs, but {name} extracts only {layers}; add "
+                    "block layers or disable next_token and probes.token_classes")
   if errors:
     raise ConfigError("Invalid config for these models:\n  - " + "\n  - ".join(errors))

@@ -21,8 +21,8 @@ def get_config(arg=None):
   c.statistics = dict(min_layer=1, permutations=100, ci_resamples=100, ci_level=0.95)
   c.baselines = dict(random_init=True)
   c.transfer = dict(method="ridge", val_fraction=0.2, test_fraction=0.2)
-  c.next_token = dict(enabled=True, max_words=12, num_samples=128, num_depths=5, probe_classes=20, probe_samples=384)
-  c.probes = dict(tasks=["capitals"], num_examples=300)
+  c.next_token = dict(enabled=True, max_words=12, num_samples=128, num_depths=5)
+  c.probes = dict(tasks=["capitals"], num_examples=300, token_classes=20, token_samples=384)
   c.mesh = dict(data=-1, model=1)
   c.seeds = [0]
   return c

@@ -81,9 +81,8 @@ def get_config(arg=None):
   c.transfer.keep_maps = False
   # Patching runs the target once per sample batch, depth pair and condition (27 passes of a Qwen at 9 depths):
   # one batch of 16 samples; the token probe reads all 128 texts' prefixes.
-  c.next_token = dict(enabled=True, max_words=16, num_samples=16, num_depths=9, probe_classes=16,
-                      probe_samples=NUM_TEXTS)
-  c.probes = dict(tasks=["cities", "larger_than"], num_examples=128)
+  c.next_token = dict(enabled=True, max_words=16, num_samples=16, num_depths=9)
+  c.probes = dict(tasks=["cities", "larger_than"], num_examples=128, token_classes=16, token_samples=NUM_TEXTS)
   c.mesh = dict(data=-1, model=1, layers_per_unit=16)
   c.seeds = [0]
   return c

@@ -35,10 +35,9 @@ def get_config(arg=None):
   # Untuned ridge on raw activations: sklearn Ridge(alpha=1e-4) is lambda = 1e-4; xsim's penalty is lambda per
   # training row, and 60% of 5,000 rows train.
   c.transfer = dict(method="ridge", val_fraction=0.2, test_fraction=0.2, standardize=False, penalties=[1e-4 / 3000])
+  c.next_token = dict(enabled=True, max_words=24, num_samples=1000, num_depths=9)
   # The published token probe: the 500 most frequent next tokens, top-1 / top-5.
-  c.next_token = dict(enabled=True, max_words=24, num_samples=1000, num_depths=9, probe_classes=500,
-                      probe_samples=5000)
-  c.probes = dict(tasks=TASKS, num_examples=5000)
+  c.probes = dict(tasks=TASKS, num_examples=5000, token_classes=500, token_samples=5000)
   c.mesh = dict(data=-1, model=1)
   c.seeds = [0]
   return c

@@ -12,5 +12,5 @@ def get_config(arg=None):
   c = aligned.get_config()
   c.data.num_texts = int(arg) if arg else 1000
   # The token probe needs several examples of each class: 500 classes from 5,000 texts, fewer below that.
-  c.next_token.probe_classes = min(500, c.data.num_texts // 10)
+  c.probes.token_classes = min(500, c.data.num_texts // 10)
   return c

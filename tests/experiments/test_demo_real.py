@@ -15,7 +15,8 @@ def test_reduced_demo_on_real_checkpoints(tmp_path):
   c.statistics.permutations = 19
   c.statistics.ci_resamples = 20
   c.probes.num_examples = 48
-  c.next_token.update(num_samples=16, probe_classes=5, probe_samples=32)
+  c.next_token.num_samples = 16
+  c.probes.update(token_classes=5, token_samples=32)
   summary = runner.run(c, str(tmp_path))
   for name in ("similarity.csv", "transfer.csv", "probes.csv", "next_token.csv", "summary.json", "report.md",
                "report.html"):

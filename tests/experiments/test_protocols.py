@@ -20,8 +20,8 @@ def offline(config, model_root):
   c.data.update(source="corpus:sotu", num_texts=48, min_chars=200)
   c.extraction.batch_size = 8
   c.statistics.update(permutations=19, ci_resamples=20)
-  c.probes = dict(tasks=["capitals"], num_examples=64)
-  c.next_token.update(num_samples=16, probe_classes=5, probe_samples=48)
+  c.probes = dict(tasks=["capitals"], num_examples=64, token_classes=5, token_samples=48)
+  c.next_token.num_samples = 16
   if str(c.extraction.layers).startswith("depths:"):  # the tiny checkpoints have 3 blocks: 9 depths are refused
     c.extraction.layers = "depths:3"
     c.next_token.num_depths = 3

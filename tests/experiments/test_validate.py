@@ -27,14 +27,14 @@ def test_every_problem_is_listed():
   c.seeds = [0, 0]
   c.statistics.min_layer = -1
   c.statistics.ci_resamples = 5
-  c.next_token.probe_classes = 200  # more classes than 384 samples can train
+  c.probes.token_classes = 200  # more classes than 384 samples can train
   with pytest.raises(ValueError) as error:
     validate_config(c)
   message = str(error.value)
   for fragment in ("unknown top-level key 'surprise'", "names must be unique", "'./no/such/model'",
                    "dtype 'float8'", "pooling 'max'", "'depths:x'", "'nonsense'", "'whiten'", "'mystery'",
                    "num_texts=3", "fractions", "seeds must be a non-empty list of distinct ints",
-                   "min_layer=-1", "ci_resamples", "probe_classes=200"):
+                   "min_layer=-1", "ci_resamples", "token_classes=200"):
     assert fragment in message, fragment
 
 
@@ -96,7 +96,7 @@ def test_command_line_overrides_reach_validation_before_any_work(tmp_path):
        f"--workdir={tmp_path / 'run'}"], cwd=root, capture_output=True, text=True, timeout=300)
   assert result.returncode == 2 and "Traceback" not in result.stderr  # a config error: its message, exit code 2
   for fragment in ("Invalid config", "model smollm2-135m: dtype 'float8'", "model qwen-coder-1.5b: No model directory or GGUF file at './nowhere'",
-                   "num_texts=3", "min(probe_samples, data.num_texts) = 3"):
+                   "num_texts=3", "probes.token_classes=20 needs at least 2 x token_classes samples, but data.num_texts=3"):
     assert fragment in result.stderr, fragment
   assert not os.path.exists(tmp_path / "run" / "activations")
   result = subprocess.run(

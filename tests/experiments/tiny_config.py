@@ -14,6 +14,7 @@ def get_config(arg):
   c.statistics.permutations = 19
   c.statistics.ci_resamples = 20
   c.probes.num_examples = 64
-  c.next_token.update(num_samples=32, probe_classes=5, probe_samples=48)
+  c.next_token.num_samples = 32
+  c.probes.update(token_classes=5, token_samples=48)
   c.seeds = [0, 1]
   return c
