@@ -127,8 +127,8 @@ def fmt_ratio(x) -> str:
 
 
 def fmt_ci(ci) -> str:
-  """An interval (lo, hi) as "[lo, hi]" (MISSING for None)."""
-  return MISSING if ci is None else f"[{fmt(ci[0])}, {fmt(ci[1])}]"
+  """An interval (lo, hi) as "[lo, hi]" (MISSING for None or a NaN bound: no interval)."""
+  return MISSING if ci is None or np.isnan(ci).any() else f"[{fmt(ci[0])}, {fmt(ci[1])}]"
 
 
 def fmt_ci_label(level) -> str:

@@ -7,8 +7,8 @@ transfer.csv    one row per (source, target) x layer pair x method x seed:
   source, target, relation, method, layer_a, layer_b, depth_a, depth_b, r2, r2_shuffled, r2_mean, seed
 probes.csv      one row per task x (source, target) x layer pair x seed:
   task, source, target, relation, layer_a, layer_b, depth_a, depth_b, acc_mapped, acc_mapped_lo, acc_mapped_hi
-  (the target's probe on
-  mapped source activations, with its bootstrap CI), acc_shuffled (the same through the shuffled-pair map),
+  (the target's probe on mapped source activations, with its subsampling CI on half-sized subsets of the test
+  rows), acc_shuffled (the same through the shuffled-pair map),
   acc_target (ceiling), acc_source (the source's own probe), acc_majority (constant prediction), seed.
   Binary tasks are scored top-1; the published next-token probe appears as tasks next_token_top1 / next_token_top5
   (top-k accuracy over the target's most frequent next tokens; majority = its k most frequent tokens)

@@ -200,8 +200,8 @@ def probe_plot(best: Sequence[dict], out_dir: str) -> list[str]:
       heights = np.array([r[column] for r in group])
       err = None
       if column == "acc_mapped":
-        err = np.maximum(0.0, [[r["acc_mapped"] - r["acc_mapped_lo"] for r in group],
-                               [r["acc_mapped_hi"] - r["acc_mapped"] for r in group]])
+        err = np.nan_to_num(np.maximum(0.0, [[r["acc_mapped"] - r["acc_mapped_lo"] for r in group],
+                                             [r["acc_mapped_hi"] - r["acc_mapped"] for r in group]]))  # NaN: none
       ax.bar(x + (k - (len(bars) - 1) / 2) * width, heights, width, yerr=err, capsize=3, label=label, color=colour)
     labels = [f"{r['source']}\n-> {r['target']}\n({r['relation']}, layers {r['layer_a']},{r['layer_b']})"
               + (f"\nseed {r['seed']}" if len(seeds) > 1 else "") for r in group]

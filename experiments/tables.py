@@ -18,6 +18,7 @@ summary.json:
 from __future__ import annotations
 
 import collections
+import math
 import os
 from typing import Sequence
 
@@ -43,6 +44,7 @@ def scored_rows(rows: Sequence[dict], min_layer: int) -> list[dict]:
 
 _ACCURACIES = ("acc_mapped", "acc_mapped_lo", "acc_mapped_hi", "acc_shuffled", "acc_target", "acc_source",
                "acc_majority")
+_INTERVAL = ("acc_mapped_lo", "acc_mapped_hi")  # NaN where fewer than 4 test rows leave no interval
 
 
 def best_probe_rows(rows: Sequence[dict]) -> list[dict]:
@@ -50,7 +52,7 @@ def best_probe_rows(rows: Sequence[dict]) -> list[dict]:
   "num_layer_pairs" (how many layer pairs it was chosen from), sorted by task, relation, source, target, seed."""
   groups = collections.defaultdict(list)
   for i, row in enumerate(rows):
-    bad = [k for k in _ACCURACIES if not 0.0 <= row[k] <= 1.0]
+    bad = [k for k in _ACCURACIES if not 0.0 <= row[k] <= 1.0 and not (k in _INTERVAL and math.isnan(row[k]))]
     if bad:
       raise ValueError(f"probes row {i} has {', '.join(f'{k}={row[k]}' for k in bad)} outside [0, 1]; "
                        "accuracies are fractions, not percentages.")

@@ -1,4 +1,4 @@
-"""xsim.resampling: subsets drawn without replacement and the bootstrap interval of a mean (permutations,
+"""xsim.resampling: subsets drawn without replacement and the subsampling interval of a mean (permutations,
 p-values and the subsampling interval are tested through xsim.similarity in tests/similarity/test_stats.py)."""
 import jax
 import numpy as np
@@ -18,18 +18,33 @@ def test_subsets_are_the_first_rows_of_permutations():
     resampling.subsets(key, 20, n, size=n)
 
 
-def test_bootstrap_mean_ci_matches_the_normal_approximation():
+def test_mean_interval_is_the_subsampling_interval_of_the_mean():
   rng = np.random.default_rng(3)
   hits = (rng.random((2, 4000)) < np.array([[0.7], [0.2]])).astype(np.float32)
-  ci = np.asarray(resampling.bootstrap_mean_ci(hits, num_resamples=2000, seed=1))
-  mean = hits.mean(axis=1)
-  half = 1.96 * np.sqrt(mean * (1 - mean) / hits.shape[1])
-  np.testing.assert_allclose(ci[:, 0], mean - half, atol=0.15 * half.max())
-  np.testing.assert_allclose(ci[:, 1], mean + half, atol=0.15 * half.max())
-  # Rows are drawn once for all entries (paired): identical entries get identical intervals.
-  paired = np.asarray(resampling.bootstrap_mean_ci(np.stack([hits[0], hits[0]]), num_resamples=200, seed=4))
+  subsets = resampling.subsets(jax.random.PRNGKey(1), 400, hits.shape[1])
+  ci = np.asarray(resampling.mean_interval(hits, subsets))
+  # The same interval from a float64 NumPy recomputation: estimate - sqrt(s / (n - s)) * quantiles of deviations.
+  rows = np.asarray(subsets)
+  estimate, means = hits.astype(np.float64).mean(1), hits.astype(np.float64)[:, rows].mean(-1)  # [2], [2, R]
+  scale = np.sqrt(rows.shape[1] / (hits.shape[1] - rows.shape[1]))
+  deviations = means - estimate[:, None]
+  expected = np.stack([estimate - scale * np.quantile(deviations, 0.975, axis=1),
+                       estimate - scale * np.quantile(deviations, 0.025, axis=1)], -1)
+  np.testing.assert_allclose(ci, expected, atol=1e-5)
+  # ... which covers the mean about as the normal approximation does.
+  half = 1.96 * np.sqrt(estimate * (1 - estimate) / hits.shape[1])
+  np.testing.assert_allclose(ci[:, 0], estimate - half, atol=0.2 * half.max())
+  np.testing.assert_allclose(ci[:, 1], estimate + half, atol=0.2 * half.max())
+  # The rows are the same for every entry (paired): identical entries get identical intervals.
+  paired = np.asarray(resampling.mean_interval(np.stack([hits[0], hits[0]]), subsets))
   np.testing.assert_array_equal(paired[0], paired[1])
-  np.testing.assert_allclose(resampling.bootstrap_mean_ci(np.full((5,), 0.25), num_resamples=50), [0.25, 0.25],
-                             rtol=1e-6)
+  # Bounds clip the interval to the scores' range: all hits but one of 41 leave a basic interval above 1.
+  nearly = np.ones(41, np.float32)
+  nearly[0] = 0.0
+  few = resampling.subsets(jax.random.PRNGKey(2), 50, 41)
+  assert float(resampling.mean_interval(nearly, few)[1]) > 1.0
+  assert float(resampling.mean_interval(nearly, few, bounds=(0.0, 1.0))[1]) == 1.0
   with pytest.raises(ValueError, match="level"):
-    resampling.bootstrap_mean_ci(hits, level=1.5)
+    resampling.mean_interval(hits, subsets, level=1.5)
+  with pytest.raises(ValueError, match="subsets"):
+    resampling.mean_interval(hits[:, :100], subsets)

@@ -1,12 +1,12 @@
 """Resampling primitives shared by similarity and transfer: row permutations, subsets drawn without replacement,
-the subsampling interval, permutation p-values and the bootstrap interval of a mean. Pure functions of arrays."""
+the subsampling interval (of any estimate, and of a mean of per-row scores) and permutation p-values. Pure
+functions of arrays."""
 from __future__ import annotations
 
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 
 def permutations(key: jax.Array, num: int, n: int) -> jnp.ndarray:
@@ -53,34 +53,19 @@ def p_value(observed, null) -> jnp.ndarray:
   return (1.0 + jnp.sum(null >= observed, axis=0)) / (null.shape[0] + 1.0)
 
 
-def bootstrap_mean_ci(values, *, num_resamples: int = 1000, level: float = 0.95, seed: int = 0):
-  """Percentile bootstrap confidence interval of the mean over the last axis (the rows).
-
-  Unlike xsim.similarity.bootstrap_ci (any measure of two arrays, a JAX key, a tuple of bounds), this takes
-  per-row scores, whose resampled means need no recomputation: a resample's mean is counts . values / m with
-  counts the multiplicity of each row in the draw, so all resamples cost one [..., m] x [m, R] matmul. Every
-  entry of the leading axes is resampled with the same row draws, so intervals of scores taken on the same rows
-  (a map, its ceiling, its baseline) are paired.
-
-  Args:
-    values: [..., m] per-row scores (e.g. 0/1 hits).
-    num_resamples: R, number of bootstrap resamples.
-    level: coverage of the interval, in (0, 1).
-    seed: seeds the row draws.
-
-  Returns:
-    [..., 2] lower and upper bounds.
-  """
-  if not 0.0 < level < 1.0:
-    raise ValueError(f"level={level} must lie in (0, 1), e.g. 0.95.")
-  if num_resamples < 2:
-    raise ValueError(f"num_resamples={num_resamples} must be at least 2.")
-  values = jnp.asarray(values, jnp.float32)
-  num_rows = values.shape[-1]
-  draws = np.random.default_rng(seed).integers(0, num_rows, size=(num_resamples, num_rows))
-  offsets = num_rows * np.arange(num_resamples)[:, None]  # one bincount for all resamples (XLA's CPU scatter is slow)
-  counts = np.bincount((draws + offsets).ravel(), minlength=num_resamples * num_rows).reshape(draws.shape)
-  means = jnp.einsum("...m,rm->...r", values, jnp.asarray(counts, jnp.float32),
-                     precision=jax.lax.Precision.HIGHEST) / num_rows
-  tail = (1.0 - level) / 2.0
-  return jnp.moveaxis(jnp.quantile(means, jnp.array([tail, 1.0 - tail]), axis=-1), 0, -1)
+def mean_interval(values, subsets, *, level: float = 0.95, bounds: Optional[tuple] = None):
+  """-> [..., 2]: the subsampling interval (subsample_interval) of the mean over the last axis of per-row scores
+  values [..., m] (e.g. 0/1 hits), from subsets [R, s] of the m rows (`subsets`). Every entry of the leading axes
+  is resampled on the same rows, so intervals of scores on the same rows (a map, its ceiling, its baseline) are
+  paired; bounds (low, high) clip the interval to the scores' range (a basic interval can leave it, e.g. (0, 1)
+  for accuracies)."""
+  values, subsets = jnp.asarray(values, jnp.float32), jnp.asarray(subsets)
+  m = values.shape[-1]
+  if subsets.ndim != 2 or int(subsets.max()) >= m:
+    raise ValueError(f"subsets must be [R, s] rows of the {m} scored rows, got shape {subsets.shape} with max "
+                     f"{int(subsets.max())}; draw them with subsets(key, R, {m}).")
+  samples = jnp.moveaxis(values[..., subsets].mean(-1), -1, 0)  # [R, ...]
+  low, high = subsample_interval(values.mean(-1), samples, m, size=subsets.shape[1], level=level)
+  if bounds is not None:
+    low, high = jnp.clip(low, *bounds), jnp.clip(high, *bounds)
+  return jnp.stack([low, high], -1)

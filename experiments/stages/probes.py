@@ -23,8 +23,9 @@ from experiments.units import make_unit
 
 NAME, SECTION, PHASE = "probes", "probes", 2
 # Part of every probe and next-token key: bump it when the probe solver's numbers change (2: L-BFGS in the span of
-# the training rows; 3: cell CIs from statistics.ci_resamples and ci_level, were 200 resamples at 95%).
-PROBES_VERSION = 3
+# the training rows; 3: cell CIs from statistics.ci_resamples and ci_level, were 200 resamples at 95%; 4: cell CIs
+# are subsampling intervals on the test subsets of the max's CI, were percentile bootstrap intervals).
+PROBES_VERSION = 4
 TOKEN_PROBE = "next_token"  # the token probe's unit part; its rows are tasks next_token_top{k}
 TOP_K = (1, 5)
 
@@ -57,13 +58,13 @@ def units(settings: Settings, ctx, pair, seed: int) -> list:
   stats, fit = ctx.stats, maps.identity(ctx.settings(maps.NAME), ctx, pair, seed)
   out = [make_unit(ctx.workdir, NAME, pair, seed, (task,),
                    (fit, ctx.stores.tasks[(task, pair.a)].manifest, ctx.stores.tasks[(task, pair.b)].manifest,
-                    stats.min_layer, stats.ci_resamples, PROBES_VERSION))
+                    stats.min_layer, stats.ci_resamples, stats.ci_level, PROBES_VERSION))
          for task in settings.tasks]
   if settings.token_classes:  # first, as its rows were when the next-token stage wrote them
     out.insert(0, make_unit(ctx.workdir, NAME, pair, seed, (TOKEN_PROBE,),
                             (fit, settings.token_classes, next_words.identity(ctx),
                              ctx.settings("next_token").num_depths, ctx.study.extraction.identity(), stats.min_layer,
-                             stats.ci_resamples, PROBES_VERSION)))
+                             stats.ci_resamples, stats.ci_level, PROBES_VERSION)))
   return out
 
 
@@ -107,18 +108,17 @@ def _token_probe(settings: Settings, ctx, pair, seed: int) -> dict:
 def scores(map_fits: tuple, probe_fits: tuple, source_features, labels, seed: int, scored: tuple,
            stats: statistics.StatisticsSettings, k: int = 1, mesh=None) -> dict:
   """The probe transfer of map_fits = (the maps, the shuffled-pair maps) with probe_fits = (the target's probes, the
-  source's), as table columns per layer-pair position (mapped_lo / mapped_hi: the bootstrap CI of each cell's
-  accuracy, with the statistics' ci_resamples and ci_level):
+  source's), as table columns per layer-pair position (mapped_lo / mapped_hi: each cell's subsampling CI on the
+  seed's half-sized subsets of the test rows, the same subsets as the max's):
   {"mapped", "mapped_lo", "mapped_hi", "shuffled": [La, Lb], "target": [Lb], "source": [La], "majority": [],
   "mapped_subsample_max": [R] the best mapped accuracy over the scored layer-pair positions (scored: (positions in
   La, positions in Lb)) on the seed's half-sized subsets of the test rows (statistics.test_subsets; None for fewer
   than 4 test rows), "num_test": test rows}."""
   from xsim import transfer
-  bootstrap = transfer.Bootstrap(num_resamples=stats.ci_resamples, level=stats.ci_level, seed=seed)
-  mapped, floor = (transfer.probe_transfer(m, *probe_fits, source_features, labels, k=k, bootstrap=bootstrap,
-                                           mesh=mesh) for m in map_fits)
+  subsets = statistics.test_subsets(seed, stats.ci_resamples, len(probe_fits[0].split.test))
+  mapped, floor = (transfer.probe_transfer(m, *probe_fits, source_features, labels, k=k, subsets=subsets,
+                                           level=stats.ci_level, mesh=mesh) for m in map_fits)
   hits = mapped.mapped_hits[np.ix_(*scored)].reshape(-1, mapped.mapped_hits.shape[-1])  # [scored pairs, T]
-  subsets = statistics.test_subsets(seed, stats.ci_resamples, hits.shape[1])
   subsample_max = None if subsets is None else np.nanmax(hits[:, subsets].mean(-1), axis=0)
   as_list = lambda a: None if a is None else np.asarray(a, np.float64).tolist()
   return {"mapped": as_list(mapped.mapped), "mapped_lo": as_list(mapped.mapped_ci[..., 0]),

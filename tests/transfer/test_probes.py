@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from xsim import transfer
+from xsim import resampling, transfer
 
 PENALTIES = (1e-3, 3e-2, 1.0)
 TRAINING = transfer.ProbeTraining(PENALTIES)
@@ -139,8 +139,8 @@ def test_probe_transfer_table_scores_frozen_maps(task, target_probe):
   generic_source = generic_target @ rotation + 0.05 * rng.normal(size=generic_target.shape)
   maps = transfer.fit_linear_maps(generic_source.astype(np.float32), generic_target.astype(np.float32),
                                   transfer.Ridge())
-  table = transfer.probe_transfer(maps, target_probe, source_probe, source, labels,
-                                  bootstrap=transfer.Bootstrap(num_resamples=300))
+  subsets = resampling.subsets(jax.random.PRNGKey(0), 300, len(target_probe.split.test))
+  table = transfer.probe_transfer(maps, target_probe, source_probe, source, labels, subsets=subsets)
 
   test = target_probe.split.test
   for i in range(2):
@@ -156,6 +156,10 @@ def test_probe_transfer_table_scores_frozen_maps(task, target_probe):
   assert table.majority == pytest.approx(np.mean(labels[test] == majority_class))
   assert table.chance == 0.5
   assert np.all(table.mapped_ci[..., 0] <= table.mapped) and np.all(table.mapped <= table.mapped_ci[..., 1])
+  assert np.all(table.mapped_ci >= 0) and np.all(table.mapped_ci <= 1)  # accuracies' intervals stay in [0, 1]
+  np.testing.assert_array_equal(table.target_ci, resampling.mean_interval(target_probe.test_hits[1], subsets,
+                                                                          bounds=(0.0, 1.0)))
+  assert np.isnan(transfer.probe_transfer(maps, target_probe, source_probe, source, labels).mapped_ci).all()
 
   other_rows = transfer.fit_logistic_probes(source, labels, TRAINING, seed=3)
   with pytest.raises(ValueError, match="same rows, split and classes"):
@@ -177,8 +181,7 @@ def test_token_probe_transfer_scores_top_k_against_the_k_most_frequent_tokens():
   test_labels = token_ids[target_probe.split.test]
   counts = {t: np.sum(token_ids[target_probe.split.train] == t) for t in target_probe.classes}
   for k in (1, 5):
-    table = transfer.probe_transfer(maps, target_probe, source_probe, source, token_ids, k=k,
-                                    bootstrap=transfer.Bootstrap(num_resamples=50))
+    table = transfer.probe_transfer(maps, target_probe, source_probe, source, token_ids, k=k)
     frequent = sorted(counts, key=lambda t: (-counts[t], t))[:k]
     assert table.majority == pytest.approx(np.mean(np.isin(test_labels, frequent)))
     assert table.chance == k / 8
@@ -218,9 +221,9 @@ def test_probe_transfer_sharded_over_eight_devices_equals_one_device(task, targe
   generic_source = generic_target @ rotation + 0.05 * rng.normal(size=generic_target.shape)
   maps = transfer.fit_linear_maps(generic_source.astype(np.float32), generic_target.astype(np.float32),
                                   transfer.Ridge(), pairs=[(0, 0), (0, 1), (1, 1)])  # 2 and 1 pairs per source
-  bootstrap = transfer.Bootstrap(num_resamples=100)
-  one = transfer.probe_transfer(maps, target_probe, source_probe, source, labels, bootstrap=bootstrap)
-  eight = transfer.probe_transfer(maps, target_probe, source_probe, source, labels, bootstrap=bootstrap, mesh=mesh)
+  subsets = resampling.subsets(jax.random.PRNGKey(0), 100, len(target_probe.split.test))
+  one = transfer.probe_transfer(maps, target_probe, source_probe, source, labels, subsets=subsets)
+  eight = transfer.probe_transfer(maps, target_probe, source_probe, source, labels, subsets=subsets, mesh=mesh)
   np.testing.assert_array_equal(eight.mapped, one.mapped)  # NaN where no map was fit: (1, 0)
   np.testing.assert_array_equal(eight.mapped_ci, one.mapped_ci)
   assert np.isnan(one.mapped[1, 0]) and np.isfinite(one.mapped[0, 1])

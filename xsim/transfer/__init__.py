@@ -7,24 +7,23 @@
 Modules: splits (row split, standardization), ridge / procrustes / train (the three ways to fit a chunk of
 pairs), solvers (their options as records: what the sweep is told to fit), maps (the sweep driver), controls
 (shuffled-pair and mean floors), probes (logistic and token probes, probe-transfer table), metrics (R^2,
-next-token scores of patched logits), checkpoint (verified per-chunk checkpoints); bootstrap_mean_ci (bootstrap
-CIs of per-row scores) is re-exported from xsim.resampling. Every function takes and returns arrays; models run in
+next-token scores of patched logits), checkpoint (verified per-chunk checkpoints); intervals come from
+xsim.resampling. Every function takes and returns arrays; models run in
 xsim.activations.
 """
-from xsim.resampling import bootstrap_mean_ci
 from xsim.transfer.controls import fit_shuffled_maps, mean_predictor_r2
 from xsim.transfer.maps import LinearMapFit, fit_linear_maps
 from xsim.transfer.metrics import (kl_divergence, next_token_scores, patching_scores, r2_score, top1_agreement,
                                    topk_accuracy)
-from xsim.transfer.probes import (Bootstrap, ProbeFit, ProbeTraining, ProbeTransfer, fit_logistic_probes,
+from xsim.transfer.probes import (ProbeFit, ProbeTraining, ProbeTransfer, fit_logistic_probes,
                                   fit_token_probes, probe_transfer)
 from xsim.transfer.ridge import ridge_path, ridge_weights
 from xsim.transfer.solvers import METHODS, Adam, AdamW, Procrustes, Ridge, Solver, solver
 from xsim.transfer.splits import Split, make_split
 
 __all__ = [
-    "METHODS", "Adam", "AdamW", "Bootstrap", "LinearMapFit", "ProbeFit", "ProbeTraining", "ProbeTransfer",
-    "Procrustes", "Ridge", "Solver", "Split", "bootstrap_mean_ci", "fit_linear_maps", "fit_logistic_probes",
+    "METHODS", "Adam", "AdamW", "LinearMapFit", "ProbeFit", "ProbeTraining", "ProbeTransfer",
+    "Procrustes", "Ridge", "Solver", "Split", "fit_linear_maps", "fit_logistic_probes",
     "fit_shuffled_maps", "fit_token_probes", "kl_divergence", "make_split", "mean_predictor_r2",
     "next_token_scores", "patching_scores", "probe_transfer", "r2_score", "ridge_path", "ridge_weights", "solver",
     "top1_agreement", "topk_accuracy",

@@ -44,14 +44,6 @@ class ProbeTraining:
     object.__setattr__(self, "penalties", penalties)
 
 
-@dataclasses.dataclass(frozen=True)
-class Bootstrap:
-  """The probe-transfer table's paired bootstrap CIs: resampling.bootstrap_mean_ci's settings."""
-  num_resamples: int = 1000
-  level: float = 0.95
-  seed: int = 0
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class ProbeFit:
   """Probes of every layer of one model, in standardized coordinates, and their per-row test hits."""
@@ -146,7 +138,8 @@ def fit_token_probes(features, token_ids, training: ProbeTraining = ProbeTrainin
 
 @dataclasses.dataclass(frozen=True)
 class ProbeTransfer:
-  """Accuracy (top-k) of probes on the probe's test rows, each with a paired bootstrap CI [..., 2]."""
+  """Accuracy (top-k) of probes on the probe's test rows, each with a paired subsampling CI [..., 2] (NaN without
+  subsets)."""
   mapped: np.ndarray  # [La, Lb] target probe j on source layer i mapped to target layer j (NaN: no map)
   mapped_ci: np.ndarray
   mapped_hits: np.ndarray  # [La, Lb, T] top-k hit (1.0 / 0.0) of each test row behind `mapped` (NaN: no map)
@@ -161,7 +154,7 @@ class ProbeTransfer:
 
 
 def probe_transfer(map_fit: maps.LinearMapFit, target_probe: ProbeFit, source_probe: ProbeFit, source_features,
-                   labels, *, k: int = 1, bootstrap: Bootstrap = Bootstrap(),
+                   labels, *, k: int = 1, subsets=None, level: float = 0.95,
                    mesh: Optional[Mesh] = None) -> ProbeTransfer:
   """Scores frozen maps on a task: the target's probe applied to mapped source activations, per layer pair.
 
@@ -175,7 +168,9 @@ def probe_transfer(map_fit: maps.LinearMapFit, target_probe: ProbeFit, source_pr
     source_features: [La, n, da] the source model's task activations (the rows the probes were fit on).
     labels: [n] task labels (0/1, or token ids for token probes).
     k: top-k accuracy (1 for binary probes).
-    bootstrap: settings of the CIs (resampling.bootstrap_mean_ci).
+    subsets: [R, s] subsets of the probes' test rows (resampling.subsets) behind every CI
+      (resampling.mean_interval, clipped to [0, 1]); None: no CIs (NaN).
+    level: the CIs' coverage.
     mesh: split the layer pairs of each source layer over all devices of this mesh.
 
   Returns:
@@ -204,9 +199,9 @@ def probe_transfer(map_fit: maps.LinearMapFit, target_probe: ProbeFit, source_pr
   majority = np.isin(target_probe.class_index(test_labels), frequent).astype(np.float32)
 
   def scored(hits):
-    ci = resampling.bootstrap_mean_ci(hits, num_resamples=bootstrap.num_resamples, level=bootstrap.level,
-                                      seed=bootstrap.seed)
-    return hits.mean(axis=-1), np.asarray(ci)
+    if subsets is None:
+      return hits.mean(axis=-1), np.full(hits.shape[:-1] + (2,), np.nan, np.float32)
+    return hits.mean(axis=-1), np.asarray(resampling.mean_interval(hits, subsets, level=level, bounds=(0.0, 1.0)))
 
   mapped_acc, mapped_ci = scored(mapped)
   target_acc, target_ci = scored(target_probe.test_hits[k])
