@@ -3,13 +3,14 @@
   fit = transfer.fit_linear_maps(source, target, transfer.Adam())   # source [La, n, da], target [Lb, n, db]
   fit.r2                                                             # [La, Lb] held-out R^2
   fit.predict(i, j, x)                                               # source layer i -> target layer j
+  fit.map_direction(i, j, v)                                         # a direction (steering vector) i -> j
 
-Modules: splits (row split, standardization), ridge / procrustes / train (the three ways to fit a chunk of
-pairs), solvers (their options as records: what the sweep is told to fit), maps (the sweep driver), controls
-(shuffled-pair and mean floors), probes (logistic and token probes, probe-transfer table), metrics (R^2,
-next-token scores of patched logits), checkpoint (verified per-chunk checkpoints); intervals come from
-xsim.resampling. Every function takes and returns arrays; models run in
-xsim.activations.
+Modules: splits (row split, standardization), ridge / procrustes / train (the three ways to fit a chunk of pairs),
+solvers (their options as records: what the sweep is told to fit), maps (the sweep driver), controls (shuffled-pair
+and mean floors), probes (logistic and token probes, probe-transfer table), metrics (R^2, next-token scores of
+patched logits), steering (steering vectors, their null directions and the mapped vector's efficacy), checkpoint
+(verified per-chunk checkpoints); intervals come from xsim.resampling. Every function takes and returns arrays;
+models run in xsim.activations.
 """
 from xsim.transfer.controls import fit_shuffled_maps, mean_predictor_r2
 from xsim.transfer.maps import LinearMapFit, fit_linear_maps
@@ -20,11 +21,14 @@ from xsim.transfer.probes import (ProbeFit, ProbeTraining, ProbeTransfer, fit_lo
 from xsim.transfer.ridge import ridge_path, ridge_weights
 from xsim.transfer.solvers import METHODS, Adam, AdamW, Procrustes, Ridge, Solver, solver
 from xsim.transfer.splits import Split, make_split
+from xsim.transfer.steering import (Efficacy, mean_difference, probe_direction, random_directions,
+                                    shuffled_ridge_directions, steering_efficacy, with_norm)
 
 __all__ = [
-    "METHODS", "Adam", "AdamW", "LinearMapFit", "ProbeFit", "ProbeTraining", "ProbeTransfer",
-    "Procrustes", "Ridge", "Solver", "Split", "fit_linear_maps", "fit_logistic_probes",
-    "fit_shuffled_maps", "fit_token_probes", "kl_divergence", "make_split", "mean_predictor_r2",
-    "next_token_scores", "patching_scores", "probe_transfer", "r2_score", "ridge_path", "ridge_weights", "solver",
-    "top1_agreement", "topk_accuracy",
+    "METHODS", "Adam", "AdamW", "Efficacy", "LinearMapFit", "ProbeFit", "ProbeTraining",
+    "ProbeTransfer", "Procrustes", "Ridge", "Solver", "Split", "fit_linear_maps",
+    "fit_logistic_probes", "fit_shuffled_maps", "fit_token_probes", "kl_divergence", "make_split",
+    "mean_difference", "mean_predictor_r2", "next_token_scores", "patching_scores", "probe_direction",
+    "probe_transfer", "r2_score", "random_directions", "ridge_path", "ridge_weights", "shuffled_ridge_directions",
+    "solver", "steering_efficacy", "top1_agreement", "topk_accuracy", "with_norm",
 ]

@@ -75,12 +75,24 @@ class LinearMapFit:
 
   def predict(self, i: int, j: int, x):
     """Maps raw source-layer-i activations x: [m, da] to raw target-layer-j activations [m, db]."""
+    params = self._pair_params(i, j, x)
+    mapped = train.apply_map(params, splits.standardize(x, self.source_mean[i], self.source_std[i]))
+    return mapped * self.target_std[j] + self.target_mean[j]
+
+  def map_direction(self, i: int, j: int, vectors):
+    """Maps raw source-layer-i directions vectors: [m, da] (e.g. steering vectors) to the raw target-layer-j
+    directions they move a prediction by, [m, db]: the linear part of the affine map, predict(x + v) - predict(x)
+    for any x, exact for full and factored weights."""
+    params = self._pair_params(i, j, vectors)
+    linear = dict(params, bias=jnp.zeros_like(params["bias"]))
+    return train.apply_map(linear, jnp.asarray(vectors, jnp.float32) / self.source_std[i]) * self.target_std[j]
+
+  def _pair_params(self, i: int, j: int, x) -> dict:
+    """The parameters of pair (i, j) (leaves without the pair axis), after checking x: [m, da]."""
     row = self.pair_index(i, j)
     chex.assert_rank(x, 2)
     chex.assert_axis_dimension(x, 1, self.source_mean.shape[1])
-    params = jax.tree_util.tree_map(lambda leaf: leaf[row], self.params)
-    mapped = train.apply_map(params, splits.standardize(x, self.source_mean[i], self.source_std[i]))
-    return mapped * self.target_std[j] + self.target_mean[j]
+    return jax.tree_util.tree_map(lambda leaf: leaf[row], self.params)
 
 
 def fit_linear_maps(source, target, solver: solvers.Solver, *, pairs: Union[str, Sequence] = "all",
