@@ -67,6 +67,8 @@ def _cpu_runs() -> list[Run]:
       Run("store", "30 x 2,048 x 576 (default 4,096 rows), float32 and float16, 2 repeats",
           ("--rows", "2048", "--repeats", "2")),
       Run("sweep", "defaults: 4 models x 13 states, n 512, 1 vs 8 devices, 1 vs 2 processes"),
+      Run("steering", "SmolLM2-135M GGUF (a tiny Llama if not cached), fp32, 4 vectors x 3 norms x 3 layers on 4 "
+          "prompts of 10 words, xsim batch 16 (defaults)"),
   ]
 
 
@@ -100,6 +102,8 @@ def _gpu_runs() -> list[Run]:
       Run("neighbors", "the demo's grid: 31 x 19 layers, n 384, d 576 / 640, k 10; null x100", (), 120),
       Run("load", "random SmolLM2-shaped safetensors, fp32, to the GPU", ("--models", "safetensors"), 120),
       Run("store", "30 x 4,096 x 576, float32 and float16, 2 repeats", ("--repeats", "2"), 120),
+      Run("steering", "SmolLM2-135M shape, random weights, fp32, 4 vectors x 3 norms x 3 layers on 16 prompts, "
+          "xsim batch 64", ("--platform", "gpu", "--repeats", "3"), 120),
   ]
 
 
@@ -127,6 +131,8 @@ def _smoke_runs(platform: str) -> list[Run]:
           + (("--devices", "1", "--processes", "1") if gpu
              else ("--devices", "1", "2", "--processes", "1", "2", "--devices_per_process", "1", "2")),
           300),
+      Run("steering", "smoke", gpu + ("--model", "smollm2-shape" if gpu else "tiny", "--prompts", "2", "--vectors",
+                                      "2", "--norms", "4", "--depths", "0.5", "--batch", "4"), 300),
   ]
 
 
@@ -134,7 +140,7 @@ def runs(platform: str, smoke: bool = False) -> list[Run]:
   return _smoke_runs(platform) if smoke else (_gpu_runs() if platform == "gpu" else _cpu_runs())
 
 
-NAMES = ("forward", "extract", "cka", "neighbors", "transfer", "load", "long_text", "store", "sweep")
+NAMES = ("forward", "extract", "cka", "neighbors", "transfer", "load", "long_text", "store", "sweep", "steering")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -278,10 +284,19 @@ def sweep_headlines(d: dict, size: str, platform: str) -> list[Headline]:
   return rows
 
 
+def steering_headlines(d: dict, size: str, platform: str) -> list[Headline]:
+  xsim, hf = d["sides"]["xsim"], d["sides"]["hf"]
+  return [Headline(f"steering: token log mass, {d['interventions']} interventions x {d['prompts']} prompts", size,
+                   xsim["seconds"], hf["seconds"], "s", d["hf_over_xsim"], "alt / xsim time"),
+          Headline("steering: max |score difference|, xsim vs the hook loop", size, d["max_abs_difference"], None,
+                   "abs", target=("<=", d["args"]["tolerance"]), target_on="xsim")]
+
+
 HEADLINES: dict[str, Callable[[dict, str, str], list[Headline]]] = {
     "forward": forward_headlines, "extract": extract_headlines, "cka": cka_headlines,
     "neighbors": neighbors_headlines, "transfer": transfer_headlines, "load": load_headlines,
-    "long_text": long_text_headlines, "store": store_headlines, "sweep": sweep_headlines}
+    "long_text": long_text_headlines, "store": store_headlines, "sweep": sweep_headlines,
+    "steering": steering_headlines}
 
 
 # ---------------------------------------------------------------------------------------------------------------

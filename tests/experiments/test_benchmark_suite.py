@@ -96,6 +96,15 @@ def test_sweep_headlines_check_shares_and_equal_tables():
   assert (stage.xsim, stage.target, stage.met) == (150.0, ("<=", 180.0), True)
 
 
+def test_steering_headlines():
+  steering = {"args": {"tolerance": 1e-3}, "interventions": 36, "prompts": 4, "max_abs_difference": 2e-5,
+              "sides": {"xsim": dict(seconds=2.0), "hf": dict(seconds=3.0)}, "hf_over_xsim": 1.5}
+  time, agreement = suite.steering_headlines(steering, "s", "cpu")
+  assert (time.workload, time.xsim, time.alternative, time.ratio, time.target) == (
+      "steering: token log mass, 36 interventions x 4 prompts", 2.0, 3.0, 1.5, None)
+  assert (agreement.xsim, agreement.target, agreement.met) == (2e-5, ("<=", 1e-3), True)
+
+
 def test_every_benchmark_has_sizes_and_a_headline_function():
   for platform in ("cpu", "gpu"):
     for smoke in (False, True):

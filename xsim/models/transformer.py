@@ -26,6 +26,17 @@ class Patch(NamedTuple):
   values: jnp.ndarray
 
 
+class Steer(NamedTuple):
+  """Add a vector to the residual stream at hidden-state index `layers[b]` (0 = embeddings) of each row b, at the
+  positions `mask[b]` marks (activation addition).
+
+  layers: [B] int; vectors: [B, D], any scale folded in; mask: [B, S] float, 1.0 where the vector is added.
+  """
+  layers: jnp.ndarray
+  vectors: jnp.ndarray
+  mask: jnp.ndarray
+
+
 @flax.struct.dataclass
 class ForwardOutput:
   """logits: [B, S, V] ([B, V] with logit_positions) or None; hidden_states: [L + 1, B, S, D], index 0 the (scaled) embeddings and index i the
@@ -48,14 +59,21 @@ def _apply_patch(h: jnp.ndarray, index: jnp.ndarray, patch: Optional[Patch]) -> 
   return jnp.where(index == patch.layer, h.at[rows, target].set(new), h)
 
 
+def _apply_steer(h: jnp.ndarray, index: jnp.ndarray, steer: Optional[Steer]) -> jnp.ndarray:
+  if steer is None:
+    return h
+  added = (index == steer.layers)[:, None, None] * steer.mask[..., None] * steer.vectors[:, None, :]
+  return h + added.astype(h.dtype)  # exactly h where nothing is added
+
+
 class _ScannedBlock(nn.Module):
-  """Scan body: one block, then the optional patch at the hidden-state index it produces."""
+  """Scan body: one block, then the optional patch and steer at the hidden-state index it produces."""
   config: ModelConfig
   dtype: Any
   precision: Any
 
   @nn.compact
-  def __call__(self, h, layer_inputs, tables, key_mask, patch):
+  def __call__(self, h, layer_inputs, tables, key_mask, patch, steer):
     index, is_sliding = layer_inputs
     (cos, sin), (cos_local, sin_local) = tables
     window = None
@@ -64,7 +82,7 @@ class _ScannedBlock(nn.Module):
     if cos_local is not None:
       cos, sin = jnp.where(is_sliding, cos_local, cos), jnp.where(is_sliding, sin_local, sin)
     h, attn, mlp = Block(self.config, self.dtype, self.precision, name="block")(h, cos, sin, key_mask, window)
-    h = _apply_patch(h, index + 1, patch)
+    h = _apply_steer(_apply_patch(h, index + 1, patch), index + 1, steer)
     return h, (h, attn, mlp)
 
 
@@ -76,15 +94,17 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids: jnp.ndarray, attention_mask: jnp.ndarray, patch: Optional[Patch] = None,
-               compute_logits: bool = True, return_sites: bool = False,
+               steer: Optional[Steer] = None, compute_logits: bool = True, return_sites: bool = False,
                logit_positions: Optional[jnp.ndarray] = None) -> ForwardOutput:
-    """logit_positions: [B] int, to compute logits [B, V] at one position per row only (large vocabularies)."""
+    """logit_positions: [B] int, to compute logits [B, V] at one position per row only (large vocabularies).
+    At each hidden-state index the patch is written first, then the steer added."""
     c = self.config
     embedding = self.param("embed", kernel_init, (c.vocab_size, c.hidden_size), self.dtype)
     h = jnp.take(embedding, input_ids, axis=0)
     if c.embed_scale is not None:  # Gemma: embeddings * sqrt(d), the scale rounded to the weight dtype.
       h = h * jnp.asarray(c.embed_scale, self.dtype)
-    h = _apply_patch(h, jnp.zeros((), jnp.int32), patch)
+    embeddings = jnp.zeros((), jnp.int32)  # hidden-state index 0
+    h = _apply_steer(_apply_patch(h, embeddings, patch), embeddings, steer)
 
     # Positions count real tokens, so a left-padded row gets the positions of its unpadded self.
     positions = jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
@@ -93,9 +113,9 @@ class Decoder(nn.Module):
     layer_inputs = (jnp.arange(c.num_layers), jnp.asarray(c.layer_is_sliding, bool))
 
     scan = nn.scan(_ScannedBlock, variable_axes={"params": 0}, split_rngs={"params": True},
-                   in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=c.num_layers)
+                   in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast), length=c.num_layers)
     h_last, (per_layer, attn, mlp) = scan(c, self.dtype, self.precision, name="layers")(
-        h, layer_inputs, tables, attention_mask.astype(bool), patch)
+        h, layer_inputs, tables, attention_mask.astype(bool), patch, steer)
     hidden_states = jnp.concatenate([h[None], per_layer], axis=0)
     final_hidden = Norm(c, self.dtype, name="final_norm")(h_last)
 
