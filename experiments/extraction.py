@@ -164,6 +164,21 @@ def open_or_extract(path: str, get_model, texts: Sequence[str], settings: Extrac
                                 distribute=distribute, progress=progress)
 
 
+def last_token_activations(workdir: str, extraction: ExtractionSettings, get_model, texts: Sequence[str], layers,
+                           tag: str, *inputs) -> np.ndarray:
+  """[L, n, d] float32 activations of get_model() at the last token of each text (one row per text, in order) at
+  hidden states `layers`, in a store named by tag, the texts, the extraction settings and `inputs` (what else the
+  texts depend on)."""
+  settings = dataclasses.replace(extraction, pooling="last", layers=list(layers), keep_bos=False,
+                                 truncate_tokens=None, site="residual")
+  path = store_dir(workdir, tag, keys.texts(texts), extraction.identity(), *inputs)
+  acts = open_or_extract(path, get_model, texts, settings, None, distribute=False, progress=False)
+  if len(acts.index) != len(texts):
+    raise ValueError(f"{acts.manifest['model']} gave {len(acts.index)} rows for {len(texts)} texts; every text needs "
+                     "a token.")
+  return np.asarray(acts.array, np.float32)
+
+
 def check_rows(store, texts: Sequence[str], what: str, settings: ExtractionSettings) -> None:
   """Logs how many texts gave no row (a documented skip) and stops, naming the causes, when none gave one."""
   covered = len(set(np.asarray(store.index["text"]).tolist()))

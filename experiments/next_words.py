@@ -8,13 +8,12 @@ depth-matched layer pairs (`next_token.num_depths`) of `matched_layers`.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import numpy as np
 
 from experiments import cache, keys
-from experiments.extraction import open_or_extract, store_dir
+from experiments.extraction import last_token_activations
 from xsim import layer_select
 
 
@@ -59,14 +58,5 @@ def matched_layers(ctx, data) -> tuple:
 def prefix_activations(ctx, model: str, target: str, prefixes, layers, data_identity) -> np.ndarray:
   """[L, n, d] float32 activations of `model` at the last token of each prefix (one row per prefix, in order),
   stored by the prefixes, which depend on the target's tokenizer, max_words and the sample count."""
-  extraction = ctx.study.extraction
-  settings = dataclasses.replace(extraction, pooling="last", layers=list(layers), keep_bos=False,
-                                 truncate_tokens=None, site="residual")
-  path = store_dir(ctx.workdir, f"{model}-prefixes-for-{target}", keys.texts(prefixes), extraction.identity(),
-                   *data_identity)
-  acts = open_or_extract(path, lambda: ctx.models.get(model), prefixes, settings, None, distribute=False,
-                         progress=False)
-  if len(acts.index) != len(prefixes):
-    raise ValueError(f"{acts.manifest['model']} gave {len(acts.index)} rows for {len(prefixes)} prefixes; every "
-                     "prefix needs a token.")
-  return np.asarray(acts.array, np.float32)
+  return last_token_activations(ctx.workdir, ctx.study.extraction, lambda: ctx.models.get(model), prefixes, layers,
+                                f"{model}-prefixes-for-{target}", *data_identity)

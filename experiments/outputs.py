@@ -15,8 +15,15 @@ probes.csv      one row per task x (source, target) x layer pair x seed:
 next_token.csv  one row per (source, target) x depth-matched layer pair x seed: source, target, relation, layer_a,
   layer_b, num_samples, clean_accuracy, then kl_X, top1_X, accuracy_X for X in mapped, shuffled, mean_ablation
   (KL(target clean || patched) in nats, top-1 agreement with the clean prediction, accuracy on the true next token)
+steering.csv    one row per (source, target) x concept x layer pair x scale x seed: the mapped vector's efficacy
+  (mapped / own effect) with its interval (prompts and direction noise) and p-value against the null directions,
+  the null's mean / sd / q95, the random directions' lowest and highest efficacy and the shuffled-map directions'
+  mean (a control: it should fall between them), the own and mapped mean effects, the zero vector's largest effect, the perplexity
+  ratios of the own, mapped and a random vector on held-out passages, the vectors' norm, the target's mean
+  residual norm there and the map's held-out R^2 (experiments/stages/steering.py)
 summary.json    per pair and measure (first seed; every seed under measures_by_seed): max, mean, argmax layers over
-  the layer pairs >= min_layer, permutation null of that max, p-value, subsampling CI.
+  the layer pairs >= min_layer, permutation null of that max, p-value, subsampling CI; per pair "steering"
+  {seed: {concept: the summary figure}}.
 """
 from __future__ import annotations
 
@@ -37,10 +44,15 @@ PROBE_COLUMNS = ("task", "source", "target", "relation", "layer_a", "layer_b", "
 NEXT_TOKEN_COLUMNS = ("source", "target", "relation", "layer_a", "layer_b", "num_samples", "clean_accuracy") + tuple(
     f"{metric}_{name}" for name in ("mapped", "shuffled", "mean_ablation") for metric in ("kl", "top1", "accuracy")
 ) + ("seed",)
+STEERING_COLUMNS = ("concept", "readout", "source", "target", "relation", "layer_a", "layer_b", "depth_a", "depth_b",
+                    "scale", "norm", "residual_norm", "map_r2", "efficacy", "efficacy_lo", "efficacy_hi", "p_value",
+                    "null_mean", "null_sd", "null_q95", "random_min", "random_max", "shuffled_mean", "own_effect",
+                    "mapped_effect", "zero_effect", "perplexity_own", "perplexity_mapped", "perplexity_random", "seed")
 TABLES = {"similarity.csv": SIMILARITY_COLUMNS, "transfer.csv": TRANSFER_COLUMNS, "probes.csv": PROBE_COLUMNS,
-          "next_token.csv": NEXT_TOKEN_COLUMNS}
+          "next_token.csv": NEXT_TOKEN_COLUMNS, "steering.csv": STEERING_COLUMNS}
 _INTS = {"layer_a", "layer_b", "seed", "num_samples"}
-_STRS = {"model_a", "model_b", "relation", "measure", "preprocess", "source", "target", "method", "task"}
+_STRS = {"model_a", "model_b", "relation", "measure", "preprocess", "source", "target", "method", "task", "concept",
+         "readout"}
 
 
 def write_table(path: str, columns: Sequence[str], rows: Iterable[dict]) -> None:

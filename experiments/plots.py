@@ -214,3 +214,33 @@ def probe_plot(best: Sequence[dict], out_dir: str) -> list[str]:
     ax.legend(fontsize=7, loc="upper center", ncol=2, framealpha=0.9)
     writer.save(fig, "probes", task)
   return writer.paths
+
+
+def steering_plot(rows: Sequence[dict], out_dir: str) -> list[str]:
+  """steering.csv rows -> paths of PNGs, one per concept: for each (source, target) pair and scale, the mapped
+  vector's efficacy over the target's relative depth (whiskers: its interval, prompts and direction noise), the
+  null directions' 95th percentile dotted, 1 (the target's own vector) and 0 (no effect) as grey lines."""
+  writer = _Writer(out_dir)
+  by_concept = collections.defaultdict(lambda: collections.defaultdict(list))
+  for row in rows:
+    by_concept[row["concept"]][(row["source"], row["target"], row["relation"], row["scale"], row["seed"])].append(row)
+  for concept, groups in by_concept.items():
+    fig = _figure(6.4, 4.2, left=0.8, bottom=0.7, right=2.6, top=0.45)
+    ax = fig.add_subplot()
+    for k, ((source, target, relation, scale, seed), group) in enumerate(sorted(groups.items())):
+      group = sorted(group, key=lambda r: r["depth_b"])
+      depth = np.array([r["depth_b"] for r in group]) + 0.006 * k  # a small offset keeps whiskers apart
+      efficacy = np.array([r["efficacy"] for r in group])
+      err = np.nan_to_num(np.maximum(0.0, [efficacy - [r["efficacy_lo"] for r in group],
+                                           [r["efficacy_hi"] for r in group] - efficacy]))
+      line = ax.errorbar(depth, efficacy, yerr=err, capsize=3, marker="o", markersize=3,
+                         label=f"{source} -> {target} ({relation}), x{scale:g}" + (f", seed {seed}" if seed else ""))
+      ax.plot(depth, [r["null_q95"] for r in group], ":", color=line[0].get_color(), linewidth=1)
+    for level in (0.0, 1.0):
+      ax.axhline(level, color="0.6", linewidth=0.8)
+    ax.set_xlabel("relative depth of the target layer")
+    ax.set_ylabel("efficacy (mapped / own effect)")
+    ax.set_title(f"{concept}: steering transfer (dotted: null q95)", fontsize=9)
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), framealpha=0.9)
+    writer.save(fig, "steering", concept)
+  return writer.paths

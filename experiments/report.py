@@ -168,6 +168,34 @@ def _next_token_blocks(rows: Sequence[dict]) -> list:
              "mapped KL", "shuffled acc", "shuffled KL", "mean-ablation acc", "mean-ablation KL"), table)]
 
 
+def _steering_blocks(rows: Sequence[dict], pairs: dict, figures: list[Image]) -> list:
+  figures_rows = tuple(
+      (concept, name.replace("|", " → "), entry["relation"], fmt(figure["efficacy"]),
+       fmt_ci(figure["ci"]), "; ".join(f"{a}→{b} ×{s:g}" for a, b, s in figure["layer_pairs"]) or MISSING,
+       fmt(figure["max_p_value"]), seed)
+      for name, entry in pairs.items() for seed, by_concept in entry.get("steering", {}).items()
+      for concept, figure in sorted(by_concept.items()))
+  table = tuple((r["concept"], f"{r['source']} → {r['target']}", f"{r['layer_a']}, {r['layer_b']}",
+                 f"{r['scale']:g}", fmt(r["efficacy"]), fmt_ci((r["efficacy_lo"], r["efficacy_hi"])),
+                 fmt(r["p_value"]), fmt(r["null_q95"]), fmt(r["own_effect"]), fmt(r["perplexity_own"]),
+                 fmt(r["perplexity_mapped"]), fmt(r["perplexity_random"]), fmt(r["map_r2"]), r["seed"])
+                for r in rows)
+  return [Heading(2, "Steering transfer"), Para(
+      "A steering vector (the difference of mean activations between a concept's contrast sets) found on the "
+      "source, mapped into the target by the pair's map and added to the target's residual stream at every prompt "
+      "position, against the target's own vector at the same norm: efficacy is the mapped vector's mean effect "
+      "on the concept's score over the own vector's (1: it does what the target's own vector does, 0: nothing). "
+      "Its interval holds the prompts' and the direction's noise (the spread of random and shuffled-map directions "
+      "of the same norm); the p-value is against those null directions. Perplexity is the ratio on held-out "
+      "passages with the vector added (own, mapped, a random direction). The summary takes, at each layer pair, "
+      "the largest scale where the own and mapped vectors keep perplexity within the configured ratio (a rule "
+      "fixed before the run), and averages over layer pairs; its bounds are the means of theirs."),
+      Table(("concept", "source → target", "relation", "efficacy", "CI", "layers, scale", "largest p", "seed"),
+            figures_rows),
+      Table(("concept", "source → target", "layers", "scale", "efficacy", "CI", "p", "null q95", "own effect",
+             "perplexity own", "perplexity mapped", "perplexity random", "map R²", "seed"), table)] + figures
+
+
 def _layer_stats(model: str, stats) -> list[dict]:
   layers = stats.get("layers") if isinstance(stats, Mapping) else stats
   need = ("layer", "max_abs", "mean_norm", "top_variance_dims", "top_variance_share")
@@ -216,8 +244,8 @@ def write_report(workdir: str, config_dict: Mapping, environment: Mapping) -> tu
   """
   if not os.path.isdir(workdir):
     raise ValueError(f"workdir {workdir!r} is not a directory; pass the run's --workdir.")
-  similarity, transfer, probes, next_token = (_read(workdir, f"{n}.csv")
-                                              for n in ("similarity", "transfer", "probes", "next_token"))
+  similarity, transfer, probes, next_token, steering = (
+      _read(workdir, f"{n}.csv") for n in ("similarity", "transfer", "probes", "next_token", "steering"))
   summary = _read(workdir, "summary.json") or {}
   if not isinstance(summary, dict) or not isinstance(summary.get("pairs", {}), dict):
     raise ValueError(f"{workdir}/summary.json must be an object with a 'pairs' object; see experiments/tables.py.")
@@ -243,6 +271,9 @@ def write_report(workdir: str, config_dict: Mapping, environment: Mapping) -> tu
                                                            workdir), min_layer)
   if next_token:
     body += _next_token_blocks(next_token)
+  if steering:
+    body += _steering_blocks(steering, summary.get("pairs", {}), _images(plots.steering_plot(steering, figures),
+                                                                          workdir))
   if "activation_stats" in summary:
     body += _activation_blocks(summary["activation_stats"])
   config = config_dict.to_dict() if hasattr(config_dict, "to_dict") else dict(config_dict)
@@ -253,7 +284,7 @@ def write_report(workdir: str, config_dict: Mapping, environment: Mapping) -> tu
   head = [Heading(1, title), Para(
       f"Numbers are rounded to {DECIMALS} decimals. They are computed once from the run's results "
       "(experiments/tables.py) into the tables in this directory (similarity.csv, transfer.csv, probes.csv, "
-      "next_token.csv) and summary.json, which also holds the permutation nulls and subsampling CIs.")]
+      "next_token.csv, steering.csv) and summary.json, which also holds the permutation nulls and subsampling CIs.")]
   if absent:
     head.append(Para("Not in this run: " + "; ".join(absent) + "."))
   drawn = {block.path for block in body if isinstance(block, Image)}

@@ -209,6 +209,11 @@ class Tables:
       entry["measures"] = measures
     return measures
 
+  def pair_section(self, pair, seed: int, section: str) -> dict:
+    """The pair's summary entry `section` for `seed` (a stage's own figures, e.g. "steering")."""
+    entry = self.pairs.setdefault(pair.name, {"relation": pair.relation, "measures_by_seed": {}})
+    return entry.setdefault(section, {}).setdefault(str(seed), {})
+
   def resample(self, figure, pair, seed: int, estimate: float, samples, n: int) -> None:
     """A real pair's figure (its max over the scored layer pairs) and its values on the shared subsamples of n
     rows, for the ratio CIs of the answer (first seed only)."""

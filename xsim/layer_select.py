@@ -110,6 +110,14 @@ def depth_matched_pairs(layers_a: Sequence[int], num_layers_a: int, layers_b: Se
   """
   if num_depths < 2:
     raise ValueError(f"num_depths={num_depths} must be >= 2 (depth 0 and depth 1 at least).")
+  return depth_pairs(layers_a, num_layers_a, layers_b, num_layers_b, np.linspace(0.0, 1.0, num_depths))
+
+
+def depth_pairs(layers_a: Sequence[int], num_layers_a: int, layers_b: Sequence[int], num_layers_b: int,
+                depths: Sequence[float]) -> list[tuple[int, int]]:
+  """Positions (i, j) in two layer lists at the given relative depths d in [0, 1] over block outputs (distinct,
+  sorted): each list contributes its block output (index >= 1) whose relative depth is closest to that of block
+  1 + round(d (L - 1)) (the shallower on a tie)."""
 
   def pick(layers, num_layers, d):
     blocks = [(k, l) for k, l in enumerate(layers) if l >= 1]
@@ -118,5 +126,4 @@ def depth_matched_pairs(layers_a: Sequence[int], num_layers_a: int, layers_b: Se
     target = relative_depth(1 + int(round(d * (num_layers - 1))), num_layers)
     return min(blocks, key=lambda kl: (abs(relative_depth(kl[1], num_layers) - target), kl[1]))[0]
 
-  return sorted({(pick(layers_a, num_layers_a, d), pick(layers_b, num_layers_b, d))
-                 for d in np.linspace(0.0, 1.0, num_depths)})
+  return sorted({(pick(layers_a, num_layers_a, d), pick(layers_b, num_layers_b, d)) for d in depths})

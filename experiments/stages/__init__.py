@@ -14,6 +14,6 @@ A stage module has:
 ctx is the run's experiments/context.Context. The runner plans, computes and tabulates by looping over STAGES; a new
 stage is a module with these parts and a line here.
 """
-from experiments.stages import maps, next_token, probes, similarity
+from experiments.stages import maps, next_token, probes, similarity, steering
 
-STAGES = (similarity, maps, next_token, probes)
+STAGES = (similarity, maps, next_token, probes, steering)

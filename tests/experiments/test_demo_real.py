@@ -17,6 +17,8 @@ def test_reduced_demo_on_real_checkpoints(tmp_path):
   c.probes.num_examples = 48
   c.next_token.num_samples = 16
   c.probes.update(token_classes=5, token_samples=32)
+  c.steering.update(num_pairs=16, num_prompts=8, num_passages=2, depths=(0.33, 0.67), scales=(1.0, 2.0),
+                    num_random=4, num_shuffled=4)
   summary = runner.run(c, str(tmp_path))
   for name in ("similarity.csv", "transfer.csv", "probes.csv", "next_token.csv", "summary.json", "report.md",
                "report.html"):
@@ -27,5 +29,12 @@ def test_reduced_demo_on_real_checkpoints(tmp_path):
   assert len(rows) == 2 * 3 * 2 * 31 * 19
   probes = outputs.read_table(str(tmp_path / "probes.csv"))
   assert {r["task"] for r in probes} == {"capitals", "next_token_top1", "next_token_top5"}
+  steering = outputs.read_table(str(tmp_path / "steering.csv"))
+  assert len(steering) == 2 * 2 * 2  # concepts x depths x scales
+  for r in steering:
+    assert r["zero_effect"] == 0.0 and r["efficacy_lo"] <= r["efficacy"] <= r["efficacy_hi"]
+  # The controls: on both concepts, the target's own vector (efficacy 1) moves its score beyond most null directions.
+  for concept in ("weddings", "truth"):
+    assert sum(r["null_q95"] < 1.0 for r in steering if r["concept"] == concept) >= 3, concept
   stats = summary["activation_stats"]
   assert len(stats["smollm2-135m"]) == 31 and len(stats["gemma3-270m"]) == 19

@@ -28,13 +28,15 @@ def test_every_problem_is_listed():
   c.statistics.min_layer = -1
   c.statistics.ci_resamples = 5
   c.probes.token_classes = 200  # more classes than 384 samples can train
+  c.steering.update(concepts=("weddings", "romance"), scales=(0.0, 1.0))
   with pytest.raises(ValueError) as error:
     validate_config(c)
   message = str(error.value)
   for fragment in ("unknown top-level key 'surprise'", "names must be unique", "'./no/such/model'",
                    "dtype 'float8'", "pooling 'max'", "'depths:x'", "'nonsense'", "'whiten'", "'mystery'",
                    "num_texts=3", "fractions", "seeds must be a non-empty list of distinct ints",
-                   "min_layer=-1", "ci_resamples", "token_classes=200"):
+                   "min_layer=-1", "ci_resamples", "token_classes=200", "steering concept 'romance'",
+                   "steering.scales=[0.0, 1.0]"):
     assert fragment in message, fragment
 
 

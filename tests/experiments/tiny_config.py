@@ -17,4 +17,5 @@ def get_config(arg):
   c.next_token.num_samples = 32
   c.probes.update(token_classes=5, token_samples=48)
   c.seeds = [0, 1]
+  c.steering.enabled = False  # tests/experiments/test_steering_stage.py runs it
   return c

@@ -136,6 +136,21 @@ def test_random_directions_and_with_norm():
                              [[0.6, 0.8], [0.0, 0.0], [-1.0, 1.0]], rtol=1e-6)
 
 
+def test_activation_directions_follow_the_activations_covariance():
+  rng = np.random.default_rng(7)
+  scales = np.array([10.0, 1.0, 0.1, 0.0])  # the last dimension never varies
+  activations = (rng.normal(size=(300, 4)) * scales + 5.0).astype(np.float32)
+  directions = np.asarray(transfer.activation_directions(jax.random.PRNGKey(3), 2000, activations))
+  np.testing.assert_allclose(np.linalg.norm(directions, axis=1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(directions[:, 3], 0.0, atol=1e-6)  # in the span of the centred rows
+  # The same draws in NumPy float64: Gaussian weights of the centred rows, normalized.
+  weights = np.asarray(jax.random.normal(jax.random.PRNGKey(3), (2000, 300), np.float32), np.float64)
+  expected = weights @ (activations - activations.mean(0))
+  np.testing.assert_allclose(directions, expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=1e-5)
+  spread = np.sqrt((directions ** 2).mean(0))
+  assert spread[0] > 0.9 > 0.4 > spread[1] > 5 * spread[2]  # along the activations' large directions
+
+
 def _np_efficacy(mapped, own, null, rows, z, level):
   """The efficacy, its interval by the documented rule and the null's statistics, in NumPy float64."""
   n, size = len(mapped), rows.shape[1]

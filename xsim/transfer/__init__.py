@@ -21,14 +21,14 @@ from xsim.transfer.probes import (ProbeFit, ProbeTraining, ProbeTransfer, fit_lo
 from xsim.transfer.ridge import ridge_path, ridge_weights
 from xsim.transfer.solvers import METHODS, Adam, AdamW, Procrustes, Ridge, Solver, solver
 from xsim.transfer.splits import Split, make_split
-from xsim.transfer.steering import (Efficacy, mean_difference, probe_direction, random_directions,
-                                    shuffled_ridge_directions, steering_efficacy, with_norm)
+from xsim.transfer.steering import (Efficacy, activation_directions, mean_difference, probe_direction,
+                                    random_directions, shuffled_ridge_directions, steering_efficacy, with_norm)
 
 __all__ = [
-    "METHODS", "Adam", "AdamW", "Efficacy", "LinearMapFit", "ProbeFit", "ProbeTraining",
-    "ProbeTransfer", "Procrustes", "Ridge", "Solver", "Split", "fit_linear_maps",
-    "fit_logistic_probes", "fit_shuffled_maps", "fit_token_probes", "kl_divergence", "make_split",
-    "mean_difference", "mean_predictor_r2", "next_token_scores", "patching_scores", "probe_direction",
-    "probe_transfer", "r2_score", "random_directions", "ridge_path", "ridge_weights", "shuffled_ridge_directions",
-    "solver", "steering_efficacy", "top1_agreement", "topk_accuracy", "with_norm",
+    "METHODS", "Adam", "AdamW", "Efficacy", "LinearMapFit", "ProbeFit", "ProbeTraining", "ProbeTransfer",
+    "Procrustes", "Ridge", "Solver", "Split", "activation_directions", "fit_linear_maps", "fit_logistic_probes",
+    "fit_shuffled_maps", "fit_token_probes", "kl_divergence", "make_split", "mean_difference", "mean_predictor_r2",
+    "next_token_scores", "patching_scores", "probe_direction", "probe_transfer", "r2_score", "random_directions",
+    "ridge_path", "ridge_weights", "shuffled_ridge_directions", "solver", "steering_efficacy", "top1_agreement",
+    "topk_accuracy", "with_norm",
 ]

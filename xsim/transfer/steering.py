@@ -3,14 +3,15 @@ model through a fitted linear map, move the target like the target's own vector?
 
   own = steering.mean_difference(target_pos, target_neg)[j]                      # [db] the target's own vector
   mapped = fit.map_direction(i, j, steering.mean_difference(source_pos, source_neg)[i][None])[0]      # [db]
-  nulls = steering.with_norm(jnp.concatenate([steering.random_directions(key, N, db),
+  nulls = steering.with_norm(jnp.concatenate([steering.activation_directions(key, N, target_acts),
                                               steering.shuffled_ridge_directions(...)]), jnp.linalg.norm(mapped))
   # the runner adds each vector to the target's residual stream and scores every prompt (xsim.activations)
   result = steering.steering_efficacy(effect_mapped, effect_own, effect_null, key=key, num_resamples=1000)
 
 Vectors are contrastive mean differences (CAA, Rimsky et al. 2024; ActAdd, Turner et al. 2023) or a binary probe's
-weight direction. The null directions carry no transferred signal: random directions, and the source vector mapped
-through ridge maps fit on shuffled pairs, each rescaled to the mapped vector's norm.
+weight direction. The null directions carry no transferred signal: random directions (isotropic, or drawn from the
+target's activations), and the source vector mapped through ridge maps fit on shuffled pairs, each rescaled to the
+mapped vector's norm.
 """
 from __future__ import annotations
 
@@ -109,6 +110,19 @@ def _shuffled_directions(source, target, x_moments, y_moments, lam, vector, inve
 def random_directions(key: jax.Array, num: int, d: int) -> jnp.ndarray:
   """-> [num, d] float32 unit vectors, uniform on the sphere (normalized Gaussian draws)."""
   draws = jax.random.normal(key, (num, d), jnp.float32)
+  return draws / jnp.linalg.norm(draws, axis=1, keepdims=True)
+
+
+def activation_directions(key: jax.Array, num: int, activations) -> jnp.ndarray:
+  """-> [num, d] float32 unit vectors drawn from the activations' own distribution: Gaussian combinations of the
+  centred rows of activations [n, d] (so direction z has covariance proportional to theirs). A null direction of
+  this kind is as natural as a contrastive vector, which is itself a difference of row means, but carries no
+  concept; an isotropic one (random_directions) mostly moves dimensions the model barely uses."""
+  chex.assert_rank(activations, 2)
+  rows = jnp.asarray(activations, jnp.float32)
+  rows = rows - rows.mean(0)
+  draws = jnp.einsum("kn,nd->kd", jax.random.normal(key, (num, rows.shape[0]), jnp.float32), rows,
+                     precision=Precision.HIGHEST)
   return draws / jnp.linalg.norm(draws, axis=1, keepdims=True)
 
 
