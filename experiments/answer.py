@@ -63,7 +63,7 @@ def ratio_ci(resamples: dict, relations: dict, level: float) -> Optional[list]:
 
 def answer(headline: dict, resamples: dict, relations: dict, level: float = 0.95) -> dict:
   """{"figures": [{"figure", "within", "cross", "ratio", "ratio_ci", "published_within", "published_cross",
-  "published_ratio", "detail"}], "reading": str} from the headline records (tables.headline) and the first seed's
+  "published_ratio", "detail", "pairs": each pair's figure and where it sits (_per_pair)}], "reading": str} from the headline records (tables.headline) and the first seed's
   resamples: {figure key ((measure, preprocess) for CKA, "r2", ("probe", task) for probes): {pair name:
   {"estimate", "samples", "n"}}}, with the pairs' relations."""
   figures = []
@@ -75,14 +75,16 @@ def answer(headline: dict, resamples: dict, relations: dict, level: float = 0.95
     ci = ratio_ci(resamples.get(record_key, {}), relations, level)
     published = PUBLISHED.get(record_key, {})
     figures.append(_figure(f"max debiased CKA ({'raw' if record_key[1] == 'none' else 'standardized'})", within,
-                           cross, ci, published))
+                           cross, ci, published,
+                           pairs=_per_pair(records, ("model_a", "model_b"), "max", "argmax", "argmax_depth")))
   transfer = headline.get("transfer", [])
   within, cross = _group_mean(transfer, "within", "r2"), _group_mean(transfer, "cross", "r2")
   if within is not None and cross is not None:
     figures.append(_figure("best transfer R²", within, cross, ratio_ci(resamples.get("r2", {}), relations, level),
                            PUBLISHED["r2"],
                            detail=f"shuffled-pair max: within {_group_mean(transfer, 'within', 'r2_shuffled_max'):.3f}, "
-                                  f"cross {_group_mean(transfer, 'cross', 'r2_shuffled_max'):.3f}"))
+                                  f"cross {_group_mean(transfer, 'cross', 'r2_shuffled_max'):.3f}",
+                           pairs=_per_pair(transfer, ("source", "target"), "r2", "best", "best_depth")))
   probes = headline.get("probes", [])
   for task in sorted({r["task"] for r in probes}):
     mine = [r for r in probes if r["task"] == task]
@@ -98,20 +100,33 @@ def answer(headline: dict, resamples: dict, relations: dict, level: float = 0.95
     figures.append(_figure(name, within, cross, ratio_ci(resamples.get(("probe", task), {}), relations, level),
                            published,
                            detail=f"target's own probe {own('within'):.3f} / {own('cross'):.3f}, shuffled map "
-                                  f"{shuffled('within'):.3f} / {shuffled('cross'):.3f} (within / cross)"))
+                                  f"{shuffled('within'):.3f} / {shuffled('cross'):.3f} (within / cross)",
+                           pairs=_per_pair(mine, ("source", "target"), "acc_mapped", "best", None)))
   return {"figures": figures, "reading": reading(figures)}
 
 
-def _figure(name: str, within: float, cross: float, ci, published: dict, detail: str = "") -> dict:
+def _per_pair(records: Sequence[dict], names: tuple, value: str, layers: str, depths: Optional[str]) -> list[dict]:
+  """Each within- or cross-family pair's figure and where it sits: {"pair", "relation", "value", "layers",
+  "depths" (None where the records give none)}, within-family pairs first."""
+  rows = [{"pair": f"{r[names[0]]} → {r[names[1]]}", "relation": r["relation"], "value": r[value],
+           "layers": r[layers], "depths": r[depths] if depths else None}
+          for r in records if r["relation"] in ("within", "cross")]
+  return sorted(rows, key=lambda r: r["relation"] != "within")
+
+
+def _figure(name: str, within: float, cross: float, ci, published: dict, detail: str = "",
+            pairs: Sequence[dict] = ()) -> dict:
   pw, pc = published.get("within"), published.get("cross")
   return {"figure": name, "within": within, "cross": cross, "ratio": _ratio(within, cross), "ratio_ci": ci,
           "published_within": pw, "published_cross": pc,
-          "published_ratio": _ratio(pw, pc) if pw is not None and pc is not None else None, "detail": detail}
+          "published_ratio": _ratio(pw, pc) if pw is not None and pc is not None else None, "detail": detail,
+          "pairs": list(pairs)}
 
 
 def reading(figures: Sequence[dict]) -> str:
-  """Two sentences generated from the figures: how the CKA ratio compares with the published one (and whether its
-  CI excludes it), and how much of the probes' accuracy survives the maps across families."""
+  """A few sentences generated from the figures: how the CKA ratio compares with the published one (and whether its
+  CI excludes it), at which depths its maxima sit, and how much of the probes' accuracy survives the maps across
+  families."""
   if not figures:
     return "This run has no within-family and cross-family pair to compare, so it cannot answer the question."
   by_name = {f["figure"]: f for f in figures}
@@ -126,6 +141,12 @@ def reading(figures: Sequence[dict]) -> str:
               + (" (outside this interval)." if outside else "."))
   else:
     first += "."
+  placed = [p for p in cka.get("pairs", ()) if p["depths"] is not None]
+  if placed:
+    where = lambda relation: ", ".join(f"{p['depths'][0]:.2f} / {p['depths'][1]:.2f} ({p['pair']})"
+                                       for p in placed if p["relation"] == relation)
+    first += (f" The maxima sit at relative depths (source / target) {where('within')} within family and "
+              f"{where('cross')} across families.")
   probes = [f for f in figures if f["figure"].startswith("probe transfer")]
   if probes:
     kept = np.mean([f["ratio"] for f in probes])

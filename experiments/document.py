@@ -142,5 +142,7 @@ def fmt_depth(depth) -> str:
 
 
 def fmt_layers(layers, depths) -> str:
-  """A layer pair with its relative depths: "a, b (depth_a, depth_b)"."""
+  """A layer pair with its relative depths: "a, b (depth_a, depth_b)"; "a, b" where depths is None."""
+  if depths is None:
+    return f"{layers[0]}, {layers[1]}"
   return f"{layers[0]}, {layers[1]} ({fmt_depth(depths[0])}, {fmt_depth(depths[1])})"

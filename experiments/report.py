@@ -111,7 +111,9 @@ def _answer_blocks(answer: dict, level) -> list:
                 fmt(f["published_within"]), fmt(f["published_cross"]), fmt_ratio(f["published_ratio"]),
                 f["detail"] or "")
                for f in answer["figures"])
-  return [Heading(2, "The answer: within- vs cross-family"), Para(
+  per_pair = tuple((p["pair"], p["relation"], f["figure"], fmt(p["value"]), fmt_layers(p["layers"], p["depths"]))
+                   for f in answer["figures"] for p in f.get("pairs", ()))
+  return [Heading(2, "The answer: within- vs cross-family"), Para(answer["reading"]), Para(
       "Each figure is the mean over this run's within-family and cross-family pairs at the best layer pair (over "
       "the scored layers, seeds averaged); the ratio is cross / within. Its CI resamples the texts (half of them, "
       f"without replacement, the same texts for every pair), recomputing the ratio; '{MISSING}' where the run has no "
@@ -120,7 +122,9 @@ def _answer_blocks(answer: dict, level) -> list:
       "where it gave none."),
       Table(("figure", "within", "cross", "cross / within", f"ratio {ci}", "published within", "published cross",
              "published ratio", "detail"), rows),
-      Para(answer["reading"])]
+      Para("Every pair's figure behind those means, at its best layer pair (hidden-state indices, relative depths "
+           "in parentheses):"),
+      Table(("source → target", "relation", "figure", "value", "layers (depths)"), per_pair)]
 
 
 def _transfer_blocks(records: list, figures: list[Image], min_layer: int) -> list:

@@ -166,12 +166,14 @@ def compute(settings: Settings, ctx, unit) -> dict:
     layer_b = data.layers_b[j]
     source_vector, own = source_vectors[ia.index(i)], own_vectors[layers_b.index(layer_b)]
     mapped = np.asarray(fit.map_direction(i, j, source_vector[None]))
-    if fit.method == "ridge" and settings.num_shuffled:
+    if not settings.num_shuffled:
+      shuffled_dirs = np.zeros((0, own.shape[0]), np.float32)
+    elif fit.method == "ridge":
       permutations = resampling.permutations(jax.random.fold_in(key, 1), settings.num_shuffled, len(train))
       shuffled_dirs = transfer.shuffled_ridge_directions(data.xs[i][train], data.ys[j][train], source_vector,
                                                          float(fit.penalty[i, j]), permutations,
                                                          standardize=standardize)
-    else:
+    else:  # no closed form: the maps stage's one shuffled-pair map
       shuffled_dirs = shuffled.map_direction(i, j, source_vector[None])
     random_dirs = transfer.activation_directions(jax.random.fold_in(key, 0), settings.num_random, data.ys[j][train])
     directions = np.concatenate([own[None], mapped, np.asarray(random_dirs), np.asarray(shuffled_dirs),
@@ -193,7 +195,8 @@ def compute(settings: Settings, ctx, unit) -> dict:
                        residual_norm=residual, map_r2=float(fit.r2[i, j]), efficacy=e.efficacy,
                        efficacy_lo=e.ci_low, efficacy_hi=e.ci_high, p_value=e.p_value, null_mean=e.null_mean,
                        null_sd=e.null_sd, null_q95=e.null_q95, random_min=float(random_null.min()),
-                       random_max=float(random_null.max()), shuffled_mean=float(shuffled_null.mean()),
+                       random_max=float(random_null.max()),
+                       shuffled_mean=float(shuffled_null.mean()) if len(shuffled_null) else float("nan"),
                        own_effect=e.own_effect,
                        mapped_effect=e.mapped_effect, zero_effect=float(np.abs(effects[s, -1]).max()),
                        **{f"perplexity_{v}": float(perplexity[s, k]) for k, v in enumerate(SIDE_EFFECT_VECTORS)}))

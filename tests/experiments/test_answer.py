@@ -8,16 +8,25 @@ from experiments.validate import validate_config
 
 
 def headline():
-  sim = [dict(model_a="q1", model_b="q0", measure="cka_debiased", preprocess="none", relation="within", max=0.9),
-         dict(model_a="q1", model_b="s", measure="cka_debiased", preprocess="none", relation="cross", max=0.6),
-         dict(model_a="g", model_b="q0", measure="cka_debiased", preprocess="none", relation="cross", max=0.5),
+  at = lambda a, b, da, db: dict(argmax=[a, b], argmax_depth=[da, db])
+  sim = [dict(model_a="q1", model_b="q0", measure="cka_debiased", preprocess="none", relation="within", max=0.9,
+              **at(1, 1, 0.04, 0.04)),
+         dict(model_a="q1", model_b="s", measure="cka_debiased", preprocess="none", relation="cross", max=0.6,
+              **at(9, 10, 0.32, 0.33)),
+         dict(model_a="g", model_b="q0", measure="cka_debiased", preprocess="none", relation="cross", max=0.5,
+              **at(3, 4, 0.17, 0.17)),
          dict(model_a="g", model_b="q0@random", measure="cka_debiased", preprocess="none", relation="random",
-              max=0.1)]
-  transfer = [dict(relation="within", r2=0.5, r2_shuffled_max=-0.01), dict(relation="cross", r2=0.2,
-                                                                           r2_shuffled_max=0.0)]
-  probes = [dict(task="cities", relation="within", acc_mapped=0.9, acc_target=0.95, acc_shuffled=0.5),
-            dict(task="cities", relation="cross", acc_mapped=0.72, acc_target=0.9, acc_shuffled=0.52),
-            dict(task="next_token_top5", relation="cross", acc_mapped=0.3, acc_target=0.4, acc_shuffled=0.1)]
+              max=0.1, **at(1, 2, 0.06, 0.08))]
+  transfer = [dict(source="q1", target="q0", relation="within", r2=0.5, r2_shuffled_max=-0.01, best=[2, 3],
+                   best_depth=[0.07, 0.12]),
+              dict(source="g", target="q0", relation="cross", r2=0.2, r2_shuffled_max=0.0, best=[5, 6],
+                   best_depth=[0.28, 0.25])]
+  probes = [dict(task="cities", source="q1", target="q0", relation="within", acc_mapped=0.9, acc_target=0.95,
+                 acc_shuffled=0.5, best=[4, 4]),
+            dict(task="cities", source="g", target="q0", relation="cross", acc_mapped=0.72, acc_target=0.9,
+                 acc_shuffled=0.52, best=[6, 8]),
+            dict(task="next_token_top5", source="g", target="q0", relation="cross", acc_mapped=0.3, acc_target=0.4,
+                 acc_shuffled=0.1, best=[6, 8])]
   return {"similarity": sim, "transfer": transfer, "probes": probes}
 
 
@@ -38,8 +47,17 @@ def test_figures_ratios_and_the_ci_of_the_cka_ratio():
   assert cka["published_ratio"] == pytest.approx(np.mean([0.208, 0.222, 0.181, 0.184]) / 0.914)
   assert r2["ratio"] == pytest.approx(0.4) and r2["ratio_ci"] is None
   assert cities["figure"] == "probe transfer: cities" and cities["ratio"] == pytest.approx(0.8)
+  # Every within- and cross-family pair's figure and where it sits, within first; random baselines are no answer.
+  assert cka["pairs"] == [
+      dict(pair="q1 → q0", relation="within", value=0.9, layers=[1, 1], depths=[0.04, 0.04]),
+      dict(pair="q1 → s", relation="cross", value=0.6, layers=[9, 10], depths=[0.32, 0.33]),
+      dict(pair="g → q0", relation="cross", value=0.5, layers=[3, 4], depths=[0.17, 0.17])]
+  assert [p["value"] for p in r2["pairs"]] == [0.5, 0.2] and r2["pairs"][1]["depths"] == [0.28, 0.25]
+  assert cities["pairs"][1] == dict(pair="g → q0", relation="cross", value=0.72, layers=[6, 8], depths=None)
   assert "0.61 of the within-family value" in out["reading"] and "0.22 in the published study" in out["reading"]
   assert "outside this interval" in out["reading"] and "80% of the within-family" in out["reading"]
+  assert ("relative depths (source / target) 0.04 / 0.04 (q1 → q0) within family and 0.32 / 0.33 (q1 → s), "
+          "0.17 / 0.17 (g → q0) across families") in out["reading"]
 
 
 def test_a_negative_cross_family_r2_has_no_ratio():
