@@ -22,7 +22,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from xsim import layer_select, sharding as shard_lib
-from xsim.activations.rows import INDEX_DTYPE, POOLINGS, TokenizedText, pad_id, sample_rows, tokenize
+from xsim.activations.rows import (INDEX_DTYPE, MIN_SEQ, POOLINGS, TokenizedText, pad_id, padded_length, sample_rows,
+                                  tokenize)
 from xsim.activations.store import Activations, ActivationStore, shard_stats
 from xsim.data.text import text_hash
 from xsim.models.model import Model
@@ -30,7 +31,6 @@ from xsim.models.model import Model
 SITES = ("residual", "attn", "mlp", "final_norm")
 STORE_DTYPES = ("float32", "bfloat16", "float16")
 OVERFLOWS = ("error", "skip")
-_MIN_SEQ = 16  # the shortest padded length: shorter texts share one compiled shape
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,11 +81,6 @@ def model_fingerprint(model: Model) -> str:
     digest.update(str(leaf.shape).encode())
     digest.update(sample.tobytes())
   return digest.hexdigest()[:16]
-
-
-def _bucket(n: int, minimum: int) -> int:
-  """Smallest power of two >= max(n, minimum): a few shapes, so few compilations."""
-  return max(minimum, 1 << max(0, int(n - 1).bit_length()))
 
 
 # (module, layers, site, mesh) -> jitted pooled forward. A Decoder compares and hashes by its config, dtype and
@@ -187,8 +182,8 @@ def _prepare(model: Model, texts: Sequence[str], start: int, rows: RowSpec):
 
 def _host_batch(items, batch_size: int, pad: int, left_pad: bool, min_seq: int):
   """ids/mask [B, S] and pooling weights [B, R, S] (S, R bucketed) plus the row index, for <= batch_size texts."""
-  seq = _bucket(max(len(ids) for _, ids, _ in items), min_seq)
-  num_rows = _bucket(max(len(rows) for _, _, rows in items), 1)
+  seq = padded_length(max(len(ids) for _, ids, _ in items), min_seq)
+  num_rows = padded_length(max(len(rows) for _, _, rows in items), 1)
   ids = np.full((batch_size, seq), pad, np.int32)
   mask = np.zeros((batch_size, seq), np.int32)
   weights = np.zeros((batch_size, num_rows, seq), np.float32)
@@ -275,7 +270,7 @@ def _run_shard(fn, params, items, batch_size, pad, left_pad, bar, empty):
   pieces, pending = [], None
   start = time.perf_counter()
   for batch in batches:
-    ids, mask, weights, index, tokens = _host_batch(batch, batch_size, pad, left_pad, _MIN_SEQ)
+    ids, mask, weights, index, tokens = _host_batch(batch, batch_size, pad, left_pad, MIN_SEQ)
     result = fn(params, ids, mask, weights)  # dispatched asynchronously
     if pending is not None:
       pieces.append(_collect(*pending))

@@ -13,7 +13,7 @@ from typing import Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from xsim.activations.rows import pad_id, tokenize
+from xsim.activations.rows import pad_id, padded_length, tokenize
 from xsim.data.text import next_word_split
 from xsim.models.model import Model
 from xsim.models.transformer import Patch
@@ -66,7 +66,7 @@ def _batches(samples: NextTokenSamples, batch_size: int, pad: int):
   """Right-padded ids/mask [B, S] (S a power of two), positions [B], labels [B] and the valid rows."""
   for start in range(0, len(samples.ids), batch_size):
     rows = list(range(start, min(start + batch_size, len(samples.ids))))
-    seq = max(16, 1 << (max(len(samples.ids[r]) for r in rows) - 1).bit_length())
+    seq = padded_length(max(len(samples.ids[r]) for r in rows))
     ids = np.full((batch_size, seq), pad, np.int32)
     mask = np.zeros((batch_size, seq), np.int32)
     positions = np.zeros(batch_size, np.int32)

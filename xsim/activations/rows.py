@@ -31,6 +31,15 @@ class TokenizedText:
   special: np.ndarray
 
 
+MIN_SEQ = 16  # the shortest padded length: shorter texts share one compiled shape
+
+
+def padded_length(n: int, minimum: int = MIN_SEQ) -> int:
+  """Smallest power of two >= max(n, minimum): the padded length of a batch whose longest row has n tokens (a few
+  shapes, so few compilations)."""
+  return max(minimum, 1 << max(0, int(n - 1).bit_length()))
+
+
 def pad_id(tokenizer) -> int:
   """The id to fill padding with: the tokenizer's pad token, or 0 (padded positions are masked anyway)."""
   return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

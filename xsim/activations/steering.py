@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xsim.activations.rows import pad_id, tokenize
+from xsim.activations.rows import pad_id, padded_length, tokenize
 from xsim.models.model import Model
 from xsim.models.transformer import Steer
 
@@ -101,7 +101,7 @@ def _batches(ids: list, layers: np.ndarray, vectors: np.ndarray, positions: str,
     real = rows < num_rows
     prompt, which = np.minimum(rows, num_rows - 1) // len(layers), rows % len(layers)
     lengths = np.asarray([len(ids[p]) for p in prompt])
-    seq = max(16, 1 << int(lengths.max() - 1).bit_length())
+    seq = padded_length(lengths.max())
     batch = np.full((batch_size, seq), pad, np.int32)
     for b, p in enumerate(prompt):
       batch[b, :lengths[b]] = ids[p]
