@@ -26,7 +26,7 @@ def get_config(arg=None):
   # Tuples, so that a command line can override them (--config.steering.scales='(1.0, 2.0)').
   c.steering = dict(enabled=True, concepts=("weddings", "truth"), num_pairs=32, num_prompts=12, num_passages=4,
                     passage_words=32, depths=(0.33, 0.5, 0.67), all_layer_pairs=False, scales=(1.0, 2.0, 4.0),
-                    num_random=6, num_shuffled=6, readout_offset=2, max_perplexity_ratio=2.0)
+                    num_random=10, num_shuffled=10, readout_offset=2, max_perplexity_ratio=2.0)
   c.mesh = dict(data=-1, model=1)
   c.seeds = [0]
   return c

@@ -53,8 +53,8 @@ class Settings:
   depths: tuple[float, ...] = (0.33, 0.5, 0.67)
   all_layer_pairs: bool = False
   scales: tuple[float, ...] = (1.0, 2.0, 4.0)
-  num_random: int = 8
-  num_shuffled: int = 8
+  num_random: int = 10
+  num_shuffled: int = 10
   readout_offset: int = 2
   max_perplexity_ratio: float = 2.0
 
@@ -67,8 +67,9 @@ class Settings:
       out.append(f"steering.depths={list(self.depths)} must be relative depths in [0, 1]")
     if not self.scales or min(self.scales) <= 0:
       out.append(f"steering.scales={list(self.scales)} must be positive multiples of the own vector's norm")
-    if self.num_random < 1 or self.num_random + self.num_shuffled < 2:
-      out.append("steering needs num_random >= 1 and at least 2 null directions (num_random + num_shuffled)")
+    if self.num_random < 1 or self.num_random + self.num_shuffled < 19:
+      out.append(f"steering needs num_random >= 1 and num_random + num_shuffled >= 19 null directions for a 5% test "
+                 f"(got {self.num_random} + {self.num_shuffled})")
     if self.readout_offset < 0 or self.max_perplexity_ratio <= 1.0:
       out.append("steering needs readout_offset >= 0 and max_perplexity_ratio > 1")
     return out

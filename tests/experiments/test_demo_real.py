@@ -18,7 +18,7 @@ def test_reduced_demo_on_real_checkpoints(tmp_path):
   c.next_token.num_samples = 16
   c.probes.update(token_classes=5, token_samples=32)
   c.steering.update(num_pairs=16, num_prompts=8, num_passages=2, depths=(0.33, 0.67), scales=(1.0, 2.0),
-                    num_random=4, num_shuffled=4)
+                    num_random=10, num_shuffled=9)
   summary = runner.run(c, str(tmp_path))
   for name in ("similarity.csv", "transfer.csv", "probes.csv", "next_token.csv", "summary.json", "report.md",
                "report.html"):

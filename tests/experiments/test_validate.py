@@ -28,7 +28,7 @@ def test_every_problem_is_listed():
   c.statistics.min_layer = -1
   c.statistics.ci_resamples = 5
   c.probes.token_classes = 200  # more classes than 384 samples can train
-  c.steering.update(concepts=("weddings", "romance"), scales=(0.0, 1.0))
+  c.steering.update(concepts=("weddings", "romance"), scales=(0.0, 1.0), num_random=4, num_shuffled=4)
   with pytest.raises(ValueError) as error:
     validate_config(c)
   message = str(error.value)
@@ -36,7 +36,7 @@ def test_every_problem_is_listed():
                    "dtype 'float8'", "pooling 'max'", "'depths:x'", "'nonsense'", "'whiten'", "'mystery'",
                    "num_texts=3", "fractions", "seeds must be a non-empty list of distinct ints",
                    "min_layer=-1", "ci_resamples", "token_classes=200", "steering concept 'romance'",
-                   "steering.scales=[0.0, 1.0]"):
+                   "steering.scales=[0.0, 1.0]", "num_random + num_shuffled >= 19 null directions"):
     assert fragment in message, fragment
 
 
