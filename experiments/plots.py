@@ -244,3 +244,28 @@ def steering_plot(rows: Sequence[dict], out_dir: str) -> list[str]:
     ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), framealpha=0.9)
     writer.save(fig, "steering", concept)
   return writer.paths
+
+
+def steering_heatmaps(rows: Sequence[dict], out_dir: str) -> list[str]:
+  """steering.csv rows -> paths of PNGs for the pairs steered at every layer pair (steering.all_layer_pairs), one
+  per concept and pair: the mapped vector's efficacy over layer pairs, one panel per scale (the best cell outlined).
+  Pairs steered at a few depths only have no grid to draw (steering_plot draws them)."""
+  writer = _Writer(out_dir)
+  groups = collections.defaultdict(list)
+  for row in rows:
+    groups[(row["concept"], row["source"], row["target"])].append(row)
+  for (concept, source, target), group in sorted(groups.items()):
+    cells = {(r["layer_a"], r["layer_b"]) for r in group}
+    num_a, num_b = len({a for a, _ in cells}), len({b for _, b in cells})
+    if min(num_a, num_b) < 2 or len(cells) != num_a * num_b:
+      continue
+    by_scale = layer_grids(group, ("scale",), ("efficacy",))
+    fig = _figure(3.6 * len(by_scale) + 1.6, 4.0, left=0.9, bottom=1.0, right=1.4, top=0.5, wspace=0.35)
+    for k, ((scale,), grid) in enumerate(by_scale.items()):
+      ax = fig.add_subplot(1, len(by_scale), k + 1)
+      image = _heatmap(ax, grid, grid.values["efficacy"], source, target, vmin=-1.0, vmax=1.0, cmap="RdBu_r")
+      ax.set_title(f"x{scale:g} the own vector's norm", fontsize=8)
+    fig.colorbar(image, ax=fig.axes, shrink=0.8).set_label("efficacy (mapped / own effect)", fontsize=8)
+    fig.suptitle(f"{concept}: steering {source} -> {target} over layer pairs", fontsize=9)
+    writer.save(fig, "steering", concept, source, target)
+  return writer.paths

@@ -276,8 +276,8 @@ def write_report(workdir: str, config_dict: Mapping, environment: Mapping) -> tu
   if next_token:
     body += _next_token_blocks(next_token)
   if steering:
-    body += _steering_blocks(steering, summary.get("pairs", {}), _images(plots.steering_plot(steering, figures),
-                                                                          workdir))
+    body += _steering_blocks(steering, summary.get("pairs", {}), _images(
+        plots.steering_plot(steering, figures) + plots.steering_heatmaps(steering, figures), workdir))
   if "activation_stats" in summary:
     body += _activation_blocks(summary["activation_stats"])
   config = config_dict.to_dict() if hasattr(config_dict, "to_dict") else dict(config_dict)

@@ -41,9 +41,9 @@ SIDE_EFFECT_VECTORS = ("own", "mapped", "random")  # the directions whose perple
 @dataclasses.dataclass(frozen=True)
 class Settings:
   """The config's `steering` section: the concepts (xsim.data.concepts.CONCEPTS), their contrast pairs and prompts;
-  the held-out passages of the side effect and their length; the layer pairs (relative depths, or every scored layer pair); the
-  scales (multiples of the own vector's norm); the null directions; the probe readout's distance in blocks; and
-  the perplexity ratio the summary's scale must keep."""
+  the held-out passages of the side effect and their length; the layer pairs (relative depths, or every scored layer
+  pair); the scales (multiples of the own vector's norm); the null directions; the probe readout's distance in blocks;
+  and the perplexity ratio the summary's scale must keep."""
   enabled: bool = False
   concepts: tuple[str, ...] = ("weddings", "truth")
   num_pairs: int = 32

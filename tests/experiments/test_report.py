@@ -427,3 +427,21 @@ def test_compare_puts_transfer_and_probe_numbers_side_by_side(tmp_path):
     assert float(cell["mapped A"]) == pytest.approx(max(mine), abs=tol)
     assert float(cell["mapped B-A"]) == pytest.approx(-0.1, abs=2 * tol)
     assert cell["target ceiling B-A"] == "0.000"
+
+
+def _steering_rows(cells, scales=(1.0, 2.0)):
+  """steering.csv rows of one pair and concept at the given (layer_a, layer_b) cells and scales."""
+  from experiments import outputs as out
+  return [dict({c: 0.5 for c in out.STEERING_COLUMNS}, concept="weddings", readout="words", source="a", target="b",
+               relation="cross", layer_a=a, layer_b=b, depth_a=a / 4, depth_b=b / 4, scale=s,
+               efficacy=0.1 * a - 0.05 * b, efficacy_lo=-0.5, efficacy_hi=0.9, seed=0)
+          for a, b in cells for s in scales]
+
+
+def test_steering_heatmaps_only_where_every_layer_pair_was_steered(tmp_path):
+  grid = _steering_rows([(a, b) for a in (1, 2, 3) for b in (1, 2, 4)])
+  (path,) = plots.steering_heatmaps(grid, str(tmp_path / "grid"))
+  assert os.path.basename(path) == "steering__weddings__a__b.png" and png_size(path)[0] > png_size(path)[1]
+  assert plots.steering_heatmaps(_steering_rows([(1, 1), (2, 2), (3, 4)]), str(tmp_path / "depths")) == []
+  (curve,) = plots.steering_plot(grid, str(tmp_path / "curve"))
+  assert os.path.basename(curve) == "steering__weddings.png"

@@ -97,8 +97,9 @@ def test_command_line_overrides_reach_validation_before_any_work(tmp_path):
        "--config.models.0.dtype=float8", "--config.models[3].path=./nowhere", "--config.data.num_texts=3",
        f"--workdir={tmp_path / 'run'}"], cwd=root, capture_output=True, text=True, timeout=300)
   assert result.returncode == 2 and "Traceback" not in result.stderr  # a config error: its message, exit code 2
-  for fragment in ("Invalid config", "model smollm2-135m: dtype 'float8'", "model qwen-coder-1.5b: No model directory or GGUF file at './nowhere'",
-                   "num_texts=3", "probes.token_classes=20 needs at least 2 x token_classes samples, but data.num_texts=3"):
+  for fragment in ("Invalid config", "model smollm2-135m: dtype 'float8'",
+                   "model qwen-coder-1.5b: No model directory or GGUF file at './nowhere'", "num_texts=3",
+                   "probes.token_classes=20 needs at least 2 x token_classes samples, but data.num_texts=3"):
     assert fragment in result.stderr, fragment
   assert not os.path.exists(tmp_path / "run" / "activations")
   result = subprocess.run(
