@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The tests that need no PyTorch, and a tiny study end to end (tests/experiments/test_run.py's tiny checkpoints are
-# drawn with NumPy without PyTorch), in a fresh venv of the newest Python 3 that pyenv has.
+# The tests that need no PyTorch, and tiny studies end to end (tests/experiments/test_run.py's and
+# test_steering_stage.py's tiny checkpoints are drawn with NumPy without PyTorch), in a fresh venv of the newest Python 3 that pyenv has.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")
@@ -18,5 +18,5 @@ trap 'rm -rf "$(dirname "$venv")"' EXIT
   tests/similarity tests/transfer tests/data tests/test_io.py tests/test_resampling.py tests/test_layer_select.py \
   tests/test_linalg.py tests/experiments/test_answer.py tests/experiments/test_cli.py \
   tests/experiments/test_degenerate.py tests/experiments/test_document.py tests/experiments/test_keys.py \
-  tests/experiments/test_report.py tests/experiments/test_run.py tests/experiments/test_validate.py \
-  tests/experiments/test_workdir.py
+  tests/experiments/test_report.py tests/experiments/test_run.py tests/experiments/test_steering_stage.py \
+  tests/experiments/test_validate.py tests/experiments/test_workdir.py
