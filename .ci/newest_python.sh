@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The tests that need no PyTorch, and tiny studies end to end (tests/experiments/test_run.py's and
-# test_steering_stage.py's tiny checkpoints are drawn with NumPy without PyTorch), in a fresh venv of the newest Python 3 that pyenv has.
+# test_steering_stage.py's tiny checkpoints are drawn with NumPy without PyTorch), in a fresh venv of the newest
+# Python 3 that pyenv has.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")
