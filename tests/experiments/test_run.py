@@ -82,8 +82,9 @@ def test_every_file_the_run_writes_lies_under_the_workdir(finished_run):
 def test_units_are_named_by_their_inputs_and_each_process_counts_its_work(finished_run):
   workdir, summary = finished_run
   # 2 pairs: per seed 2 CKA measures and mutual kNN (with its null and CI, so per seed for every pair) x 2
-  # preprocessings x 1 chunk, a maps unit per seed; then the real pair's probe and next-token units per seed.
-  assert summary["work"]["planned"] == (2 * 6) + (2 * 6) + 4 + 2 * 2
+  # preprocessings x 1 chunk, a maps unit per seed; then the real pair's probe, token-probe and next-token units
+  # per seed.
+  assert summary["work"]["planned"] == (2 * 6) + (2 * 6) + 4 + 2 * 3
   assert summary["work"]["computed"]["0"] == {"assigned": summary["work"]["planned"],
                                                "computed": summary["work"]["planned"]}
 
@@ -419,7 +420,7 @@ def test_a_rerun_with_stages_disabled_shows_only_its_own_tables(finished_run, ti
   shutil.copytree(finished_run[0], workdir)
   config = tiny_config.copy_and_resolve_references()
   config.next_token.enabled = False
-  config.probes.tasks = []
+  config.probes.update(tasks=[], token_classes=0)
   drawn_before = set(os.listdir(os.path.join(workdir, "figures")))
   summary = runner.run(config, workdir)
   assert summary["moved_aside"] == ["probes.csv", "next_token.csv"]
