@@ -63,7 +63,8 @@ def ratio_ci(resamples: dict, relations: dict, level: float) -> Optional[list]:
 
 def answer(headline: dict, resamples: dict, relations: dict, level: float = 0.95) -> dict:
   """{"figures": [{"figure", "within", "cross", "ratio", "ratio_ci", "published_within", "published_cross",
-  "published_ratio", "detail", "pairs": each pair's figure and where it sits (_per_pair)}], "reading": str} from the headline records (tables.headline) and the first seed's
+  "published_ratio", "detail", "pairs": each pair's figure and where it sits (_per_pair)}], "sensitivity": the CKA
+  figures at other scopes of layers (sensitivity), "reading": str} from the headline records (tables.headline) and the first seed's
   resamples: {figure key ((measure, preprocess) for CKA, "r2", ("probe", task) for probes): {pair name:
   {"estimate", "samples", "n"}}}, with the pairs' relations."""
   figures = []
@@ -102,7 +103,22 @@ def answer(headline: dict, resamples: dict, relations: dict, level: float = 0.95
                            detail=f"target's own probe {own('within'):.3f} / {own('cross'):.3f}, shuffled map "
                                   f"{shuffled('within'):.3f} / {shuffled('cross'):.3f} (within / cross)",
                            pairs=_per_pair(mine, ("source", "target"), "acc_mapped", "best", None)))
-  return {"figures": figures, "reading": reading(figures)}
+  return {"figures": figures, "sensitivity": sensitivity(headline.get("sensitivity", [])),
+          "reading": reading(figures)}
+
+
+def sensitivity(groups: Sequence[dict]) -> list[dict]:
+  """The max debiased CKA figures at each scope of layers (tables.scope_sensitivity's groups): [{"min_layer",
+  "figure", "within", "cross", "ratio"}], where the run has pairs of both relations."""
+  out = []
+  for scope in sorted({g["min_layer"] for g in groups}):
+    for prep, name in (("none", "raw"), ("standardize", "standardized")):
+      mine = {g["relation"]: g["mean_max"] for g in groups
+              if (g["min_layer"], g["measure"], g["preprocess"]) == (scope, "cka_debiased", prep)}
+      if "within" in mine and "cross" in mine:
+        out.append({"min_layer": scope, "figure": f"max debiased CKA ({name})", "within": mine["within"],
+                    "cross": mine["cross"], "ratio": _ratio(mine["within"], mine["cross"])})
+  return out
 
 
 def _per_pair(records: Sequence[dict], names: tuple, value: str, layers: str, depths: Optional[str]) -> list[dict]:

@@ -124,7 +124,19 @@ def _answer_blocks(answer: dict, level) -> list:
              "published ratio", "detail"), rows),
       Para("Every pair's figure behind those means, at its best layer pair (hidden-state indices, relative depths "
            "in parentheses):"),
-      Table(("source → target", "relation", "figure", "value", "layers (depths)"), per_pair)]
+      Table(("source → target", "relation", "figure", "value", "layers (depths)"), per_pair)] + _sensitivity_blocks(
+          answer.get("sensitivity", []))
+
+
+def _sensitivity_blocks(rows: Sequence[dict]) -> list:
+  if not rows:
+    return []
+  scope = lambda k: "embeddings in (from hidden state 0)" if k == 0 else f"from block {k}"
+  return [Para("How much rides on token identity: the same maxima with the embeddings in, as configured, and with "
+               "one more block left out (point estimates; the CIs above are the configured scope's):"),
+          Table(("layers scored", "figure", "within", "cross", "cross / within"),
+                tuple((scope(r["min_layer"]), r["figure"], fmt(r["within"]), fmt(r["cross"]), fmt_ratio(r["ratio"]))
+                      for r in rows))]
 
 
 def _transfer_blocks(records: list, figures: list[Image], min_layer: int) -> list:

@@ -171,6 +171,19 @@ def _records(numbers: dict, names: Sequence[str]) -> list[dict]:
   return [{**dict(zip(names, key)), **{k: plain(v) for k, v in value.items()}} for key, value in numbers.items()]
 
 
+def scope_sensitivity(similarity_rows: Sequence[dict], min_layer: int) -> list[dict]:
+  """How much of the similarity answer rides on the first layers: each relation's mean of the pairs' maxima with
+  the embeddings in (min_layer 0), as configured, and with the first scored block left out too (min_layer + 1),
+  per measure and preprocessing: [{"min_layer", "measure", "preprocess", "relation", "mean_max", "num_pairs"}]."""
+  out = []
+  for scope in sorted({0, min_layer, min_layer + 1}):
+    rows = scored_rows(similarity_rows, scope)
+    if rows:
+      groups = headline_numbers(rows)["groups"]
+      out += [dict(min_layer=scope, measure=m, preprocess=p, relation=r, **g) for (m, p, r), g in groups.items()]
+  return out
+
+
 def headline(similarity, transfer, probes, min_layer: int) -> dict:
   """The report's numbers as JSON-able records, from the tables' rows over the scored layer pairs."""
   out = {}
@@ -179,6 +192,7 @@ def headline(similarity, transfer, probes, min_layer: int) -> dict:
     out["similarity"] = _records(numbers["pairs"], ("model_a", "model_b", "measure", "preprocess"))
     out["groups"] = _records(numbers["groups"], ("measure", "preprocess", "relation"))
     out["ratios"] = _records(numbers["ratios"], ("measure", "preprocess"))
+    out["sensitivity"] = scope_sensitivity(similarity, min_layer)
   if transfer:
     out["transfer"] = _records(transfer_numbers(scored_rows(transfer, min_layer)), ("source", "target", "method"))
   if probes:

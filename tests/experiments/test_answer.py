@@ -189,3 +189,24 @@ def test_no_ci_when_a_subsample_has_no_within_family_signal():
   entries = {"q1|q0": {"estimate": 0.1, "samples": np.array([0.2, 0.0, 0.1]), "n": 40},
              "q1|s": {"estimate": 0.1, "samples": np.array([0.1, 0.1, 0.1]), "n": 40}}
   assert answer.ratio_ci(entries, relations, 0.95) is None
+
+
+def test_scope_sensitivity_retakes_the_maxima_with_the_embeddings_in_and_one_more_block_out():
+  from experiments import tables
+  # Debiased CKA over hidden states 0..3 of each model; the embeddings (0) match best, block 1 next.
+  value = {"within": lambda a, b: 0.95 if a == b == 0 else (0.9 if a == b == 1 else 0.5 + 0.1 * (a == b)),
+           "cross": lambda a, b: 0.9 if a == b == 0 else (0.6 if a == b == 1 else 0.45 + 0.05 * (a == b))}
+  rows = [dict(model_a=f"{rel}-a", model_b=f"{rel}-b", relation=rel, measure="cka_debiased", preprocess="none",
+               layer_a=a, layer_b=b, depth_a=a / 3, depth_b=b / 3, value=value[rel](a, b), seed=0)
+          for rel in ("within", "cross") for a in range(4) for b in range(4)]
+  groups = tables.scope_sensitivity(rows, min_layer=1)
+  assert sorted({g["min_layer"] for g in groups}) == [0, 1, 2]
+  figures = answer.sensitivity(groups)
+  expected = {0: (0.95, 0.9), 1: (0.9, 0.6), 2: (0.6, 0.5)}  # maxima over hidden states >= min_layer
+  assert [f["min_layer"] for f in figures] == [0, 1, 2]
+  for f in figures:
+    within, cross = expected[f["min_layer"]]
+    assert (f["within"], f["cross"], f["ratio"]) == pytest.approx((within, cross, cross / within))
+  text = document.to_markdown(report._answer_blocks(dict(figures=[], reading="", sensitivity=figures), 0.95))
+  assert "| embeddings in (from hidden state 0) | max debiased CKA (raw) | 0.950 | 0.900 | 0.947 |" in text
+  assert "| from block 2 | max debiased CKA (raw) | 0.600 | 0.500 | 0.833 |" in text
