@@ -103,20 +103,24 @@ def answer(headline: dict, resamples: dict, relations: dict, level: float = 0.95
                            detail=f"target's own probe {own('within'):.3f} / {own('cross'):.3f}, shuffled map "
                                   f"{shuffled('within'):.3f} / {shuffled('cross'):.3f} (within / cross)",
                            pairs=_per_pair(mine, ("source", "target"), "acc_mapped", "best", None)))
-  return {"figures": figures, "sensitivity": sensitivity(headline.get("sensitivity", [])),
+  return {"figures": figures, "sensitivity": sensitivity(headline.get("sensitivity", []),
+                                                          headline.get("matched_depths", [])),
           "reading": reading(figures)}
 
 
-def sensitivity(groups: Sequence[dict]) -> list[dict]:
-  """The max debiased CKA figures at each scope of layers (tables.scope_sensitivity's groups): [{"min_layer",
-  "figure", "within", "cross", "ratio"}], where the run has pairs of both relations."""
+def sensitivity(scopes: Sequence[dict], matched: Sequence[dict] = ()) -> list[dict]:
+  """The debiased CKA figures at each scope of layers (tables.scope_sensitivity's groups: "min_layer" set) and at
+  matched depths (tables.matched_depth_means: "min_layer" None): [{"min_layer", "figure", "within", "cross",
+  "ratio"}], where the run has pairs of both relations."""
+  sources = [(k, [g for g in scopes if g["min_layer"] == k], "mean_max", "max")
+             for k in sorted({g["min_layer"] for g in scopes})]
+  sources.append((None, list(matched), "mean_matched", "matched-depth"))
   out = []
-  for scope in sorted({g["min_layer"] for g in groups}):
+  for scope, groups, value, kind in sources:
     for prep, name in (("none", "raw"), ("standardize", "standardized")):
-      mine = {g["relation"]: g["mean_max"] for g in groups
-              if (g["min_layer"], g["measure"], g["preprocess"]) == (scope, "cka_debiased", prep)}
+      mine = {g["relation"]: g[value] for g in groups if (g["measure"], g["preprocess"]) == ("cka_debiased", prep)}
       if "within" in mine and "cross" in mine:
-        out.append({"min_layer": scope, "figure": f"max debiased CKA ({name})", "within": mine["within"],
+        out.append({"min_layer": scope, "figure": f"{kind} debiased CKA ({name})", "within": mine["within"],
                     "cross": mine["cross"], "ratio": _ratio(mine["within"], mine["cross"])})
   return out
 

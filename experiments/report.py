@@ -131,9 +131,12 @@ def _answer_blocks(answer: dict, level) -> list:
 def _sensitivity_blocks(rows: Sequence[dict]) -> list:
   if not rows:
     return []
-  scope = lambda k: "embeddings in (from hidden state 0)" if k == 0 else f"from block {k}"
-  return [Para("How much rides on token identity: the same maxima with the embeddings in, as configured, and with "
-               "one more block left out (point estimates; the CIs above are the configured scope's):"),
+  scope = lambda k: ("as configured" if k is None else "embeddings in (from hidden state 0)" if k == 0
+                     else f"from block {k}")
+  return [Para("How much rides on token identity and on choosing the best layer pair: the same maxima with the "
+               "embeddings in, as configured, and with one more block left out; and the mean at matched depths (for "
+               "each source layer the target layer at the nearest relative depth), where no layer pair is chosen "
+               "for being best. Point estimates; the CIs above are the configured maxima's."),
           Table(("layers scored", "figure", "within", "cross", "cross / within"),
                 tuple((scope(r["min_layer"]), r["figure"], fmt(r["within"]), fmt(r["cross"]), fmt_ratio(r["ratio"]))
                       for r in rows))]

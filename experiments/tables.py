@@ -184,6 +184,22 @@ def scope_sensitivity(similarity_rows: Sequence[dict], min_layer: int) -> list[d
   return out
 
 
+def matched_depth_means(similarity_rows: Sequence[dict], min_layer: int) -> list[dict]:
+  """Each relation's mean over pairs of the similarity at matched depths (for every scored layer of model a, the
+  scored layer of model b at the nearest relative depth; the mean over a's layers), per measure and preprocessing:
+  [{"measure", "preprocess", "relation", "mean_matched", "num_pairs"}]. Unlike the max, no layer pair is chosen
+  for being best."""
+  relation = _relations(similarity_rows, "model_a", "model_b", "similarity.csv")
+  per_pair = collections.defaultdict(list)
+  for (a, b, measure, prep), grid in layer_grids(scored_rows(similarity_rows, min_layer),
+                                                 ("model_a", "model_b", "measure", "preprocess"), ("value",)).items():
+    nearest = np.abs(grid.depths_a[:, None] - grid.depths_b[None, :]).argmin(axis=1)
+    matched = grid.values["value"][np.arange(len(grid.layers_a)), nearest]
+    per_pair[(measure, prep, relation[(a, b)])].append(float(matched.mean()))
+  return [dict(measure=m, preprocess=p, relation=r, mean_matched=float(np.mean(v)), num_pairs=len(v))
+          for (m, p, r), v in per_pair.items()]
+
+
 def headline(similarity, transfer, probes, min_layer: int) -> dict:
   """The report's numbers as JSON-able records, from the tables' rows over the scored layer pairs."""
   out = {}
@@ -193,6 +209,7 @@ def headline(similarity, transfer, probes, min_layer: int) -> dict:
     out["groups"] = _records(numbers["groups"], ("measure", "preprocess", "relation"))
     out["ratios"] = _records(numbers["ratios"], ("measure", "preprocess"))
     out["sensitivity"] = scope_sensitivity(similarity, min_layer)
+    out["matched_depths"] = matched_depth_means(similarity, min_layer)
   if transfer:
     out["transfer"] = _records(transfer_numbers(scored_rows(transfer, min_layer)), ("source", "target", "method"))
   if probes:

@@ -201,12 +201,16 @@ def test_scope_sensitivity_retakes_the_maxima_with_the_embeddings_in_and_one_mor
           for rel in ("within", "cross") for a in range(4) for b in range(4)]
   groups = tables.scope_sensitivity(rows, min_layer=1)
   assert sorted({g["min_layer"] for g in groups}) == [0, 1, 2]
-  figures = answer.sensitivity(groups)
-  expected = {0: (0.95, 0.9), 1: (0.9, 0.6), 2: (0.6, 0.5)}  # maxima over hidden states >= min_layer
-  assert [f["min_layer"] for f in figures] == [0, 1, 2]
+  matched = tables.matched_depth_means(rows, min_layer=1)
+  figures = answer.sensitivity(groups, matched)
+  # Maxima over hidden states >= min_layer; at matched depths (the diagonal here) the mean over blocks 1..3.
+  expected = {0: (0.95, 0.9), 1: (0.9, 0.6), 2: (0.6, 0.5), None: ((0.9 + 0.6 + 0.6) / 3, (0.6 + 0.5 + 0.5) / 3)}
+  assert [f["min_layer"] for f in figures] == [0, 1, 2, None]
+  assert figures[-1]["figure"] == "matched-depth debiased CKA (raw)"
   for f in figures:
     within, cross = expected[f["min_layer"]]
     assert (f["within"], f["cross"], f["ratio"]) == pytest.approx((within, cross, cross / within))
   text = document.to_markdown(report._answer_blocks(dict(figures=[], reading="", sensitivity=figures), 0.95))
   assert "| embeddings in (from hidden state 0) | max debiased CKA (raw) | 0.950 | 0.900 | 0.947 |" in text
   assert "| from block 2 | max debiased CKA (raw) | 0.600 | 0.500 | 0.833 |" in text
+  assert "| as configured | matched-depth debiased CKA (raw) | 0.700 | 0.533 | 0.762 |" in text
