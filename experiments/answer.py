@@ -64,8 +64,8 @@ def ratio_ci(resamples: dict, relations: dict, level: float) -> Optional[list]:
 def answer(headline: dict, resamples: dict, relations: dict, level: float = 0.95) -> dict:
   """{"figures": [{"figure", "within", "cross", "ratio", "ratio_ci", "published_within", "published_cross",
   "published_ratio", "detail", "pairs": each pair's figure and where it sits (_per_pair)}], "sensitivity": the CKA
-  figures at other scopes of layers (sensitivity), "reading": str} from the headline records (tables.headline) and the first seed's
-  resamples: {figure key ((measure, preprocess) for CKA, "r2", ("probe", task) for probes): {pair name:
+  figures at other scopes of layers (sensitivity), "reading": str} from the headline records (tables.headline) and
+  the first seed's resamples: {figure key ((measure, preprocess) for CKA, "r2", ("probe", task) for probes): {pair name:
   {"estimate", "samples", "n"}}}, with the pairs' relations."""
   figures = []
   for record_key in (("cka_debiased", "none"), ("cka_debiased", "standardize")):

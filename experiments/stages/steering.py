@@ -83,12 +83,14 @@ def _passages(settings: Settings, ctx) -> list:
 
 
 def units(settings: Settings, ctx, pair, seed: int) -> list:
-  """One unit per concept of a real pair (a random-init target has nothing to steer)."""
+  """One unit per concept of a real pair (a random-init target has nothing to steer), keyed by the settings its
+  computation reads: adding a concept or changing the summary's rule recomputes no finished concept."""
   if not settings.enabled or pair.is_random:
     return []
   stats = ctx.stats
+  read = dataclasses.replace(settings, enabled=True, concepts=(), max_perplexity_ratio=0.0)
   return [make_unit(ctx.workdir, NAME, pair, seed, (concept,),
-                    (maps.identity(ctx.settings(maps.NAME), ctx, pair, seed), settings, ctx.study.extraction.identity(),
+                    (maps.identity(ctx.settings(maps.NAME), ctx, pair, seed), read, ctx.study.extraction.identity(),
                      keys.texts(_passages(settings, ctx)), stats.min_layer, stats.ci_resamples, stats.ci_level,
                      VERSION))
           for concept in settings.concepts]
@@ -109,10 +111,10 @@ def _word_ids(tokenizer, words) -> np.ndarray:
   return np.unique([tokenizer.encode(" " + w, add_special_tokens=False)[0] for w in words])
 
 
-def _reader(settings: Settings, concept, target, contrast, layers: list):
+def _reader(settings: Settings, concept, target, contrast, own_vectors, layers: list):
   """score(layer, vectors [I, D]) -> [I, n] the concept's score of every prompt with each vector added after
-  hidden state `layer` (contrast: the target's [positive, negative] activations at hidden states `layers`)."""
-  from xsim import transfer
+  hidden state `layer` (contrast: the target's [positive, negative] activations at hidden states `layers`,
+  own_vectors [L, d] their mean difference)."""
   from xsim.activations import steering
   if concept.readout == "words":
     ids = _word_ids(target.tokenizer, concept.words)
@@ -121,7 +123,7 @@ def _reader(settings: Settings, concept, target, contrast, layers: list):
   # The mass-mean probe (Marks & Tegmark 2023): the difference of the class means, read in units of their distance,
   # 0 halfway between them. A logistic probe fit on a few dozen rows in hundreds of dimensions leans on
   # low-variance directions, which any perturbation moves: random directions then outscore the concept's own.
-  direction = transfer.mean_difference(*contrast)  # [L, d]
+  direction = own_vectors
   midpoint = (contrast[0].mean(1) + contrast[1].mean(1)) / 2
 
   def score(layer, vectors):
@@ -157,7 +159,7 @@ def compute(settings: Settings, ctx, unit) -> dict:
   target_contrast = contrast(pair.b, layers_b)
   own_vectors = transfer.mean_difference(*target_contrast)
   target = ctx.models.get(pair.b)
-  score = _reader(settings, concept, target, target_contrast, layers_b)
+  score = _reader(settings, concept, target, target_contrast, own_vectors, layers_b)
   passages = _passages(settings, ctx)
   clean_nll = steering.mean_nll(target, passages, [0], np.zeros((1, target.config.hidden_size), np.float32))[0]
   standardize, train = ctx.settings(maps.NAME).standardize, fit.split.train
@@ -190,8 +192,7 @@ def compute(settings: Settings, ctx, unit) -> dict:
     for s, scale in enumerate(settings.scales):
       e = transfer.steering_efficacy(effects[s, 1], effects[s, 0], effects[s, 2:-1], key=jax.random.fold_in(key, 2),
                                      num_resamples=ctx.stats.ci_resamples, level=ctx.stats.ci_level)
-      null = effects[s, 2:-1].mean(-1) / e.own_effect  # each null direction's efficacy: random, then shuffled-map
-      random_null, shuffled_null = null[:settings.num_random], null[settings.num_random:]
+      random_null, shuffled_null = np.split(np.asarray(e.null_efficacies), [settings.num_random])
       rows.append(dict(layer_a=data.layers_a[i], layer_b=layer_b, scale=scale, norm=scale * natural,
                        residual_norm=residual, map_r2=float(fit.r2[i, j]), efficacy=e.efficacy,
                        efficacy_lo=e.ci_low, efficacy_hi=e.ci_high, p_value=e.p_value, null_mean=e.null_mean,

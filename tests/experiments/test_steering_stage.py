@@ -61,3 +61,14 @@ def test_the_summary_figure_follows_the_perplexity_rule(steered_run):
     assert figures[concept]["layer_pairs"] == [[r["layer_a"], r["layer_b"], r["scale"]] for r in chosen]
     if chosen:
       assert figures[concept]["efficacy"] == pytest.approx(sum(r["efficacy"] for r in chosen) / len(chosen))
+
+
+def test_a_new_summary_rule_or_fewer_concepts_recompute_nothing(steered_run):
+  c, workdir = steered_run
+  rerun = c.copy_and_resolve_references()
+  rerun.steering.update(concepts=("truth",), max_perplexity_ratio=1.5)
+  summary = runner.run(rerun, workdir)
+  assert summary["work"]["computed"]["0"] == {"assigned": summary["work"]["planned"], "computed": 0}
+  assert list(summary["pairs"]["tiny-llama-copy|tiny-llama"]["steering"]["0"]) == ["truth"]
+  rows = outputs.read_table(os.path.join(workdir, "steering.csv"))
+  assert {r["concept"] for r in rows} == {"truth"}

@@ -163,7 +163,8 @@ def _np_efficacy(mapped, own, null, rows, z, level):
   return dict(efficacy=estimate, ci_low=estimate - np.hypot(max(estimate - low, 0), h_dir),
               ci_high=estimate + np.hypot(max(high - estimate, 0), h_dir), null_mean=nulls.mean(),
               null_sd=nulls.std(ddof=1), null_q95=np.quantile(nulls, 0.95),
-              p_value=(1 + np.sum(nulls >= estimate)) / (len(nulls) + 1), mapped_effect=mapped.mean(),
+              p_value=(1 + np.sum(nulls >= estimate)) / (len(nulls) + 1), null_efficacies=nulls,
+              mapped_effect=mapped.mean(),
               own_effect=own.mean(), n=n)
 
 

@@ -145,6 +145,7 @@ class Efficacy:
   null_sd: float
   null_q95: float
   p_value: float  # (1 + #{null efficacy >= efficacy}) / (N + 1)
+  null_efficacies: tuple  # [N] each null direction's efficacy, in the order of effect_null
   mapped_effect: float  # mean(effect_mapped)
   own_effect: float  # mean(effect_own)
   n: int  # prompts
@@ -211,5 +212,6 @@ def steering_efficacy(effect_mapped, effect_own, effect_null, *, key: jax.Array,
   return Efficacy(efficacy=float(estimate), ci_low=float(ci_low), ci_high=float(ci_high),
                   null_mean=float(null_efficacy.mean()), null_sd=float(null_sd),
                   null_q95=float(np.quantile(null_efficacy, 0.95)),
-                  p_value=float(resampling.p_value(estimate, null_efficacy)), mapped_effect=float(mapped.mean()),
+                  p_value=float(resampling.p_value(estimate, null_efficacy)),
+                  null_efficacies=tuple(float(v) for v in null_efficacy), mapped_effect=float(mapped.mean()),
                   own_effect=float(own_effect), n=n)
