@@ -7,5 +7,5 @@ layer_select (which layers, for every stage), sharding (meshes and splitting wor
 distributed (jax.distributed from the environment). The experiment runner lives in the repository's experiments/ folder.
 """
 from xsim.activations import extract_activations
-from xsim.models import ForwardOutput, Model, ModelConfig, Patch, Steer, load_model
+from xsim.models import ForwardOutput, Model, ModelConfig, Patch, Span, Steer, load_model
 from xsim.sharding import make_mesh

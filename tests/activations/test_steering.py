@@ -154,6 +154,7 @@ def test_mean_nll_equals_numpy(model):
 @pytest.mark.parametrize("where", steering.POSITIONS)
 def test_hidden_at_last_equals_single_forwards(model, where):
   layers, vectors = _interventions(model)
+  layers[-1] = 1  # read at or after every intervention
   read = [1, model.config.num_layers]
   got = steering.hidden_at_last(model, TEXTS[:5], layers, vectors, read, positions=where, batch_size=4)
   assert got.shape == (3, 2, 5, model.config.hidden_size) and got.dtype == np.float32
@@ -186,5 +187,7 @@ def test_bad_inputs_are_named(model):
     mass(batch_size=0)
   with pytest.raises(ValueError, match=rf"read_layers must be hidden-state indices in 0..{L}"):
     steering.hidden_at_last(model, TEXTS[:2], layers, vectors, [L + 1])
+  with pytest.raises(ValueError, match=rf"read_layers \[1\] must be at or after every intervention's layer \(up to {L}"):
+    steering.hidden_at_last(model, TEXTS[:2], layers, vectors, [1])
   with pytest.raises(ValueError, match=r"prompt 1 \(''\) has [01] token\(s\); each needs at least 2"):
     steering.mean_nll(model, [TEXTS[0], ""], layers, vectors)  # BOS alone, or no token at all

@@ -84,3 +84,23 @@ def test_logits_at_positions_equal_the_full_logits(llama):
   full = np.asarray(llama.forward(ids, mask).logits)
   picked = np.asarray(llama.forward(ids, mask, logit_positions=positions).logits)
   np.testing.assert_allclose(picked, full[np.arange(2), positions], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("start,stop", [(0, 3), (2, 3), (1, 2), (2, 2)])  # the tiny model has 3 blocks
+def test_a_span_from_the_stream_at_a_layer_equals_the_full_pass(llama, start, stop):
+  """Running blocks start+1..stop from the residual stream at `start` gives the full pass's states there (and, with
+  a steer at `start`, its steered states); the other hidden states repeat the ends."""
+  ids, mask = _batch(llama)
+  d = llama.config.hidden_size
+  vectors = np.random.default_rng(1).normal(size=(2, d)).astype(np.float32)
+  steer = xsim.Steer(jnp.full(2, start), jnp.asarray(vectors), jnp.asarray(mask, jnp.float32))
+  full = llama.forward(ids, mask, steer=steer)
+  clean = np.asarray(llama.forward(ids, mask).hidden_states)
+  span = xsim.Span(jnp.int32(start), jnp.asarray(clean[start]), jnp.int32(stop))
+  part = llama.forward(ids, mask, steer=steer, span=span)
+  hidden, expected = np.asarray(part.hidden_states), np.asarray(full.hidden_states)
+  np.testing.assert_allclose(hidden[start:stop + 1], expected[start:stop + 1], atol=1e-5, rtol=1e-5)
+  assert np.all(hidden[:start] == hidden[start])
+  assert np.all(hidden[stop + 1:] == hidden[stop])
+  if stop == llama.config.num_layers:
+    np.testing.assert_allclose(np.asarray(part.logits), np.asarray(full.logits), atol=1e-5, rtol=1e-5)

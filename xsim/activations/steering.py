@@ -3,13 +3,15 @@ for every (intervention, prompt) combination; scoring is the caller's.
 
 An intervention is a hidden-state index (0 = embeddings, i = after block i) and a vector [D] with its scale folded
 in. Every combination is one row of a right-padded batch (the last batch filled with zero-vector rows), so a
-sweep over vectors x scales x layers is a few compiled calls of one function per length bucket, and only the
-per-row result leaves the device: never the [V] logits (Gemma's vocabulary is 262k).
+sweep over vectors x scales x layers is a few compiled calls of one function, and only the per-row result leaves
+the device: never the [V] logits (Gemma's vocabulary is 262k). The blocks below an intervention's layer are the
+same for every vector: they run once per prompt, and each row runs only the blocks from its layer up to what it
+reads (a Span).
 """
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +19,7 @@ import numpy as np
 
 from xsim.activations.rows import pad_id, padded_length, tokenize
 from xsim.models.model import Model
-from xsim.models.transformer import Steer
+from xsim.models.transformer import Span, Steer
 
 POSITIONS = ("all", "last")  # every token of the prompt (BOS included, as a hook on the layer adds), or its last
 
@@ -44,8 +46,11 @@ def hidden_at_last(model: Model, prompts: Sequence[str], layers, vectors, read_l
   if not len(read_layers) or read_layers.min() < 0 or read_layers.max() > model.config.num_layers:
     raise ValueError(f"read_layers must be hidden-state indices in 0..{model.config.num_layers}, got "
                      f"{read_layers.tolist()}.")
+  if read_layers.min() < np.max(layers):
+    raise ValueError(f"read_layers {read_layers.tolist()} must be at or after every intervention's layer (up to "
+                     f"{np.max(layers)}): below one, the stream is the unsteered one.")
   out = _run(model, prompts, layers, vectors, positions, batch_size, _hidden_fn(model.module),
-             jnp.asarray(read_layers, jnp.int32), min_tokens=1)  # [I, n, R, D]
+             jnp.asarray(read_layers, jnp.int32), min_tokens=1, stop=int(read_layers.max()))  # [I, n, R, D]
   return out.transpose(0, 2, 1, 3)
 
 
@@ -56,8 +61,9 @@ def mean_nll(model: Model, passages: Sequence[str], layers, vectors, *, batch_si
 
 
 def _run(model: Model, prompts: Sequence[str], layers, vectors, positions: str, batch_size: int, fn, extra,
-         min_tokens: int) -> np.ndarray:
-  """fn's per-row result for every (intervention, prompt) pair -> [I, n, ...] float32."""
+         min_tokens: int, stop: Optional[int] = None) -> np.ndarray:
+  """fn's per-row result for every (intervention, prompt) pair -> [I, n, ...] float32, running blocks after each
+  intervention's layer up to hidden state `stop` (None: the last) from the prompts' unsteered stream there."""
   layers, vectors = _interventions(model, layers, vectors)
   if positions not in POSITIONS:
     raise ValueError(f"positions={positions!r} is not one of {POSITIONS}.")
@@ -70,11 +76,20 @@ def _run(model: Model, prompts: Sequence[str], layers, vectors, positions: str, 
   if short:
     raise ValueError(f"prompt {short[0]} ({prompts[short[0]]!r}) has {len(ids[short[0]])} token(s); each needs at "
                      f"least {min_tokens}.")
-  out = [fn(model.params, *batch, extra)
-         for batch in _batches(ids, layers, vectors, positions, batch_size, pad_id(model.tokenizer))]
-  # Rows are prompt-major (row = prompt * I + intervention); the last batch's filler rows are dropped.
-  flat = np.concatenate([np.asarray(o, np.float32) for o in out])[:len(ids) * len(layers)]
-  return flat.reshape(len(ids), len(layers), *flat.shape[1:]).swapaxes(0, 1)
+  tokens, mask, added = _padded(ids, positions, pad_id(model.tokenizer))
+  stop = model.config.num_layers if stop is None else stop
+  out = [None] * len(layers)
+  for layer in np.unique(layers):
+    which = np.flatnonzero(layers == layer)
+    stream = _stream_at(model, tokens, mask, int(layer), batch_size)
+    results = [fn(model.params, tokens[p], mask[p], Steer(jnp.full(len(p), layer), jnp.asarray(v), added[p]),
+                  Span(jnp.int32(layer), stream[p], jnp.int32(stop)), extra)
+               for p, v in _batches(len(ids), vectors[which], batch_size)]
+    # Rows are prompt-major (row = prompt * I + intervention); the last batch's filler rows are dropped.
+    flat = np.concatenate([np.asarray(r, np.float32) for r in results])[:len(ids) * len(which)]
+    for k, row in zip(which, flat.reshape(len(ids), len(which), *flat.shape[1:]).swapaxes(0, 1)):
+      out[k] = row
+  return np.stack(out)
 
 
 def _interventions(model: Model, layers, vectors) -> tuple[np.ndarray, np.ndarray]:
@@ -92,34 +107,61 @@ def _interventions(model: Model, layers, vectors) -> tuple[np.ndarray, np.ndarra
   return layers.astype(np.int32), vectors
 
 
-def _batches(ids: list, layers: np.ndarray, vectors: np.ndarray, positions: str, batch_size: int, pad: int):
-  """Right-padded ids and attention mask [B, S] (S a power of two >= 16), last real position [B] and the Steer
-  of every batch of rows; prompt-major, so a batch holds few prompts and pads little."""
-  num_rows = len(ids) * len(layers)
+def _padded(ids: list, positions: str, pad: int) -> tuple:
+  """Right-padded ids and attention mask [n, S] (S a power of two >= 16) and where the vector is added [n, S]
+  float32, on the device."""
+  lengths = np.asarray([len(row) for row in ids])
+  tokens = np.full((len(ids), padded_length(lengths.max())), pad, np.int32)
+  for k, row in enumerate(ids):
+    tokens[k, :len(row)] = row
+  mask = np.arange(tokens.shape[1]) < lengths[:, None]
+  added = mask if positions == "all" else np.arange(tokens.shape[1]) == lengths[:, None] - 1
+  return jnp.asarray(tokens), jnp.asarray(mask, jnp.int32), jnp.asarray(added, jnp.float32)
+
+
+def _stream_at(model: Model, tokens, mask, layer: int, batch_size: int):
+  """The unsteered residual stream at hidden state `layer` of every prompt: [n, S, D], on the device (the blocks
+  below an intervention are the same for every vector, so they run once per prompt)."""
+  fn = _stream_fn(model.module)
+  return jnp.concatenate([fn(model.params, tokens[s:s + batch_size], mask[s:s + batch_size], jnp.int32(layer))
+                          for s in range(0, len(tokens), batch_size)])
+
+
+def _batches(num_prompts: int, vectors: np.ndarray, batch_size: int):
+  """(prompt index [B], vectors [B, D]) of every batch of (prompt, vector) rows, prompt-major; the last batch is
+  filled with zero-vector rows."""
+  num_rows = num_prompts * len(vectors)
   for start in range(0, num_rows, batch_size):
     rows = np.arange(start, start + batch_size)
     real = rows < num_rows
-    prompt, which = np.minimum(rows, num_rows - 1) // len(layers), rows % len(layers)
-    lengths = np.asarray([len(ids[p]) for p in prompt])
-    seq = padded_length(lengths.max())
-    batch = np.full((batch_size, seq), pad, np.int32)
-    for b, p in enumerate(prompt):
-      batch[b, :lengths[b]] = ids[p]
-    mask = np.arange(seq) < lengths[:, None]
-    added = mask if positions == "all" else np.arange(seq) == lengths[:, None] - 1
-    steer = Steer(jnp.asarray(layers[which]), jnp.asarray(vectors[which] * real[:, None]),
-                  jnp.asarray(added, jnp.float32))
-    yield jnp.asarray(batch), jnp.asarray(mask, jnp.int32), jnp.asarray(lengths - 1, jnp.int32), steer
+    rows = np.minimum(rows, num_rows - 1)
+    yield rows // len(vectors), vectors[rows % len(vectors)] * real[:, None]
 
 
 # One jitted function per Decoder (it compares and hashes by config, dtype and precision) and per result; each
 # compiles once per batch shape.
 @functools.lru_cache(maxsize=8)
-def _log_mass_fn(module):
-  """jit(params, ids, mask, last, steer, token_ids [K]) -> log mass [B] float32."""
+def _stream_fn(module):
+  """jit(params, ids, mask, layer) -> the residual stream at hidden state `layer` [B, S, D] (blocks above skipped)."""
 
-  def fn(params, ids, mask, last, steer, token_ids):
-    logits = module.apply(params, ids, mask, steer=steer, logit_positions=last).logits.astype(jnp.float32)
+  def fn(params, ids, mask, layer):
+    return module.apply(params, ids, mask, span=Span(layer, None, layer), compute_logits=False).hidden_states[layer]
+
+  return jax.jit(fn)
+
+
+def _last(mask):
+  """Each right-padded row's last real position [B]."""
+  return jnp.sum(mask, axis=-1) - 1
+
+
+@functools.lru_cache(maxsize=8)
+def _log_mass_fn(module):
+  """jit(params, ids, mask, steer, span, token_ids [K]) -> log mass [B] float32 at the last real position."""
+
+  def fn(params, ids, mask, steer, span, token_ids):
+    logits = module.apply(params, ids, mask, steer=steer, span=span,
+                          logit_positions=_last(mask)).logits.astype(jnp.float32)
     return jax.nn.logsumexp(logits[:, token_ids], axis=-1) - jax.nn.logsumexp(logits, axis=-1)
 
   return jax.jit(fn)
@@ -127,21 +169,22 @@ def _log_mass_fn(module):
 
 @functools.lru_cache(maxsize=8)
 def _hidden_fn(module):
-  """jit(params, ids, mask, last, steer, read_layers [R]) -> hidden states [B, R, D] float32 at `last`."""
+  """jit(params, ids, mask, steer, span, read_layers [R]) -> hidden states [B, R, D] float32 at the last real
+  position."""
 
-  def fn(params, ids, mask, last, steer, read_layers):
-    hidden = module.apply(params, ids, mask, steer=steer, compute_logits=False).hidden_states
-    return hidden[read_layers][:, jnp.arange(len(ids)), last].swapaxes(0, 1).astype(jnp.float32)
+  def fn(params, ids, mask, steer, span, read_layers):
+    hidden = module.apply(params, ids, mask, steer=steer, span=span, compute_logits=False).hidden_states
+    return hidden[read_layers][:, jnp.arange(len(ids)), _last(mask)].swapaxes(0, 1).astype(jnp.float32)
 
   return jax.jit(fn)
 
 
 @functools.lru_cache(maxsize=8)
 def _nll_fn(module):
-  """jit(params, ids, mask, last, steer, None) -> mean next-token NLL [B] float32 over each row's real tokens."""
+  """jit(params, ids, mask, steer, span, None) -> mean next-token NLL [B] float32 over each row's real tokens."""
 
-  def fn(params, ids, mask, last, steer, _):
-    logits = module.apply(params, ids, mask, steer=steer).logits[:, :-1].astype(jnp.float32)
+  def fn(params, ids, mask, steer, span, _):
+    logits = module.apply(params, ids, mask, steer=steer, span=span).logits[:, :-1].astype(jnp.float32)
     target = jnp.take_along_axis(logits, ids[:, 1:, None], axis=-1)[..., 0]
     scored = mask[:, 1:]  # right padding: a real target means its predicting position is real too
     return jnp.sum((jax.nn.logsumexp(logits, axis=-1) - target) * scored, axis=-1) / jnp.sum(scored, axis=-1)

@@ -12,7 +12,7 @@ import numpy as np
 from xsim.models import gemma, gpt_neox, llama, qwen
 from xsim.models.config import ModelConfig
 from xsim.models.convert import convert_checkpoint
-from xsim.models.transformer import Decoder, ForwardOutput, Patch, Steer
+from xsim.models.transformer import Decoder, ForwardOutput, Patch, Span, Steer
 
 # HF model_type -> family module (config translation + tensor names).
 FAMILIES = {"llama": llama, "mistral": llama, "qwen2": qwen, "qwen3": qwen, "gemma": gemma, "gemma2": gemma,
@@ -60,10 +60,11 @@ class Model:
     return jax.jit(self.module.apply, static_argnames=("compute_logits", "return_sites"))
 
   def forward(self, input_ids, attention_mask=None, *, patch: Optional[Patch] = None, steer: Optional[Steer] = None,
-              compute_logits: bool = True, return_sites: bool = False, logit_positions=None) -> ForwardOutput:
+              compute_logits: bool = True, return_sites: bool = False, logit_positions=None,
+              span: Optional[Span] = None) -> ForwardOutput:
     """input_ids, attention_mask: [B, S] (mask defaults to all ones); logit_positions: [B] to compute logits
-    [B, V] at those positions only; patch, steer: interventions on the residual stream (see Patch, Steer). See
-    ForwardOutput for the fields."""
+    [B, V] at those positions only; patch, steer: interventions on the residual stream (see Patch, Steer); span: run
+    only some blocks, from a given residual stream (see Span). See ForwardOutput for the fields."""
     input_ids = jnp.asarray(input_ids, jnp.int32)
     if input_ids.ndim != 2:
       raise ValueError(f"input_ids must be [batch, seq], got shape {input_ids.shape}.")
@@ -75,7 +76,7 @@ class Model:
     if logit_positions is not None:
       logit_positions = jnp.asarray(logit_positions, jnp.int32)
     return self._forward(self.params, input_ids, attention_mask, patch, steer, compute_logits=compute_logits,
-                         return_sites=return_sites, logit_positions=logit_positions)
+                         return_sites=return_sites, logit_positions=logit_positions, span=span)
 
   def with_attention(self, attention: str = "blockwise", block_size: Optional[int] = None) -> "Model":
     """The same model with another attention implementation: ModelConfig.attention ("blockwise" or "fused", cuDNN

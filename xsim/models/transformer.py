@@ -37,6 +37,19 @@ class Steer(NamedTuple):
   mask: jnp.ndarray
 
 
+class Span(NamedTuple):
+  """Run only the blocks between two hidden-state indices, from the residual stream at the first: blocks
+  start+1..stop (hidden-state indices start..stop), the rest pass it through unchanged (a lax.cond: they cost
+  nothing). For interventions after a block: the unchanged lower blocks are computed once, in an earlier pass.
+
+  start: [] int hidden-state index of `hidden` (0 = embeddings); hidden: [B, S, D] the residual stream there, or
+  None for the embeddings of the input ids (start 0); stop: [] int the last hidden-state index computed.
+  """
+  start: jnp.ndarray
+  hidden: Optional[jnp.ndarray]
+  stop: jnp.ndarray
+
+
 @flax.struct.dataclass
 class ForwardOutput:
   """logits: [B, S, V] ([B, V] with logit_positions) or None; hidden_states: [L + 1, B, S, D], index 0 the (scaled) embeddings and index i the
@@ -67,13 +80,14 @@ def _apply_steer(h: jnp.ndarray, index: jnp.ndarray, steer: Optional[Steer]) -> 
 
 
 class _ScannedBlock(nn.Module):
-  """Scan body: one block, then the optional patch and steer at the hidden-state index it produces."""
+  """Scan body: one block, then the optional patch and steer at the hidden-state index it produces; with a span
+  (start, stop), only blocks start..stop - 1 run (the others return h, and zero block outputs)."""
   config: ModelConfig
   dtype: Any
   precision: Any
 
   @nn.compact
-  def __call__(self, h, layer_inputs, tables, key_mask, patch, steer):
+  def __call__(self, h, layer_inputs, tables, key_mask, patch, steer, span):
     index, is_sliding = layer_inputs
     (cos, sin), (cos_local, sin_local) = tables
     window = None
@@ -81,8 +95,18 @@ class _ScannedBlock(nn.Module):
       window = jnp.where(is_sliding, self.config.sliding_window, jnp.iinfo(jnp.int32).max)
     if cos_local is not None:
       cos, sin = jnp.where(is_sliding, cos_local, cos), jnp.where(is_sliding, sin_local, sin)
-    h, attn, mlp = Block(self.config, self.dtype, self.precision, name="block")(h, cos, sin, key_mask, window)
-    h = _apply_steer(_apply_patch(h, index + 1, patch), index + 1, steer)
+
+    def run(block, h):
+      h, attn, mlp = block(h, cos, sin, key_mask, window)
+      return _apply_steer(_apply_patch(h, index + 1, patch), index + 1, steer), attn, mlp
+
+    block = Block(self.config, self.dtype, self.precision, name="block")
+    if span is None:
+      h, attn, mlp = run(block, h)
+    else:
+      start, stop = span
+      h, attn, mlp = nn.cond((index >= start) & (index < stop), run,
+                             lambda _, h: (h, jnp.zeros_like(h), jnp.zeros_like(h)), block, h)
     return h, (h, attn, mlp)
 
 
@@ -95,16 +119,20 @@ class Decoder(nn.Module):
   @nn.compact
   def __call__(self, input_ids: jnp.ndarray, attention_mask: jnp.ndarray, patch: Optional[Patch] = None,
                steer: Optional[Steer] = None, compute_logits: bool = True, return_sites: bool = False,
-               logit_positions: Optional[jnp.ndarray] = None) -> ForwardOutput:
+               logit_positions: Optional[jnp.ndarray] = None, span: Optional[Span] = None) -> ForwardOutput:
     """logit_positions: [B] int, to compute logits [B, V] at one position per row only (large vocabularies).
-    At each hidden-state index the patch is written first, then the steer added."""
+    At each hidden-state index the patch is written first, then the steer added. With span.hidden, input_ids only
+    shape the call (the residual stream starts from span.hidden): hidden states before span.start repeat the one there, those
+    after span.stop repeat the one there, and logits are read from span.stop."""
     c = self.config
     embedding = self.param("embed", kernel_init, (c.vocab_size, c.hidden_size), self.dtype)
     h = jnp.take(embedding, input_ids, axis=0)
     if c.embed_scale is not None:  # Gemma: embeddings * sqrt(d), the scale rounded to the weight dtype.
       h = h * jnp.asarray(c.embed_scale, self.dtype)
-    embeddings = jnp.zeros((), jnp.int32)  # hidden-state index 0
-    h = _apply_steer(_apply_patch(h, embeddings, patch), embeddings, steer)
+    first = jnp.zeros((), jnp.int32)  # hidden-state index 0
+    if span is not None and span.hidden is not None:
+      h, first = span.hidden.astype(self.dtype), jnp.asarray(span.start, jnp.int32)
+    h = _apply_steer(_apply_patch(h, first, patch), first, steer)
 
     # Positions count real tokens, so a left-padded row gets the positions of its unpadded self.
     positions = jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
@@ -113,9 +141,10 @@ class Decoder(nn.Module):
     layer_inputs = (jnp.arange(c.num_layers), jnp.asarray(c.layer_is_sliding, bool))
 
     scan = nn.scan(_ScannedBlock, variable_axes={"params": 0}, split_rngs={"params": True},
-                   in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast), length=c.num_layers)
+                   in_axes=(0,) + (nn.broadcast,) * 5, length=c.num_layers)
     h_last, (per_layer, attn, mlp) = scan(c, self.dtype, self.precision, name="layers")(
-        h, layer_inputs, tables, attention_mask.astype(bool), patch, steer)
+        h, layer_inputs, tables, attention_mask.astype(bool), patch, steer,
+        None if span is None else (first, jnp.asarray(span.stop, jnp.int32)))
     hidden_states = jnp.concatenate([h[None], per_layer], axis=0)
     final_hidden = Norm(c, self.dtype, name="final_norm")(h_last)
 
