@@ -25,10 +25,11 @@ pairs. Writes steering.csv.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import numpy as np
 
-from experiments import keys
+from experiments import cache, keys
 from experiments.extraction import last_token_activations
 from experiments.stages import maps
 from experiments.units import make_unit
@@ -163,6 +164,22 @@ def compute(settings: Settings, ctx, unit) -> dict:
   passages = _passages(settings, ctx)
   clean_nll = steering.mean_nll(target, passages, [0], np.zeros((1, target.config.hidden_size), np.float32))[0]
   standardize, train = ctx.settings(maps.NAME).standardize, fit.split.train
+  # What only the target decides (its own vector, the random nulls, the zero vector) scores the same in every pair
+  # with that target: stored under the target, the prompts and the vectors, so pairs that share a target share it.
+  spec = next(m for m in ctx.study.models if m.name == pair.b)
+  readout = (concept.readout, concept.words, settings.readout_offset, keys.texts(concept.positive),
+             keys.texts(concept.negative), ctx.study.extraction.identity())  # what the probe readout is fit on
+
+  def stored(what: str, fn, layer: int, vectors: np.ndarray, texts) -> np.ndarray:
+    path = keys.path(ctx.workdir, "cache/steering-target", f"{pair.b}-{name}-{what}-{layer}", spec, what, layer,
+                     hashlib.sha256(vectors.tobytes()).hexdigest(), keys.texts(texts), readout, VERSION,
+                     suffix=".json")
+    return np.asarray(cache.cached(path, lambda: fn(layer, vectors).tolist(), f"steering {pair.b} {what}"),
+                      np.float32)
+
+  def perplexity_nll(layer, vectors):
+    return steering.mean_nll(target, passages, np.full(len(vectors), layer), vectors)
+
   num_scales, rows = len(settings.scales), []
   for i, j in positions:
     key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), i), j)
@@ -178,16 +195,27 @@ def compute(settings: Settings, ctx, unit) -> dict:
                                                          standardize=standardize)
     else:  # no closed form: the maps stage's one shuffled-pair map
       shuffled_dirs = shuffled.map_direction(i, j, source_vector[None])
-    random_dirs = transfer.activation_directions(jax.random.fold_in(key, 0), settings.num_random, data.ys[j][train])
-    directions = np.concatenate([own[None], mapped, np.asarray(random_dirs), np.asarray(shuffled_dirs),
-                                 np.zeros_like(own)[None]])  # own, mapped, nulls..., zero
+    # Drawn from the target's layer alone (not the source layer), so every pair with this target draws the same.
+    random_dirs = transfer.activation_directions(jax.random.fold_in(jax.random.PRNGKey(seed), layer_b),
+                                                 settings.num_random, data.ys[j][train])
     natural = float(np.linalg.norm(own))
-    vectors = np.concatenate([np.asarray(transfer.with_norm(directions, s * natural)) for s in settings.scales])
-    scores = score(layer_b, vectors).reshape(num_scales, len(directions), -1)
+    scaled = lambda dirs: np.concatenate([np.asarray(transfer.with_norm(np.asarray(dirs, np.float32), s * natural))
+                                          for s in settings.scales]).reshape(num_scales, len(dirs), -1)
+    own_side = scaled(np.concatenate([own[None], np.asarray(random_dirs), np.zeros_like(own)[None]]))
+    pair_side = scaled(np.concatenate([mapped, np.asarray(shuffled_dirs)]))
+    target_scores = stored("scores", score, layer_b, own_side.reshape(-1, own.shape[0]), concept.prompts)
+    pair_scores = score(layer_b, pair_side.reshape(-1, own.shape[0]))
+    target_scores, pair_scores = (x.reshape(num_scales, -1, x.shape[-1]) for x in (target_scores, pair_scores))
+    # own, mapped, random..., shuffled..., zero: the order steering_efficacy's arguments and the rows read
+    scores = np.concatenate([target_scores[:, :1], pair_scores[:, :1], target_scores[:, 1:-1], pair_scores[:, 1:],
+                             target_scores[:, -1:]], axis=1)
     effects = scores - scores[:, -1:]  # minus each prompt's unsteered score (the zero vector)
-    side = vectors.reshape(num_scales, len(directions), -1)[:, :3]  # own, mapped, the first random direction
-    nll = steering.mean_nll(target, passages, np.full(3 * num_scales, layer_b), side.reshape(3 * num_scales, -1))
-    perplexity = np.exp(nll.mean(-1) - clean_nll.mean()).reshape(num_scales, 3)
+    # Side effects of own, mapped and the first random direction at each scale
+    target_nll = stored("nll", perplexity_nll, layer_b, own_side[:, :2].reshape(-1, own.shape[0]), passages)
+    mapped_nll = perplexity_nll(layer_b, pair_side[:, 0])
+    nll = np.stack([target_nll.reshape(num_scales, 2, -1)[:, 0], mapped_nll,
+                    target_nll.reshape(num_scales, 2, -1)[:, 1]], axis=1)  # [scales, 3, passages]
+    perplexity = np.exp(nll.mean(-1) - clean_nll.mean())
     residual = float(np.linalg.norm(data.ys[j][train], axis=-1).mean())
     for s, scale in enumerate(settings.scales):
       e = transfer.steering_efficacy(effects[s, 1], effects[s, 0], effects[s, 2:-1], key=jax.random.fold_in(key, 2),

@@ -72,3 +72,26 @@ def test_a_new_summary_rule_or_fewer_concepts_recompute_nothing(steered_run):
   assert list(summary["pairs"]["tiny-llama-copy|tiny-llama"]["steering"]["0"]) == ["truth"]
   rows = outputs.read_table(os.path.join(workdir, "steering.csv"))
   assert {r["concept"] for r in rows} == {"truth"}
+
+
+def test_pairs_with_one_target_share_its_own_and_random_directions(steered_run, model_root):
+  """The target's own vector, random nulls and zero vector are scored once per target layer: a second source for
+  the same target adds no target-side entry, and both pairs report the same own effect and random null."""
+  c, workdir = steered_run
+  more = c.copy_and_resolve_references()
+  more.models.append(dict(name="tiny-gemma", path=os.path.join(model_root, "gemma"), dtype="float32",
+                          family="gemma"))
+  more.pairs = [["tiny-llama-copy", "tiny-llama"], ["tiny-gemma", "tiny-llama"]]
+  target_side = os.path.join(workdir, "cache", "steering-target")
+  before = sorted(os.listdir(target_side))
+  runner.run(more, workdir)
+  assert sorted(os.listdir(target_side)) == before and len(before) == 2 * 2  # concepts x (scores, perplexity)
+  rows = outputs.read_table(os.path.join(workdir, "steering.csv"))
+  for concept in ("weddings", "truth"):
+    by_source = {r["source"]: r for r in rows if r["concept"] == concept and r["scale"] == 1.0}
+    assert sorted(by_source) == ["tiny-gemma", "tiny-llama-copy"]
+    first, second = by_source.values()
+    assert first["layer_b"] == second["layer_b"]
+    for column in ("own_effect", "random_min", "random_max", "perplexity_own", "perplexity_random"):
+      assert first[column] == second[column], column
+    assert first["mapped_effect"] != second["mapped_effect"]
