@@ -8,7 +8,8 @@ The ratio is cross / within. Its CI resamples texts: the units computed every pa
 scored layer pairs) on the same half-sized subsamples of the texts (CKA), of the maps' test rows (R^2) or of the
 probes' test rows, so each subsample gives a ratio; the interval is the basic subsampling interval around the
 first seed's ratio (xsim.resampling.subsample_interval). Figures without resamples, or whose pairs hold different
-texts, show no CI.
+texts, show no CI. Steering efficacies (the steering stage's summary figure per concept) take their CI from the
+pairs' own intervals instead (steering_ci): those hold direction noise, which no text resample does.
 """
 from __future__ import annotations
 
@@ -103,9 +104,46 @@ def answer(headline: dict, resamples: dict, relations: dict, level: float = 0.95
                            detail=f"target's own probe {own('within'):.3f} / {own('cross'):.3f}, shuffled map "
                                   f"{shuffled('within'):.3f} / {shuffled('cross'):.3f} (within / cross)",
                            pairs=_per_pair(mine, ("source", "target"), "acc_mapped", "best", None)))
+  for concept in sorted({r["concept"] for r in headline.get("steering", [])}):
+    mine = [r for r in headline["steering"] if r["concept"] == concept]
+    within, cross = _group_mean(mine, "within", "efficacy"), _group_mean(mine, "cross", "efficacy")
+    if within is None or cross is None:
+      continue
+    ci, difference = steering_ci(mine, level)
+    detail = (f"cross - within {cross - within:+.3f}" + (f" [{difference[0]:+.3f}, {difference[1]:+.3f}]"
+                                                          if difference else "")
+              + "; each pair's efficacy at the scales its perplexity rule allows, mean over its layer pairs")
+    pairs = [{"pair": f"{r['source']} → {r['target']}", "relation": r["relation"], "value": r["efficacy"],
+              "layers": "; ".join(f"{a}, {b} ×{scale:g}" for a, b, scale in r["layer_pairs"]), "depths": None}
+             for r in mine if r["relation"] in ("within", "cross")]
+    figures.append(_figure(f"steering efficacy: {concept}", within, cross, ci, {}, detail=detail,
+                           pairs=sorted(pairs, key=lambda r: r["relation"] != "within")))
   return {"figures": figures, "sensitivity": sensitivity(headline.get("sensitivity", []),
                                                           headline.get("matched_depths", [])),
           "reading": reading(figures)}
+
+
+def steering_ci(records: Sequence[dict], level: float, draws: int = 20000) -> tuple:
+  """(CI of mean(cross) / mean(within), CI of mean(cross) - mean(within)) of the pairs' steering efficacies, each
+  pair's efficacy drawn from a normal distribution whose central `level` interval is the pair's own (which holds
+  prompt and direction noise), independently across pairs; percentile intervals. The ratio's is None where the
+  within-family mean falls to 0 or below in more than the interval's tail (the ratio is then unbounded); both are
+  None without pairs of both relations or of intervals."""
+  from statistics import NormalDist
+  groups = {rel: [r for r in records if r["relation"] == rel] for rel in ("within", "cross")}
+  if not all(groups.values()) or any(r.get("ci") is None for g in groups.values() for r in g):
+    return None, None
+  z = NormalDist().inv_cdf((1 + level) / 2)
+  rng = np.random.default_rng(0)
+  mean = {rel: np.mean([rng.normal(r["efficacy"], (r["ci"][1] - r["ci"][0]) / (2 * z), draws) for r in g], axis=0)
+          for rel, g in groups.items()}
+  tail = (1 - level) / 2
+  interval = lambda x: [float(v) for v in np.quantile(x, [tail, 1 - tail])]
+  difference = interval(mean["cross"] - mean["within"])
+  if np.mean(mean["within"] <= 0) > tail:
+    return None, difference
+  with np.errstate(divide="ignore"):
+    return interval(mean["cross"] / mean["within"]), difference
 
 
 def sensitivity(scopes: Sequence[dict], matched: Sequence[dict] = ()) -> list[dict]:
@@ -145,8 +183,8 @@ def _figure(name: str, within: float, cross: float, ci, published: dict, detail:
 
 def reading(figures: Sequence[dict]) -> str:
   """A few sentences generated from the figures: how the CKA ratio compares with the published one (and whether its
-  CI excludes it), at which depths its maxima sit, and how much of the probes' accuracy survives the maps across
-  families."""
+  CI excludes it), at which depths its maxima sit, how much of the probes' accuracy survives the maps across
+  families, and how much of the target's own steering effect mapped vectors carry."""
   if not figures:
     return "This run has no within-family and cross-family pair to compare, so it cannot answer the question."
   by_name = {f["figure"]: f for f in figures}
@@ -176,4 +214,10 @@ def reading(figures: Sequence[dict]) -> str:
     r2 = by_name.get("best transfer R²")
     second = (f"The best cross-family map explains R² {r2['cross']:.2f} of the target's activations against "
               f"{r2['within']:.2f} within family." if r2 else "No transfer figure is in this run.")
+  steered = [f for f in figures if f["figure"].startswith("steering efficacy")]
+  if steered:
+    third = "Steering vectors mapped into the target reach " + "; ".join(
+        f"{f['cross']:.2f} of the target's own vector's effect across families against {f['within']:.2f} within "
+        f"({f['figure'].split(': ', 1)[1]})" for f in steered) + "."
+    return " ".join((first, second, third))
   return first + " " + second

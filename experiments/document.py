@@ -142,7 +142,10 @@ def fmt_depth(depth) -> str:
 
 
 def fmt_layers(layers, depths) -> str:
-  """A layer pair with its relative depths: "a, b (depth_a, depth_b)"; "a, b" where depths is None."""
+  """A layer pair with its relative depths: "a, b (depth_a, depth_b)"; "a, b" where depths is None; a string as
+  it is (figures over several layer pairs describe them)."""
+  if isinstance(layers, str):
+    return layers
   if depths is None:
     return f"{layers[0]}, {layers[1]}"
   return f"{layers[0]}, {layers[1]} ({fmt_depth(depths[0])}, {fmt_depth(depths[1])})"

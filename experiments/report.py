@@ -118,8 +118,10 @@ def _answer_blocks(answer: dict, level) -> list:
       "the scored layers, seeds averaged); the ratio is cross / within. Its CI resamples the texts (half of them, "
       f"without replacement, the same texts for every pair), recomputing the ratio; '{MISSING}' where the run has no "
       f"resamples for that figure; '{NO_RATIO}' where the cross-family figure is negative (a negative R² is no "
-      f"share of the within-family value). The published columns are the study's numbers (STUDY.md), '{MISSING}' "
-      "where it gave none."),
+      f"share of the within-family value). Steering efficacies are each pair's summary figure (the steering "
+      "section's rule); their CI draws each pair's efficacy from its own interval, which holds prompt and direction "
+      "noise. The published columns are the study's numbers (STUDY.md), "
+      f"'{MISSING}' where it gave none."),
       Table(("figure", "within", "cross", "cross / within", f"ratio {ci}", "published within", "published cross",
              "published ratio", "detail"), rows),
       Para("Every pair's figure behind those means, at its best layer pair (hidden-state indices, relative depths "

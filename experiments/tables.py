@@ -218,6 +218,14 @@ def headline(similarity, transfer, probes, min_layer: int) -> dict:
   return out
 
 
+def steering_records(sections: dict, pairs, seed: int) -> list[dict]:
+  """Each real pair's steering figures of `seed` (the stage's summary section: efficacy, ci, layer_pairs,
+  max_p_value per concept) as records with the pair's source, target and relation."""
+  return [dict(source=p.a, target=p.b, relation=p.relation, concept=concept, **figure)
+          for p in pairs for concept, figure in sections.get(p.name, {}).get("steering", {}).get(str(seed), {}).items()
+          if figure.get("efficacy") is not None]
+
+
 class Tables:
   """What the stages' tabulate functions add up: each table's rows, each pair's summary and, for the answer's CIs,
   every real pair's figures with their subsamples (first seed)."""
@@ -270,6 +278,9 @@ def assemble(ctx, stages, pairs, work: dict) -> dict:
   stats = ctx.stats
   numbers = headline(out.rows["similarity.csv"], out.rows["transfer.csv"], out.rows["probes.csv"], stats.min_layer)
   relations = {p.name: p.relation for p in pairs if not p.is_random}
+  steered = steering_records(out.pairs, [p for p in pairs if not p.is_random], out.first_seed)
+  if steered:
+    numbers["steering"] = steered
   summary = {"pairs": out.pairs, "ci_level": stats.ci_level, "seeds": list(ctx.study.seeds),
              "min_layer": stats.min_layer, "num_texts": len(ctx.texts), "headline": numbers,
              "answer": answer.answer(numbers, out.resamples, relations, stats.ci_level),

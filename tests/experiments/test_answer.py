@@ -214,3 +214,40 @@ def test_scope_sensitivity_retakes_the_maxima_with_the_embeddings_in_and_one_mor
   assert "| embeddings in (from hidden state 0) | max debiased CKA (raw) | 0.950 | 0.900 | 0.947 |" in text
   assert "| from block 2 | max debiased CKA (raw) | 0.600 | 0.500 | 0.833 |" in text
   assert "| as configured | matched-depth debiased CKA (raw) | 0.700 | 0.533 | 0.762 |" in text
+
+
+def _steering(within=(0.4, [0.2, 0.6]), cross=((0.3, [0.1, 0.5]), (0.2, [0.0, 0.4]))):
+  record = lambda source, relation, e, ci: dict(source=source, target="q0", relation=relation, concept="weddings",
+                                                efficacy=e, ci=ci, layer_pairs=[[8, 12, 2.0], [10, 14, 4.0]],
+                                                max_p_value=0.05)
+  return ([record("q1", "within", *within)]
+          + [record(f"s{k}", "cross", e, ci) for k, (e, ci) in enumerate(cross)])
+
+
+def test_steering_figures_and_their_intervals_against_normal_theory():
+  """Each pair's efficacy ~ N(e, (width / 2z)^2), independent: the difference of relation means is normal, so its
+  interval is closed form; the ratio's matches the same draws' quantiles, and is near the delta method's."""
+  out = answer.answer({"steering": _steering()}, {}, {})
+  (steer,) = out["figures"]
+  assert steer["figure"] == "steering efficacy: weddings"
+  assert (steer["within"], steer["cross"], steer["ratio"]) == pytest.approx((0.4, 0.25, 0.625))
+  z = 1.959964
+  sd = lambda width: width / (2 * z)
+  diff_sd = np.sqrt(sd(0.4) ** 2 + (sd(0.4) ** 2 + sd(0.4) ** 2) / 4)
+  ratio_ci, diff_ci = answer.steering_ci(_steering(), 0.95)
+  assert diff_ci == pytest.approx([-0.15 - z * diff_sd, -0.15 + z * diff_sd], abs=0.01)
+  assert f"cross - within -0.150 [{diff_ci[0]:+.3f}, {diff_ci[1]:+.3f}]" in steer["detail"]
+  delta = 0.625 * np.sqrt((sd(0.4) / 0.4) ** 2 + (np.sqrt(2) * sd(0.4) / 2 / 0.25) ** 2)
+  assert ratio_ci[0] < 0.625 < ratio_ci[1] and ratio_ci[1] - ratio_ci[0] > 2 * z * delta * 0.8
+  assert steer["ratio_ci"] == ratio_ci
+  assert steer["pairs"][0] == dict(pair="q1 → q0", relation="within", value=0.4, layers="8, 12 ×2; 10, 14 ×4",
+                                   depths=None)
+  assert "0.25 of the target's own vector's effect across families against 0.40 within (weddings)" in out["reading"]
+
+
+def test_a_within_family_efficacy_near_zero_leaves_the_ratio_without_an_interval():
+  ratio_ci, diff_ci = answer.steering_ci(_steering(within=(0.05, [-0.2, 0.3])), 0.95)
+  assert ratio_ci is None and diff_ci[0] < 0.25 - 0.05 < diff_ci[1]
+  assert answer.steering_ci(_steering()[:1], 0.95) == (None, None)  # no cross-family pair
+  no_interval = [dict(r, ci=None) for r in _steering()]
+  assert answer.steering_ci(no_interval, 0.95) == (None, None)
