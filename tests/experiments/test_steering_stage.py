@@ -1,11 +1,16 @@
 """The steering stage end to end on tiny checkpoints: a model steered through a map from an identical copy of itself
-gets its own vector back (efficacy 1), and the zero vector changes nothing."""
+gets its own vector back (efficacy 1), and the zero vector changes nothing; with a second, cross-family source the
+run answers within vs cross, and its per-pair figures are checked against float64 NumPy on the stored activations."""
 import json
 import os
+import re
+
+import numpy as np
 
 import pytest
 
 from experiments import outputs, run as runner
+from xsim import activations as xa
 from experiments.stages import steering
 from tests.experiments import tiny_config as tiny
 
@@ -20,7 +25,7 @@ def _steered_run(model_root, tmp_path_factory):
   c.baselines.random_init = False
   c.data.num_texts = 160  # more training rows than dimensions (64): the ridge map of a model onto itself is ~I
   c.transfer.penalties = [1e-6]
-  c.similarity.update(measures=["cka"], preprocess=["none"])
+  c.similarity.update(measures=["cka_debiased"], preprocess=["none", "standardize"])
   c.next_token.enabled = False
   c.probes.update(tasks=[], token_classes=0)
   c.seeds = [0]
@@ -74,18 +79,27 @@ def test_a_new_summary_rule_or_fewer_concepts_recompute_nothing(steered_run):
   assert {r["concept"] for r in rows} == {"truth"}
 
 
-def test_pairs_with_one_target_share_its_own_and_random_directions(steered_run, model_root):
-  """The target's own vector, random nulls and zero vector are scored once per target layer: a second source for
-  the same target adds no target-side entry, and both pairs report the same own effect and random null."""
+@pytest.fixture(scope="module", name="two_sources")
+def _two_sources(steered_run, model_root):
+  """The steered run again with a cross-family source (tiny Gemma) for the same target: (workdir, the target-side
+  steering entries before, after)."""
   c, workdir = steered_run
   more = c.copy_and_resolve_references()
-  more.models.append(dict(name="tiny-gemma", path=os.path.join(model_root, "gemma"), dtype="float32",
-                          family="gemma"))
+  more.models = list(c.models) + [dict(name="tiny-gemma", path=os.path.join(model_root, "gemma"), dtype="float32",
+                                       family="gemma")]
   more.pairs = [["tiny-llama-copy", "tiny-llama"], ["tiny-gemma", "tiny-llama"]]
+  more.steering.concepts = ("weddings", "truth")
   target_side = os.path.join(workdir, "cache", "steering-target")
   before = sorted(os.listdir(target_side))
   runner.run(more, workdir)
-  assert sorted(os.listdir(target_side)) == before and len(before) == 2 * 2  # concepts x (scores, perplexity)
+  return workdir, before, sorted(os.listdir(target_side))
+
+
+def test_pairs_with_one_target_share_its_own_and_random_directions(two_sources):
+  """The target's own vector, random nulls and zero vector are scored once per target layer: a second source for
+  the same target adds no target-side entry, and both pairs report the same own effect and random null."""
+  workdir, before, after = two_sources
+  assert after == before and len(before) == 2 * 2  # concepts x (scores, perplexity)
   rows = outputs.read_table(os.path.join(workdir, "steering.csv"))
   for concept in ("weddings", "truth"):
     by_source = {r["source"]: r for r in rows if r["concept"] == concept and r["scale"] == 1.0}
@@ -95,3 +109,46 @@ def test_pairs_with_one_target_share_its_own_and_random_directions(steered_run, 
     for column in ("own_effect", "random_min", "random_max", "perplexity_own", "perplexity_random"):
       assert first[column] == second[column], column
     assert first["mapped_effect"] != second["mapped_effect"]
+
+
+def _debiased_cka(x: np.ndarray, y: np.ndarray) -> float:
+  """Linear debiased CKA in float64 (Song et al. 2012's unbiased HSIC on column-centred rows)."""
+  def hsic(k, l):
+    n = len(k)
+    k, l = k - np.diag(np.diag(k)), l - np.diag(np.diag(l))
+    ones = np.ones(n)
+    return (np.trace(k @ l) + ones @ k @ ones * (ones @ l @ ones) / ((n - 1) * (n - 2))
+            - 2 / (n - 2) * ones @ k @ l @ ones) / (n * (n - 3))
+  x, y = x - x.mean(0), y - y.mean(0)
+  k, l = x @ x.T, y @ y.T
+  return hsic(k, l) / np.sqrt(hsic(k, k) * hsic(l, l))
+
+
+def test_the_reports_per_pair_figures_agree_with_float64_on_the_stored_activations(two_sources):
+  """Every pair's max debiased CKA in the answer and report.md equals the max over the scored layer pairs of a
+  float64 NumPy recomputation from the run's activation stores, at the same layer pair."""
+  workdir = two_sources[0]
+  summary = json.load(open(os.path.join(workdir, "summary.json")))
+  report = open(os.path.join(workdir, "report.md")).read()
+  folder = os.path.join(workdir, "activations")
+  store = lambda model: xa.load_store(os.path.join(folder, next(
+      n for n in os.listdir(folder) if re.fullmatch(rf"{re.escape(model)}-[0-9a-f]{{12}}", n))))
+  figures = {f["figure"]: f for f in summary["answer"]["figures"]}
+  for prep, name in (("none", "raw"), ("standardize", "standardized")):
+    scale = (lambda x: x) if prep == "none" else (lambda x: (x - x.mean(0)) / np.where(x.std(0) > 0, x.std(0), 1))
+    per_pair = figures[f"max debiased CKA ({name})"]["pairs"]
+    assert sorted(p["relation"] for p in per_pair) == ["cross", "within"]
+    for entry in per_pair:
+      source, target = entry["pair"].split(" → ")
+      a, b = store(source), store(target)
+      rows_a, rows_b = xa.paired_rows(a, b)
+      xs, ys = np.asarray(a.array, np.float64)[:, rows_a], np.asarray(b.array, np.float64)[:, rows_b]
+      grid = {(la, lb): _debiased_cka(scale(xs[i]), scale(ys[j]))  # hidden-state indices; min_layer 1
+              for i, la in enumerate(a.layers) for j, lb in enumerate(b.layers) if min(la, lb) >= 1}
+      best = max(grid, key=grid.get)
+      assert entry["value"] == pytest.approx(grid[best], abs=1e-5), (entry, name)
+      # The reported layer pair is a maximizer (a model and its copy tie at 1 on the whole diagonal).
+      assert grid[tuple(entry["layers"])] == pytest.approx(grid[best], abs=1e-5)
+      la, lb = entry["layers"]
+      assert re.search(rf"\| {re.escape(entry['pair'])} \| {entry['relation']} \| max debiased CKA \({name}\) \| "
+                       rf"{grid[best]:.3f} \| {la}, {lb} ", report), (entry, name)
