@@ -118,8 +118,10 @@ def answer(headline: dict, resamples: dict, relations: dict, level: float = 0.95
              for r in mine if r["relation"] in ("within", "cross")]
     figures.append(_figure(f"steering efficacy: {concept}", within, cross, ci, {}, detail=detail,
                            pairs=sorted(pairs, key=lambda r: r["relation"] != "within")))
+  matched_ci = {prep: ratio_ci(resamples.get(("matched", "cka_debiased", prep), {}), relations, level)
+                for prep in ("none", "standardize")}
   return {"figures": figures, "sensitivity": sensitivity(headline.get("sensitivity", []),
-                                                          headline.get("matched_depths", [])),
+                                                          headline.get("matched_depths", []), matched_ci),
           "reading": reading(figures)}
 
 
@@ -146,10 +148,11 @@ def steering_ci(records: Sequence[dict], level: float, draws: int = 20000) -> tu
     return interval(mean["cross"] / mean["within"]), difference
 
 
-def sensitivity(scopes: Sequence[dict], matched: Sequence[dict] = ()) -> list[dict]:
+def sensitivity(scopes: Sequence[dict], matched: Sequence[dict] = (), matched_ci: Optional[dict] = None) -> list[dict]:
   """The debiased CKA figures at each scope of layers (tables.scope_sensitivity's groups: "min_layer" set) and at
   matched depths (tables.matched_depth_means: "min_layer" None): [{"min_layer", "figure", "within", "cross",
-  "ratio"}], where the run has pairs of both relations."""
+  "ratio", "ratio_ci"}], where the run has pairs of both relations; ratio_ci: the matched-depth ratios' CIs by
+  preprocessing (matched_ci), None for the scopes (point estimates)."""
   sources = [(k, [g for g in scopes if g["min_layer"] == k], "mean_max", "max")
              for k in sorted({g["min_layer"] for g in scopes})]
   sources.append((None, list(matched), "mean_matched", "matched-depth"))
@@ -159,7 +162,8 @@ def sensitivity(scopes: Sequence[dict], matched: Sequence[dict] = ()) -> list[di
       mine = {g["relation"]: g[value] for g in groups if (g["measure"], g["preprocess"]) == ("cka_debiased", prep)}
       if "within" in mine and "cross" in mine:
         out.append({"min_layer": scope, "figure": f"{kind} debiased CKA ({name})", "within": mine["within"],
-                    "cross": mine["cross"], "ratio": _ratio(mine["within"], mine["cross"])})
+                    "cross": mine["cross"], "ratio": _ratio(mine["within"], mine["cross"]),
+                    "ratio_ci": (matched_ci or {}).get(prep) if scope is None else None})
   return out
 
 

@@ -216,6 +216,45 @@ def probe_plot(best: Sequence[dict], out_dir: str) -> list[str]:
   return writer.paths
 
 
+RELATION_COLORS = {"within": ("#1f4e9c", "#5b8fd6", "#9bbcea"), "cross": ("#b34700", "#e07b2a", "#f0ad6e", "#c9901c"),
+                   "random": ("0.45", "0.6", "0.75")}
+
+
+def depth_curve_plots(pairs: dict, out_dir: str) -> list[str]:
+  """summary.json's pairs -> paths of PNGs, one per measure and preprocessing with depth curves: for every pair
+  (within family blue, across families orange, random-init grey), each source layer's best match over the target's
+  layers (solid) and its value at the target layer of nearest relative depth (dashed) over the source's relative
+  depth, shaded: their subsampling CIs (first seed)."""
+  writer = _Writer(out_dir)
+  by_key = collections.defaultdict(list)
+  for name, entry in sorted(pairs.items()):
+    for key, stats in entry.get("measures", {}).items():
+      if stats.get("depth_curve"):
+        by_key[key].append((name, entry["relation"], stats["depth_curve"]))
+  for key, curves in sorted(by_key.items()):
+    measure, prep = key.split("|")
+    fig = _figure(6.4, 4.2, left=0.8, bottom=0.7, right=2.6, top=0.45)
+    ax = fig.add_subplot()
+    shade = collections.Counter()
+    for name, relation, curve in sorted(curves, key=lambda c: (c[1] != "within", c[1] == "random", c[0])):
+      palette = RELATION_COLORS.get(relation, ("0.3",))
+      color = palette[shade[relation] % len(palette)]
+      shade[relation] += 1
+      depth = np.asarray(curve["depths_a"])
+      label = name.replace("|", " → ") + f" ({relation})"
+      ax.plot(depth, curve["best"], "-", color=color, linewidth=1.4, marker="o", markersize=2.5, label=label)
+      ax.fill_between(depth, *curve["best_ci"], color=color, alpha=0.18, linewidth=0)
+      ax.plot(depth, curve["matched"], "--", color=color, linewidth=1.0)
+      ax.fill_between(depth, *curve["matched_ci"], color=color, alpha=0.08, linewidth=0)
+    ax.set_xlabel("relative depth of the source layer")
+    ax.set_ylabel(f"{measure} ({prep})")
+    ax.set_title(f"{measure}, {prep}: best match of each source layer (solid), at matched depth (dashed)",
+                 fontsize=8)
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), framealpha=0.9)
+    writer.save(fig, "depth", measure, prep)
+  return writer.paths
+
+
 def steering_plot(rows: Sequence[dict], out_dir: str) -> list[str]:
   """steering.csv rows -> paths of PNGs, one per concept: for each (source, target) pair and scale, the mapped
   vector's efficacy over the target's relative depth (whiskers: its interval, prompts and direction noise), the

@@ -138,10 +138,11 @@ def _sensitivity_blocks(rows: Sequence[dict]) -> list:
   return [Para("How much rides on token identity and on choosing the best layer pair: the same maxima with the "
                "embeddings in, as configured, and with one more block left out; and the mean at matched depths (for "
                "each source layer the target layer at the nearest relative depth), where no layer pair is chosen "
-               "for being best. Point estimates; the CIs above are the configured maxima's."),
-          Table(("layers scored", "figure", "within", "cross", "cross / within"),
-                tuple((scope(r["min_layer"]), r["figure"], fmt(r["within"]), fmt(r["cross"]), fmt_ratio(r["ratio"]))
-                      for r in rows))]
+               "for being best. The scopes are point estimates (the CIs above are the configured maxima's); the "
+               "matched-depth ratio's CI resamples the texts as the maxima's do."),
+          Table(("layers scored", "figure", "within", "cross", "cross / within", "ratio CI"),
+                tuple((scope(r["min_layer"]), r["figure"], fmt(r["within"]), fmt(r["cross"]), fmt_ratio(r["ratio"]),
+                       fmt_ci(r.get("ratio_ci"))) for r in rows))]
 
 
 def _transfer_blocks(records: list, figures: list[Image], min_layer: int) -> list:
@@ -279,6 +280,13 @@ def write_report(workdir: str, config_dict: Mapping, environment: Mapping) -> tu
   body = []
   if summary.get("answer", {}).get("figures"):
     body += _answer_blocks(summary["answer"], summary.get("ci_level"))
+  depth_figures = _images(plots.depth_curve_plots(summary.get("pairs", {}), figures), workdir)
+  if depth_figures:
+    body += [Heading(2, "Along depth"), Para(
+        "For each pair and each scored source layer: its best match over the target's scored layers (solid) and its "
+        "value at the target layer of nearest relative depth (dashed), with subsampling CIs (shaded; half of the "
+        "texts, as the maxima's CIs). Where a curve peaks, and whether within- and cross-family bands separate at "
+        "matched depths, says more than the single maximum.")] + depth_figures
   min_layer = summary.get("min_layer", 0)
   # Maxima, means and best pairs are over the scored layer pairs; heatmaps show all of them.
   if similarity and "similarity" in headline:

@@ -20,6 +20,7 @@ from xsim.similarity.grid import GRID_MEASURES, MEASURES
 from xsim.similarity.preprocess import METHODS as PREPROCESSINGS
 
 NAME, SECTION, PHASE = "similarity", "similarity", 1
+STATISTICS_VERSION = 2  # bump when the statistics a unit stores change (2: each source layer's subsamples)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +52,8 @@ def units(settings: Settings, ctx, pair, seed: int) -> list:
   for measure in settings.measures:
     with_statistics = MEASURES[measure].with_statistics
     seeded = with_statistics or pair.is_random
-    reads = [ctx.stats.permutations, ctx.stats.ci_resamples, ctx.stats.min_layer] if with_statistics else []
+    reads = ([ctx.stats.permutations, ctx.stats.ci_resamples, ctx.stats.min_layer, STATISTICS_VERSION]
+             if with_statistics else [])
     for prep in settings.preprocess:
       for rows in chunks(num_layers_a, ctx.study.mesh.layers_per_unit):
         unit_seed = seed if seeded else None
@@ -69,10 +71,13 @@ def grid(measure: str, prep: str, xs, ys, settings: Settings, mesh=None) -> np.n
 
 
 def compute(settings: Settings, ctx, unit) -> dict:
-  """{"matrix": [stop - start, Lb] values, "null_max": [P] or None, "subsample_max": [R] or None}.
+  """{"matrix": [stop - start, Lb] values, "null_max": [P] or None, "subsample_max": [R] or None,
+  "subsample_best": [R, A] or None, "subsample_matched": [R, A] or None}.
 
   null_max / subsample_max are maxima over the chunk's scored layer pairs (None when the measure has no
-  statistics; -inf when the chunk holds no scored layer pair).
+  statistics; -inf when the chunk holds no scored layer pair); subsample_best / subsample_matched hold, for each
+  of the chunk's A scored source layers, its best match over the scored target layers and its value at the scored
+  target layer of nearest relative depth, on each subsample.
   """
   from xsim import similarity as sim
   measure, prep, (start, stop) = unit.part
@@ -81,22 +86,33 @@ def compute(settings: Settings, ctx, unit) -> dict:
   data = ctx.pair_data(unit.pair, seed)
   xs = data.xs[start:stop]
   out = {"matrix": grid(measure, prep, xs, data.ys, settings, ctx.mesh).tolist(), "null_max": None,
-         "subsample_max": None}
+         "subsample_max": None, "subsample_best": None, "subsample_matched": None}
   if not MEASURES[measure].with_statistics:
     return out
   ia = np.flatnonzero(np.asarray(data.layers_a[start:stop]) >= stats.min_layer)
   ib = layer_select.scored_positions(data.layers_b, stats.min_layer, data.pair.b)
   if not len(ia):
-    out.update(null_max=[-np.inf] * stats.permutations, subsample_max=[-np.inf] * stats.ci_resamples)
+    out.update(null_max=[-np.inf] * stats.permutations, subsample_max=[-np.inf] * stats.ci_resamples,
+               subsample_best=[[]] * stats.ci_resamples, subsample_matched=[[]] * stats.ci_resamples)
     return out
   xs, ys = xs[ia], data.ys[ib]
   options = dict(preprocess=prep, mesh=ctx.mesh, **settings.options(measure))
   null = sim.grid_null_max(measure, xs, ys, key=statistics.null_key(seed), num_permutations=stats.permutations,
                            **options)
-  samples = sim.grid_subsample_max(measure, xs, ys, key=statistics.text_subsets_key(seed),
-                                   num_resamples=stats.ci_resamples, batch_size=8, **options)
-  out.update(null_max=np.asarray(null, np.float64).tolist(), subsample_max=np.asarray(samples, np.float64).tolist())
+  samples = np.asarray(sim.grid_subsamples(measure, xs, ys, key=statistics.text_subsets_key(seed),
+                                           num_resamples=stats.ci_resamples, batch_size=8, **options), np.float64)
+  nearest = nearest_depths([data.layers_a[start + i] for i in ia], data.num_layers_a,
+                           [data.layers_b[j] for j in ib], data.num_layers_b)
+  out.update(null_max=np.asarray(null, np.float64).tolist(), subsample_max=samples.max((1, 2)).tolist(),
+             subsample_best=samples.max(2).tolist(),
+             subsample_matched=samples[:, np.arange(len(ia)), nearest].tolist())
   return out
+
+
+def nearest_depths(layers_a, num_layers_a: int, layers_b, num_layers_b: int) -> np.ndarray:
+  """For each layer of a, the position in layers_b of the layer at the nearest relative depth (the first on ties)."""
+  depth = lambda layers, total: np.asarray([layer_select.relative_depth(l, total) for l in layers])
+  return np.abs(depth(layers_a, num_layers_a)[:, None] - depth(layers_b, num_layers_b)[None, :]).argmin(axis=1)
 
 
 def tabulate(settings: Settings, ctx, pair, seed: int, entries, out) -> None:
@@ -110,10 +126,40 @@ def tabulate(settings: Settings, ctx, pair, seed: int, entries, out) -> None:
       combine = lambda name: None if parts[0][name] is None else np.max([p[name] for p in parts], axis=0)
       stats = statistics.grid_max(matrix, layout.layers_a, layout.layers_b, ctx.stats, combine("null_max"),
                                   combine("subsample_max"), layout.num_samples)
-      summary[f"{measure}|{prep}"] = stats
       if parts[0]["subsample_max"] is not None:
         out.resample((measure, prep), pair, seed, stats["max"], combine("subsample_max"), layout.num_samples)
+        along = lambda name: np.concatenate([np.asarray(p[name], np.float64).reshape(ctx.stats.ci_resamples, -1)
+                                             for p in parts], axis=1)
+        curves = depth_curves(matrix, layout, ctx.stats, along("subsample_best"), along("subsample_matched"))
+        if curves is not None:
+          stats["depth_curve"] = curves
+          out.resample(("matched", measure, prep), pair, seed, float(np.mean(curves["matched"])),
+                       along("subsample_matched").mean(1), layout.num_samples)
+      summary[f"{measure}|{prep}"] = stats
       out.add("similarity.csv", [
           dict(model_a=pair.a, model_b=pair.b, relation=pair.relation, measure=measure, preprocess=prep,
                **layout.cell(layout.layers_a[i], layout.layers_b[j]), value=float(matrix[i, j]), seed=seed)
           for i, j in np.ndindex(matrix.shape)])
+
+
+def depth_curves(matrix: np.ndarray, layout, stats, best_samples: np.ndarray, matched_samples: np.ndarray):
+  """Along the source's depth, over the scored layer pairs of a [La, Lb] grid: each source layer's best match (max
+  over target layers) and its value at the target layer of nearest relative depth, with subsampling CIs from the
+  [R, A] subsample values (A scored source layers). {"layers_a", "depths_a", "best", "best_layer_b", "best_ci",
+  "matched", "matched_layer_b", "matched_ci"} (CIs as [lows, highs]), None where a scored value is not finite."""
+  from xsim import resampling
+  ia = layer_select.scored_positions(layout.layers_a, stats.min_layer)
+  ib = layer_select.scored_positions(layout.layers_b, stats.min_layer)
+  scored = matrix[np.ix_(ia, ib)]
+  if not len(ia) or not len(ib) or not np.isfinite(scored).all():
+    return None
+  layers_a, layers_b = [layout.layers_a[i] for i in ia], [layout.layers_b[j] for j in ib]
+  nearest = nearest_depths(layers_a, layout.num_layers_a, layers_b, layout.num_layers_b)
+  best, matched = scored.max(1), scored[np.arange(len(ia)), nearest]
+  interval = lambda estimate, samples: [[float(v) for v in bound] for bound in resampling.subsample_interval(
+      estimate, samples, layout.num_samples, level=stats.ci_level)]
+  return {"layers_a": [int(l) for l in layers_a],
+          "depths_a": [layer_select.relative_depth(l, layout.num_layers_a) for l in layers_a],
+          "best": best.tolist(), "best_layer_b": [int(layers_b[j]) for j in scored.argmax(1)],
+          "best_ci": interval(best, best_samples), "matched": matched.tolist(),
+          "matched_layer_b": [int(layers_b[j]) for j in nearest], "matched_ci": interval(matched, matched_samples)}

@@ -467,3 +467,27 @@ def test_neighbour_measures_carry_a_null_a_p_value_and_a_ci(finished_run):
   report = open(os.path.join(workdir, "report.md")).read()
   section = report.split("### mutual_knn, preprocess=none")[1].split("###")[0]
   assert "| clears null |" in section and ("| yes |" in section or "| no |" in section)
+
+
+def test_depth_curves_follow_the_table(finished_run):
+  """Each scored source layer's best match and its value at the nearest relative depth, as in similarity.csv, with
+  subsampling CIs; drawn in the report's "Along depth" section."""
+  workdir, summary = finished_run
+  rows = [r for r in outputs.read_table(os.path.join(workdir + "-pristine", "similarity.csv"))
+          if (r["model_b"], r["measure"], r["preprocess"], r["seed"]) == ("tiny-gemma", "cka_debiased", "none", 0)
+          and min(r["layer_a"], r["layer_b"]) >= 1]
+  curve = summary["pairs"]["tiny-llama|tiny-gemma"]["measures"]["cka_debiased|none"]["depth_curve"]
+  assert curve["layers_a"] == sorted({r["layer_a"] for r in rows})
+  for k, layer in enumerate(curve["layers_a"]):
+    mine = [r for r in rows if r["layer_a"] == layer]
+    best = max(mine, key=lambda r: r["value"])
+    assert curve["best"][k] == pytest.approx(best["value"], abs=1e-12)
+    assert curve["best_layer_b"][k] == best["layer_b"]
+    nearest = min(mine, key=lambda r: (abs(r["depth_b"] - r["depth_a"]), r["layer_b"]))
+    assert (curve["matched"][k], curve["matched_layer_b"][k]) == (pytest.approx(nearest["value"], abs=1e-12),
+                                                                   nearest["layer_b"])
+    assert curve["best_ci"][0][k] <= curve["best_ci"][1][k] and curve["matched_ci"][0][k] <= curve["matched_ci"][1][k]
+  assert "mutual_knn|none" in summary["pairs"]["tiny-llama|tiny-gemma"]["measures"] and "depth_curve" in (
+      summary["pairs"]["tiny-llama|tiny-gemma"]["measures"]["mutual_knn|none"])
+  report = open(os.path.join(workdir, "report.md")).read()
+  assert "## Along depth" in report and "figures/depth__cka_debiased__none.png" in report

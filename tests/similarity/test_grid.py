@@ -92,6 +92,24 @@ def test_subsample_max_and_interval():
                                                 key=key, num_resamples=10), rtol=1e-5, atol=1e-6)
 
 
+def test_subsample_grids_are_the_grid_on_each_subsample():
+  """grid_subsamples: the whole grid on the rows grid_subsample_max draws (its max is that max, bit for bit), each
+  cell the float64 reference on those rows."""
+  xs, ys = _stacks(5)
+  key = jax.random.PRNGKey(6)
+  grids = np.asarray(sim.grid_subsamples("cka_debiased", xs, ys, key=key, num_resamples=4))
+  assert grids.shape == (4, len(xs), len(ys))
+  np.testing.assert_array_equal(grids.max((1, 2)), sim.grid_subsample_max("cka_debiased", xs, ys, key=key,
+                                                                          num_resamples=4))
+  index = np.asarray(sim.permutations(key, 4, 24))[:, :12]
+  for r in (0, 3):
+    want = [[ref.linear_cka(np.float64(x[index[r]]), np.float64(y[index[r]]), debiased=True) for y in ys] for x in xs]
+    np.testing.assert_allclose(grids[r], want, atol=1e-5)
+  knn = np.asarray(sim.grid_subsamples("mutual_knn", xs, ys, key=key, num_resamples=4, k=4))
+  np.testing.assert_allclose(knn[1, 2, 0], ref.mutual_knn(np.float64(xs[2][index[1]]), np.float64(ys[0][index[1]]), 2),
+                             atol=1e-6)
+
+
 @pytest.mark.slow
 def test_neighbour_intervals_cover_the_mean_of_independent_draws():
   """With k scaled to the subsample, mutual k-NN's 95% interval covers the mean over independent datasets in most

@@ -10,7 +10,7 @@ from xsim.similarity.cka import (LinearHsic, cka, cka_from_hsic, cka_matrix, cho
                                  minibatch_cka, minibatch_cka_matrix)
 from xsim.similarity.cka_null import cka_matrix_null
 from xsim.similarity.grid import (GRID_MEASURES, MEASURES, GridMeasure, MeasureInfo, grid_max_ci, grid_measure,
-                                  grid_null_max, grid_subsample_max, similarity_grid)
+                                  grid_null_max, grid_subsample_max, grid_subsamples, similarity_grid)
 from xsim.similarity.kernels import cka_from_grams, gram_linear, gram_rbf, hsic
 from xsim.similarity.neighbors import cknna, knn_mask, mutual_knn
 from xsim.similarity.preprocess import Preprocess, preprocess

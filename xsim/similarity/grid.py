@@ -267,6 +267,19 @@ def grid_subsample_max(measure: str, xs, ys, *, key: jax.Array, num_resamples: i
                          batch_size=batch_size, mesh=mesh, dtype=dtype)
 
 
+def grid_subsamples(measure: str, xs, ys, *, key: jax.Array, num_resamples: int = 200, size: Optional[int] = None,
+                    preprocess: str | Preprocess = "none", mesh: Optional[Mesh] = None,
+                    batch_size: Optional[int] = 8, dtype=None, **options):
+  """-> [R, La, Lb]: the whole grid on each of grid_subsample_max's subsamples (same rows, same key), for what the
+  max alone does not say: each source layer's best match, the values at matched depths."""
+  grid, xs, ys, n = _inputs(measure, xs, ys, preprocess, dtype, options)
+  size = resampling.subsample_size(size, n)
+  grid = on_subsamples(grid, n, size)
+  grid.check(size, xs.shape[2], ys.shape[2])
+  return stats.subsample(grid, xs, ys, key=key, num_resamples=num_resamples, size=size, batch_size=batch_size,
+                         mesh=mesh, dtype=dtype)
+
+
 def grid_max_ci(measure: str, xs, ys, *, key: jax.Array, num_resamples: int = 200, level: float = 0.95,
                 size: Optional[int] = None, preprocess: str | Preprocess = "none", mesh: Optional[Mesh] = None,
                 batch_size: Optional[int] = 8, dtype=None, **options):
