@@ -214,6 +214,18 @@ def test_scope_sensitivity_retakes_the_maxima_with_the_embeddings_in_and_one_mor
   assert "| embeddings in (from hidden state 0) | max debiased CKA (raw) | 0.950 | 0.900 | 0.947 |" in text
   assert "| from block 2 | max debiased CKA (raw) | 0.600 | 0.500 | 0.833 |" in text
   assert "| as configured | matched-depth debiased CKA (raw) | 0.700 | 0.533 | 0.762 |" in text
+  # The matched-depth ratio carries the CI of its subsamples; the scopes are point estimates.
+  with_ci = answer.sensitivity(groups, matched, {"none": [0.7, 0.8]})
+  assert [f["ratio_ci"] for f in with_ci] == [None, None, None, [0.7, 0.8]]
+  text = document.to_markdown(report._answer_blocks(dict(figures=[], reading="", sensitivity=with_ci), 0.95))
+  assert "| as configured | matched-depth debiased CKA (raw) | 0.700 | 0.533 | 0.762 | [0.700, 0.800] |" in text
+  rng = np.random.default_rng(1)
+  entries = {p: {"estimate": e, "samples": e + 0.02 * rng.normal(size=30), "n": 60}
+             for p, e in (("w", 0.7), ("c", 0.533))}
+  relations = {"w": "within", "c": "cross"}
+  out = answer.answer({"sensitivity": groups, "matched_depths": matched},
+                      {("matched", "cka_debiased", "none"): entries}, relations)
+  assert out["sensitivity"][-1]["ratio_ci"] == answer.ratio_ci(entries, relations, 0.95) is not None
 
 
 def _steering(within=(0.4, [0.2, 0.6]), cross=((0.3, [0.1, 0.5]), (0.2, [0.0, 0.4]))):
