@@ -193,7 +193,7 @@ def matched_depth_means(similarity_rows: Sequence[dict], min_layer: int) -> list
   per_pair = collections.defaultdict(list)
   for (a, b, measure, prep), grid in layer_grids(scored_rows(similarity_rows, min_layer),
                                                  ("model_a", "model_b", "measure", "preprocess"), ("value",)).items():
-    nearest = np.abs(grid.depths_a[:, None] - grid.depths_b[None, :]).argmin(axis=1)
+    nearest = layer_select.nearest_by_depth(grid.depths_a, grid.depths_b)
     matched = grid.values["value"][np.arange(len(grid.layers_a)), nearest]
     per_pair[(measure, prep, relation[(a, b)])].append(float(matched.mean()))
   return [dict(measure=m, preprocess=p, relation=r, mean_matched=float(np.mean(v)), num_pairs=len(v))

@@ -58,3 +58,9 @@ def test_depth_matching_over_an_explicit_list_takes_the_nearest_block_output():
     layer_select.depth_matched_pairs([0], 8, [1], 4, 2)
   with pytest.raises(ValueError, match="num_depths"):
     layer_select.depth_matched_pairs([1], 8, [1], 4, 1)
+
+
+def test_nearest_by_depth_takes_the_closest_and_the_first_on_ties():
+  # a at 0.1, 0.5, 0.9 against b at 0.0, 0.25, 0.5, 0.75, 1.0: 0.1 -> 0.0; 0.5 -> 0.5; 0.9 -> 1.0
+  assert layer_select.nearest_by_depth([0.1, 0.5, 0.9], [0.0, 0.25, 0.5, 0.75, 1.0]).tolist() == [0, 2, 4]
+  assert layer_select.nearest_by_depth([0.5], [0.25, 0.75]).tolist() == [0]  # a tie: the first

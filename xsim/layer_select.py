@@ -100,6 +100,11 @@ def scored_mask(layers_a: Sequence[int], layers_b: Sequence[int], min_layer: int
   return (np.asarray(layers_a) >= min_layer)[:, None] & (np.asarray(layers_b) >= min_layer)[None, :]
 
 
+def nearest_by_depth(depths_a: Sequence[float], depths_b: Sequence[float]) -> np.ndarray:
+  """For each relative depth of a, the position in depths_b of the nearest one (the first on ties): [len(a)]."""
+  return np.abs(np.asarray(depths_a)[:, None] - np.asarray(depths_b)[None, :]).argmin(axis=1)
+
+
 def depth_matched_pairs(layers_a: Sequence[int], num_layers_a: int, layers_b: Sequence[int], num_layers_b: int,
                         num_depths: int) -> list[tuple[int, int]]:
   """Positions (i, j) in two layer lists at `num_depths` equal relative depths d = 0, ..., 1 over block outputs.

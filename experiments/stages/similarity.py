@@ -101,18 +101,16 @@ def compute(settings: Settings, ctx, unit) -> dict:
                            **options)
   samples = np.asarray(sim.grid_subsamples(measure, xs, ys, key=statistics.text_subsets_key(seed),
                                            num_resamples=stats.ci_resamples, batch_size=8, **options), np.float64)
-  nearest = nearest_depths([data.layers_a[start + i] for i in ia], data.num_layers_a,
-                           [data.layers_b[j] for j in ib], data.num_layers_b)
+  nearest = layer_select.nearest_by_depth(_depths([data.layers_a[start + i] for i in ia], data.num_layers_a),
+                                          _depths([data.layers_b[j] for j in ib], data.num_layers_b))
   out.update(null_max=np.asarray(null, np.float64).tolist(), subsample_max=samples.max((1, 2)).tolist(),
              subsample_best=samples.max(2).tolist(),
              subsample_matched=samples[:, np.arange(len(ia)), nearest].tolist())
   return out
 
 
-def nearest_depths(layers_a, num_layers_a: int, layers_b, num_layers_b: int) -> np.ndarray:
-  """For each layer of a, the position in layers_b of the layer at the nearest relative depth (the first on ties)."""
-  depth = lambda layers, total: np.asarray([layer_select.relative_depth(l, total) for l in layers])
-  return np.abs(depth(layers_a, num_layers_a)[:, None] - depth(layers_b, num_layers_b)[None, :]).argmin(axis=1)
+def _depths(layers, num_layers: int) -> list[float]:
+  return [layer_select.relative_depth(layer, num_layers) for layer in layers]
 
 
 def tabulate(settings: Settings, ctx, pair, seed: int, entries, out) -> None:
@@ -154,12 +152,13 @@ def depth_curves(matrix: np.ndarray, layout, stats, best_samples: np.ndarray, ma
   if not len(ia) or not len(ib) or not np.isfinite(scored).all():
     return None
   layers_a, layers_b = [layout.layers_a[i] for i in ia], [layout.layers_b[j] for j in ib]
-  nearest = nearest_depths(layers_a, layout.num_layers_a, layers_b, layout.num_layers_b)
+  depths_a = _depths(layers_a, layout.num_layers_a)
+  nearest = layer_select.nearest_by_depth(depths_a, _depths(layers_b, layout.num_layers_b))
   best, matched = scored.max(1), scored[np.arange(len(ia)), nearest]
   interval = lambda estimate, samples: [[float(v) for v in bound] for bound in resampling.subsample_interval(
       estimate, samples, layout.num_samples, level=stats.ci_level)]
   return {"layers_a": [int(l) for l in layers_a],
-          "depths_a": [layer_select.relative_depth(l, layout.num_layers_a) for l in layers_a],
+          "depths_a": depths_a,
           "best": best.tolist(), "best_layer_b": [int(layers_b[j]) for j in scored.argmax(1)],
           "best_ci": interval(best, best_samples), "matched": matched.tolist(),
           "matched_layer_b": [int(layers_b[j]) for j in nearest], "matched_ci": interval(matched, matched_samples)}
