@@ -135,6 +135,24 @@ def _reader(settings: Settings, concept, target, contrast, own_vectors, layers: 
   return score
 
 
+def contrasts(settings: Settings, ctx, model: str, seed: int) -> dict:
+  """{concept: (positive, negative) [L + 1, n, d] activations of `model` at every hidden state, at the last token
+  of each contrast text}: one store per model for every configured concept, so the model is loaded once for all of
+  them (a source is needed for nothing else here), named by the model's own store, the texts and the settings."""
+  from xsim.data.concepts import load_concept
+  concepts = {c: load_concept(c, settings.num_pairs, settings.num_prompts, seed) for c in settings.concepts}
+  texts = [t for c in concepts.values() for t in (*c.positive, *c.negative)]
+  layers = list(range(ctx.stores.info[model].num_layers + 1))
+  acts = last_token_activations(ctx.workdir, ctx.study.extraction, lambda: ctx.models.get(model), texts, layers,
+                                f"{model}-steering-contrasts", ctx.stores.texts[model].manifest)
+  out, start = {}, 0
+  for name, c in concepts.items():
+    out[name] = (acts[:, start:start + len(c.positive)],
+                 acts[:, start + len(c.positive):start + len(c.positive) + len(c.negative)])
+    start += len(c.positive) + len(c.negative)
+  return out
+
+
 def compute(settings: Settings, ctx, unit) -> dict:
   """{"rows": one per layer pair and scale, the columns of steering.csv without the pair's, "readout"}."""
   import jax
@@ -153,9 +171,7 @@ def compute(settings: Settings, ctx, unit) -> dict:
       if concept.readout == "probe" else set()))
 
   def contrast(model, layers):
-    return tuple(last_token_activations(ctx.workdir, ctx.study.extraction, lambda: ctx.models.get(model), texts,
-                                        layers, f"{model}-steering-{name}") for texts in (concept.positive,
-                                                                                            concept.negative))
+    return tuple(acts[layers] for acts in contrasts(settings, ctx, model, seed)[name])
   source_vectors = transfer.mean_difference(*contrast(pair.a, layers_a))
   target_contrast = contrast(pair.b, layers_b)
   own_vectors = transfer.mean_difference(*target_contrast)
