@@ -248,8 +248,7 @@ def depth_curve_plots(pairs: dict, out_dir: str) -> list[str]:
       ax.fill_between(depth, *curve["matched_ci"], color=color, alpha=0.08, linewidth=0)
     ax.set_xlabel("relative depth of the source layer")
     ax.set_ylabel(f"{measure} ({prep})")
-    ax.set_title(f"{measure}, {prep}: best match of each source layer (solid), at matched depth (dashed)",
-                 fontsize=8)
+    ax.set_title(f"{measure} ({prep}): best match (solid), matched depth (dashed)", fontsize=8)
     ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), framealpha=0.9)
     writer.save(fig, "depth", measure, prep)
   return writer.paths
