@@ -11,7 +11,7 @@ import dataclasses
 import glob
 import os
 import time
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from absl import logging
@@ -63,11 +63,13 @@ def source_fingerprint(path: str, workdir: str) -> list:
 class ModelCache:
   """Loaded models, least recently used first out, kept while their parameters fit `budget_bytes`."""
 
-  def __init__(self, specs: Sequence[ModelSpec], budget_bytes: int):
+  def __init__(self, specs: Sequence[ModelSpec], budget_bytes: int, expected_bytes: Optional[dict] = None):
+    """expected_bytes: {name: parameter bytes} known before loading (e.g. from the configs), so that loading a
+    small model does not free the others for the largest size seen."""
     self.specs = {s.name: s for s in specs}
     self.budget = budget_bytes
     self.loaded: collections.OrderedDict = collections.OrderedDict()
-    self.sizes: dict[str, int] = {}
+    self.sizes: dict[str, int] = {name: size for name, size in (expected_bytes or {}).items() if size}
     self.loads = collections.Counter()
 
   def get(self, name: str):
@@ -112,6 +114,7 @@ class ModelInfo:
   family: str
   num_layers: int
   hidden_size: int
+  param_bytes: int = 0  # the parameters' size once loaded (0: unknown)
 
 
 @dataclasses.dataclass

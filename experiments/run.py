@@ -26,6 +26,7 @@ import sys
 import threading
 
 import jax
+import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -60,8 +61,12 @@ def compute(ctx: context.Context, unit: units.Unit):
 def read_info(spec: study.ModelSpec) -> extraction.ModelInfo:
   """A model's family and shape from its configuration alone (no weights are read)."""
   from xsim.models import read_config
+  from xsim.models.model import param_shapes, resolve_dtype
   config = read_config(spec.path)
-  return extraction.ModelInfo(spec.name, study.family_of(spec, config.family), config.num_layers, config.hidden_size)
+  dtype = resolve_dtype(spec.dtype)
+  param_bytes = sum(int(np.prod(shape)) for shape in param_shapes(config, dtype).values()) * np.dtype(dtype).itemsize
+  return extraction.ModelInfo(spec.name, study.family_of(spec, config.family), config.num_layers, config.hidden_size,
+                              param_bytes)
 
 
 def environment() -> dict:
@@ -97,8 +102,8 @@ def run(cfg, workdir: str, lock_wait_s: float = 0.0, xla_cache: bool = True) -> 
     logging.info("%d texts from %s.", len(texts), s.data.source)
     probes = s.stages["probes"]
     tasks = {name: xdata.load_task(name, num_examples=probes.num_examples, seed=s.data.seed) for name in probes.tasks}
-    models = extraction.ModelCache(s.models, _memory_budget())
     infos = {spec.name: read_info(spec) for spec in s.models}
+    models = extraction.ModelCache(s.models, _memory_budget(), {n: i.param_bytes for n, i in infos.items()})
     validate_depths(cfg, {name: info.num_layers for name, info in infos.items()})
     pairs = study.model_pairs([m.name for m in s.models], {n: i.family for n, i in infos.items()}, s.pairs,
                               s.baselines.random_init)

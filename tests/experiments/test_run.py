@@ -491,3 +491,22 @@ def test_depth_curves_follow_the_table(finished_run):
       summary["pairs"]["tiny-llama|tiny-gemma"]["measures"]["mutual_knn|none"])
   report = open(os.path.join(workdir, "report.md")).read()
   assert "## Along depth" in report and "figures/depth__cka_debiased__none.png" in report
+
+
+def test_the_model_cache_keeps_what_fits_by_the_sizes_read_from_the_configs(tiny_config):
+  """A model's parameter bytes come from its config (read_info) and equal what loading it takes; with them, loading
+  a small model keeps a loaded one that fits beside it (without them the cache assumes the largest size seen)."""
+  s = study.Study.from_config(tiny_config)
+  infos = {m.name: runner.read_info(m) for m in s.models}
+  cache = extraction.ModelCache(s.models, 0)
+  for name in infos:
+    cache.get(name)
+    assert cache.sizes[name] == infos[name].param_bytes > 0
+  big, small = sorted(infos, key=lambda n: -infos[n].param_bytes)
+  assert infos[big].param_bytes > infos[small].param_bytes
+  both = infos[big].param_bytes + infos[small].param_bytes
+  guessed = extraction.ModelCache(s.models, both)
+  known = extraction.ModelCache(s.models, both, {n: i.param_bytes for n, i in infos.items()})
+  for cache in (guessed, known):
+    cache.get(big), cache.get(small)
+  assert list(guessed.loaded) == [small] and list(known.loaded) == [big, small]
