@@ -2,9 +2,9 @@
 for every (intervention, prompt) combination; scoring is the caller's.
 
 An intervention is a hidden-state index (0 = embeddings, i = after block i) and a vector [D] with its scale folded
-in. Every combination is one row of a right-padded batch (the last batch filled with zero-vector rows), so a
-sweep over vectors x scales x layers is a few compiled calls of one function, and only the per-row result leaves
-the device: never the [V] logits (Gemma's vocabulary is 262k). The blocks below an intervention's layer are the
+in. Every combination is one row of a right-padded batch (the last one a power of two, filled with zero-vector
+rows), so a sweep over vectors x scales x layers is a few compiled calls of one function, and only the per-row
+result leaves the device: never the [V] logits (Gemma's vocabulary is 262k). The blocks below an intervention's layer are the
 same for every vector: they run once per prompt, and each row runs only the blocks from its layer up to what it
 reads (a Span).
 """
@@ -129,10 +129,12 @@ def _stream_at(model: Model, tokens, mask, layer: int, batch_size: int):
 
 def _batches(num_prompts: int, vectors: np.ndarray, batch_size: int):
   """(prompt index [B], vectors [B, D]) of every batch of (prompt, vector) rows, prompt-major; the last batch is
-  filled with zero-vector rows."""
+  the power of two (at most batch_size) that holds the rows left, filled with zero-vector rows (few shapes to
+  compile, little computed for nothing)."""
   num_rows = num_prompts * len(vectors)
   for start in range(0, num_rows, batch_size):
-    rows = np.arange(start, start + batch_size)
+    size = min(batch_size, 1 << (num_rows - start - 1).bit_length())
+    rows = np.arange(start, start + size)
     real = rows < num_rows
     rows = np.minimum(rows, num_rows - 1)
     yield rows // len(vectors), vectors[rows % len(vectors)] * real[:, None]
