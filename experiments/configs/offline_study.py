@@ -11,7 +11,7 @@ Models: the Qwen2.5-Coder 0.5B / 1.5B within-family pair (identical tokenizers) 
 each Qwen model, with SmolLM2-135M (Llama) and Gemma 3 270M. Maps run from the first model of a pair to the second;
 random-init baselines copy the second, so the pairs are ordered to make those the small models. Probes: the
 true/false statements shipped with xsim (cities, numeric comparisons), the latent states an auditing probe reads.
-Steering: a weddings topic and the truth of statements, source vectors mapped into the target at 3 matched depths.
+Steering: a weddings topic and the truth of statements, source vectors mapped into the target at 2 matched depths.
 """
 import ml_collections
 
@@ -84,12 +84,12 @@ def get_config(arg=None):
   # one batch of 16 samples; the token probe reads all 128 texts' prefixes.
   c.next_token = dict(enabled=True, max_words=16, num_samples=16, num_depths=9)
   c.probes = dict(tasks=["cities", "larger_than"], num_examples=128, token_classes=16, token_samples=NUM_TEXTS)
-  # Steering (the writing half) at 3 matched depths, through each protocol's own maps: 8 prompts, 2 passages of 24
-  # words and the minimum 19 null directions keep it near 5 minutes on two cores (the three pairs into Qwen 0.5B
-  # share its own vector, random nulls and zero vector).
+  # Steering (the writing half) at matched depths 1/3 and 2/3 (where an independent try saw the within vs cross
+  # order flip), through each protocol's own maps: 8 prompts, 2 passages of 24 words and the minimum 19 null
+  # directions keep it near 5 minutes on two cores (the three pairs into Qwen 0.5B share its own vector, random nulls
+  # and zero vector); --config.steering.depths='(0.33, 0.5, 0.67)' adds the middle.
   c.steering = dict(enabled=True, concepts=("weddings", "truth"), num_pairs=32, num_prompts=8, num_passages=2,
-                    passage_words=24, depths=(0.33, 0.5, 0.67), scales=(1.0, 2.0, 4.0), num_random=10,
-                    num_shuffled=9)
+                    passage_words=24, depths=(0.33, 0.67), scales=(1.0, 2.0, 4.0), num_random=10, num_shuffled=9)
   c.mesh = dict(data=-1, model=1, layers_per_unit=16)
   c.seeds = [0]
   return c
