@@ -4,6 +4,7 @@ protocol and the corrected one, and the ablation ladder between them.
   --config=experiments/configs/offline_study.py:published   the study's choices (STUDY.md)
   --config=experiments/configs/offline_study.py:corrected   every correction (the default)
   --config=experiments/configs/offline_study.py:ladder:K    the published protocol with the first K of LADDER switched
+  --config=experiments/configs/offline_study.py:without:C   the corrected protocol with choice C of LADDER left out
 
 Layers: the study's 9 relative depths of each model's block outputs, at every step (all layer pairs of the four
 models take about 9x longer: --config.extraction.layers=all).
@@ -40,17 +41,19 @@ TRAIN_ROWS = 0.6 * NUM_TEXTS
 
 def switched(arg) -> tuple:
   """The LADDER choices an argument switches on: none for 'published', all for 'corrected', the first K for
-  'ladder:K'."""
+  'ladder:K', all but C for 'without:C'."""
   arg = arg or "corrected"
   if arg == "published":
     return ()
   if arg == "corrected":
     return LADDER
-  kind, _, count = arg.partition(":")
-  if kind != "ladder" or not count.isdigit() or int(count) > len(LADDER):
-    raise ValueError(f"offline_study takes 'published', 'corrected' or 'ladder:K' with K in 0..{len(LADDER)}; "
-                     f"got {arg!r}.")
-  return LADDER[:int(count)]
+  kind, _, value = arg.partition(":")
+  if kind == "ladder" and value.isdigit() and int(value) <= len(LADDER):
+    return LADDER[:int(value)]
+  if kind == "without" and value in LADDER:
+    return tuple(step for step in LADDER if step != value)
+  raise ValueError(f"offline_study takes 'published', 'corrected', 'ladder:K' with K in 0..{len(LADDER)} or "
+                   f"'without:C' with C in {LADDER}; got {arg!r}.")
 
 
 def get_config(arg=None):

@@ -90,7 +90,7 @@ def test_a_run_without_a_within_pair_says_it_cannot_answer():
   assert answer.answer(cross_only, {}, {})["reading"].startswith("This run has no within-family")
 
 
-@pytest.mark.parametrize("arg", ["published", "corrected", "ladder:0", "ladder:3", "ladder:6"])
+@pytest.mark.parametrize("arg", ["published", "corrected", "ladder:0", "ladder:3", "ladder:6", "without:tuned_ridge"])
 def test_offline_study_configs_validate(arg):
   validate_config(offline_study.get_config(arg))
 
@@ -106,6 +106,16 @@ def test_the_ladder_switches_one_choice_at_a_time():
   assert configs[-1].to_dict() == offline_study.get_config("corrected").to_dict()
   with pytest.raises(ValueError, match="ladder:K"):
     offline_study.get_config("ladder:9")
+
+
+def test_without_leaves_one_choice_of_the_corrected_protocol_out():
+  """'without:tuned_ridge' is the corrected protocol with the published untuned ridge on raw activations: only the
+  transfer section differs, and it equals the published one's."""
+  corrected, without = (offline_study.get_config(a).to_dict() for a in ("corrected", "without:tuned_ridge"))
+  assert {k for k in corrected if corrected[k] != without[k]} == {"transfer"}
+  assert without["transfer"] == offline_study.get_config("published").to_dict()["transfer"]
+  with pytest.raises(ValueError, match="without:C"):
+    offline_study.get_config("without:bf16")
 
 
 def test_the_ladder_table_follows_each_steps_own_cka():
