@@ -86,7 +86,7 @@ def get_config(arg=None):
   # Patching runs the target once per sample batch, depth pair and condition (27 passes of a Qwen at 9 depths):
   # one batch of 16 samples; the token probe reads all 128 texts' prefixes.
   c.next_token = dict(enabled=True, max_words=16, num_samples=16, num_depths=9)
-  c.probes = dict(tasks=["cities", "larger_than"], num_examples=128, token_classes=16, token_samples=NUM_TEXTS)
+  c.probes = dict(tasks=("cities", "larger_than"), num_examples=128, token_classes=16, token_samples=NUM_TEXTS)
   # Steering (the writing half) at matched depths 1/3 and 2/3 (where an independent try saw the within vs cross
   # order flip), through each protocol's own maps: 8 prompts, 2 passages of 24 words and the minimum 19 null
   # directions keep it near 5 minutes on two cores (the three pairs into Qwen 0.5B share its own vector, random nulls
