@@ -200,10 +200,11 @@ def check_rows(store, texts: Sequence[str], what: str, settings: ExtractionSetti
 
 
 def extract_all(study: Study, pairs: Sequence[Pair], texts: Sequence[str], tasks: dict, workdir: str, mesh,
-                models: ModelCache, read_info) -> Stores:
+                models: ModelCache, read_info, prefetch: Sequence = ()) -> Stores:
   """Every store the comparisons need: each of the study's models on the texts and on each task, and the random-init
   copy of each model that is the target of a random baseline, per seed. read_info(spec) -> ModelInfo without
-  weights."""
+  weights; prefetch: callables (model name, stores, get_model) run after each model's stores, while it is loaded
+  (the stages' prefetch parts)."""
   settings = study.extraction
   stores = Stores({}, {}, {}, {})
   random_targets = {p.target for p in pairs if p.is_random}
@@ -227,6 +228,8 @@ def extract_all(study: Study, pairs: Sequence[Pair], texts: Sequence[str], tasks
           store_dir(workdir, f"{spec.name}-task-{task_name}", *identity, keys.texts(task.texts)), get,
           list(task.texts), settings, mesh)
       check_rows(stores.tasks[(task_name, spec.name)], list(task.texts), f"{spec.name} on task {task_name}", settings)
+    for fetch in prefetch:
+      fetch(spec.name, stores, get)
     models.release(spec.name)
   return stores
 

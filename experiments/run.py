@@ -16,6 +16,7 @@ its own devices; process 0 alone writes the tables and the report.
 from __future__ import annotations
 
 import datetime
+import functools
 import logging as logging_lib
 import os
 import platform
@@ -107,7 +108,10 @@ def run(cfg, workdir: str, lock_wait_s: float = 0.0, xla_cache: bool = True) -> 
     validate_depths(cfg, {name: info.num_layers for name, info in infos.items()})
     pairs = study.model_pairs([m.name for m in s.models], {n: i.family for n, i in infos.items()}, s.pairs,
                               s.baselines.random_init)
-    stores = extraction.extract_all(s, pairs, texts, tasks, workdir, mesh, models, lambda spec: infos[spec.name])
+    prefetch = [functools.partial(stage.prefetch, s.stages[stage.NAME], s, workdir) for stage in STAGES
+                if hasattr(stage, "prefetch")]
+    stores = extraction.extract_all(s, pairs, texts, tasks, workdir, mesh, models, lambda spec: infos[spec.name],
+                                    prefetch)
     ctx = context.Context(s, stores, texts, tasks, workdir, mesh, models)
     phases = units.plan(STAGES, ctx, pairs)
     work = units.run_phases(phases, lambda unit: compute(ctx, unit), workdir, process, num_processes)

@@ -10,7 +10,10 @@ A stage module has:
   compute(settings, ctx, unit) -> the unit's JSON-able result;
   tabulate(settings, ctx, pair, seed, entries, out) -> adds the rows, summary and resamples of the pair and seed
             to `out` (experiments/tables.Tables) from its units' results (entries: [(unit, result)]);
-  finish(settings, ctx, pairs), optional: after the tables are written (the maps stage removes its checkpoints).
+  finish(settings, ctx, pairs), optional: after the tables are written (the maps stage removes its checkpoints);
+  prefetch(settings, study, workdir, model, stores, get_model), optional: during extraction, while `model` is
+            loaded, what the stage will read of it beyond the stores (the steering contrasts), so that no unit
+            reloads a model for it.
 ctx is the run's experiments/context.Context. The runner plans, computes and tabulates by looping over STAGES; a new
 stage is a module with these parts and a line here.
 """

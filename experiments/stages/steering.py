@@ -135,22 +135,31 @@ def _reader(settings: Settings, concept, target, contrast, own_vectors, layers: 
   return score
 
 
-def contrasts(settings: Settings, ctx, model: str, seed: int) -> dict:
+def contrasts(settings: Settings, workdir: str, study, model: str, stores, get_model, seed: int) -> dict:
   """{concept: (positive, negative) [L + 1, n, d] activations of `model` at every hidden state, at the last token
   of each contrast text}: one store per model for every configured concept, so the model is loaded once for all of
-  them (a source is needed for nothing else here), named by the model's own store, the texts and the settings."""
+  them, named by the model's own store (stores: the run's experiments/extraction.Stores), the texts and the
+  settings."""
   from xsim.data.concepts import load_concept
   concepts = {c: load_concept(c, settings.num_pairs, settings.num_prompts, seed) for c in settings.concepts}
   texts = [t for c in concepts.values() for t in (*c.positive, *c.negative)]
-  layers = list(range(ctx.stores.info[model].num_layers + 1))
-  acts = last_token_activations(ctx.workdir, ctx.study.extraction, lambda: ctx.models.get(model), texts, layers,
-                                f"{model}-steering-contrasts", ctx.stores.texts[model].manifest)
+  layers = list(range(stores.info[model].num_layers + 1))
+  acts = last_token_activations(workdir, study.extraction, get_model, texts, layers, f"{model}-steering-contrasts",
+                                stores.texts[model].manifest)
   out, start = {}, 0
   for name, c in concepts.items():
     out[name] = (acts[:, start:start + len(c.positive)],
                  acts[:, start + len(c.positive):start + len(c.positive) + len(c.negative)])
     start += len(c.positive) + len(c.negative)
   return out
+
+
+def prefetch(settings: Settings, study, workdir: str, model: str, stores, get_model) -> None:
+  """The contrast activations of `model` for every seed, while extraction has it loaded (a source is needed for
+  nothing else here, so its units then load no source)."""
+  if settings.enabled:
+    for seed in study.seeds:
+      contrasts(settings, workdir, study, model, stores, get_model, seed)
 
 
 def compute(settings: Settings, ctx, unit) -> dict:
@@ -171,7 +180,8 @@ def compute(settings: Settings, ctx, unit) -> dict:
       if concept.readout == "probe" else set()))
 
   def contrast(model, layers):
-    return tuple(acts[layers] for acts in contrasts(settings, ctx, model, seed)[name])
+    return tuple(acts[layers] for acts in contrasts(settings, ctx.workdir, ctx.study, model, ctx.stores,
+                                                    lambda: ctx.models.get(model), seed)[name])
   source_vectors = transfer.mean_difference(*contrast(pair.a, layers_a))
   target_contrast = contrast(pair.b, layers_b)
   own_vectors = transfer.mean_difference(*target_contrast)

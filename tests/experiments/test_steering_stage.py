@@ -152,3 +152,33 @@ def test_the_reports_per_pair_figures_agree_with_float64_on_the_stored_activatio
       la, lb = entry["layers"]
       assert re.search(rf"\| {re.escape(entry['pair'])} \| {entry['relation']} \| max debiased CKA \({name}\) \| "
                        rf"{grid[best]:.3f} \| {la}, {lb} ", report), (entry, name)
+
+
+def test_contrasts_are_extracted_while_extraction_holds_the_model(steered_run, tmp_path, monkeypatch):
+  """The stage's prefetch part takes every model's contrast activations during extraction, so a steering unit
+  loads its target alone: never the source, which it needs for nothing else."""
+  from experiments import extraction
+  c, _ = steered_run
+  fresh = c.copy_and_resolve_references()
+  fresh.steering.update(concepts=("weddings",), scales=(1.0,))
+  loads, steering_now = [], [False]
+  real_get, real_compute = extraction.ModelCache.get, steering.compute
+
+  def get(self, name):
+    if name not in self.loaded:
+      loads.append((name, steering_now[0]))
+    return real_get(self, name)
+
+  def compute(*args):
+    steering_now[0] = True
+    try:
+      return real_compute(*args)
+    finally:
+      steering_now[0] = False
+  monkeypatch.setattr(extraction.ModelCache, "get", get)
+  monkeypatch.setattr(steering, "compute", compute)
+  monkeypatch.setattr(runner, "_memory_budget", lambda: 0)  # every model is freed once done with, as large ones are
+  runner.run(fresh, str(tmp_path))
+  assert [name for name, during in loads if during] == ["tiny-llama"]  # the target, freed after extraction
+  assert {name for name, during in loads if not during} == {"tiny-llama", "tiny-llama-copy"}
+  assert len(outputs.read_table(str(tmp_path / "steering.csv"))) == 1
