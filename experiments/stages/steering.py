@@ -192,12 +192,12 @@ def compute(settings: Settings, ctx, unit) -> dict:
   standardize, train = ctx.settings(maps.NAME).standardize, fit.split.train
   # What only the target decides (its own vector, the random nulls, the zero vector) scores the same in every pair
   # with that target: stored under the target, the prompts and the vectors, so pairs that share a target share it.
-  spec = next(m for m in ctx.study.models if m.name == pair.b)
+  model = ctx.stores.texts[pair.b].manifest  # the target's weights, as its activation store names them
   readout = (concept.readout, concept.words, settings.readout_offset, keys.texts(concept.positive),
              keys.texts(concept.negative), ctx.study.extraction.identity())  # what the probe readout is fit on
 
   def stored(what: str, fn, layer: int, vectors: np.ndarray, texts) -> np.ndarray:
-    path = keys.path(ctx.workdir, "cache/steering-target", f"{pair.b}-{name}-{what}-{layer}", spec, what, layer,
+    path = keys.path(ctx.workdir, "cache/steering-target", f"{pair.b}-{name}-{what}-{layer}", model, what, layer,
                      hashlib.sha256(vectors.tobytes()).hexdigest(), keys.texts(texts), readout, VERSION,
                      suffix=".json")
     return np.asarray(cache.cached(path, lambda: fn(layer, vectors).tolist(), f"steering {pair.b} {what}"),

@@ -147,7 +147,7 @@ def _stream_fn(module):
   """jit(params, ids, mask, layer) -> the residual stream at hidden state `layer` [B, S, D] (blocks above skipped)."""
 
   def fn(params, ids, mask, layer):
-    return module.apply(params, ids, mask, span=Span(layer, None, layer), compute_logits=False).hidden_states[layer]
+    return module.apply(params, ids, mask, span=Span(0, None, layer), compute_logits=False).hidden_states[layer]
 
   return jax.jit(fn)
 
