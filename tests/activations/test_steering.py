@@ -187,7 +187,8 @@ def test_bad_inputs_are_named(model):
     mass(batch_size=0)
   with pytest.raises(ValueError, match=rf"read_layers must be hidden-state indices in 0..{L}"):
     steering.hidden_at_last(model, TEXTS[:2], layers, vectors, [L + 1])
-  with pytest.raises(ValueError, match=rf"read_layers \[1\] must be at or after every intervention's layer \(up to {L}"):
+  with pytest.raises(ValueError,
+                     match=rf"read_layers \[1\] must be at or after every intervention's layer \(up to {L}"):
     steering.hidden_at_last(model, TEXTS[:2], layers, vectors, [1])
   with pytest.raises(ValueError, match=r"prompt 1 \(''\) has [01] token\(s\); each needs at least 2"):
     steering.mean_nll(model, [TEXTS[0], ""], layers, vectors)  # BOS alone, or no token at all

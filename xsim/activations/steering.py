@@ -4,9 +4,9 @@ for every (intervention, prompt) combination; scoring is the caller's.
 An intervention is a hidden-state index (0 = embeddings, i = after block i) and a vector [D] with its scale folded
 in. Every combination is one row of a right-padded batch (the last one a power of two, filled with zero-vector
 rows), so a sweep over vectors x scales x layers is a few compiled calls of one function, and only the per-row
-result leaves the device: never the [V] logits (Gemma's vocabulary is 262k). The blocks below an intervention's layer are the
-same for every vector: they run once per prompt, and each row runs only the blocks from its layer up to what it
-reads (a Span).
+result leaves the device: never the [V] logits (Gemma's vocabulary is 262k). The blocks below an intervention's
+layer are the same for every vector: they run once per prompt, and each row runs only the blocks from its layer up
+to what it reads (a Span).
 """
 from __future__ import annotations
 

@@ -122,8 +122,8 @@ class Decoder(nn.Module):
                logit_positions: Optional[jnp.ndarray] = None, span: Optional[Span] = None) -> ForwardOutput:
     """logit_positions: [B] int, to compute logits [B, V] at one position per row only (large vocabularies).
     At each hidden-state index the patch is written first, then the steer added. With span.hidden, input_ids only
-    shape the call (the residual stream starts from span.hidden): hidden states before span.start repeat the one there, those
-    after span.stop repeat the one there, and logits are read from span.stop."""
+    shape the call (the residual stream starts from span.hidden): hidden states before span.start repeat the one
+    there, those after span.stop repeat the one there, and logits are read from span.stop."""
     c = self.config
     embedding = self.param("embed", kernel_init, (c.vocab_size, c.hidden_size), self.dtype)
     h = jnp.take(embedding, input_ids, axis=0)
